@@ -1,0 +1,1 @@
+"""Prefect flows that run the DVC pipeline, and the `lifecycle` command line."""

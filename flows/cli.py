@@ -1,0 +1,177 @@
+"""`lifecycle`: run, validate, inspect, serve and schedule the project's lifecycle.
+
+    lifecycle run                       # the whole pipeline (Prefect flow over the DVC stages), then a summary
+    lifecycle validate                  # check params.yaml (the scope stage's checks) and print the plan
+    lifecycle status                    # which stages are out of date, and the last run's summary
+    lifecycle serve [--port 3000]       # serve the packaged bento on 127.0.0.1
+    lifecycle schedule --cron "0 3 * * *"   # run on a schedule (Prefect deployment served by this process)
+
+Exit status: 0 success, 2 invalid project definition, 3 a gate refused the model, anything else a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stages.cli import project_environment
+from stages.errors import ExitStatus, ProjectError
+
+
+def _read(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def summary(root: Path, paths) -> str:
+    """What a reviewer wants after a run: verdict, choice and why, baseline vs tuned, gates, versions, next commands."""
+    lines = []
+    scope = _read(root / paths.scope_report)
+    if scope:
+        lines.append(f"scope      {scope['verdict']}: allowed techniques {scope['plan']['adapt_techniques']}, "
+                     f"alignment {scope['plan']['align_methods']}")
+    selection = _read(root / paths.selection)
+    if selection:
+        lines.append(f"select     {selection['selected']['name']}: {selection['selected']['why']}")
+        for c in selection["candidates"]:
+            if c["status"] == "rejected":
+                lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
+    report = _read(root / paths.eval_metrics)
+    if report:
+        variants = report["variants"]
+        metrics = list(next(iter(variants.values())))
+        lines.append("evaluate   " + f"{'variant':<20}" + "".join(f"{m:>20}" for m in metrics))
+        for name, values in variants.items():
+            mark = " *" if name == report["candidate"] else ""
+            lines.append("           " + f"{name + mark:<20}" + "".join(f"{values[m]:>20}" for m in metrics))
+        verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
+        lines.append(f"gates      {verdict} for {report['candidate']} (vs {report['baseline']})")
+        lines += [f"           {r}" for r in report["gates"]["reasons"]]
+    package = _read(root / paths.package / "package.json")
+    if package and report and report["gates"]["passed"]:
+        lines.append(f"package    MLflow model {package['registered_model']} version {package['version']} "
+                     f"(@{package['alias']}), bento {package['bento']}")
+    lines += ["next       mlflow ui --backend-store-uri sqlite:///mlflow.db   # review runs and the registry",
+              "           lifecycle serve                                  # serve the bento on 127.0.0.1:3000",
+              f"           open {paths.eval_report}"]
+    return "\n".join(lines)
+
+
+def cmd_validate(args) -> int:
+    from stages.params import load_params
+    from stages.scope import plan
+
+    params = load_params(args.params)
+    print(f"{args.params}: project '{params.project.name}' is defined")
+    print(json.dumps(plan(params), indent=2))
+    return ExitStatus.OK
+
+
+def cmd_run(args) -> int:
+    from stages.params import load_params
+
+    root = Path.cwd()
+    params = load_params(root / "params.yaml")  # invalid: exit 2 here, before Prefect, DVC or any model
+    from flows.lifecycle import StageFailed, lifecycle
+
+    start = time.perf_counter()
+    state = lifecycle(str(root), return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, StageFailed) and hasattr(outcome, "result"):
+        result = outcome.result
+    elif isinstance(outcome, BaseException):
+        raise outcome
+    else:
+        result = outcome
+    print()
+    print(f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
+          f"up to date {result.skipped or 'none'}")
+    if result.seconds:
+        print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
+    if result.exit_status == ExitStatus.GATE_REFUSED:
+        print("\nThe KPI gates refused the model: no registry alias, no bento. See reports/eval.md.", file=sys.stderr)
+    elif result.exit_status != ExitStatus.OK:
+        print(f"\n{result.error}", file=sys.stderr)
+    print(summary(root, params.paths))
+    return result.exit_status
+
+
+def cmd_status(args) -> int:
+    from dvc.repo import Repo
+
+    from flows.lifecycle import stage_order
+    from stages.params import load_params
+
+    root = Path.cwd()
+    params = load_params(root / "params.yaml")
+    with Repo(str(root)) as repo:
+        changed = repo.status()
+    for stage in stage_order(root):
+        print(f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}")
+    print()
+    print(summary(root, params.paths))
+    return ExitStatus.OK
+
+
+def cmd_serve(args) -> int:
+    from stages.params import load_params
+
+    params = load_params("params.yaml")
+    package = _read(Path(params.paths.package) / "package.json")
+    if not package:
+        print(f"nothing to serve: {params.paths.package}/package.json is missing; run `lifecycle run` first "
+              "(a model that failed its gates is never packaged)", file=sys.stderr)
+        return ExitStatus.ERROR
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", package["bento"],
+           "--host", args.host, "--port", str(args.port)]
+    print(" ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def cmd_schedule(args) -> int:
+    from prefect.schedules import Cron
+
+    from flows.lifecycle import lifecycle
+
+    root = str(Path.cwd())
+    print(f"serving deployment '{args.name}' of flow 'lifecycle' on cron '{args.cron}' (Ctrl-C to stop)")
+    lifecycle.serve(name=args.name, schedules=[Cron(args.cron)], parameters={"root": root})
+    return ExitStatus.OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifecycle", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the whole pipeline (Prefect flow over the DVC stages)").set_defaults(func=cmd_run)
+    v = sub.add_parser("validate", help="check params.yaml and print the derived plan")
+    v.add_argument("--params", default="params.yaml")
+    v.set_defaults(func=cmd_validate)
+    sub.add_parser("status", help="what is out of date, and the last run's summary").set_defaults(func=cmd_status)
+    s = sub.add_parser("serve", help="serve the packaged bento")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=3000)
+    s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("schedule", help="serve the flow on a cron schedule")
+    c.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
+    c.add_argument("--name", default="scheduled")
+    c.set_defaults(func=cmd_schedule)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    project_environment(Path.cwd())
+    try:
+        return int(args.func(args))
+    except ProjectError as exc:
+        print(exc, file=sys.stderr)
+        return ExitStatus.INVALID_PROJECT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

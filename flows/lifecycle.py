@@ -1,0 +1,135 @@
+"""The lifecycle flow: Prefect runs the DVC pipeline one stage per task, MLflow records it under one parent run.
+
+    lifecycle run                      # = this flow, on Prefect's embedded server unless PREFECT_API_URL is set
+    lifecycle schedule --cron "0 3 * * *"
+
+The stage order comes from dvc.yaml (never listed here). Each task is `dvc repro --single-item <stage>`, run
+in-process (no extra interpreter start per stage); DVC skips what did not change, so a no-op run runs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.logging import get_run_logger
+
+from stages.errors import ExitStatus
+from stages.tracking import PARENT_RUN_ENV
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, exit_status: int, message: str):
+        self.stage, self.exit_status = stage, exit_status
+        super().__init__(f"stage `{stage}` failed (exit status {exit_status}): {message}")
+
+
+@dataclass
+class RunResult:
+    exit_status: int = ExitStatus.OK
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failed_stage: str | None = None
+    error: str | None = None
+    parent_run_id: str | None = None
+
+
+def stage_order(root: str | Path = ".") -> list[str]:
+    """Stage names in execution order from dvc.yaml's DAG; stages with no path between them keep their
+    dvc.yaml order (so `scope` runs first and fails fast). DVC's graph points from a stage to its deps."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stages = list(repo.index.stages)
+        declared = {stage: i for i, stage in enumerate(stages)}
+        upstream_first = repo.index.graph.reverse(copy=True)
+        ordered = nx.lexicographical_topological_sort(upstream_first, key=lambda stage: declared[stage])
+        return [stage.addressing for stage in ordered]
+
+
+def _exit_status_of(exc: BaseException) -> int:
+    """The stage command's own exit status, from DVC's 'failed to run: ..., exited with N'."""
+    while exc is not None:
+        match = re.search(r"exited with (\d+)", str(exc))
+        if match:
+            return int(match.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return ExitStatus.ERROR
+
+
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry crashes (OOM, a flaky disk), never a verdict: invalid params (2) or a refused gate (3) stay so."""
+    try:
+        state.result()
+    except StageFailed as exc:
+        return exc.exit_status not in (ExitStatus.INVALID_PROJECT, ExitStatus.GATE_REFUSED)
+    except Exception:
+        return True
+    return False
+
+
+@task
+def run_stage(stage: str, root: str) -> bool:
+    """`dvc repro --single-item <stage>`; True when the stage ran, False when DVC found it up to date."""
+    from dvc.repo import Repo
+
+    logger = get_run_logger()
+    try:
+        with Repo(root) as repo:
+            ran = repo.reproduce(stage, single_item=True)
+    except Exception as exc:  # DVC wraps the command's failure; keep its exit status for the CLI
+        raise StageFailed(stage, _exit_status_of(exc), str(exc)) from exc
+    logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
+    return bool(ran)
+
+
+@flow(name="lifecycle", log_prints=True)
+def lifecycle(root: str = ".") -> RunResult:
+    """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`."""
+    from stages.params import load_params
+    from stages.tracking import configure
+
+    root = str(Path(root).resolve())
+    params = load_params(Path(root) / "params.yaml")
+    orchestration = params.orchestration
+    # DVC runs `python -m stages.<name>`: make that the interpreter running this flow.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    result = RunResult()
+    mlflow = configure(params.project.name)
+    with mlflow.start_run(run_name="lifecycle", tags={"lifecycle.kind": "pipeline"}) as parent:
+        result.parent_run_id = parent.info.run_id
+        os.environ[PARENT_RUN_ENV] = parent.info.run_id  # the stage subprocesses nest their runs under it
+        try:
+            for stage in stage_order(root):
+                start = time.perf_counter()
+                options = dict(name=stage, task_run_name=stage, retries=orchestration.retries,
+                               retry_delay_seconds=orchestration.retry_delay_seconds,
+                               timeout_seconds=orchestration.timeout_seconds,
+                               retry_condition_fn=_retry_unless_user_error)
+                try:
+                    ran = run_stage.with_options(**options)(stage, root)
+                except StageFailed as exc:
+                    result.exit_status, result.failed_stage, result.error = exc.exit_status, stage, str(exc)
+                    break
+                result.seconds[stage] = round(time.perf_counter() - start, 2)
+                (result.ran if ran else result.skipped).append(stage)
+        finally:
+            os.environ.pop(PARENT_RUN_ENV, None)
+            mlflow.set_tags({"stages.ran": ",".join(result.ran) or "none",
+                             "exit_status": int(result.exit_status)})
+            mlflow.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
+            if result.exit_status != ExitStatus.OK:
+                mlflow.set_tag("failed_stage", result.failed_stage)
+        if result.exit_status != ExitStatus.OK:
+            # Fail the flow (Prefect shows it red, MLflow marks the parent run FAILED); the CLI reads `.result`.
+            error = StageFailed(result.failed_stage, result.exit_status, result.error)
+            error.result = result
+            raise error
+    return result

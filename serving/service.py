@@ -1,0 +1,74 @@
+"""The BentoML service for the packaged model: one typed `generate` endpoint with bounded inputs.
+
+    lifecycle serve                             # the bento the package stage built, on 127.0.0.1:3000
+    curl -s localhost:3000/generate -H 'content-type: application/json' \
+         -d '{"question": "What does `json.dumps` do?"}'
+
+It loads only the model the package stage put in BentoML's model store (its tag is baked into the bento as
+LIFECYCLE_MODEL_TAG); never params.yaml, never a hub. The prompt format travels with the model
+(`lifecycle.json`), so what is served is exactly what was evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from annotated_types import Ge, Le, MaxLen, MinLen
+from pydantic import BaseModel
+
+MODEL_TAG_ENV = "LIFECYCLE_MODEL_TAG"
+MAX_QUESTION_CHARS = 1000
+MAX_NEW_TOKENS = 256
+
+if not os.environ.get(MODEL_TAG_ENV):
+    raise RuntimeError(f"{MODEL_TAG_ENV} is not set: serve the bento that `lifecycle run` built "
+                       "(`lifecycle serve`), which sets it to the packaged model's tag")
+
+with bentoml.importing():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+class Answer(BaseModel):
+    answer: str
+    model: str
+    latency_ms: float
+
+
+@bentoml.service(name="lifecycle", traffic={"timeout": 60, "max_concurrency": 16}, resources={"cpu": "1"})
+class Lifecycle:
+    model_ref = bentoml.models.BentoModel(os.environ[MODEL_TAG_ENV])
+
+    def __init__(self) -> None:
+        path = Path(self.model_ref.path)
+        self.info = json.loads((path / "lifecycle.json").read_text(encoding="utf-8"))
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
+
+    def prompt(self, question: str) -> str:
+        shots = "".join(self.info["prompt_format"].format(question=e["question"]) + f" {e['answer']}\n\n"
+                        for e in self.info["examples"])
+        return shots + self.info["prompt_format"].format(question=question)
+
+    @bentoml.api
+    def generate(
+        self,
+        question: Annotated[str, MinLen(1), MaxLen(MAX_QUESTION_CHARS)] = "What does `json.dumps` do?",
+        max_new_tokens: Annotated[int, Ge(1), Le(MAX_NEW_TOKENS)] = 40,
+    ) -> Answer:
+        start = time.perf_counter()
+        inputs = self.tokenizer(self.prompt(question), return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return Answer(answer=text.strip().split("\n")[0].strip(), model=str(self.model_ref.tag),
+                      latency_ms=round((time.perf_counter() - start) * 1000, 2))

@@ -1,0 +1,154 @@
+"""adapt: prompt engineering, then parameter-efficient supervised fine-tuning (TRL SFTTrainer + PEFT LoRA).
+
+    python -m stages.adapt          # writes models/prompt.json and models/sft/ (the adapter)
+    dvc exp run -S adapt.lora.r=16  # try another rank; only adapt and what follows re-run
+
+Prompt search: 0, 1 and `select.few_shot` examples on the dev split with the selected model; the best prompt is
+what "the baseline, prompted" means in evaluate. SFT trains on prompt/completion pairs, the loss on the
+completion only. A killed run resumes from its last checkpoint (kept under models/.checkpoints/, keyed by the
+configuration so a changed config never resumes a stale one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from stages.cli import stage_main
+from stages.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.params import Params, Paths, Precision, Technique
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path("models/.checkpoints")
+
+
+def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
+    from stages.models import few_shot_prompt, generate
+    from stages.scoring import score
+
+    results = {}
+    for k in shot_counts:
+        prompts = [few_shot_prompt(r["question"], examples[:k]) for r in dev]
+        gen = generate(model, tok, prompts, params.select.max_new_tokens, params.evaluate.batch_size,
+                       progress=f"prompt search {k}-shot")
+        results[k] = score(gen.answers, [r["answer"] for r in dev])[params.select.rank_by]
+    best = max(results, key=lambda k: (results[k], -k))  # on a tie, the shorter (cheaper) prompt
+    return {"shots": best, "examples": examples[:best], "dev_scores": {str(k): v for k, v in results.items()},
+            "metric": params.select.rank_by}
+
+
+def sft_config(params: Params, output_dir: Path, device: str):
+    from trl import SFTConfig
+
+    p = params.adapt
+    return SFTConfig(
+        output_dir=str(output_dir),
+        **p.trainer.model_dump(),
+        completion_only_loss=True,        # learn the answer, not the question
+        bf16=p.precision is Precision.bf16,  # bf16 on CPU is emulated (~10x slower): fp32 there
+        fp16=p.precision is Precision.fp16,
+        use_cpu=device == "cpu",
+        save_strategy="steps",
+        save_total_limit=1,
+        report_to=["mlflow"],             # into the active (nested) MLflow run of this stage
+        seed=params.project.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def checkpoint_dir(params: Params, selection: dict) -> Path:
+    """Unique per configuration: resuming is only safe with the same model, data and hyperparameters."""
+    key = json.dumps({"adapt": params.adapt.model_dump(mode="json"), "base": selection["selected"]["ref"],
+                      "seed": params.project.seed}, sort_keys=True)
+    return CHECKPOINTS / f"adapt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Path, ckpt: Path) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from trl import SFTTrainer
+
+    from stages.models import load_tokenizer, question_prompt, torch_dtype
+
+    p = params.adapt
+    rows = read_jsonl(Path(paths.processed) / "sft.jsonl")
+    train = Dataset.from_list([{"prompt": question_prompt(r["question"]), "completion": " " + r["answer"]}
+                               for r in rows])
+    tok = load_tokenizer(base_ref)
+    kwargs = {"dtype": torch_dtype(p.precision.value)}
+    if p.technique is Technique.qlora:
+        import torch
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
+    peft_config = None if p.technique is Technique.full else LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
+    trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,
+                         processing_class=tok, peft_config=peft_config)
+    resume = any(ckpt.glob("checkpoint-*"))
+    if resume:
+        log.info("resuming from %s", max(ckpt.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1])))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.model.save_pretrained(out)
+    tok.save_pretrained(out)
+    trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
+    total = sum(t.numel() for t in trainer.model.parameters())
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "train_loss": round(result.training_loss, 4),
+        "first_logged_loss": round(losses[0], 4) if losses else None,
+        "last_logged_loss": round(losses[-1], 4) if losses else None,
+        "train_seconds": round(result.metrics["train_runtime"], 1),
+        "trainable_parameters": trainable,
+        "trainable_percent": round(100 * trainable / total, 3),
+        "resumed": resume,
+    }
+
+
+def run(params: Params, paths: Paths) -> dict:
+    from stages.models import load_model, load_tokenizer, resolve_device
+    from stages.tracking import stage_run
+
+    selection = read_json(paths.selection)
+    base_ref = selection["selected"]["ref"]
+    device = resolve_device(params.project.device)
+    dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
+    examples = read_jsonl(Path(paths.processed) / "sft.jsonl")[:max(params.adapt.prompt_shots)]
+    with stage_run("adapt", params, params.adapt.model_dump(mode="json")) as _:
+        import mlflow
+
+        base = load_model(base_ref, device)
+        prompt = search_prompt(base, load_tokenizer(base_ref), dev, examples, params.adapt.prompt_shots, params)
+        del base
+        write_json(paths.prompt, prompt)
+        mlflow.log_metrics({f"prompt.{k}_shot.{prompt['metric']}": v for k, v in prompt["dev_scores"].items()})
+
+        metrics = {"prompt_shots": prompt["shots"]}
+        with atomic_dir(paths.sft) as out:
+            if params.adapt.technique is Technique.prompt:
+                metrics["trained"] = False  # prompting only: the "adapted" model is the base + prompt.json
+            else:
+                ckpt = checkpoint_dir(params, selection)
+                metrics.update(train_sft(params, paths, base_ref, device, out, ckpt), trained=True)
+            write_json(out / "lifecycle.json", {"base": base_ref, "technique": params.adapt.technique.value,
+                                                "adapter": params.adapt.technique in (Technique.lora, Technique.qlora)})
+        if metrics.get("trained"):
+            shutil.rmtree(ckpt, ignore_errors=True)  # done: the adapter is the result, checkpoints are not
+        write_json(Path(paths.metrics) / "adapt.json", metrics)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    return {"metrics": metrics, "summary": f"{params.adapt.technique.value} on {selection['selected']['name']}: "
+                                           + ", ".join(f"{k} {v}" for k, v in metrics.items())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("adapt", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

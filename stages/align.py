@@ -1,0 +1,100 @@
+"""align: preference tuning with TRL DPO on top of the SFT model.
+
+    python -m stages.align          # writes models/aligned/ (a full model folder, SFT + DPO merged)
+
+The SFT adapter is merged into the base first and DPO trains a fresh LoRA adapter on that; with the adapter
+disabled the model *is* the SFT model, so DPO's reference costs no second copy in memory and the policy is
+anchored to what SFT learned (not to the raw base). The result is merged again so evaluate and package load
+one plain folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from stages.cli import stage_main
+from stages.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.params import AlignMethod, Params, Paths, Precision
+
+log = logging.getLogger(__name__)
+
+
+def sft_model(paths: Paths, precision: str):
+    """The adapted model as one plain model: the base with the SFT adapter merged (or the base alone)."""
+    from stages.models import load_model
+
+    info = read_json(Path(paths.sft) / "lifecycle.json")
+    if info["adapter"]:
+        return load_model(info["base"], "cpu", precision, adapter=paths.sft).merge_and_unload(), info
+    if info["technique"] == "full":
+        return load_model(paths.sft, "cpu", precision), info
+    return load_model(info["base"], "cpu", precision), info
+
+
+def train_dpo(params: Params, paths: Paths, device: str, out: Path) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from stages.models import load_tokenizer, question_prompt
+
+    p = params.align
+    model, info = sft_model(paths, p.precision.value)
+    tok = load_tokenizer(paths.sft if info["adapter"] else info["base"])
+    rows = read_jsonl(Path(paths.processed) / "preference.jsonl")
+    train = Dataset.from_list([{"prompt": question_prompt(r["question"]), "chosen": " " + r["chosen"],
+                                "rejected": " " + r["rejected"]} for r in rows])
+    config = DPOConfig(
+        output_dir=str(Path("models/.checkpoints/align")),
+        **p.trainer.model_dump(),
+        beta=p.beta,
+        bf16=p.precision is Precision.bf16,
+        fp16=p.precision is Precision.fp16,
+        use_cpu=device == "cpu",
+        save_strategy="no",
+        report_to=["mlflow"],
+        seed=params.project.seed,
+    )
+    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tok,
+                         peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()))
+    result = trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    first, last = (logs[0], logs[-1]) if logs else ({}, {})
+    return {
+        "train_loss": round(result.training_loss, 4),
+        "train_seconds": round(result.metrics["train_runtime"], 1),
+        "first_reward_accuracy": first.get("rewards/accuracies"),
+        "last_reward_accuracy": last.get("rewards/accuracies"),
+        "last_reward_margin": last.get("rewards/margins"),
+    }
+
+
+def run(params: Params, paths: Paths) -> dict:
+    from stages.models import resolve_device
+    from stages.tracking import stage_run
+
+    device = resolve_device(params.project.device)
+    with stage_run("align", params, params.align.model_dump(mode="json")) as _, atomic_dir(paths.aligned) as out:
+        import mlflow
+
+        if params.align.method is AlignMethod.none:
+            metrics = {"trained": False}
+        else:
+            metrics = {**train_dpo(params, paths, device, out), "trained": True}
+        write_json(out / "lifecycle.json", {"method": params.align.method.value, "model": metrics["trained"]})
+        write_json(Path(paths.metrics) / "align.json", metrics)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    return {"metrics": metrics, "summary": f"{params.align.method.value}: "
+                                           + ", ".join(f"{k} {v}" for k, v in metrics.items())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("align", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

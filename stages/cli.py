@@ -1,0 +1,52 @@
+"""The `main(argv) -> int` shared by every `python -m stages.<name>`: load params, run, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from stages.errors import ExitStatus, GateRefused, ProjectError
+
+
+def project_environment(root: str | Path = ".") -> None:
+    """Keep every tool's state inside the project and quiet, unless the user already chose otherwise."""
+    root = Path(root).resolve()
+    defaults = {
+        "BENTOML_HOME": str(root / ".bentoml"),
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # its heartbeat hits "database is locked" on SQLite
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # first start migrates the DB
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def stage_main(name: str, run, argv: list[str] | None = None) -> int:
+    from stages.params import load_params
+
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the `{name}` stage.")
+    parser.add_argument("--params", default="params.yaml", help="project definition (default: params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
+    project_environment()
+    try:
+        params = load_params(args.params)
+        result = run(params, params.paths)
+    except ProjectError as exc:
+        print(f"[{name}] {exc}", file=sys.stderr)
+        return ExitStatus.INVALID_PROJECT
+    except GateRefused as exc:
+        print(f"[{name}] {exc}", file=sys.stderr)
+        return ExitStatus.GATE_REFUSED
+    if isinstance(result, dict) and result.get("summary"):
+        print(f"[{name}] {result['summary']}")
+    return ExitStatus.OK

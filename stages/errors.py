@@ -1,0 +1,32 @@
+"""Exit statuses and the errors a user can act on, shared by every stage and the `lifecycle` command."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    ERROR = 1              # unexpected failure: the traceback is in the log
+    INVALID_PROJECT = 2    # params.yaml is invalid or contradictory
+    GATE_REFUSED = 3       # a KPI gate refused the model: nothing was promoted
+
+
+class ProjectError(Exception):
+    """params.yaml (or a file it names) is wrong; carries every problem so the user fixes them in one go."""
+
+    exit_status = ExitStatus.INVALID_PROJECT
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid project definition:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class GateRefused(Exception):
+    """The evaluated model did not pass its KPI gates."""
+
+    exit_status = ExitStatus.GATE_REFUSED
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = list(reasons)
+        super().__init__("the KPI gates refused the model:\n" + "\n".join(f"  - {r}" for r in self.reasons))

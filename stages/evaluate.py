@@ -1,0 +1,155 @@
+"""evaluate: every variant answers the held-out eval questions; the KPI gates decide what may ship.
+
+    python -m stages.evaluate       # writes metrics/eval.json, reports/eval.md, reports/eval.png
+
+Variants: the selected base model zero-shot and with the searched prompt (the baselines), the SFT model and the
+DPO-aligned model. Each gets ROUGE-L, BLEU, exact match, latency per answer and perplexity on the general split
+(the forgetting check). The best tuned variant (by `select.rank_by`) is the candidate; `versus: baseline` KPIs
+compare it with the best baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from stages.cli import stage_main
+from stages.gates import should_promote
+from stages.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from stages.params import EVAL_METRICS, Params, Paths
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("baseline_zero_shot", "baseline_prompted")
+
+
+def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
+    """name -> how to load it and how to prompt it."""
+    base = selection["selected"]["ref"]
+    out = {
+        "baseline_zero_shot": {"ref": base, "adapter": None, "examples": []},
+        "baseline_prompted": {"ref": base, "adapter": None, "examples": prompt["examples"]},
+    }
+    sft = read_json(Path(paths.sft) / "lifecycle.json")
+    if sft["technique"] != "prompt":
+        out["sft"] = ({"ref": base, "adapter": paths.sft, "examples": []} if sft["adapter"]
+                      else {"ref": paths.sft, "adapter": None, "examples": []})
+    if read_json(Path(paths.aligned) / "lifecycle.json")["model"]:
+        out["aligned"] = {"ref": paths.aligned, "adapter": None, "examples": []}
+    return out
+
+
+def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list[str], params: Params,
+                     device: str) -> tuple[dict, list[str]]:
+    from stages.models import few_shot_prompt, generate, load_model, load_tokenizer, perplexity
+    from stages.scoring import score
+
+    model = load_model(spec["ref"], device, adapter=spec["adapter"])
+    tok = load_tokenizer(spec["adapter"] or spec["ref"])
+    prompts = [few_shot_prompt(r["question"], spec["examples"]) for r in eval_rows]
+    gen = generate(model, tok, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
+                   progress=f"evaluate {name}")
+    metrics = score(gen.answers, [r["answer"] for r in eval_rows])
+    metrics["latency_ms"] = round(gen.seconds_per_answer * 1000, 2)
+    metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
+    return metrics, gen.answers
+
+
+def pick(results: dict[str, dict], names, metric: str) -> str:
+    lower = metric in ("latency_ms", "perplexity_general")
+    names = [n for n in names if n in results]
+    return (min if lower else max)(names, key=lambda n: results[n][metric])
+
+
+def run(params: Params, paths: Paths) -> dict:
+    from stages.models import resolve_device
+    from stages.tracking import stage_run
+
+    device = resolve_device(params.project.device)
+    selection, prompt = read_json(paths.selection), read_json(paths.prompt)
+    eval_rows = read_jsonl(Path(paths.processed) / "eval.jsonl")
+    general = [r["text"] for r in read_jsonl(Path(paths.processed) / "general.jsonl")]
+    rank_by = params.select.rank_by
+    specs = variants(paths, selection, prompt)
+
+    with stage_run("evaluate", params, params.evaluate.model_dump()) as _:
+        import mlflow
+
+        results, answers = {}, {}
+        for name, spec in specs.items():
+            results[name], answers[name] = evaluate_variant(name, spec, eval_rows, general, params, device)
+            log.info("%s: %s", name, results[name])
+            mlflow.log_metrics({f"{name}.{k}": v for k, v in results[name].items()})
+
+        tuned = [n for n in specs if n not in BASELINES]
+        candidate = pick(results, tuned or ["baseline_prompted"], rank_by)
+        baseline = pick(results, [b for b in BASELINES if b != candidate], rank_by)
+        decision = should_promote(results[candidate], results[baseline], params.scope.kpis)
+        report = {
+            "variants": results,
+            "candidate": candidate,
+            "baseline": baseline,
+            "gates": {"passed": decision.passed, "reasons": decision.reasons, "failed": decision.failed},
+            "eval_rows": len(eval_rows),
+            "metrics": list(EVAL_METRICS),
+        }
+        write_json(paths.eval_metrics, report)
+        write_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"),
+                    [{"question": r["question"], "reference": r["answer"], **{n: answers[n][i] for n in answers}}
+                     for i, r in enumerate(eval_rows)])
+        plot(results, Path(paths.eval_report).with_suffix(".png"))
+        write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
+        mlflow.set_tags({"candidate": candidate, "gates.passed": str(decision.passed)})
+        mlflow.log_metric("gates.passed", float(decision.passed))
+        for f in (paths.eval_metrics, paths.eval_report, Path(paths.eval_report).with_suffix(".png")):
+            mlflow.log_artifact(str(f))
+    verdict = "PASSED" if decision.passed else "FAILED"
+    return {"report": report, "summary": f"candidate {candidate} vs {baseline}: gates {verdict}; "
+                                         + "; ".join(decision.reasons)}
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("rougeL", "bleu", "exact_match", "latency_ms")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2))
+    names = list(results)
+    for ax, metric in zip(axes, shown):
+        ax.bar(range(len(names)), [results[n][metric] for n in names], color=["#999", "#bbb", "#4a90d9", "#2a6"][:len(names)])
+        ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n") for n in names], fontsize=8)
+        ax.set_title(metric)
+    fig.suptitle("held-out eval split: every variant side by side")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -> str:
+    results = report["variants"]
+    metrics = list(next(iter(results.values())))
+    lines = ["# Evaluation", "",
+             f"{report['eval_rows']} held-out questions. Candidate: **{report['candidate']}**; "
+             f"baseline: **{report['baseline']}**; prompted baseline uses {prompt['shots']}-shot "
+             f"(best on the dev split: {prompt['dev_scores']}).", "",
+             "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [f"| {n} | " + " | ".join(str(r[m]) for m in metrics) + " |" for n, r in results.items()]
+    lines += ["", f"## Gates: {'PASSED' if report['gates']['passed'] else 'FAILED'}", ""]
+    lines += [f"- {r}" for r in report["gates"]["reasons"]]
+    lines += ["", "![metrics](eval.png)", "", "## Sample answers", ""]
+    for i, row in enumerate(eval_rows[:5]):
+        lines += [f"**{row['question']}**  ", f"reference: {row['answer']}  "]
+        lines += [f"{n}: {answers[n][i]}  " for n in answers] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("evaluate", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

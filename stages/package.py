@@ -1,0 +1,137 @@
+"""package: ship the candidate that passed its gates. Merge, register in MLflow (alias `champion`), build a bento.
+
+    python -m stages.package        # exits 3, promoting nothing, when the gates in metrics/eval.json failed
+
+One copy between the systems, here only: the merged model goes to the MLflow registry (a new version of the
+model named `project.name`, alias `champion`) and to BentoML's model store, and `bentoml build` packs it with
+serving/service.py into a bento. models/package/package.json records the versions and tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from stages.cli import stage_main
+from stages.errors import GateRefused
+from stages.io import atomic_dir, read_json, write_json
+from stages.models import ANSWER_PREFIX, question_prompt
+
+log = logging.getLogger(__name__)
+
+SERVING_DIR = Path("serving")
+CHAMPION = "champion"
+# What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
+SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")
+
+
+def candidate_model(variant: str, paths, selection: dict, merge: bool):
+    """(model, tokenizer source) for the evaluated variant, as one plain model when `merge`."""
+    from stages.models import load_model
+
+    base = selection["selected"]["ref"]
+    if variant == "aligned":
+        return load_model(paths.aligned), paths.aligned
+    if variant == "sft":
+        sft = read_json(Path(paths.sft) / "lifecycle.json")
+        if not sft["adapter"]:
+            return load_model(paths.sft), paths.sft
+        model = load_model(base, adapter=paths.sft)
+        return (model.merge_and_unload() if merge else model), paths.sft
+    return load_model(base), base  # a prompted baseline is the candidate when nothing was tuned
+
+
+def pinned(packages) -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p).split('+')[0]}" for p in packages]
+
+
+def register(params, model_dir: Path, model, tokenizer, eval_report: dict) -> dict:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = params.project.name
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name="model",
+        task="text-generation",
+        pip_requirements=pinned(SERVING_PACKAGES),  # inferring them trips over torchvision on this stack
+        registered_model_name=name,
+        metadata={"variant": eval_report["candidate"], "gates": "passed"},
+    )
+    client = MlflowClient()
+    version = info.registered_model_version
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for k, v in eval_report["variants"][eval_report["candidate"]].items():
+        client.set_model_version_tag(name, version, f"eval.{k}", str(v))
+    return {"registered_model": name, "version": int(version), "alias": CHAMPION, "model_uri": info.model_uri}
+
+
+def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
+    import bentoml
+
+    name = params.project.name
+    labels = {"project": name, "variant": eval_report["candidate"]}
+    with bentoml.models.create(name, labels=labels, metadata={"eval": eval_report["variants"][eval_report["candidate"]]}) as bm:
+        shutil.copytree(model_dir, bm.path, dirs_exist_ok=True)
+    model_tag = str(bm.tag)
+    os.environ["LIFECYCLE_MODEL_TAG"] = model_tag  # the service reads it when bentoml imports it to build
+    import yaml
+
+    recipe = yaml.safe_load((SERVING_DIR / "bentofile.yaml").read_text(encoding="utf-8"))
+    recipe["models"] = [model_tag]
+    recipe["envs"] = [{"name": "LIFECYCLE_MODEL_TAG", "value": model_tag}]
+    recipe.setdefault("python", {})["packages"] = pinned(SERVING_PACKAGES)
+    recipe["labels"] = labels
+    with tempfile.TemporaryDirectory() as tmp:
+        bentofile = Path(tmp) / "bentofile.yaml"
+        bentofile.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+        bento = bentoml.bentos.build_bentofile(str(bentofile), name=name, build_ctx=str(SERVING_DIR))
+    return {"bento": str(bento.tag), "bentoml_model": model_tag}
+
+
+def run(params, paths) -> dict:
+    from stages.tracking import stage_run
+
+    report = read_json(paths.eval_metrics)
+    if not report["gates"]["passed"]:
+        raise GateRefused(report["gates"]["failed"])  # no alias, no bento: nothing of this model ships
+    selection, prompt = read_json(paths.selection), read_json(paths.prompt)
+    variant = report["candidate"]
+    with stage_run("package", params, params.package.model_dump()) as _, atomic_dir(paths.package) as out:
+        import mlflow
+
+        model, tok_src = candidate_model(variant, paths, selection, params.package.merge_adapter)
+        from stages.models import load_tokenizer
+
+        tokenizer = load_tokenizer(tok_src)
+        model_dir = out / "model"
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        write_json(model_dir / "lifecycle.json", {
+            "project": params.project.name,
+            "variant": variant,
+            "prompt_format": question_prompt("{question}"),
+            "answer_prefix": ANSWER_PREFIX,
+            "examples": prompt["examples"] if variant == "baseline_prompted" else [],
+            "max_new_tokens": params.evaluate.max_new_tokens,
+            "eval": report["variants"][variant],
+        })
+        record = {"variant": variant, **register(params, model_dir, model, tokenizer, report),
+                  **build_bento(params, model_dir, report)}
+        write_json(out / "package.json", record)
+        mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"]})
+    return {"package": record, "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
+                                          f"@{CHAMPION}, bento {record['bento']}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("package", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
