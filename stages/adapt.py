@@ -23,8 +23,6 @@ from stages.params import Params, Paths, Precision, Technique
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = Path("models/.checkpoints")
-
 
 def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
     from stages.models import few_shot_prompt, generate
@@ -61,11 +59,11 @@ def sft_config(params: Params, output_dir: Path, device: str):
     )
 
 
-def checkpoint_dir(params: Params, selection: dict) -> Path:
+def checkpoint_dir(params: Params, paths: Paths, selection: dict) -> Path:
     """Unique per configuration: resuming is only safe with the same model, data and hyperparameters."""
     key = json.dumps({"adapt": params.adapt.model_dump(mode="json"), "base": selection["selected"]["ref"],
                       "seed": params.project.seed}, sort_keys=True)
-    return CHECKPOINTS / f"adapt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return Path(paths.sft).parent / ".checkpoints" / f"adapt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Path, ckpt: Path) -> dict:
@@ -134,7 +132,7 @@ def run(params: Params, paths: Paths) -> dict:
             if params.adapt.technique is Technique.prompt:
                 metrics["trained"] = False  # prompting only: the "adapted" model is the base + prompt.json
             else:
-                ckpt = checkpoint_dir(params, selection)
+                ckpt = checkpoint_dir(params, paths, selection)
                 metrics.update(train_sft(params, paths, base_ref, device, out, ckpt), trained=True)
             write_json(out / "lifecycle.json", {"base": base_ref, "technique": params.adapt.technique.value,
                                                 "adapter": params.adapt.technique in (Technique.lora, Technique.qlora)})

@@ -46,7 +46,7 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path) -> dict:
     train = Dataset.from_list([{"prompt": question_prompt(r["question"]), "chosen": " " + r["chosen"],
                                 "rejected": " " + r["rejected"]} for r in rows])
     config = DPOConfig(
-        output_dir=str(Path("models/.checkpoints/align")),
+        output_dir=str(Path(paths.aligned).parent / ".checkpoints" / "align"),
         **p.trainer.model_dump(),
         beta=p.beta,
         bf16=p.precision is Precision.bf16,

@@ -94,11 +94,14 @@ def run(params: Params, paths: Paths) -> dict:
     rng.shuffle(topics)
     n_general = max(1, round(len(topics) * p.general_fraction))
     general, pretrain_topics = topics[:n_general], topics[n_general:]
-    # The general split is cut into paragraphs: perplexity is measured on short, comparable texts.
-    splits["general"] = [{"topic": t["topic"], "text": para.strip()}
-                         for t in general for para in re.split(r"\n\s*\n", t["text"]) if len(para.strip()) > 80]
     splits["corpus"] = ([{"text": f"{d['name']}{d['signature']}\n{d['doc']}"} for d in docstrings]
                         + [{"text": t["text"]} for t in pretrain_topics])
+    # The general split is cut into paragraphs (perplexity on short, comparable texts); topics repeat each
+    # other's paragraphs, so any paragraph the pretraining corpus also holds is dropped.
+    corpus_text = "\n".join(r["text"] for r in splits["corpus"])
+    splits["general"] = [{"topic": t["topic"], "text": para.strip()}
+                         for t in general for para in re.split(r"\n\s*\n", t["text"])
+                         if len(para.strip()) > 80 and para.strip() not in corpus_text]
 
     _check_no_leakage(splits)
     out = Path(paths.processed)

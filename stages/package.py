@@ -22,7 +22,7 @@ from stages.models import ANSWER_PREFIX, question_prompt
 
 log = logging.getLogger(__name__)
 
-SERVING_DIR = Path("serving")
+SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
 CHAMPION = "champion"
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")

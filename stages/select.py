@@ -36,7 +36,7 @@ OVERHEAD = 1.3
 
 def memory_estimate_gib(n_params: int, technique: str, precision: str) -> float:
     dtype_bytes = {"fp32": 4, "bf16": 2, "fp16": 2}[precision]
-    return round(n_params * BYTES_PER_PARAM[technique](dtype_bytes) * OVERHEAD / GIB, 3)
+    return n_params * BYTES_PER_PARAM[technique](dtype_bytes) * OVERHEAD / GIB
 
 
 def host_memory_gib() -> float:
@@ -105,8 +105,9 @@ def run(params: Params, paths: Paths) -> dict:
             reasons = constraint_problems(c, plan)
             if not reasons:
                 row["parameters"] = count_parameters(c.ref)
-                row["memory_gib"] = memory_estimate_gib(row["parameters"], technique, precision)
-                if row["memory_gib"] > budget:
+                need = memory_estimate_gib(row["parameters"], technique, precision)
+                row["memory_gib"] = float(f"{need:.3g}")
+                if need > budget:
                     reasons.append(f"{technique} needs ~{row['memory_gib']} GiB, over the {budget_label}")
             if reasons:
                 row.update(status="rejected", reasons=reasons)

@@ -22,9 +22,9 @@ def configure(experiment: str):
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(f"sqlite:///{Path(DEFAULT_DB).resolve()}")
     if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if mlflow.get_tracking_uri().startswith("sqlite:"):
-            location = Path("mlartifacts").resolve().as_uri()
+        location, uri = None, mlflow.get_tracking_uri()
+        if uri.startswith("sqlite:///"):  # artifacts next to the database, not wherever the cwd happens to be
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         try:
             mlflow.create_experiment(experiment, artifact_location=location)
         except Exception:  # created concurrently by another process: fine, use it

@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny project (one tiny model, a few training steps) that the stage tests build up in order.
+
+Every tool's state lives in a temporary folder: MLflow (SQLite), BentoML's store, Prefect's home, HF caches.
+Nothing reaches a hub (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
+os.environ.update({
+    "MLFLOW_TRACKING_URI": f"sqlite:///{STATE / 'mlflow.db'}",
+    "BENTOML_HOME": str(STATE / "bentoml"),
+    "PREFECT_HOME": str(STATE / "prefect"),
+    "HF_HOME": str(STATE / "hf"),
+    "HF_HUB_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+})
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params_dict(root: Path) -> dict:
+    """The default project shrunk to seconds: one tiny model, small splits, a few steps, easy KPIs."""
+    p = copy.deepcopy(default_params())
+    p["paths"] = {k: str(root / v) for k, v in p["paths"].items()}
+    p["paths"]["raw"] = str(REPO / "data" / "raw")
+    p["project"]["device"] = "cpu"
+    p["data"].update(eval_size=16, dev_size=8, preference_size=32)
+    p["pretrain"].update(vocab_size=400, seq_len=64, batch_size=8, models=[
+        {"name": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 30},
+        {"name": "tinier", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "steps": 10},
+    ])
+    p["select"]["candidates"] = [
+        {"name": n, "path": str(root / "models" / "pretrain" / n), "licence": "apache-2.0", "languages": ["en"]}
+        for n in ("tiny", "tinier")]
+    p["select"]["max_new_tokens"] = 8
+    p["adapt"]["prompt_shots"] = [0, 1]
+    p["adapt"]["trainer"].update(max_steps=8, per_device_train_batch_size=8, logging_steps=2, save_steps=4,
+                                 learning_rate=1e-2, max_length=64)
+    p["align"]["trainer"].update(max_steps=3, per_device_train_batch_size=4, logging_steps=1, max_length=64)
+    p["evaluate"].update(max_new_tokens=8, batch_size=16)
+    p["scope"]["kpis"] = [{"metric": "latency_ms", "threshold": 60000, "direction": "lower", "versus": "absolute"}]
+    return p
+
+
+def write_params(root: Path, p: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-project")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_root):
+    """Validated Params of the tiny project."""
+    from stages.params import load_params
+
+    return load_params(write_params(tiny_root, tiny_params_dict(tiny_root)))
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny):
+    """scope + data + pretrain run on the tiny project."""
+    from stages import data, pretrain, scope
+
+    scope.run(tiny, tiny.paths)
+    data.run(tiny, tiny.paths)
+    pretrain.run(tiny, tiny.paths)
+    return tiny
+
+
+@pytest.fixture(scope="session")
+def selected(prepared):
+    from stages import select
+
+    return select.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
+def adapted(prepared, selected):
+    from stages import adapt
+
+    return adapt.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
+def aligned(prepared, adapted):
+    from stages import align
+
+    return align.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
+def packaged(prepared, aligned):
+    """evaluate (easy KPI: passes) then package: an MLflow version and a bento exist."""
+    from stages import evaluate, package
+
+    evaluate.run(prepared, prepared.paths)
+    return package.run(prepared, prepared.paths)

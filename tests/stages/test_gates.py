@@ -1,0 +1,19 @@
+from stages.gates import should_promote
+from stages.params import Kpi
+
+BASE = {"rougeL": 0.10, "latency_ms": 5.0}
+
+
+def test_margin_over_baseline_is_required():
+    kpis = [Kpi(metric="rougeL", threshold=0.05, direction="higher", versus="baseline")]
+    assert should_promote({"rougeL": 0.16, "latency_ms": 1}, BASE, kpis).passed
+    decision = should_promote({"rougeL": 0.14, "latency_ms": 1}, BASE, kpis)
+    assert not decision.passed and "rougeL 0.1400 vs baseline 0.1000" in decision.failed[0]
+
+
+def test_absolute_and_lower_is_better():
+    kpis = [Kpi(metric="latency_ms", threshold=10, direction="lower"),
+            Kpi(metric="rougeL", threshold=0.3, direction="higher")]
+    decision = should_promote({"rougeL": 0.31, "latency_ms": 12}, BASE, kpis)
+    assert not decision.passed and len(decision.failed) == 1 and decision.failed[0].startswith("latency_ms")
+    assert [r[:4] for r in decision.reasons] == ["FAIL", "PASS"]

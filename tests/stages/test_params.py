@@ -1,0 +1,114 @@
+"""params.yaml validation: typos, types and contradictions are errors naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.errors import ProjectError
+from stages.params import allowed_techniques, load_params
+from tests.conftest import REPO, default_params, write_params
+
+
+def problems_for(tmp_path: Path, p: dict) -> list[str]:
+    with pytest.raises(ProjectError) as err:
+        load_params(write_params(tmp_path, p))
+    return err.value.problems
+
+
+def test_shipped_default_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.project.name == "stdlib-helpdesk"
+    assert [c.name for c in params.select.candidates] == [m.name for m in params.pretrain.models]
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_real_model_profiles_are_valid(profile):
+    params = load_params(profile)
+    assert all(c.hub_id for c in params.select.candidates), "a profile for real models names hub ids"
+    assert params.adapt.precision.value == "bf16" and params.project.device == "cuda"
+
+
+def test_typo_key_is_named(tmp_path):
+    p = default_params()
+    p["adapt"]["lora"]["rr"] = 8
+    assert any("unknown key `adapt.lora.rr`" in m for m in problems_for(tmp_path, p))
+
+
+def test_wrong_type_and_missing_key_are_named(tmp_path):
+    p = default_params()
+    p["adapt"]["trainer"]["max_steps"] = "many"
+    del p["scope"]["budget"]
+    problems = problems_for(tmp_path, p)
+    assert any("`adapt.trainer.max_steps`" in m for m in problems)
+    assert any("missing key `scope.budget`" in m for m in problems)
+
+
+def test_unknown_enum_value_is_named(tmp_path):
+    p = default_params()
+    p["scope"]["deployment_target"] = "mainframe"
+    assert any("`scope.deployment_target`" in m for m in problems_for(tmp_path, p))
+
+
+def test_personal_data_with_saas_is_a_contradiction(tmp_path):
+    p = default_params()
+    p["scope"]["privacy"]["personal_data"] = True
+    p["scope"]["deployment_target"] = "saas"
+    p["select"]["candidates"][0]["hosting"] = "saas"
+    problems = problems_for(tmp_path, p)
+    assert any("personal_data" in m and "deployment_target" in m for m in problems)
+    assert any("SaaS-hosted" in m for m in problems)
+
+
+def test_kpi_on_a_metric_the_evaluator_does_not_compute(tmp_path):
+    p = default_params()
+    p["scope"]["kpis"].append({"metric": "f1", "threshold": 0.5, "direction": "higher"})
+    assert any("`scope.kpis.3.metric` 'f1'" in m for m in problems_for(tmp_path, p))
+
+
+def test_technique_the_data_does_not_support(tmp_path):
+    p = default_params()
+    p["scope"]["data"]["sft_pairs"] = 30
+    p["scope"]["data"]["preference_pairs"] = 0
+    problems = problems_for(tmp_path, p)
+    assert any("`adapt.technique` is lora" in m for m in problems)
+    assert any("`align.method` is dpo" in m for m in problems)
+
+
+def test_missing_candidate_path_is_named(tmp_path):
+    p = default_params()
+    p["select"]["candidates"][0]["path"] = "models/nowhere"
+    assert any("models/nowhere does not exist" in m for m in problems_for(tmp_path, p))
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    p = default_params()
+    p["scope"]["languages"] = []
+    p["data"]["eval_size"] = -1
+    p["orchestrate"] = {}
+    assert len(problems_for(tmp_path, p)) == 3
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("project: [unclosed")
+    with pytest.raises(ProjectError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ProjectError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("sft, pref, adapt, align", [
+    (20, 0, ["prompt"], ["none"]),
+    (2000, 0, ["prompt", "lora", "qlora"], ["none"]),
+    (2000, 500, ["prompt", "lora", "qlora"], ["none", "dpo"]),
+    (50_000, 500, ["prompt", "lora", "qlora", "full"], ["none", "dpo"]),
+])
+def test_data_size_decides_the_techniques(sft, pref, adapt, align):
+    p = load_params(REPO / "params.yaml")
+    scope = p.scope.model_copy(update={"data": p.scope.data.model_copy(update={"sft_pairs": sft, "preference_pairs": pref})})
+    allowed = allowed_techniques(scope)
+    assert allowed["adapt"] == adapt and allowed["align"] == align

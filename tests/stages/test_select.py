@@ -1,0 +1,53 @@
+import pytest
+
+from stages.errors import ProjectError
+from stages.io import read_json
+from stages.params import Candidate
+from stages.select import constraint_problems, memory_estimate_gib
+
+
+def test_selection_ranks_survivors_with_reasons(selected, prepared):
+    selection = read_json(prepared.paths.selection)
+    ranked = [c for c in selection["candidates"] if c["status"] in ("selected", "ranked")]
+    assert len(ranked) == 2
+    chosen = next(c for c in ranked if c["status"] == "selected")
+    other = next(c for c in ranked if c["status"] == "ranked")
+    assert chosen["score"] >= other["score"]
+    for c in ranked:
+        assert set(c["metrics"]["few_shot"]) >= {"rougeL", "bleu", "exact_match", "latency_ms"}
+    assert selection["selected"]["name"] == chosen["name"] and "dev split" in selection["selected"]["why"]
+
+
+def test_constraints_reject_with_reasons():
+    plan = {"licences": ["apache-2.0"], "languages": ["en", "de"], "candidate_hosting": ["self"]}
+    c = Candidate(name="x", hub_id="org/x", licence="llama3", languages=["en"], hosting="saas")
+    reasons = constraint_problems(c, plan)
+    assert any("licence llama3" in r for r in reasons)
+    assert any("['de']" in r for r in reasons)
+    assert any("saas-hosted" in r for r in reasons)
+
+
+def test_memory_estimate_orders_techniques():
+    n = 500_000_000
+    assert memory_estimate_gib(n, "qlora", "bf16") < memory_estimate_gib(n, "lora", "bf16") \
+        < memory_estimate_gib(n, "full", "bf16")
+    assert 7 < memory_estimate_gib(n, "full", "bf16") < 11  # 16 bytes/param * 1.3 = ~9.7 GiB
+
+
+def test_over_budget_and_missing_path(prepared, tmp_path):
+    from stages import select
+
+    scope_report = read_json(prepared.paths.scope_report)
+    scope_report["plan"]["gpu_memory_gib"] = 1e-9
+    from stages.io import write_json
+
+    write_json(tmp_path / "scope.json", scope_report)
+    paths = prepared.paths.model_copy(update={"scope_report": str(tmp_path / "scope.json"),
+                                              "selection": str(tmp_path / "selection.json")})
+    with pytest.raises(ProjectError, match="no candidate survives.*over the GPU budget"):
+        select.run(prepared, paths)
+
+    gone = prepared.select.candidates[0].model_copy(update={"path": str(tmp_path / "gone")})
+    params = prepared.model_copy(update={"select": prepared.select.model_copy(update={"candidates": [gone]})})
+    with pytest.raises(ProjectError, match="gone does not exist"):
+        select.run(params, paths)
