@@ -21,6 +21,9 @@ from pathlib import Path
 
 from stages.cli import project_environment
 from stages.errors import ExitStatus, ProjectError
+from stages.io import write_json
+
+LAST_RUN = Path("reports/last_run.json")  # what the last `lifecycle run` did; `lifecycle status` shows it
 
 
 def _read(path: Path):
@@ -49,7 +52,7 @@ def summary(root: Path, paths) -> str:
             mark = " *" if name == report["candidate"] else ""
             lines.append("           " + f"{name + mark:<20}" + "".join(f"{values[m]:>20}" for m in metrics))
         verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
-        lines.append(f"gates      {verdict} for {report['candidate']} (vs {report['baseline']})")
+        lines.append(f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})")
         lines += [f"           {r}" for r in report["gates"]["reasons"]]
     package = _read(root / paths.package / "package.json")
     if package and report and report["gates"]["passed"]:
@@ -87,6 +90,10 @@ def cmd_run(args) -> int:
         raise outcome
     else:
         result = outcome
+    record = {"exit_status": int(result.exit_status), "ran": result.ran, "skipped": result.skipped,
+              "seconds": result.seconds, "total_seconds": round(time.perf_counter() - start, 2),
+              "failed_stage": result.failed_stage, "mlflow_parent_run": result.parent_run_id}
+    write_json(root / LAST_RUN, record)
     print()
     print(f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
           f"up to date {result.skipped or 'none'}")
@@ -112,6 +119,10 @@ def cmd_status(args) -> int:
         changed = repo.status()
     for stage in stage_order(root):
         print(f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}")
+    last = _read(root / LAST_RUN)
+    if last:
+        print(f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
+              f"in {last['total_seconds']} s (MLflow run {last['mlflow_parent_run']})")
     print()
     print(summary(root, params.paths))
     return ExitStatus.OK
@@ -132,14 +143,25 @@ def cmd_serve(args) -> int:
     return subprocess.call(cmd)
 
 
-def cmd_schedule(args) -> int:
+def scheduled_deployment(cron: str, name: str, root: str):
+    """The lifecycle flow as a Prefect deployment on a cron schedule (Prefect's ordinary mechanism)."""
     from prefect.schedules import Cron
 
     from flows.lifecycle import lifecycle
 
-    root = str(Path.cwd())
-    print(f"serving deployment '{args.name}' of flow 'lifecycle' on cron '{args.cron}' (Ctrl-C to stop)")
-    lifecycle.serve(name=args.name, schedules=[Cron(args.cron)], parameters={"root": root})
+    try:
+        schedule = Cron(cron)
+    except ValueError as exc:
+        raise ProjectError([f"--cron {cron!r} is not a valid cron expression ({exc}); e.g. \"0 3 * * *\""]) from None
+    return lifecycle.to_deployment(name=name, schedules=[schedule], parameters={"root": root})
+
+
+def cmd_schedule(args) -> int:
+    from prefect import serve
+
+    deployment = scheduled_deployment(args.cron, args.name, str(Path.cwd()))
+    print(f"serving deployment 'lifecycle/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
+    serve(deployment)
     return ExitStatus.OK
 
 

@@ -66,6 +66,8 @@ def _exit_status_of(exc: BaseException) -> int:
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
     """Retry crashes (OOM, a flaky disk), never a verdict: invalid params (2) or a refused gate (3) stay so."""
+    if not state.is_failed():
+        return False
     try:
         state.result()
     except StageFailed as exc:

@@ -25,18 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
-    from stages.models import few_shot_prompt, generate
+    from stages.models import answer_perplexity, few_shot_prompt, generate
     from stages.scoring import score
 
+    primary = params.scope.kpis[0]  # the prompt is searched for what the project is judged on
+    refs = [r["answer"] for r in dev]
     results = {}
-    for k in shot_counts:
+    for k in sorted(shot_counts):  # sorted: on a tie the shorter (cheaper) prompt, found first, wins
         prompts = [few_shot_prompt(r["question"], examples[:k]) for r in dev]
         gen = generate(model, tok, prompts, params.select.max_new_tokens, params.evaluate.batch_size,
                        progress=f"prompt search {k}-shot")
-        results[k] = score(gen.answers, [r["answer"] for r in dev])[params.select.rank_by]
-    best = max(results, key=lambda k: (results[k], -k))  # on a tie, the shorter (cheaper) prompt
+        metrics = {**score(gen.answers, refs), "latency_ms": gen.seconds_per_answer * 1000,
+                   "answer_perplexity": answer_perplexity(model, tok, prompts, refs)}
+        results[k] = round(metrics[primary.metric], 4) if primary.metric in metrics else metrics["rougeL"]
+    best = (max if primary.direction == "higher" else min)(results, key=results.get)
     return {"shots": best, "examples": examples[:best], "dev_scores": {str(k): v for k, v in results.items()},
-            "metric": params.select.rank_by}
+            "metric": primary.metric if primary.metric in metrics else "rougeL"}
 
 
 def sft_config(params: Params, output_dir: Path, device: str):

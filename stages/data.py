@@ -4,8 +4,8 @@
 
 Every question is about one stdlib function; a function is in exactly one split and no answer text appears in
 two splits, so the eval questions are held out of SFT and DPO. The pretraining corpus holds the docstrings of
-every function (a foundation model has read the docs; tuning teaches the one-line answer, not the facts) but
-not the `general` reference topics, which measure forgetting.
+every function (a foundation model has read the docs; tuning teaches the one-line answer, not the facts); the
+`general` split, paragraphs of Python's reference topics, measures forgetting.
 """
 
 from __future__ import annotations
@@ -90,14 +90,14 @@ def run(params: Params, paths: Paths) -> dict:
     }
     splits["preference"] = preference_pairs(splits["sft"], p.preference_size, rng)
 
+    # Pretraining reads the docstrings (the facts the help desk is about); the reference topics are the
+    # knowledge base for retrieval, and a sample of them is the general text of the forgetting check.
+    splits["corpus"] = [{"text": f"{d['name']}{d['signature']}\n{d['doc']}"} for d in docstrings]
     topics = reference[:]
     rng.shuffle(topics)
-    n_general = max(1, round(len(topics) * p.general_fraction))
-    general, pretrain_topics = topics[:n_general], topics[n_general:]
-    splits["corpus"] = ([{"text": f"{d['name']}{d['signature']}\n{d['doc']}"} for d in docstrings]
-                        + [{"text": t["text"]} for t in pretrain_topics])
-    # The general split is cut into paragraphs (perplexity on short, comparable texts); topics repeat each
-    # other's paragraphs, so any paragraph the pretraining corpus also holds is dropped.
+    general = topics[:max(1, round(len(topics) * p.general_fraction))]
+    # Cut into paragraphs (perplexity on short, comparable texts); any paragraph that the pretraining corpus
+    # also holds (reference topics quote docstrings) is dropped.
     corpus_text = "\n".join(r["text"] for r in splits["corpus"])
     splits["general"] = [{"topic": t["topic"], "text": para.strip()}
                          for t in general for para in re.split(r"\n\s*\n", t["text"])

@@ -3,9 +3,10 @@
     python -m stages.evaluate       # writes metrics/eval.json, reports/eval.md, reports/eval.png
 
 Variants: the selected base model zero-shot and with the searched prompt (the baselines), the SFT model and the
-DPO-aligned model. Each gets ROUGE-L, BLEU, exact match, latency per answer and perplexity on the general split
-(the forgetting check). The best tuned variant (by `select.rank_by`) is the candidate; `versus: baseline` KPIs
-compare it with the best baseline.
+DPO-aligned model. Each gets ROUGE-L, BLEU, exact match, the perplexity of the reference
+answers, latency per answer and perplexity on the general split (the forgetting check). The candidate is the
+tuned variant best on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the
+best baseline on that KPI's metric.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
 
 def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list[str], params: Params,
                      device: str) -> tuple[dict, list[str]]:
-    from stages.models import few_shot_prompt, generate, load_model, load_tokenizer, perplexity
+    from stages.models import answer_perplexity, few_shot_prompt, generate, load_model, load_tokenizer, perplexity
     from stages.scoring import score
 
     model = load_model(spec["ref"], device, adapter=spec["adapter"])
@@ -50,15 +51,10 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     gen = generate(model, tok, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
                    progress=f"evaluate {name}")
     metrics = score(gen.answers, [r["answer"] for r in eval_rows])
+    metrics["answer_perplexity"] = round(answer_perplexity(model, tok, prompts, [r["answer"] for r in eval_rows]), 3)
     metrics["latency_ms"] = round(gen.seconds_per_answer * 1000, 2)
     metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
     return metrics, gen.answers
-
-
-def pick(results: dict[str, dict], names, metric: str) -> str:
-    lower = metric in ("latency_ms", "perplexity_general")
-    names = [n for n in names if n in results]
-    return (min if lower else max)(names, key=lambda n: results[n][metric])
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -69,7 +65,7 @@ def run(params: Params, paths: Paths) -> dict:
     selection, prompt = read_json(paths.selection), read_json(paths.prompt)
     eval_rows = read_jsonl(Path(paths.processed) / "eval.jsonl")
     general = [r["text"] for r in read_jsonl(Path(paths.processed) / "general.jsonl")]
-    rank_by = params.select.rank_by
+    primary = params.scope.kpis[0]
     specs = variants(paths, selection, prompt)
 
     with stage_run("evaluate", params, params.evaluate.model_dump()) as _:
@@ -81,14 +77,16 @@ def run(params: Params, paths: Paths) -> dict:
             log.info("%s: %s", name, results[name])
             mlflow.log_metrics({f"{name}.{k}": v for k, v in results[name].items()})
 
-        tuned = [n for n in specs if n not in BASELINES]
-        candidate = pick(results, tuned or ["baseline_prompted"], rank_by)
-        baseline = pick(results, [b for b in BASELINES if b != candidate], rank_by)
-        decision = should_promote(results[candidate], results[baseline], params.scope.kpis)
+        tuned = [n for n in specs if n not in BASELINES] or ["baseline_prompted"]  # prompting only: ship the prompt
+        values = {n: results[n][primary.metric] for n in tuned}
+        candidate = (max if primary.direction == "higher" else min)(values, key=values.get)
+        baselines = {n: results[n] for n in BASELINES if n != candidate}
+        decision = should_promote(results[candidate], baselines, params.scope.kpis)
         report = {
             "variants": results,
             "candidate": candidate,
-            "baseline": baseline,
+            "primary_metric": primary.metric,
+            "baselines": list(baselines),
             "gates": {"passed": decision.passed, "reasons": decision.reasons, "failed": decision.failed},
             "eval_rows": len(eval_rows),
             "metrics": list(EVAL_METRICS),
@@ -104,7 +102,7 @@ def run(params: Params, paths: Paths) -> dict:
         for f in (paths.eval_metrics, paths.eval_report, Path(paths.eval_report).with_suffix(".png")):
             mlflow.log_artifact(str(f))
     verdict = "PASSED" if decision.passed else "FAILED"
-    return {"report": report, "summary": f"candidate {candidate} vs {baseline}: gates {verdict}; "
+    return {"report": report, "summary": f"candidate {candidate}: gates {verdict}; "
                                          + "; ".join(decision.reasons)}
 
 
@@ -133,8 +131,8 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
     results = report["variants"]
     metrics = list(next(iter(results.values())))
     lines = ["# Evaluation", "",
-             f"{report['eval_rows']} held-out questions. Candidate: **{report['candidate']}**; "
-             f"baseline: **{report['baseline']}**; prompted baseline uses {prompt['shots']}-shot "
+             f"{report['eval_rows']} held-out questions. Candidate: **{report['candidate']}** (best tuned variant "
+             f"on {report['primary_metric']}); baselines: {', '.join(report['baselines'])}; the prompted baseline uses {prompt['shots']}-shot "
              f"(best on the dev split: {prompt['dev_scores']}).", "",
              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [f"| {n} | " + " | ".join(str(r[m]) for m in metrics) + " |" for n, r in results.items()]

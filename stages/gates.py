@@ -17,19 +17,24 @@ class Decision:
         return asdict(self)
 
 
-def should_promote(candidate: dict[str, float], baseline: dict[str, float], kpis: list[Kpi]) -> Decision:
-    """Does `candidate` meet every KPI? `versus: baseline` KPIs need a margin of `threshold` over `baseline`."""
+def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, float]], kpis: list[Kpi]) -> Decision:
+    """Does `candidate` meet every KPI? A `versus: baseline` KPI needs a margin of `threshold` over the best
+    baseline *for that metric* (the strictest comparison), an absolute KPI the threshold itself."""
     reasons, failed = [], []
     for kpi in kpis:
         value = candidate[kpi.metric]
+        higher = kpi.direction == "higher"
         if kpi.versus == "baseline":
-            target = baseline[kpi.metric] + (kpi.threshold if kpi.direction == "higher" else -kpi.threshold)
-            what = (f"{kpi.metric} {value:.4f} vs baseline {baseline[kpi.metric]:.4f} "
-                    f"({'+' if kpi.direction == 'higher' else '-'}{kpi.threshold} needed)")
+            values = {n: m[kpi.metric] for n, m in baselines.items()}
+            name = (max if higher else min)(values, key=values.get)
+            reference = baselines[name][kpi.metric]
+            target = reference + kpi.threshold if higher else reference - kpi.threshold
+            what = (f"{kpi.metric} {value:.4f} vs {name} {reference:.4f} "
+                    f"({'+' if higher else '-'}{kpi.threshold} needed)")
         else:
             target = kpi.threshold
-            what = f"{kpi.metric} {value:.4f} ({'>=' if kpi.direction == 'higher' else '<='} {kpi.threshold} needed)"
-        ok = value >= target if kpi.direction == "higher" else value <= target
+            what = f"{kpi.metric} {value:.4f} ({'>=' if higher else '<='} {kpi.threshold} needed)"
+        ok = value >= target if higher else value <= target
         reasons.append(f"{'PASS' if ok else 'FAIL'}: {what}")
         if not ok:
             failed.append(what)

@@ -95,6 +95,27 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return Generations(answers, elapsed / max(len(prompts), 1))
 
 
+def answer_perplexity(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
+    """exp(mean NLL of the answer tokens given the prompt): a model's knowledge, whatever its output format."""
+    import math
+
+    import torch
+
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for prompt, answer in zip(prompts, answers, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + answer_ids], device=device)
+        labels = ids.clone()
+        labels[0, :len(prompt_ids)] = -100  # score the answer only
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss.item()
+        total_nll += loss * len(answer_ids)
+        total_tokens += len(answer_ids)
+    return math.exp(total_nll / max(total_tokens, 1))
+
+
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 128) -> float:
     """Token-level perplexity on general text: the forgetting check (tuning should not wreck it)."""
     import math

@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from stages.errors import ExitStatus, ProjectError
 
 # Metrics the evaluate stage computes; a KPI naming anything else is a contradiction caught at scope.
-EVAL_METRICS = ("rougeL", "bleu", "exact_match", "latency_ms", "perplexity_general")
+# answer_perplexity: how likely the model finds the reference answer after the prompt (lm-eval-harness style);
+# it measures what a model knows even when its greedy output is not yet in the expected format.
+EVAL_METRICS = ("rougeL", "bleu", "exact_match", "answer_perplexity", "latency_ms", "perplexity_general")
+LOWER_IS_BETTER = frozenset({"answer_perplexity", "latency_ms", "perplexity_general"})
+
+
+def best_of(values: dict[str, float], metric: str) -> str:
+    """The key whose value is best for `metric` (lowest or highest)."""
+    return (min if metric in LOWER_IS_BETTER else max)(values, key=values.get)
 
 
 class Strict(BaseModel):
@@ -174,7 +182,7 @@ class Candidate(Strict):
 class Select(Strict):
     candidates: Annotated[list[Candidate], Field(min_length=1)]
     few_shot: NonNegInt = 3
-    rank_by: str = "rougeL"
+    rank_by: str = "answer_perplexity"
     max_new_tokens: PosInt = 40
 
 

@@ -26,7 +26,6 @@ def plan(params: Params) -> dict:
         "gpu_memory_gib": s.budget.gpu_memory_gib,
         "deployment_target": s.deployment_target.value,
         "needs_rag": s.data.knowledge_documents > 0 or s.live_data_source is not None,
-        "kpis": [k.model_dump() for k in s.kpis],
     }
 
 

@@ -5,7 +5,9 @@
 Filters (each rejection says why): licence, languages, hosting (personal data forbids SaaS), and the memory the
 planned technique needs (estimated from the parameter count, read from the config alone) against the GPU
 budget, or half the host's RAM on a CPU-only budget. Survivors answer the dev split zero-shot and few-shot;
-they are ranked by `select.rank_by` (best of the two prompts), smaller model first on a tie.
+they are ranked by `select.rank_by` (best of the two prompts), smaller model first on a tie. The default,
+answer_perplexity, ranks by what a model knows: greedy answers of small base models mostly measure whether
+they already follow the answer format, which is exactly what tuning fixes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 from stages.cli import stage_main
 from stages.errors import ProjectError
-from stages.io import read_json, read_jsonl, write_json
-from stages.params import Candidate, Params, Paths
+from stages.io import read_jsonl, write_json
+from stages.params import LOWER_IS_BETTER, Candidate, Params, Paths, best_of
+from stages.scope import plan as scope_plan
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ def check_exists(c: Candidate) -> None:
 
 
 def measure(c: Candidate, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:
-    from stages.models import few_shot_prompt, generate, load_model, load_tokenizer, question_prompt
+    from stages.models import answer_perplexity, few_shot_prompt, generate, load_model, load_tokenizer, question_prompt
     from stages.scoring import score
 
     model, tok = load_model(c.ref, device), load_tokenizer(c.ref)
@@ -75,7 +78,8 @@ def measure(c: Candidate, dev: list[dict], shots: list[dict], params: Params, de
                            ("few_shot", [few_shot_prompt(r["question"], shots) for r in dev])):
         gen = generate(model, tok, prompts, params.select.max_new_tokens, params.evaluate.batch_size,
                        progress=f"select {c.name} {label}")
-        out[label] = {**score(gen.answers, refs), "latency_ms": round(gen.seconds_per_answer * 1000, 2)}
+        out[label] = {**score(gen.answers, refs), "latency_ms": round(gen.seconds_per_answer * 1000, 2),
+                      "answer_perplexity": round(answer_perplexity(model, tok, prompts, refs), 3)}
     size_mb = sum(f.stat().st_size for f in Path(c.path).rglob("*") if f.is_file()) / 1e6 if c.path else None
     out["size_mb"] = round(size_mb, 2) if size_mb is not None else None
     return out
@@ -85,7 +89,7 @@ def run(params: Params, paths: Paths) -> dict:
     from stages.models import count_parameters, resolve_device
     from stages.tracking import stage_run
 
-    plan = read_json(paths.scope_report)["plan"]
+    plan = scope_plan(params)  # from the params keys dvc.yaml declares, so a KPI edit does not re-select
     device = resolve_device(params.project.device)
     technique, precision = params.adapt.technique.value, params.adapt.precision.value
     budget = plan["gpu_memory_gib"] or host_memory_gib() / 2
@@ -93,7 +97,7 @@ def run(params: Params, paths: Paths) -> dict:
     dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
     shots = read_jsonl(Path(paths.processed) / "sft.jsonl")[:params.select.few_shot]
     rank_by = params.select.rank_by
-    lower_is_better = rank_by in ("latency_ms", "perplexity_general")
+    lower_is_better = rank_by in LOWER_IS_BETTER
 
     rows = []
     with stage_run("select", params, params.select.model_dump()) as _:
@@ -114,9 +118,8 @@ def run(params: Params, paths: Paths) -> dict:
                 log.info("%s rejected: %s", c.name, "; ".join(reasons))
             else:
                 row["metrics"] = measure(c, dev, shots, params, device)
-                best = max(row["metrics"]["zero_shot"][rank_by], row["metrics"]["few_shot"][rank_by]) \
-                    if not lower_is_better else min(row["metrics"]["zero_shot"][rank_by], row["metrics"]["few_shot"][rank_by])
-                row.update(status="ranked", score=best)
+                prompts = {p: row["metrics"][p][rank_by] for p in ("zero_shot", "few_shot")}
+                row.update(status="ranked", score=prompts[best_of(prompts, rank_by)])
                 mlflow.log_metrics({f"{c.name}.{p}.{k}": v for p in ("zero_shot", "few_shot")
                                     for k, v in row["metrics"][p].items()})
             rows.append(row)

@@ -7,6 +7,7 @@ def test_scope_writes_verdict_and_plan(prepared):
     assert report["plan"]["adapt_techniques"] == ["prompt", "lora", "qlora"]
     assert report["plan"]["candidate_hosting"] == ["self", "saas"]
     assert report["checklist"]["kpis"][0]["metric"] == "latency_ms"
+    assert "kpis" not in report["plan"]
 
 
 def test_personal_data_restricts_hosting(prepared):

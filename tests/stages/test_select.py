@@ -12,9 +12,11 @@ def test_selection_ranks_survivors_with_reasons(selected, prepared):
     assert len(ranked) == 2
     chosen = next(c for c in ranked if c["status"] == "selected")
     other = next(c for c in ranked if c["status"] == "ranked")
-    assert chosen["score"] >= other["score"]
+    assert selection["rank_by"] == "answer_perplexity"
+    assert chosen["score"] <= other["score"], "lower answer perplexity ranks first"
     for c in ranked:
-        assert set(c["metrics"]["few_shot"]) >= {"rougeL", "bleu", "exact_match", "latency_ms"}
+        assert set(c["metrics"]["few_shot"]) >= {"rougeL", "bleu", "exact_match", "latency_ms", "answer_perplexity"}
+        assert c["score"] == min(c["metrics"][p]["answer_perplexity"] for p in ("zero_shot", "few_shot"))
     assert selection["selected"]["name"] == chosen["name"] and "dev split" in selection["selected"]["why"]
 
 
@@ -37,15 +39,12 @@ def test_memory_estimate_orders_techniques():
 def test_over_budget_and_missing_path(prepared, tmp_path):
     from stages import select
 
-    scope_report = read_json(prepared.paths.scope_report)
-    scope_report["plan"]["gpu_memory_gib"] = 1e-9
-    from stages.io import write_json
-
-    write_json(tmp_path / "scope.json", scope_report)
-    paths = prepared.paths.model_copy(update={"scope_report": str(tmp_path / "scope.json"),
-                                              "selection": str(tmp_path / "selection.json")})
+    budget = prepared.scope.budget.model_copy(update={"gpu_memory_gib": 1e-9})
+    params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"budget": budget})})
+    paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
     with pytest.raises(ProjectError, match="no candidate survives.*over the GPU budget"):
-        select.run(prepared, paths)
+        select.run(params, paths)
+    assert not (tmp_path / "selection.json").exists()
 
     gone = prepared.select.candidates[0].model_copy(update={"path": str(tmp_path / "gone")})
     params = prepared.model_copy(update={"select": prepared.select.model_copy(update={"candidates": [gone]})})

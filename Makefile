@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    install into .venv, then run the whole lifecycle on the offline default (params.yaml)
+#   make test   install into .venv, then run the test suite (the end-to-end pipeline included)
+# A GPU machine picks its torch build with one variable, e.g.
+#   make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+# torch first: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/lifecycle run
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft \
+	       models/aligned models/package models/selection.json models/prompt.json models/.checkpoints metrics reports

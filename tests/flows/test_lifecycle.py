@@ -1,0 +1,59 @@
+"""The flow reads its stages from dvc.yaml; retries spare verdicts; the CLI maps errors to exit codes."""
+
+from __future__ import annotations
+
+import yaml
+from prefect.states import Completed, Failed
+
+from flows.cli import main, scheduled_deployment
+from flows.lifecycle import StageFailed, _exit_status_of, _retry_unless_user_error, stage_order
+from stages.errors import ExitStatus
+from tests.conftest import REPO, default_params, write_params
+
+
+def test_stage_order_is_dvc_yaml(monkeypatch):
+    declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    assert stage_order(REPO) == declared
+    assert declared == ["scope", "data", "pretrain", "select", "adapt", "align", "evaluate", "package"]
+
+
+def test_exit_status_is_read_from_dvc_error():
+    try:
+        try:
+            raise RuntimeError("failed to run: python -m stages.package, exited with 3")
+        except RuntimeError as inner:
+            raise RuntimeError("failed to reproduce 'package'") from inner
+    except RuntimeError as outer:
+        assert _exit_status_of(outer) == 3
+    assert _exit_status_of(ValueError("boom")) == ExitStatus.ERROR
+
+
+def test_retries_crashes_but_not_verdicts():
+    def failed(exc):
+        return Failed(data=exc)
+
+    assert _retry_unless_user_error(None, None, failed(StageFailed("adapt", 1, "killed"))) is True
+    assert _retry_unless_user_error(None, None, failed(StageFailed("scope", 2, "typo"))) is False
+    assert _retry_unless_user_error(None, None, failed(StageFailed("package", 3, "gate"))) is False
+    assert _retry_unless_user_error(None, None, Completed()) is False
+
+
+def test_schedule_is_a_cron_deployment():
+    deployment = scheduled_deployment("0 3 * * *", "nightly", str(REPO))
+    assert deployment.name == "nightly"
+    assert deployment.schedules[0].schedule.cron == "0 3 * * *"
+    assert deployment.parameters == {"root": str(REPO)}
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    assert main(["validate", "--params", str(REPO / "params.yaml")]) == ExitStatus.OK
+    p = default_params()
+    p["scope"]["privacy"]["personal_data"] = True
+    p["scope"]["deployment_target"] = "saas"
+    assert main(["validate", "--params", str(write_params(tmp_path, p))]) == ExitStatus.INVALID_PROJECT
+    assert "deployment_target" in capsys.readouterr().err
+
+
+def test_bad_cron_is_invalid_input(capsys):
+    assert main(["schedule", "--cron", "every day"]) == ExitStatus.INVALID_PROJECT
+    assert "not a valid cron expression" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""The packaged bento served for real by `bentoml serve` on 127.0.0.1, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict | str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.fixture
+def server(packaged):
+    port = _free_port()
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    proc = subprocess.Popen([bentoml, "serve", packaged["package"]["bento"], "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # bounded: up to ~60 s to become ready
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready in 60 s")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker processes
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_generate_answers_and_bounds_inputs(server, packaged):
+    status, body = _post(f"{server}/generate", {"question": "What does `json.dumps` do?", "max_new_tokens": 8})
+    assert status == 200, body
+    assert isinstance(body["answer"], str) and "\n" not in body["answer"]
+    assert body["model"] == packaged["package"]["bentoml_model"] and body["latency_ms"] > 0
+
+    status, _ = _post(f"{server}/generate", {"question": "x", "max_new_tokens": 0})
+    assert status == 400
+    status, _ = _post(f"{server}/generate", {"question": "x" * 5000})
+    assert status == 400
+    status, _ = _post(f"{server}/generate", {"question": ""})
+    assert status == 400
+
+
+def test_service_refuses_to_start_without_a_packaged_model(monkeypatch):
+    monkeypatch.delenv("LIFECYCLE_MODEL_TAG", raising=False)
+    code = ("import sys; sys.path.insert(0, 'serving'); import service")
+    env = {k: v for k, v in os.environ.items() if k != "LIFECYCLE_MODEL_TAG"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode != 0 and "LIFECYCLE_MODEL_TAG is not set" in out.stderr

@@ -1,0 +1,154 @@
+"""The full offline pipeline through the real `lifecycle` command, in a copy of the repository.
+
+Embedded defaults only (MLflow SQLite in the project, Prefect's ephemeral server, DVC's local cache, BentoML's
+store in the project). One copy, five runs in order: full, no-op, one adapt hyperparameter changed, a gate that
+refuses, an invalid params.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".prefect", ".bentoml",
+                                     "dvc.lock", "processed", "pretrain", "sft", "aligned", "package", "metrics",
+                                     "reports", ".checkpoints", "__pycache__", ".pytest_cache", "*.egg-info")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e") / "project"
+    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
+    (root / "models").mkdir(exist_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # DVC works inside a git repository
+    return root
+
+
+def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run([str(Path(sys.executable).parent / "lifecycle"), *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def last_run(project: Path) -> dict:
+    return json.loads((project / "reports" / "last_run.json").read_text())
+
+
+def mlflow_client(project: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def child_stages(client, parent_run_id: str) -> set[str]:
+    exp = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {r.data.tags["lifecycle.stage"] for r in runs}
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def edit_params(project: Path, change) -> None:
+    path = project / "params.yaml"
+    p = yaml.safe_load(path.read_text())
+    change(p)
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    out = lifecycle(project, "run")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def test_full_run_builds_tracks_and_packages(project, first_run):
+    stages = ["scope", "data", "pretrain", "select", "adapt", "align", "evaluate", "package"]
+    record = last_run(project)
+    assert record["ran"] == stages
+    for f in ("reports/scope.json", "models/selection.json", "metrics/eval.json", "reports/eval.md",
+              "models/package/package.json"):
+        assert (project / f).is_file(), f
+    report = json.loads((project / "metrics/eval.json").read_text())
+    assert report["gates"]["passed"], report["gates"]
+    # the default KPIs are earned: the tuned model beats the best baseline by the stated margin
+    margin = next(k for k in yaml.safe_load((project / "params.yaml").read_text())["scope"]["kpis"]
+                  if k["versus"] == "baseline")
+    best_baseline = max(report["variants"][b][margin["metric"]] for b in report["baselines"])
+    assert report["variants"][report["candidate"]][margin["metric"]] >= best_baseline + margin["threshold"]
+
+    client = mlflow_client(project)
+    assert child_stages(client, record["mlflow_parent_run"]) == set(stages)
+    package = json.loads((project / "models/package/package.json").read_text())
+    champion = client.get_model_version_by_alias("stdlib-helpdesk", "champion")
+    assert int(champion.version) == package["version"]
+    assert (project / ".bentoml" / "bentos" / package["bento"].replace(":", "/")).is_dir()
+    for line in ("scope ", "select ", "gates      PASSED", "package    MLflow model stdlib-helpdesk", "mlflow ui",
+                 "lifecycle serve"):
+        assert line in first_run.stdout, line
+
+
+def test_second_run_runs_nothing(project, first_run):
+    out = lifecycle(project, "run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = last_run(project)
+    assert record["ran"] == [] and len(record["skipped"]) == 8
+    assert child_stages(mlflow_client(project), record["mlflow_parent_run"]) == set()
+    status = lifecycle(project, "status")
+    assert status.returncode == 0 and status.stdout.count("up to date") >= 8
+
+
+def test_adapt_hyperparameter_reruns_adapt_and_downstream_only(project, first_run):
+    edit_params(project, lambda p: p["adapt"]["lora"].update(r=4))
+    out = lifecycle(project, "run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = last_run(project)
+    assert record["ran"] == ["adapt", "align", "evaluate", "package"]
+    assert child_stages(mlflow_client(project), record["mlflow_parent_run"]) == set(record["ran"])
+
+
+def test_refused_gate_promotes_nothing(project, first_run):
+    client = mlflow_client(project)
+    champion_before = client.get_model_version_by_alias("stdlib-helpdesk", "champion").version
+    versions_before = len(client.search_model_versions("name='stdlib-helpdesk'"))
+    bentos_before = sorted(p.name for p in (project / ".bentoml" / "bentos" / "stdlib-helpdesk").iterdir())
+    edit_params(project, lambda p: p["scope"]["kpis"].append(
+        {"metric": "exact_match", "threshold": 0.99, "direction": "higher", "versus": "absolute"}))
+    out = lifecycle(project, "run")
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "gates      FAILED" in out.stdout and "refused" in out.stderr
+    assert last_run(project)["failed_stage"] == "package"
+    assert client.get_model_version_by_alias("stdlib-helpdesk", "champion").version == champion_before
+    assert len(client.search_model_versions("name='stdlib-helpdesk'")) == versions_before
+    assert sorted(p.name for p in (project / ".bentoml" / "bentos" / "stdlib-helpdesk").iterdir()) == bentos_before
+
+
+def test_invalid_params_fail_before_any_model(project, first_run):
+    before = {d: tree_digest(project / d) for d in ("models", "metrics")}
+    edit_params(project, lambda p: p["adapt"]["trainer"].update(max_stepz=10))
+    out = lifecycle(project, "run")
+    assert out.returncode == 2
+    assert "unknown key `adapt.trainer.max_stepz`" in out.stderr
+    assert {d: tree_digest(project / d) for d in ("models", "metrics")} == before
+    validate = lifecycle(project, "validate")
+    assert validate.returncode == 2 and "max_stepz" in validate.stderr
