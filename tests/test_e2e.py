@@ -22,9 +22,18 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
-COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".prefect", ".bentoml",
-                                     "dvc.lock", "processed", "pretrain", "sft", "aligned", "package", "metrics",
-                                     "reports", ".checkpoints", "__pycache__", ".pytest_cache", "*.egg-info")
+_IGNORE_NAMES = shutil.ignore_patterns(".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".prefect", ".bentoml",
+                                       "dvc.lock", "processed", "pretrain", "sft", "aligned", "package", "metrics",
+                                       "reports", ".checkpoints", "__pycache__", ".pytest_cache", "*.egg-info")
+
+
+def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
+    """What a fresh clone does not have: run outputs, tool state, and DVC's cache (whose run-cache would
+    restore stage outputs without running the stages)."""
+    ignored = set(_IGNORE_NAMES(folder, names))
+    if Path(folder).name == ".dvc":
+        ignored |= {"cache", "tmp"} & set(names)
+    return ignored
 
 
 @pytest.fixture(scope="module")
