@@ -87,7 +87,7 @@ def run(params: Params, paths: Paths) -> dict:
             "candidate": candidate,
             "primary_metric": primary.metric,
             "baselines": list(baselines),
-            "gates": {"passed": decision.passed, "reasons": decision.reasons, "failed": decision.failed},
+            "gates": decision.as_dict(),
             "eval_rows": len(eval_rows),
             "metrics": list(EVAL_METRICS),
         }
@@ -112,14 +112,14 @@ def plot(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = ("rougeL", "bleu", "exact_match", "latency_ms")
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2))
+    shown = ("rougeL", "bleu", "answer_perplexity", "latency_ms", "perplexity_general")
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.2))
     names = list(results)
     for ax, metric in zip(axes, shown):
         ax.bar(range(len(names)), [results[n][metric] for n in names], color=["#999", "#bbb", "#4a90d9", "#2a6"][:len(names)])
         ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n") for n in names], fontsize=8)
         ax.set_title(metric)
-    fig.suptitle("held-out eval split: every variant side by side")
+    fig.suptitle("held-out eval split, every variant side by side (perplexities and latency: lower is better)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
