@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from stages.cli import stage_main
+from stages.errors import ProjectError
 from stages.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.params import Params, Paths, Precision, Technique
 
@@ -85,7 +86,13 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     tok = load_tokenizer(base_ref)
     kwargs = {"dtype": torch_dtype(p.precision.value)}
     if p.technique is Technique.qlora:
+        import importlib.util
+
         import torch
+
+        if device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+            raise ProjectError(["`adapt.technique` qlora needs a CUDA GPU and the bitsandbytes package "
+                                f"(device here: {device}; `pip install bitsandbytes`), or use lora"])
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.bfloat16)

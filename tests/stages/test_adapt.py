@@ -71,3 +71,17 @@ def test_resume_from_checkpoint_after_a_kill(prepared, selected, tmp_path):
     assert metrics["resumed"] is True
     assert (Path(paths.sft) / "adapter_model.safetensors").is_file()
     assert not ckpt.exists(), "checkpoints are removed once the adapter is saved"
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(prepared, selected, tmp_path):
+    import pytest
+
+    from stages import adapt
+    from stages.errors import ProjectError
+    from stages.params import Technique
+
+    params = prepared.model_copy(update={"adapt": prepared.adapt.model_copy(update={"technique": Technique.qlora})})
+    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "prompt": str(tmp_path / "p.json")})
+    with pytest.raises(ProjectError, match="qlora needs a CUDA GPU"):
+        adapt.run(params, paths)
+    assert not (tmp_path / "sft").exists()
