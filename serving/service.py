@@ -4,8 +4,9 @@
     curl -s localhost:3000/generate -H 'content-type: application/json' \
          -d '{"question": "What does `json.dumps` do?"}'
 
-It loads only the model the package stage put in BentoML's model store (its tag is baked into the bento as
-LIFECYCLE_MODEL_TAG); never params.yaml, never a hub. The prompt format travels with the model
+It loads only the model the package stage put in BentoML's model store: its tag travels inside the bento in
+packaged_model.json, written next to this file at build time (LIFECYCLE_MODEL_TAG overrides it); never
+params.yaml, never a hub. The prompt format travels with the model
 (`lifecycle.json`), so what is served is exactly what was evaluated.
 """
 
@@ -22,12 +23,20 @@ from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import BaseModel
 
 MODEL_TAG_ENV = "LIFECYCLE_MODEL_TAG"
+PACKAGED_MODEL = Path(__file__).with_name("packaged_model.json")
 MAX_QUESTION_CHARS = 1000
 MAX_NEW_TOKENS = 256
 
-if not os.environ.get(MODEL_TAG_ENV):
-    raise RuntimeError(f"{MODEL_TAG_ENV} is not set: serve the bento that `lifecycle run` built "
-                       "(`lifecycle serve`), which sets it to the packaged model's tag")
+
+def packaged_model_tag() -> str:
+    tag = os.environ.get(MODEL_TAG_ENV)
+    if not tag and PACKAGED_MODEL.is_file():
+        tag = json.loads(PACKAGED_MODEL.read_text(encoding="utf-8"))["tag"]
+    if not tag:
+        raise RuntimeError(f"no packaged model: {PACKAGED_MODEL.name} is missing and {MODEL_TAG_ENV} is not set; "
+                           "serve the bento that `lifecycle run` built (`lifecycle serve`)")
+    return tag
+
 
 with bentoml.importing():
     import torch
@@ -42,7 +51,7 @@ class Answer(BaseModel):
 
 @bentoml.service(name="lifecycle", traffic={"timeout": 60, "max_concurrency": 16}, resources={"cpu": "1"})
 class Lifecycle:
-    model_ref = bentoml.models.BentoModel(os.environ[MODEL_TAG_ENV])
+    model_ref = bentoml.models.BentoModel(packaged_model_tag())
 
     def __init__(self) -> None:
         path = Path(self.model_ref.path)

@@ -10,7 +10,6 @@ serving/service.py into a bento. models/package/package.json records the version
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,18 +78,18 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
     with bentoml.models.create(name, labels=labels, metadata={"eval": eval_report["variants"][eval_report["candidate"]]}) as bm:
         shutil.copytree(model_dir, bm.path, dirs_exist_ok=True)
     model_tag = str(bm.tag)
-    os.environ["LIFECYCLE_MODEL_TAG"] = model_tag  # the service reads it when bentoml imports it to build
     import yaml
 
     recipe = yaml.safe_load((SERVING_DIR / "bentofile.yaml").read_text(encoding="utf-8"))
     recipe["models"] = [model_tag]
-    recipe["envs"] = [{"name": "LIFECYCLE_MODEL_TAG", "value": model_tag}]
     recipe.setdefault("python", {})["packages"] = pinned(SERVING_PACKAGES)
     recipe["labels"] = labels
-    with tempfile.TemporaryDirectory() as tmp:
-        bentofile = Path(tmp) / "bentofile.yaml"
-        bentofile.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-        bento = bentoml.bentos.build_bentofile(str(bentofile), name=name, build_ctx=str(SERVING_DIR))
+    # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
+    with tempfile.TemporaryDirectory() as ctx:
+        shutil.copy(SERVING_DIR / "service.py", ctx)
+        write_json(Path(ctx) / "packaged_model.json", {"tag": model_tag})
+        (Path(ctx) / "bentofile.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+        bento = bentoml.bentos.build_bentofile(str(Path(ctx) / "bentofile.yaml"), name=name, build_ctx=ctx)
     return {"bento": str(bento.tag), "bentoml_model": model_tag}
 
 
