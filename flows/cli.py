@@ -156,12 +156,45 @@ def scheduled_deployment(cron: str, name: str, root: str):
     return lifecycle.to_deployment(name=name, schedules=[schedule], parameters={"root": root})
 
 
+def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
+    """A local Prefect server with its scheduler service: the ephemeral server `lifecycle run` uses does not
+    run the scheduler, so a schedule on it would never fire."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    for _ in range(240):  # bounded: up to ~2 min for the first start (it migrates the database)
+        if proc.poll() is not None:
+            raise RuntimeError(f"`prefect server start` exited with {proc.returncode}; is port {port} free?")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the Prefect server on {url} did not become healthy in 2 minutes")
+
+
 def cmd_schedule(args) -> int:
     from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     deployment = scheduled_deployment(args.cron, args.name, str(Path.cwd()))
-    print(f"serving deployment 'lifecycle/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
-    serve(deployment)
+    server, url = None, os.environ.get("PREFECT_API_URL")
+    if not url:
+        server, url = start_prefect_server(args.port)
+        print(f"started a local Prefect server on {url} (UI: {url.removesuffix('/api')}); "
+              "set PREFECT_API_URL to use your own")
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            print(f"serving deployment 'lifecycle/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
+            serve(deployment)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
     return ExitStatus.OK
 
 
@@ -181,6 +214,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("schedule", help="serve the flow on a cron schedule")
     c.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     c.add_argument("--name", default="scheduled")
+    c.add_argument("--port", type=int, default=4200, help="port of the local Prefect server started when "
+                                                        "PREFECT_API_URL is unset (default 4200)")
     c.set_defaults(func=cmd_schedule)
     return p
 
