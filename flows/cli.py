@@ -21,9 +21,6 @@ from pathlib import Path
 
 from stages.cli import project_environment
 from stages.errors import ExitStatus, ProjectError
-from stages.io import write_json
-
-LAST_RUN = Path("reports/last_run.json")  # what the last `lifecycle run` did; `lifecycle status` shows it
 
 
 def _read(path: Path):
@@ -90,10 +87,6 @@ def cmd_run(args) -> int:
         raise outcome
     else:
         result = outcome
-    record = {"exit_status": int(result.exit_status), "ran": result.ran, "skipped": result.skipped,
-              "seconds": result.seconds, "total_seconds": round(time.perf_counter() - start, 2),
-              "failed_stage": result.failed_stage, "mlflow_parent_run": result.parent_run_id}
-    write_json(root / LAST_RUN, record)
     print()
     print(f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
           f"up to date {result.skipped or 'none'}")
@@ -119,10 +112,12 @@ def cmd_status(args) -> int:
         changed = repo.status()
     for stage in stage_order(root):
         print(f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}")
+    from flows.lifecycle import LAST_RUN
+
     last = _read(root / LAST_RUN)
     if last:
         print(f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
-              f"in {last['total_seconds']} s (MLflow run {last['mlflow_parent_run']})")
+              f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})")
     print()
     print(summary(root, params.paths))
     return ExitStatus.OK

@@ -13,14 +13,17 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.logging import get_run_logger
 
 from stages.errors import ExitStatus
+from stages.io import write_json
 from stages.tracking import PARENT_RUN_ENV
+
+LAST_RUN = Path("reports/last_run.json")  # what the last run did (by hand or on a schedule); `lifecycle status`
 
 
 class StageFailed(Exception):
@@ -38,6 +41,7 @@ class RunResult:
     failed_stage: str | None = None
     error: str | None = None
     parent_run_id: str | None = None
+    total_seconds: float = 0.0
 
 
 def stage_order(root: str | Path = ".") -> list[str]:
@@ -104,6 +108,7 @@ def lifecycle(root: str = ".") -> RunResult:
     # DVC runs `python -m stages.<name>`: make that the interpreter running this flow.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     result = RunResult()
+    flow_start = time.perf_counter()
     mlflow = configure(params.project.name)
     with mlflow.start_run(run_name="lifecycle", tags={"lifecycle.kind": "pipeline"}) as parent:
         result.parent_run_id = parent.info.run_id
@@ -129,6 +134,8 @@ def lifecycle(root: str = ".") -> RunResult:
             mlflow.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
             if result.exit_status != ExitStatus.OK:
                 mlflow.set_tag("failed_stage", result.failed_stage)
+            result.total_seconds = round(time.perf_counter() - flow_start, 2)
+            write_json(Path(root) / LAST_RUN, asdict(result))
         if result.exit_status != ExitStatus.OK:
             # Fail the flow (Prefect shows it red, MLflow marks the parent run FAILED); the CLI reads `.result`.
             error = StageFailed(result.failed_stage, result.exit_status, result.error)

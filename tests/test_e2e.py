@@ -107,7 +107,7 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     assert report["variants"][report["candidate"]][margin["metric"]] >= best_baseline + margin["threshold"]
 
     client = mlflow_client(project)
-    assert child_stages(client, record["mlflow_parent_run"]) == set(stages)
+    assert child_stages(client, record["parent_run_id"]) == set(stages)
     package = json.loads((project / "models/package/package.json").read_text())
     champion = client.get_model_version_by_alias("stdlib-helpdesk", "champion")
     assert int(champion.version) == package["version"]
@@ -122,9 +122,40 @@ def test_second_run_runs_nothing(project, first_run):
     assert out.returncode == 0, out.stderr[-3000:]
     record = last_run(project)
     assert record["ran"] == [] and len(record["skipped"]) == 8
-    assert child_stages(mlflow_client(project), record["mlflow_parent_run"]) == set()
+    assert child_stages(mlflow_client(project), record["parent_run_id"]) == set()
     status = lifecycle(project, "status")
     assert status.returncode == 0 and status.stdout.count("up to date") >= 8
+
+
+def test_schedule_fires_a_real_flow_run(project, first_run):
+    """`lifecycle schedule` on a every-minute cron: a scheduled Prefect run of the (up-to-date) pipeline happens."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = last_run(project)["parent_run_id"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "lifecycle"), "schedule", "--cron", "* * * * *",
+                             "--port", str(port)], cwd=project, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # bounded: a cron minute, the scheduler's 60 s loop and a no-op run fit in 200 s
+            time.sleep(2)
+            assert proc.poll() is None, f"lifecycle schedule exited with {proc.returncode}"
+            if last_run(project)["parent_run_id"] != before:
+                break
+        record = last_run(project)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert record["parent_run_id"] != before, "no scheduled run happened within 200 s"
+    assert record["exit_status"] == 0 and record["ran"] == []
 
 
 def test_adapt_hyperparameter_reruns_adapt_and_downstream_only(project, first_run):
@@ -133,7 +164,7 @@ def test_adapt_hyperparameter_reruns_adapt_and_downstream_only(project, first_ru
     assert out.returncode == 0, out.stderr[-3000:]
     record = last_run(project)
     assert record["ran"] == ["adapt", "align", "evaluate", "package"]
-    assert child_stages(mlflow_client(project), record["mlflow_parent_run"]) == set(record["ran"])
+    assert child_stages(mlflow_client(project), record["parent_run_id"]) == set(record["ran"])
 
 
 def test_refused_gate_promotes_nothing(project, first_run):
