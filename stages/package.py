@@ -22,13 +22,13 @@ from stages.models import ANSWER_PREFIX, question_prompt
 log = logging.getLogger(__name__)
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
-CHAMPION = "champion"
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")
 
 
-def candidate_model(variant: str, paths, selection: dict, merge: bool):
-    """(model, tokenizer source) for the evaluated variant, as one plain model when `merge`."""
+def candidate_model(variant: str, paths, selection: dict):
+    """(model, tokenizer source) for the evaluated variant, always one plain model: a LoRA adapter is merged
+    into its base, so the registry and the bento hold a folder that loads without the base or a hub."""
     from stages.models import load_model
 
     base = selection["selected"]["ref"]
@@ -38,8 +38,7 @@ def candidate_model(variant: str, paths, selection: dict, merge: bool):
         sft = read_json(Path(paths.sft) / "lifecycle.json")
         if not sft["adapter"]:
             return load_model(paths.sft), paths.sft
-        model = load_model(base, adapter=paths.sft)
-        return (model.merge_and_unload() if merge else model), paths.sft
+        return load_model(base, adapter=paths.sft).merge_and_unload(), paths.sft
     return load_model(base), base  # a prompted baseline is the candidate when nothing was tuned
 
 
@@ -64,10 +63,11 @@ def register(params, model_dir: Path, model, tokenizer, eval_report: dict) -> di
     )
     client = MlflowClient()
     version = info.registered_model_version
-    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_alias(name, params.package.alias, version)
     for k, v in eval_report["variants"][eval_report["candidate"]].items():
         client.set_model_version_tag(name, version, f"eval.{k}", str(v))
-    return {"registered_model": name, "version": int(version), "alias": CHAMPION, "model_uri": info.model_uri}
+    return {"registered_model": name, "version": int(version), "alias": params.package.alias,
+            "model_uri": info.model_uri}
 
 
 def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
@@ -104,7 +104,7 @@ def run(params, paths) -> dict:
     with stage_run("package", params, params.package.model_dump()) as _, atomic_dir(paths.package) as out:
         import mlflow
 
-        model, tok_src = candidate_model(variant, paths, selection, params.package.merge_adapter)
+        model, tok_src = candidate_model(variant, paths, selection)
         from stages.models import load_tokenizer
 
         tokenizer = load_tokenizer(tok_src)
@@ -125,7 +125,7 @@ def run(params, paths) -> dict:
         write_json(out / "package.json", record)
         mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"]})
     return {"package": record, "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
-                                          f"@{CHAMPION}, bento {record['bento']}"}
+                                          f"@{record['alias']}, bento {record['bento']}"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,7 +231,7 @@ class Evaluate(Strict):
 
 
 class Package(Strict):
-    merge_adapter: bool = True
+    alias: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")] = "champion"  # set on the registered version
 
 
 class Orchestration(Strict):
