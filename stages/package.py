@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stages.cli import stage_main
 from stages.errors import GateRefused
+from stages.evaluate import variants
 from stages.io import atomic_dir, read_json, write_json
 from stages.models import ANSWER_PREFIX, question_prompt
 
@@ -26,20 +27,15 @@ SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + be
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")
 
 
-def candidate_model(variant: str, paths, selection: dict):
-    """(model, tokenizer source) for the evaluated variant, always one plain model: a LoRA adapter is merged
-    into its base, so the registry and the bento hold a folder that loads without the base or a hub."""
-    from stages.models import load_model
+def candidate_model(spec: dict):
+    """The evaluated variant (a spec from evaluate.variants) as one plain model: a LoRA adapter is merged into
+    its base, so the registry and the bento hold a folder that loads without the base or a hub."""
+    from stages.models import load_model, load_tokenizer
 
-    base = selection["selected"]["ref"]
-    if variant == "aligned":
-        return load_model(paths.aligned), paths.aligned
-    if variant == "sft":
-        sft = read_json(Path(paths.sft) / "lifecycle.json")
-        if not sft["adapter"]:
-            return load_model(paths.sft), paths.sft
-        return load_model(base, adapter=paths.sft).merge_and_unload(), paths.sft
-    return load_model(base), base  # a prompted baseline is the candidate when nothing was tuned
+    model = load_model(spec["ref"], adapter=spec["adapter"])
+    if spec["adapter"]:
+        model = model.merge_and_unload()
+    return model, load_tokenizer(spec["adapter"] or spec["ref"])
 
 
 def pinned(packages) -> list[str]:
@@ -104,10 +100,8 @@ def run(params, paths) -> dict:
     with stage_run("package", params, params.package.model_dump()) as _, atomic_dir(paths.package) as out:
         import mlflow
 
-        model, tok_src = candidate_model(variant, paths, selection)
-        from stages.models import load_tokenizer
-
-        tokenizer = load_tokenizer(tok_src)
+        spec = variants(paths, selection, prompt)[variant]
+        model, tokenizer = candidate_model(spec)
         model_dir = out / "model"
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
@@ -116,7 +110,7 @@ def run(params, paths) -> dict:
             "variant": variant,
             "prompt_format": question_prompt("{question}"),
             "answer_prefix": ANSWER_PREFIX,
-            "examples": prompt["examples"] if variant == "baseline_prompted" else [],
+            "examples": spec["examples"],  # few-shot examples only when a prompted baseline is what ships
             "max_new_tokens": params.evaluate.max_new_tokens,
             "eval": report["variants"][variant],
         })
