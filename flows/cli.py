@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from stages.cli import project_environment
-from stages.errors import ExitStatus, ProjectError
+from stages.common.cli import project_environment
+from stages.common.errors import ExitStatus, ProjectError
 
 
 def _read(path: Path):
@@ -62,17 +62,28 @@ def summary(root: Path, paths) -> str:
 
 
 def cmd_validate(args) -> int:
-    from stages.params import load_params
-    from stages.scope import plan
+    """The scope stage's checks without DVC: params, every data source opened, the plan from the real counts."""
+    from stages.common.params import load_params
+    from stages.scope import check
 
     params = load_params(args.params)
-    print(f"{args.params}: project '{params.project.name}' is defined")
-    print(json.dumps(plan(params), indent=2))
+    report = check(params)
+    print(f"{args.params}: project '{params.project.name}' is defined\n")
+    print(f"{'role':<11}{'rows found':>11}{'kept':>8}  dropped (why)                      source")
+    for role, r in report["data"].items():
+        why = ", ".join(f"{n} {reason}" for reason, n in r["rows_dropped"].items()) or "-"
+        print(f"{role:<11}{r['rows_found']:>11}{r['rows_kept']:>8}  {why:<34} {r['source']}")
+        for example in r["first_dropped"][:3]:
+            print(f"{'':<32}{example}")
+    for warning in report["warnings"]:
+        print(f"\nwarning: {warning}")
+    print("\nplan (from the rows found):")
+    print(json.dumps(report["plan"], indent=2))
     return ExitStatus.OK
 
 
 def cmd_run(args) -> int:
-    from stages.params import load_params
+    from stages.common.params import load_params
 
     root = Path.cwd()
     params = load_params(root / "params.yaml")  # invalid: exit 2 here, before Prefect, DVC or any model
@@ -104,7 +115,7 @@ def cmd_status(args) -> int:
     from dvc.repo import Repo
 
     from flows.lifecycle import stage_order
-    from stages.params import load_params
+    from stages.common.params import load_params
 
     root = Path.cwd()
     params = load_params(root / "params.yaml")
@@ -124,7 +135,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from stages.params import load_params
+    from stages.common.params import load_params
 
     params = load_params("params.yaml")
     package = _read(Path(params.paths.package) / "package.json")

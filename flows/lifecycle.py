@@ -19,9 +19,9 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.logging import get_run_logger
 
-from stages.errors import ExitStatus
-from stages.io import write_json
-from stages.tracking import PARENT_RUN_ENV
+from stages.common.errors import ExitStatus
+from stages.common.io import write_json
+from stages.common.tracking import PARENT_RUN_ENV
 
 LAST_RUN = Path("reports/last_run.json")  # what the last run did (by hand or on a schedule); `lifecycle status`
 
@@ -99,8 +99,8 @@ def run_stage(stage: str, root: str) -> bool:
 @flow(name="lifecycle", log_prints=True)
 def lifecycle(root: str = ".") -> RunResult:
     """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`."""
-    from stages.params import load_params
-    from stages.tracking import configure
+    from stages.common.params import load_params
+    from stages.common.tracking import configure
 
     root = str(Path(root).resolve())
     params = load_params(Path(root) / "params.yaml")

@@ -2,12 +2,12 @@
 
     lifecycle serve                             # the bento the package stage built, on 127.0.0.1:3000
     curl -s localhost:3000/generate -H 'content-type: application/json' \
-         -d '{"question": "What does `json.dumps` do?"}'
+         -d '{"prompt": "What does `json.dumps` do?"}'
 
 It loads only the model the package stage put in BentoML's model store: its tag travels inside the bento in
 packaged_model.json, written next to this file at build time (LIFECYCLE_MODEL_TAG overrides it); never
-params.yaml, never a hub. The prompt format travels with the model
-(`lifecycle.json`), so what is served is exactly what was evaluated.
+params.yaml, never a hub. The prompt renderer travels too: its code (prompting.py, copied beside this file) and
+its settings (prompt.json in the model folder), so what is served is exactly what was evaluated.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Annotated
 
 import bentoml
 from annotated_types import Ge, Le, MaxLen, MinLen
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 MODEL_TAG_ENV = "LIFECYCLE_MODEL_TAG"
 PACKAGED_MODEL = Path(__file__).with_name("packaged_model.json")
-MAX_QUESTION_CHARS = 1000
+MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 256
 
 
@@ -42,6 +42,11 @@ with bentoml.importing():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:
+        import prompting  # in a bento: the renderer the model was evaluated with, copied beside this file
+    except ImportError:  # run from the repository
+        from stages.common import prompting
+
 
 class Answer(BaseModel):
     answer: str
@@ -55,29 +60,31 @@ class Lifecycle:
 
     def __init__(self) -> None:
         path = Path(self.model_ref.path)
-        self.info = json.loads((path / "lifecycle.json").read_text(encoding="utf-8"))
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
-
-    def prompt(self, question: str) -> str:
-        shots = "".join(self.info["prompt_format"].format(question=e["question"]) + f" {e['answer']}\n\n"
-                        for e in self.info["examples"])
-        return shots + self.info["prompt_format"].format(question=question)
+        self.renderer = prompting.Renderer.load(path, self.tokenizer)
 
     @bentoml.api
     def generate(
         self,
-        question: Annotated[str, MinLen(1), MaxLen(MAX_QUESTION_CHARS)] = "What does `json.dumps` do?",
+        prompt: Annotated[str, MinLen(1), MaxLen(MAX_PROMPT_CHARS)] = "What does `json.dumps` do?",
+        fields: Annotated[dict[str, str], Field(description="other fields the prompt template names")] = {},  # noqa: B006
         max_new_tokens: Annotated[int, Ge(1), Le(MAX_NEW_TOKENS)] = 40,
     ) -> Answer:
         start = time.perf_counter()
-        inputs = self.tokenizer(self.prompt(question), return_tensors="pt").to(self.device)
+        try:
+            text = self.renderer.prompt({**fields, "prompt": prompt}, max_new_tokens=max_new_tokens)
+        except KeyError as exc:
+            raise bentoml.exceptions.InvalidArgument(f"the prompt template needs the field {exc} in `fields`") from None
+        except prompting.PromptTooLong as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=not self.renderer.chat).to(self.device)
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
-        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        return Answer(answer=text.strip().split("\n")[0].strip(), model=str(self.model_ref.tag),
+        generated = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return Answer(answer=self.renderer.cut(generated), model=str(self.model_ref.tag),
                       latency_ms=round((time.perf_counter() - start) * 1000, 2))

@@ -17,31 +17,49 @@ import logging
 import shutil
 from pathlib import Path
 
-from stages.cli import stage_main
-from stages.errors import ProjectError
-from stages.io import atomic_dir, read_json, read_jsonl, write_json
-from stages.params import Params, Paths, Precision, Technique
+from stages.common.cli import stage_main
+from stages.common.errors import ProjectError
+from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.params import Params, Paths, Precision, Technique
 
 log = logging.getLogger(__name__)
 
 
-def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
-    from stages.models import answer_perplexity, few_shot_prompt, generate
-    from stages.scoring import score
+def prompt_metric(params: Params) -> str:
+    """What the prompt search optimises: the primary KPI's metric when the dev split measures it, else the task's
+    first metric that has a direction."""
+    from stages.common.metrics import REGISTRY, selection_metrics
 
-    primary = params.scope.kpis[0]  # the prompt is searched for what the project is judged on
-    refs = [r["answer"] for r in dev]
+    measured = [m for m in selection_metrics(params) if REGISTRY[m].higher_is_better is not None]
+    primary = params.scope.kpis[0].metric
+    return primary if primary in measured else measured[0]
+
+
+def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
+    from stages.common.metrics import best_of
+    from stages.common.models import render_all, renderer_for
+    from stages.select import measure_prompts
+
+    metric = prompt_metric(params)
+    n_new = params.select.max_new_tokens
+    renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     results = {}
     for k in sorted(shot_counts):  # sorted: on a tie the shorter (cheaper) prompt, found first, wins
-        prompts = [few_shot_prompt(r["question"], examples[:k]) for r in dev]
-        gen = generate(model, tok, prompts, params.select.max_new_tokens, params.evaluate.batch_size,
-                       progress=f"prompt search {k}-shot")
-        metrics = {**score(gen.answers, refs), "latency_ms": gen.seconds_per_answer * 1000,
-                   "answer_perplexity": answer_perplexity(model, tok, prompts, refs)}
-        results[k] = round(metrics[primary.metric], 4) if primary.metric in metrics else metrics["rougeL"]
-    best = (max if primary.direction == "higher" else min)(results, key=results.get)
+        prompts = render_all(renderer, dev, "dev", examples[:k])
+        measured, _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"prompt search {k}-shot")
+        results[k] = measured[metric]
+    best = best_of(results, metric)
     return {"shots": best, "examples": examples[:best], "dev_scores": {str(k): v for k, v in results.items()},
-            "metric": primary.metric if primary.metric in metrics else "rougeL"}
+            "metric": metric}
+
+
+def sft_rows(renderer, rows: list[dict]) -> list[dict]:
+    """Prompt/completion strings exactly as the renderer makes them (the model answers zero-shot after SFT);
+    SFTTrainer puts the loss on the completion only."""
+    from stages.common.models import render_all
+
+    prompts = render_all(renderer, rows, "sft", examples=[], max_new_tokens=0)
+    return [{"prompt": p, "completion": renderer.completion(r)} for p, r in zip(prompts, rows, strict=True)]
 
 
 def sft_config(params: Params, output_dir: Path, device: str):
@@ -77,12 +95,9 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTTrainer
 
-    from stages.models import load_tokenizer, question_prompt, torch_dtype
+    from stages.common.models import load_tokenizer, renderer_for, torch_dtype
 
     p = params.adapt
-    rows = read_jsonl(Path(paths.processed) / "sft.jsonl")
-    train = Dataset.from_list([{"prompt": question_prompt(r["question"]), "completion": " " + r["answer"]}
-                               for r in rows])
     tok = load_tokenizer(base_ref)
     kwargs = {"dtype": torch_dtype(p.precision.value)}
     if p.technique is Technique.qlora:
@@ -97,6 +112,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
+    train = Dataset.from_list(sft_rows(renderer_for(params, tok, model), read_jsonl(Path(paths.processed) / "sft.jsonl")))
     peft_config = None if p.technique is Technique.full else LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
     trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,
                          processing_class=tok, peft_config=peft_config)
@@ -121,8 +137,8 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.models import load_model, load_tokenizer, resolve_device
-    from stages.tracking import stage_run
+    from stages.common.models import load_model, load_tokenizer, resolve_device
+    from stages.common.tracking import stage_run
 
     selection = read_json(paths.selection)
     base_ref = selection["selected"]["ref"]

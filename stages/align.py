@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stages.cli import stage_main
-from stages.io import atomic_dir, read_json, read_jsonl, write_json
-from stages.params import AlignMethod, Params, Paths, Precision
+from stages.common.cli import stage_main
+from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.params import AlignMethod, Params, Paths, Precision
 
 log = logging.getLogger(__name__)
 
 
 def sft_model(paths: Paths, precision: str):
     """The adapted model as one plain model: the base with the SFT adapter merged (or the base alone)."""
-    from stages.models import load_model
+    from stages.common.models import load_model
 
     info = read_json(Path(paths.sft) / "lifecycle.json")
     if info["adapter"]:
@@ -37,14 +37,16 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path) -> dict:
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from stages.models import load_tokenizer, question_prompt
+    from stages.common.models import load_tokenizer, render_all, renderer_for
 
     p = params.align
     model, info = sft_model(paths, p.precision.value)
-    tok = load_tokenizer(paths.sft if info["adapter"] else info["base"])
+    tok = load_tokenizer(paths.sft if info["technique"] != "prompt" else info["base"])
+    renderer = renderer_for(params, tok, model)
     rows = read_jsonl(Path(paths.processed) / "preference.jsonl")
-    train = Dataset.from_list([{"prompt": question_prompt(r["question"]), "chosen": " " + r["chosen"],
-                                "rejected": " " + r["rejected"]} for r in rows])
+    prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=0)
+    train = Dataset.from_list([{"prompt": prompt, "chosen": renderer.completion(r, r["chosen"]),
+                                "rejected": renderer.completion(r, r["rejected"])} for prompt, r in zip(prompts, rows)])
     config = DPOConfig(
         output_dir=str(Path(paths.aligned).parent / ".checkpoints" / "align"),
         **p.trainer.model_dump(),
@@ -74,8 +76,8 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path) -> dict:
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.models import resolve_device
-    from stages.tracking import stage_run
+    from stages.common.models import resolve_device
+    from stages.common.tracking import stage_run
 
     device = resolve_device(params.project.device)
     with stage_run("align", params, params.align.model_dump(mode="json")) as _, atomic_dir(paths.aligned) as out:

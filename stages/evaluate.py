@@ -3,10 +3,11 @@
     python -m stages.evaluate       # writes metrics/eval.json, reports/eval.md, reports/eval.png
 
 Variants: the selected base model zero-shot and with the searched prompt (the baselines), the SFT model and the
-DPO-aligned model. Each gets ROUGE-L, BLEU, exact match, the perplexity of the reference
-answers, latency per answer and perplexity on the general split (the forgetting check). The candidate is the
-tuned variant best on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the
-best baseline on that KPI's metric.
+DPO-aligned model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
+perplexity of the reference answers, latency per answer and perplexity on the general split (the forgetting
+check). Prompts come from the one renderer, as in training and serving. The candidate is the tuned variant best
+on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the best baseline on that
+KPI's metric.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stages.cli import stage_main
-from stages.gates import should_promote
-from stages.io import read_json, read_jsonl, write_json, write_jsonl, write_text
-from stages.params import EVAL_METRICS, Params, Paths
+from stages.common.cli import stage_main
+from stages.common.gates import should_promote
+from stages.common.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from stages.common.metrics import better, project_metrics
+from stages.common.params import Params, Paths
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +44,23 @@ def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
 
 def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list[str], params: Params,
                      device: str) -> tuple[dict, list[str]]:
-    from stages.models import answer_perplexity, few_shot_prompt, generate, load_model, load_tokenizer, perplexity
-    from stages.scoring import score
+    from stages.common.models import load_model, load_tokenizer, perplexity, render_all, renderer_for
+    from stages.select import measure_prompts
 
     model = load_model(spec["ref"], device, adapter=spec["adapter"])
     tok = load_tokenizer(spec["adapter"] or spec["ref"])
-    prompts = [few_shot_prompt(r["question"], spec["examples"]) for r in eval_rows]
-    gen = generate(model, tok, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
-                   progress=f"evaluate {name}")
-    metrics = score(gen.answers, [r["answer"] for r in eval_rows])
-    metrics["answer_perplexity"] = round(answer_perplexity(model, tok, prompts, [r["answer"] for r in eval_rows]), 3)
-    metrics["latency_ms"] = round(gen.seconds_per_answer * 1000, 2)
-    metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
-    return metrics, gen.answers
+    n_new = params.evaluate.max_new_tokens
+    renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
+    prompts = render_all(renderer, eval_rows, "eval", spec["examples"])
+    metrics, answers = measure_prompts(model, renderer, eval_rows, prompts, params, n_new, f"evaluate {name}")
+    if general:
+        metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
+    return metrics, answers
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.models import resolve_device
-    from stages.tracking import stage_run
+    from stages.common.models import resolve_device
+    from stages.common.tracking import stage_run
 
     device = resolve_device(params.project.device)
     selection, prompt = read_json(paths.selection), read_json(paths.prompt)
@@ -89,11 +90,11 @@ def run(params: Params, paths: Paths) -> dict:
             "baselines": list(baselines),
             "gates": decision.as_dict(),
             "eval_rows": len(eval_rows),
-            "metrics": list(EVAL_METRICS),
+            "metrics": project_metrics(params),
         }
         write_json(paths.eval_metrics, report)
         write_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"),
-                    [{"question": r["question"], "reference": r["answer"], **{n: answers[n][i] for n in answers}}
+                    [{"prompt": r["prompt"], "references": r["references"], **{n: answers[n][i] for n in answers}}
                      for i, r in enumerate(eval_rows)])
         plot(results, Path(paths.eval_report).with_suffix(".png"))
         write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
@@ -112,14 +113,15 @@ def plot(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = ("rougeL", "bleu", "answer_perplexity", "latency_ms", "perplexity_general")
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.2))
+    shown = list(next(iter(results.values())))
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.1 * len(shown), 3.2), squeeze=False)
+    axes = axes[0]
     names = list(results)
     for ax, metric in zip(axes, shown):
         ax.bar(range(len(names)), [results[n][metric] for n in names], color=["#999", "#bbb", "#4a90d9", "#2a6"][:len(names)])
         ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n") for n in names], fontsize=8)
         ax.set_title(metric)
-    fig.suptitle("held-out eval split, every variant side by side (perplexities and latency: lower is better)")
+    fig.suptitle("held-out eval split, every variant side by side (perplexities, latency, invalid rate: lower is better)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -131,7 +133,7 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
     results = report["variants"]
     metrics = list(next(iter(results.values())))
     lines = ["# Evaluation", "",
-             f"{report['eval_rows']} held-out questions. Candidate: **{report['candidate']}** (best tuned variant "
+             f"{report['eval_rows']} held-out rows. Candidate: **{report['candidate']}** (best tuned variant "
              f"on {report['primary_metric']}); baselines: {', '.join(report['baselines'])}; the prompted baseline uses {prompt['shots']}-shot "
              f"(best on the dev split: {prompt['dev_scores']}).", "",
              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
@@ -140,7 +142,7 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
     lines += [f"- {r}" for r in report["gates"]["reasons"]]
     lines += ["", "![metrics](eval.png)", "", "## Sample answers", ""]
     for i, row in enumerate(eval_rows[:5]):
-        lines += [f"**{row['question']}**  ", f"reference: {row['answer']}  "]
+        lines += [f"**{row['prompt']}**  ", f"reference: {row['references'][0]}  "]
         lines += [f"{n}: {answers[n][i]}  " for n in answers] + [""]
     return "\n".join(lines) + "\n"
 

@@ -14,15 +14,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages.cli import stage_main
-from stages.errors import GateRefused
+from stages.common.cli import stage_main
+from stages.common.errors import GateRefused
 from stages.evaluate import variants
-from stages.io import atomic_dir, read_json, write_json
-from stages.models import ANSWER_PREFIX, question_prompt
+from stages.common.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
+RENDERER = Path(__file__).resolve().parent / "common" / "prompting.py"  # travels in the bento beside service.py
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")
 
@@ -30,7 +30,7 @@ SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydan
 def candidate_model(spec: dict):
     """The evaluated variant (a spec from evaluate.variants) as one plain model: a LoRA adapter is merged into
     its base, so the registry and the bento hold a folder that loads without the base or a hub."""
-    from stages.models import load_model, load_tokenizer
+    from stages.common.models import load_model, load_tokenizer
 
     model = load_model(spec["ref"], adapter=spec["adapter"])
     if spec["adapter"]:
@@ -83,6 +83,7 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
     with tempfile.TemporaryDirectory() as ctx:
         shutil.copy(SERVING_DIR / "service.py", ctx)
+        shutil.copy(RENDERER, ctx)
         write_json(Path(ctx) / "packaged_model.json", {"tag": model_tag})
         (Path(ctx) / "bentofile.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         bento = bentoml.bentos.build_bentofile(str(Path(ctx) / "bentofile.yaml"), name=name, build_ctx=ctx)
@@ -90,7 +91,8 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
 
 
 def run(params, paths) -> dict:
-    from stages.tracking import stage_run
+    from stages.common.models import renderer_for
+    from stages.common.tracking import stage_run
 
     report = read_json(paths.eval_metrics)
     if not report["gates"]["passed"]:
@@ -105,13 +107,11 @@ def run(params, paths) -> dict:
         model_dir = out / "model"
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
+        # The renderer's settings, as evaluate used them; few-shot examples only when a prompted baseline ships.
+        renderer_for(params, tokenizer, model, examples=spec["examples"]).save(model_dir)
         write_json(model_dir / "lifecycle.json", {
             "project": params.project.name,
             "variant": variant,
-            "prompt_format": question_prompt("{question}"),
-            "answer_prefix": ANSWER_PREFIX,
-            "examples": spec["examples"],  # few-shot examples only when a prompted baseline is what ships
-            "max_new_tokens": params.evaluate.max_new_tokens,
             "eval": report["variants"][variant],
         })
         record = {"variant": variant, **register(params, model_dir, model, tokenizer, report),

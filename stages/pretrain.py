@@ -14,9 +14,9 @@ import math
 import time
 from pathlib import Path
 
-from stages.cli import stage_main
-from stages.io import atomic_dir, read_jsonl, write_json, write_text
-from stages.params import Params, Paths, PretrainModel
+from stages.common.cli import stage_main
+from stages.common.io import atomic_dir, read_jsonl, write_json, write_text
+from stages.common.params import Params, Paths, PretrainModel
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def train(model, tokens, spec: PretrainModel, p, seed: int, device: str, log_met
 def run(params: Params, paths: Paths) -> dict:
     import torch
 
-    from stages.models import resolve_device
-    from stages.tracking import stage_run
+    from stages.common.models import resolve_device
+    from stages.common.tracking import stage_run
 
     p = params.pretrain
     device = resolve_device(params.project.device)

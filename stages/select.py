@@ -16,10 +16,11 @@ import logging
 import os
 from pathlib import Path
 
-from stages.cli import stage_main
-from stages.errors import ProjectError
-from stages.io import read_jsonl, write_json
-from stages.params import LOWER_IS_BETTER, Candidate, Params, Paths, best_of
+from stages.common.cli import stage_main
+from stages.common.errors import ProjectError
+from stages.common.io import read_jsonl, write_json
+from stages.common.metrics import REGISTRY, best_of
+from stages.common.params import Candidate, Params, Paths
 from stages.scope import plan as scope_plan
 
 log = logging.getLogger(__name__)
@@ -67,27 +68,39 @@ def check_exists(c: Candidate) -> None:
                             "(did the pretrain stage build it? is the path right?)"])
 
 
+def measure_prompts(model, renderer, records: list[dict], prompts: list[str], params: Params, max_new_tokens: int,
+                    progress: str) -> tuple[dict, list[str]]:
+    """The project's text metrics, latency and answer perplexity of one model and one way of prompting it, and
+    its answers. Select, the prompt search and evaluate all measure with this."""
+    from stages.common.metrics import score, text_metrics
+    from stages.common.models import answer_perplexity, generate
+
+    gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress)
+    refs = [r["references"] for r in records]
+    metrics = {**score(text_metrics(params), gen.answers, refs, params.scope.labels, params.evaluate.embedding_model),
+               "latency_ms": round(gen.seconds_per_answer * 1000, 2),
+               "answer_perplexity": round(answer_perplexity(model, renderer, records, prompts), 3)}
+    return metrics, gen.answers
+
+
 def measure(c: Candidate, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:
-    from stages.models import answer_perplexity, few_shot_prompt, generate, load_model, load_tokenizer, question_prompt
-    from stages.scoring import score
+    from stages.common.models import load_model, load_tokenizer, render_all, renderer_for
 
     model, tok = load_model(c.ref, device), load_tokenizer(c.ref)
-    refs = [r["answer"] for r in dev]
-    out = {}
-    for label, prompts in (("zero_shot", [question_prompt(r["question"]) for r in dev]),
-                           ("few_shot", [few_shot_prompt(r["question"], shots) for r in dev])):
-        gen = generate(model, tok, prompts, params.select.max_new_tokens, params.evaluate.batch_size,
-                       progress=f"select {c.name} {label}")
-        out[label] = {**score(gen.answers, refs), "latency_ms": round(gen.seconds_per_answer * 1000, 2),
-                      "answer_perplexity": round(answer_perplexity(model, tok, prompts, refs), 3)}
+    n_new = params.select.max_new_tokens
+    renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
+    out = {"chat_template": renderer.chat}
+    for label, examples in (("zero_shot", []), ("few_shot", shots)):
+        prompts = render_all(renderer, dev, "dev", examples)
+        out[label], _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"select {c.name} {label}")
     size_mb = sum(f.stat().st_size for f in Path(c.path).rglob("*") if f.is_file()) / 1e6 if c.path else None
     out["size_mb"] = round(size_mb, 2) if size_mb is not None else None
     return out
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.models import count_parameters, resolve_device
-    from stages.tracking import stage_run
+    from stages.common.models import count_parameters, resolve_device
+    from stages.common.tracking import stage_run
 
     plan = scope_plan(params)  # from the params keys dvc.yaml declares, so a KPI edit does not re-select
     device = resolve_device(params.project.device)
@@ -97,7 +110,7 @@ def run(params: Params, paths: Paths) -> dict:
     dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
     shots = read_jsonl(Path(paths.processed) / "sft.jsonl")[:params.select.few_shot]
     rank_by = params.select.rank_by
-    lower_is_better = rank_by in LOWER_IS_BETTER
+    lower_is_better = REGISTRY[rank_by].higher_is_better is False
 
     rows = []
     with stage_run("select", params, params.select.model_dump()) as _:

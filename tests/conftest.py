@@ -37,9 +37,10 @@ def tiny_params_dict(root: Path) -> dict:
     """The default project shrunk to seconds: one tiny model, small splits, a few steps, easy KPIs."""
     p = copy.deepcopy(default_params())
     p["paths"] = {k: str(root / v) for k, v in p["paths"].items()}
-    p["paths"]["raw"] = str(REPO / "data" / "raw")
+    p["paths"]["sources"] = str(REPO / "data" / "stdlib")
+    p["data"]["sources"] = {role: {**s, "path": str(REPO / s["path"])} for role, s in p["data"]["sources"].items()}
     p["project"]["device"] = "cpu"
-    p["data"].update(eval_size=16, dev_size=8, preference_size=32)
+    p["data"]["holdout"] = {"eval": 16, "dev": 8}
     p["pretrain"].update(vocab_size=400, seq_len=64, batch_size=8, models=[
         {"name": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 30},
         {"name": "tinier", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "steps": 10},
@@ -72,7 +73,7 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_root):
     """Validated Params of the tiny project."""
-    from stages.params import load_params
+    from stages.common.params import load_params
 
     return load_params(write_params(tiny_root, tiny_params_dict(tiny_root)))
 

@@ -7,7 +7,7 @@ from prefect.states import Completed, Failed
 
 from flows.cli import main, scheduled_deployment
 from flows.lifecycle import StageFailed, _exit_status_of, _retry_unless_user_error, stage_order
-from stages.errors import ExitStatus
+from stages.common.errors import ExitStatus
 from tests.conftest import REPO, default_params, write_params
 
 

@@ -1,7 +1,7 @@
 import hashlib
 from pathlib import Path
 
-from stages.io import read_json
+from stages.common.io import read_json
 
 
 def _sha(path: Path) -> str:
@@ -77,8 +77,8 @@ def test_qlora_without_a_gpu_is_a_clear_error(prepared, selected, tmp_path):
     import pytest
 
     from stages import adapt
-    from stages.errors import ProjectError
-    from stages.params import Technique
+    from stages.common.errors import ProjectError
+    from stages.common.params import Technique
 
     params = prepared.model_copy(update={"adapt": prepared.adapt.model_copy(update={"technique": Technique.qlora})})
     paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "prompt": str(tmp_path / "p.json")})

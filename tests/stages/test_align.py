@@ -1,14 +1,14 @@
 from pathlib import Path
 
-from stages.io import read_json
-from stages.params import AlignMethod
+from stages.common.io import read_json
+from stages.common.params import AlignMethod
 
 
 def test_dpo_moves_the_sft_model(prepared, aligned):
     import torch
 
     from stages.align import sft_model
-    from stages.models import load_model
+    from stages.common.models import load_model
 
     sft, _ = sft_model(prepared.paths, "fp32")
     dpo = load_model(prepared.paths.aligned)

@@ -1,40 +1,86 @@
+"""The data stage: any team's files in TRL's formats, mapped by `fields:`, split without leakage; bad input is an
+error naming the file, line and field, and writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
 from pathlib import Path
 
-from stages.data import first_sentence, qa_items
-from stages.io import read_json, read_jsonl
-from stages.scoring import normalize
+import pytest
+
+from stages.common.errors import ProjectError
+from stages.common.io import read_json, read_jsonl
+from stages.common.params import load_params
+from stages.common.sources import normalize
+from tests.conftest import tiny_params_dict, write_params
 
 
-def test_first_sentence():
-    assert first_sentence("Return the sum.  More text.\n\nDetails.") == "Return the sum."
-    assert first_sentence("Split the\npathname into parts. Then more.") == "Split the pathname into parts."
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
-def test_qa_items_drop_signatures_and_duplicate_answers():
-    rows = [{"name": "m.f", "doc": "Return a value of things."}, {"name": "m.g", "doc": "Return a value of things."},
-            {"name": "ast.BoolOp", "doc": "BoolOp(boolop op, expr* values)"}]
-    items = qa_items(rows, 140)
-    assert [i["name"] for i in items] == ["m.f"]
+def qa_rows(n: int, offset: int = 0) -> list[dict]:
+    return [{"prompt": f"Question number {i} about topic {i % 7}?", "completion": f"Answer {i} is plain."}
+            for i in range(offset, offset + n)]
 
 
-def test_splits_are_disjoint_and_counted(prepared):
+def project(root: Path, sources: dict, **data) -> object:
+    """The tiny project with its data replaced by `sources` (files under root/data); models/ and metrics/ hold
+    earlier results that a failing data stage must leave untouched."""
+    p = tiny_params_dict(root)
+    p["paths"]["sources"] = str(root / "data")
+    p["data"]["sources"] = sources
+    p["data"].update(data)
+    p["pretrain"]["models"] = []
+    p["align"]["method"] = "none"
+    p["select"]["candidates"] = [{"name": "x", "path": str(root), "licence": "apache-2.0", "languages": ["en"]}]
+    for folder in ("models", "metrics"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "models" / "earlier.bin").write_bytes(b"weights")
+    (root / "metrics" / "data.json").write_text('{"rows": "earlier"}')
+    return load_params(write_params(root, p))
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for folder in ("models", "metrics", "data/processed"):
+        for f in sorted((root / folder).rglob("*")) if (root / folder).exists() else []:
+            if f.is_file():
+                h.update(str(f).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def fails_cleanly(params, root: Path) -> str:
+    """Run the data stage, expect a ProjectError, check nothing under models/, metrics/ or processed changed."""
+    from stages import data
+
+    before = digest(root)
+    with pytest.raises(ProjectError) as err:
+        data.run(params, params.paths)
+    assert digest(root) == before, "a failed data stage changed models/, metrics/ or the processed splits"
+    return str(err.value)
+
+
+# --- the default project ----------------------------------------------------------------------------------------
+
+def test_default_splits_are_held_out_and_counted(prepared):
     out = Path(prepared.paths.processed)
-    splits = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "dev", "eval")}
+    splits = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "dev", "eval", "preference", "corpus", "general")}
     assert len(splits["eval"]) == 16 and len(splits["dev"]) == 8 and len(splits["sft"]) > 1000
-    names = [set(r["name"] for r in rows) for rows in splits.values()]
-    answers = [set(normalize(r["answer"]) for r in rows) for rows in splits.values()]
-    for a in range(3):
-        for b in range(a + 1, 3):
-            assert not names[a] & names[b] and not answers[a] & answers[b]
-    pref = read_jsonl(out / "preference.jsonl")
-    assert len(pref) == 32 and all(r["chosen"] != r["rejected"] for r in pref)
-    eval_questions = {r["question"] for r in splits["eval"]}
-    assert not eval_questions & {r["question"] for r in pref}
+    prompts = [{normalize(r["prompt"]) for r in splits[n]} for n in ("sft", "dev", "eval")]
+    assert not prompts[0] & prompts[1] and not prompts[0] & prompts[2] and not prompts[1] & prompts[2]
+    assert not prompts[2] & {normalize(r["prompt"]) for r in splits["preference"]}, "eval prompts left preference"
+    assert all(r["references"] and r["prompt"] for r in splits["eval"])
     metrics = read_json(Path(prepared.paths.metrics) / "data.json")
-    assert metrics["eval_rows"] == 16 and metrics["sft_rows"] == len(splits["sft"])
-    general = {r["text"][:80] for r in read_jsonl(out / "general.jsonl")}
-    corpus = "\n".join(r["text"] for r in read_jsonl(out / "corpus.jsonl"))
-    assert general and not any(g in corpus for g in general), "the forgetting split is held out of pretraining"
+    assert metrics["rows"]["eval"] == 16 and metrics["rows"]["sft"] == len(splits["sft"])
+    assert metrics["held_out_from_sft"] == ["dev", "eval"]
+    assert metrics["exact_duplicates_removed"]["preference"] > 0, "the shipped pairs include eval questions"
+    corpus = "\n".join(r["text"] for r in splits["corpus"])
+    assert splits["general"] and not any(g["text"][:80] in corpus for g in splits["general"])
+    assert "## Leakage" in (out / "card.md").read_text()
 
 
 def test_same_seed_same_splits(prepared, tmp_path):
@@ -44,3 +90,193 @@ def test_same_seed_same_splits(prepared, tmp_path):
     data.run(prepared, paths)
     for name in ("sft", "eval", "preference"):
         assert (tmp_path / "p" / f"{name}.jsonl").read_text() == (Path(prepared.paths.processed) / f"{name}.jsonl").read_text()
+
+
+# --- formats, fields, splits ------------------------------------------------------------------------------------
+
+def test_alpaca_fields_csv_parquet_and_messages(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stages.common.sources import load_all
+
+    d = tmp_path / "data"
+    write_jsonl(d / "alpaca.jsonl", [{"instruction": "Translate", "input": "hallo", "output": "hello"},
+                                     {"instruction": "Sum 2 and 2", "input": "", "output": "4"}])
+    (d / "eval.csv").write_text("question,answer\nWhat is 1+1?,2\n\"Is it, quoted?\",yes\n", encoding="utf-8")
+    pq.write_table(pa.table({"prompt": ["p1", "p2"], "chosen": ["good", "fine"], "rejected": ["bad", "fine"]}),
+                   d / "pref.parquet")
+    write_jsonl(d / "dev.jsonl", [{"messages": [{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": "Hi?"},
+                                                {"role": "assistant", "content": "Hello."}]}])
+    (d / "docs").mkdir()
+    (d / "docs" / "a.md").write_text("# Install\n\nRun pip.\n")
+    (d / "docs" / "b.html").write_text("<html><title>Guide</title><body><script>x()</script><p>Read me.</p></body></html>")
+    params = project(tmp_path, {
+        "sft": {"path": str(d / "alpaca.jsonl"), "fields": {"instruction": "prompt", "output": "completion"}},
+        "eval": {"path": str(d / "eval.csv"), "fields": {"question": "prompt", "answer": "completion"}},
+        "dev": {"path": str(d / "dev.jsonl")},
+        "preference": {"path": str(d / "pref.parquet")},
+        "knowledge": {"path": str(d / "docs")}})
+    loaded = load_all(params)
+    assert loaded["sft"].records[0] == {"prompt": "Translate\n\nhallo", "completion": "hello"}
+    assert loaded["sft"].records[1]["prompt"] == "Sum 2 and 2"
+    assert loaded["eval"].records[1] == {"prompt": "Is it, quoted?", "references": ["yes"]}
+    assert loaded["dev"].records[0] == {"prompt": "Hi?", "references": ["Hello."], "system": "Be brief."}
+    assert len(loaded["preference"].records) == 1 and loaded["preference"].dropped == {"chosen == rejected": 1}
+    docs = {r["title"]: r["text"] for r in loaded["knowledge"].records}
+    assert docs == {"Install": "# Install\n\nRun pip.", "Guide": "Read me."}
+
+
+def test_holdout_keeps_groups_together_and_removes_leaks(tmp_path):
+    from stages import data
+
+    d = tmp_path / "data"
+    rows = [{**r, "ticket": f"T{i // 4}"} for i, r in enumerate(qa_rows(200))]
+    rows.append({**rows[5], "completion": "A second answer to the same question."})  # same prompt, other answer
+    write_jsonl(d / "sft.jsonl", rows)
+    write_jsonl(d / "pref.jsonl", [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "No."}
+                                   for r in rows[:60]])
+    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "preference": {"path": str(d / "pref.jsonl")}},
+                     holdout={"eval": 0.1, "dev": 12, "group_by": "ticket"})
+    data.run(params, params.paths)
+    out = Path(params.paths.processed)
+    splits = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "eval", "dev", "preference")}
+    assert 20 <= len(splits["eval"]) < 24 and 12 <= len(splits["dev"]) < 16, "whole groups of 4 rows"
+    ticket = {r["prompt"]: r["ticket"] for r in rows}
+    groups = {n: {ticket[r["prompt"]] for r in splits[n]} for n in ("sft", "eval", "dev")}
+    assert not groups["sft"] & groups["eval"] and not groups["sft"] & groups["dev"]
+    held = {r["prompt"] for r in splits["eval"] + splits["dev"]}
+    assert not held & {r["prompt"] for r in splits["sft"] + splits["preference"]}
+    metrics = read_json(Path(params.paths.metrics) / "data.json")
+    assert metrics["exact_duplicates_removed"]["preference"] == 60 - len(splits["preference"]) > 0
+
+
+def test_near_duplicates_are_reported_not_removed(tmp_path):
+    from stages import data
+
+    d = tmp_path / "data"
+    evals = [{"prompt": "How do I reset the password of my account on the web portal?", "completion": "Use reset."}]
+    sft = qa_rows(30) + [{"prompt": "How do I reset the password of my account on the web portal today?",
+                          "completion": "Use reset."}]
+    write_jsonl(d / "sft.jsonl", sft)
+    write_jsonl(d / "eval.jsonl", evals)
+    write_jsonl(d / "dev.jsonl", qa_rows(3, offset=100))
+    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "eval": {"path": str(d / "eval.jsonl")},
+                                "dev": {"path": str(d / "dev.jsonl")}}, near_duplicate_threshold=0.5)
+    data.run(params, params.paths)
+    assert read_json(Path(params.paths.metrics) / "data.json")["near_duplicates"] == 1
+    assert len(read_jsonl(Path(params.paths.processed) / "sft.jsonl")) == 31
+    assert "web portal today" in (Path(params.paths.processed) / "card.md").read_text()
+
+
+def test_unusable_rows_are_dropped_with_reasons(tmp_path):
+    from stages.common.sources import load_all
+
+    d = tmp_path / "data"
+    rows = qa_rows(5) + [{"prompt": "  ", "completion": "x"}, qa_rows(1)[0],
+                         {"prompt": "long " * 300, "completion": "y"}]
+    write_jsonl(d / "sft.jsonl", rows)
+    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}}, holdout={"eval": 1, "dev": 1},
+                     max_length=100)
+    sft = load_all(params)["sft"]
+    assert sft.found == 8 and len(sft.records) == 5
+    assert dict(sft.dropped) == {"empty field `prompt`": 1, "duplicate": 1, "over max_length (301 > 100 tokens)": 1}
+    assert sft.examples[0].endswith("sft.jsonl:6: empty field `prompt`")
+
+
+# --- bad input: an error naming file, line and field; nothing written -------------------------------------------
+
+def test_malformed_jsonl_line(tmp_path):
+    d = tmp_path / "data"
+    f = write_jsonl(d / "sft.jsonl", qa_rows(3))
+    f.write_text(f.read_text() + '{"prompt": "unclosed\n')
+    message = fails_cleanly(project(tmp_path, {"sft": {"path": str(f)}}), tmp_path)
+    assert f"{f}:4: not valid JSON" in message
+
+
+def test_missing_mapped_field(tmp_path):
+    d = tmp_path / "data"
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}, {"instruction": "e"}]
+    f = write_jsonl(d / "sft.jsonl", rows)
+    params = project(tmp_path, {"sft": {"path": str(f), "fields": {"instruction": "prompt", "output": "completion"}}})
+    message = fails_cleanly(params, tmp_path)
+    assert f"{f}:3: no column `output` (mapped by `fields:` to completion)" in message
+
+
+def test_unmapped_field_names_the_mapping_to_write(tmp_path):
+    f = write_jsonl(tmp_path / "data" / "sft.jsonl", [{"question": "a", "answer": "b"}])
+    message = fails_cleanly(project(tmp_path, {"sft": {"path": str(f)}}), tmp_path)
+    assert f"{f}:1: no field `prompt`" in message and "data.sources.sft.fields" in message
+
+
+def test_csv_that_is_not_utf8(tmp_path):
+    f = tmp_path / "data" / "sft.csv"
+    f.parent.mkdir(parents=True)
+    f.write_bytes("prompt,completion\nfine,ok\nCaf\u00e9 menu?,Coffee.\n".encode("latin-1"))
+    message = fails_cleanly(project(tmp_path, {"sft": {"path": str(f)}}), tmp_path)
+    assert f"{f}:3: not UTF-8" in message and "iconv" in message
+
+
+def test_empty_file(tmp_path):
+    f = tmp_path / "data" / "sft.jsonl"
+    f.parent.mkdir(parents=True)
+    f.write_text("")
+    message = fails_cleanly(project(tmp_path, {"sft": {"path": str(f)}}), tmp_path)
+    assert f"{f}: empty file" in message
+
+
+def test_eval_row_without_a_reference(tmp_path):
+    d = tmp_path / "data"
+    sft = write_jsonl(d / "sft.jsonl", qa_rows(20))
+    ev = write_jsonl(d / "eval.jsonl", [{"prompt": "a?", "completion": "b"}, {"prompt": "c?"}])
+    params = project(tmp_path, {"sft": {"path": str(sft)}, "eval": {"path": str(ev)}}, holdout={"dev": 2})
+    message = fails_cleanly(params, tmp_path)
+    assert f"{ev}:2: an eval row without a reference" in message and "`completion`" in message
+
+
+def test_classification_answers_outside_the_labels(tmp_path):
+    d = tmp_path / "data"
+    rows = [{"text": f"ticket {i}", "label": ["billing", "bug"][i % 2]} for i in range(20)]
+    rows[7]["label"] = "refund"
+    f = write_jsonl(d / "tickets.jsonl", rows)
+    root = tmp_path
+    params = project(root, {"sft": {"path": str(f), "fields": {"text": "prompt", "label": "completion"}}})
+    p = params.model_dump(mode="json")
+    p["scope"].update(task="classification", labels=["billing", "bug"])
+    p["scope"]["kpis"] = [{"metric": "accuracy", "threshold": 0.5, "direction": "higher"}]
+    p["select"]["rank_by"] = "answer_perplexity"
+    params = load_params(write_params(root, p))
+    message = fails_cleanly(params, root)
+    assert f"{f}:8: answer 'refund' is not one of `scope.labels`" in message
+
+
+def test_hub_dataset_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    params = project(tmp_path, {"sft": {"dataset": "tatsu-lab/alpaca", "split": "train", "revision": "main"}})
+    message = fails_cleanly(params, tmp_path)
+    assert "'tatsu-lab/alpaca'" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_group_by_field_that_does_not_exist(tmp_path):
+    f = write_jsonl(tmp_path / "data" / "sft.jsonl", qa_rows(10))
+    params = project(tmp_path, {"sft": {"path": str(f)}}, holdout={"eval": 2, "dev": 2, "group_by": "customer"})
+    message = fails_cleanly(params, tmp_path)
+    assert f"{f}:1: no field `customer` (`data.holdout.group_by`)" in message
+
+
+def test_every_role_problem_at_once(tmp_path):
+    d = tmp_path / "data"
+    sft = d / "sft.jsonl"
+    sft.parent.mkdir(parents=True)
+    sft.write_text("")
+    ev = write_jsonl(d / "eval.jsonl", [{"prompt": "c?"}])
+    params = project(tmp_path, {"sft": {"path": str(sft)}, "eval": {"path": str(ev)}}, holdout={"dev": 2})
+    message = fails_cleanly(params, tmp_path)
+    assert "empty file" in message and "without a reference" in message
+
+
+def test_source_outside_the_sources_folder_is_named(tmp_path):
+    f = write_jsonl(tmp_path / "elsewhere" / "sft.jsonl", qa_rows(10))
+    with pytest.raises(ProjectError, match="outside `paths.sources`"):
+        project(tmp_path, {"sft": {"path": str(f)}})

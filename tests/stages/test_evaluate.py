@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from stages.io import read_json
-from stages.params import EVAL_METRICS
-from stages.scoring import score
+from stages.common.io import read_json
+from stages.common.params import EVAL_METRICS
+from stages.common.metrics import score
 
 
 def test_scoring_extremes():

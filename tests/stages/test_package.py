@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.errors import GateRefused
-from stages.io import read_json, write_json
+from stages.common.errors import GateRefused
+from stages.common.io import read_json, write_json
 
 
 def test_failed_gate_promotes_nothing(prepared, aligned, tmp_path):

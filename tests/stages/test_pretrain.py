@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from stages.io import read_json
+from stages.common.io import read_json
 
 
 def test_candidates_load_like_hub_models_and_learned(prepared):

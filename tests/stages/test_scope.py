@@ -1,4 +1,4 @@
-from stages.io import read_json
+from stages.common.io import read_json
 
 
 def test_scope_writes_verdict_and_plan(prepared):

@@ -1,8 +1,8 @@
 import pytest
 
-from stages.errors import ProjectError
-from stages.io import read_json
-from stages.params import Candidate
+from stages.common.errors import ProjectError
+from stages.common.io import read_json
+from stages.common.params import Candidate
 from stages.select import constraint_problems, memory_estimate_gib
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import ProjectError
-from stages.params import allowed_techniques, load_params
+from stages.common.errors import ProjectError
+from stages.common.params import allowed_techniques, load_params
 from tests.conftest import REPO, default_params, write_params
 
 

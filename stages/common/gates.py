@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from stages.params import Kpi
+from stages.common.params import Kpi
 
 
 @dataclass

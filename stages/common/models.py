@@ -1,21 +1,12 @@
-"""Loading models exactly as a hub id would be loaded, prompting, and batched greedy generation."""
+"""Loading models exactly as a hub id would be loaded, rendering prompts for them, batched greedy generation."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-ANSWER_PREFIX = "Answer:"
-
-
-def question_prompt(question: str) -> str:
-    """The prompt every variant answers (few-shot examples, when any, come before it)."""
-    return f"Question: {question}\n{ANSWER_PREFIX}"
-
-
-def few_shot_prompt(question: str, examples: list[dict]) -> str:
-    shots = "".join(f"{question_prompt(e['question'])} {e['answer']}\n\n" for e in examples)
-    return shots + question_prompt(question)
+from stages.common.errors import ProjectError
+from stages.common.prompting import PromptFormat, PromptTooLong, Renderer, context_length
 
 
 def resolve_device(device: str) -> str:
@@ -66,46 +57,73 @@ def count_parameters(ref: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def renderer_for(params, tokenizer, model_or_config, examples: list[dict] | None = None,
+                 max_new_tokens: int | None = None) -> Renderer:
+    """The project's prompt format (params `prompt:`) for one model: its tokenizer, its context length."""
+    p = params.prompt
+    fmt = PromptFormat(template=p.template, system=p.system, chat_template=p.chat_template.value,
+                       completion_prefix=p.completion_prefix, stop=list(p.stop), examples=list(examples or []),
+                       max_new_tokens=max_new_tokens or params.evaluate.max_new_tokens)
+    try:
+        return Renderer(fmt, tokenizer, context_length(model_or_config))
+    except ValueError as exc:
+        raise ProjectError([str(exc)]) from None
+
+
+def render_all(renderer: Renderer, records: list[dict], role: str, examples: list[dict] | None = None,
+               max_new_tokens: int | None = None) -> list[str]:
+    """Prompts for every record; a record that cannot fit the model is a ProjectError naming its row."""
+    prompts = []
+    for i, record in enumerate(records):
+        try:
+            prompts.append(renderer.prompt(record, examples, max_new_tokens, where=f"{role} row {i + 1}"))
+        except PromptTooLong as exc:
+            raise ProjectError([str(exc)]) from None
+    return prompts
+
+
 @dataclass
 class Generations:
     answers: list[str]
     seconds_per_answer: float
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
+def generate(model, renderer: Renderer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
              progress: str | None = None) -> Generations:
-    """Greedy answers, cut at the first newline (answers are one line). Left padding for batching."""
+    """Greedy answers, cut by the renderer (stop sequences). Left padding for batching."""
     import torch
     from tqdm.auto import tqdm
 
+    tokenizer = renderer.tokenizer
     tokenizer.padding_side = "left"
     answers = []
     device = next(model.parameters()).device
     start = time.perf_counter()
     batches = range(0, len(prompts), batch_size)
     for i in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
-        batch = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(device)
+        batch = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=not renderer.chat).to(device)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         for row in out[:, batch["input_ids"].shape[1]:]:
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            answers.append(text.strip().split("\n")[0].strip())
+            answers.append(renderer.cut(tokenizer.decode(row, skip_special_tokens=True)))
     elapsed = time.perf_counter() - start
     return Generations(answers, elapsed / max(len(prompts), 1))
 
 
-def answer_perplexity(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
-    """exp(mean NLL of the answer tokens given the prompt): a model's knowledge, whatever its output format."""
+def answer_perplexity(model, renderer: Renderer, records: list[dict], prompts: list[str]) -> float:
+    """exp(mean NLL of the reference answer's tokens after the prompt): what a model knows, whatever its output
+    format (lm-eval-harness style). The answer is rendered as training renders it."""
     import math
 
     import torch
 
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    for prompt, answer in zip(prompts, answers, strict=True):
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    for record, prompt in zip(records, prompts, strict=True):
+        prompt_ids = renderer.encode(prompt)
+        answer_ids = renderer.tokenizer(renderer.completion(record), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + answer_ids], device=device)
         labels = ids.clone()
         labels[0, :len(prompt_ids)] = -100  # score the answer only

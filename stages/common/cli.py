@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.errors import ExitStatus, GateRefused, ProjectError
+from stages.common.errors import ExitStatus, GateRefused, ProjectError
 
 
 def project_environment(root: str | Path = ".") -> None:
@@ -31,7 +31,7 @@ def project_environment(root: str | Path = ".") -> None:
 
 
 def stage_main(name: str, run, argv: list[str] | None = None) -> int:
-    from stages.params import load_params
+    from stages.common.params import load_params
 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the `{name}` stage.")
     parser.add_argument("--params", default="params.yaml", help="project definition (default: params.yaml)")

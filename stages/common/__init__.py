@@ -1,0 +1,1 @@
+"""What the stage entry points share: params, data sources, the prompt renderer, the metric registry, model I/O."""

