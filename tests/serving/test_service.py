@@ -63,16 +63,16 @@ def server(packaged):
 
 
 def test_generate_answers_and_bounds_inputs(server, packaged):
-    status, body = _post(f"{server}/generate", {"question": "What does `json.dumps` do?", "max_new_tokens": 8})
+    status, body = _post(f"{server}/generate", {"prompt": "What does `json.dumps` do?", "max_new_tokens": 8})
     assert status == 200, body
     assert isinstance(body["answer"], str) and "\n" not in body["answer"]
     assert body["model"] == packaged["package"]["bentoml_model"] and body["latency_ms"] > 0
 
-    status, _ = _post(f"{server}/generate", {"question": "x", "max_new_tokens": 0})
+    status, _ = _post(f"{server}/generate", {"prompt": "x", "max_new_tokens": 0})
     assert status == 400
-    status, _ = _post(f"{server}/generate", {"question": "x" * 5000})
+    status, _ = _post(f"{server}/generate", {"prompt": "x" * 5000})
     assert status == 400
-    status, _ = _post(f"{server}/generate", {"question": ""})
+    status, _ = _post(f"{server}/generate", {"prompt": ""})
     assert status == 400
 
 

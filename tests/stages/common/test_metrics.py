@@ -1,0 +1,92 @@
+"""The metric registry: each metric computed by its library, with a range, a direction and a task."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.common import metrics
+from stages.common.errors import ProjectError
+from stages.common.params import load_params
+from tests.conftest import default_params, write_params
+
+
+def test_question_answering_extremes():
+    perfect = metrics.score(["exact_match", "token_f1", "rougeL", "bleu"], ["Return the sum."], [["return the sum"]])
+    assert perfect["exact_match"] == 1.0 and perfect["token_f1"] == 1.0 and perfect["rougeL"] == 1.0
+    wrong = metrics.score(["exact_match", "token_f1", "rougeL"], ["Open a socket."], [["Return the sum of values."]])
+    assert wrong == {"exact_match": 0.0, "token_f1": 0.0, "rougeL": 0.0}
+
+
+def test_best_of_several_references():
+    refs = [["Close the file.", "Return the sum."]]
+    assert metrics.score(["exact_match", "rougeL", "chrf"], ["Return the sum."], refs)["exact_match"] == 1.0
+    assert metrics.score(["bleu"], ["Return the sum.", "Open it."], [["Return the sum."], ["Open it.", "x"]])["bleu"] > 99
+
+
+def test_classification_counts_invalid_answers():
+    labels = ["billing", "bug"]
+    preds, refs = ["Billing.", "bug", "refund please"], [["billing"], ["billing"], ["bug"]]
+    scores = metrics.score(["accuracy", "macro_f1", "invalid_rate"], preds, refs, labels=labels)
+    assert scores["accuracy"] == pytest.approx(1 / 3, abs=1e-4)
+    assert scores["invalid_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert 0 < scores["macro_f1"] < 1
+
+
+def test_extraction_json_validity_and_field_f1():
+    refs = [['{"name": "Ada", "year": 1843}'], ['{"name": "Alan"}']]
+    scores = metrics.score(["json_valid", "field_f1"], ['{"name": "Ada", "year": 1842}', "not json"], refs)
+    assert scores["json_valid"] == 0.5
+    assert scores["field_f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3), abs=1e-4)
+
+
+def test_semantic_similarity_with_the_shipped_minilm():
+    close = metrics.score(["semantic_similarity"], ["Reset your password from the login page."],
+                          [["Use the login page to reset the password."]])["semantic_similarity"]
+    far = metrics.score(["semantic_similarity"], ["The weather is warm in July."],
+                        [["Use the login page to reset the password."]])["semantic_similarity"]
+    assert 0.6 < close <= 1 and far < close - 0.3
+
+
+def test_every_task_has_registered_metrics_with_ranges():
+    for task, names in metrics.TASK_METRICS.items():
+        assert names and all(n in metrics.REGISTRY and metrics.REGISTRY[n].compute for n in names), task
+    for m in metrics.REGISTRY.values():
+        assert m.low < m.high
+
+
+def problems(tmp_path, change) -> list[str]:
+    p = default_params()
+    change(p)
+    with pytest.raises(ProjectError) as err:
+        load_params(write_params(tmp_path, p))
+    return err.value.problems
+
+
+def test_kpi_outside_its_metric_range_is_rejected(tmp_path):
+    def change(p):
+        p["scope"]["kpis"][1]["threshold"] = 2.0  # rougeL lies in [0, 1]
+    assert any("`scope.kpis.1.threshold` 2.0: rougeL lies in [0, 1]" in m for m in problems(tmp_path, change))
+
+
+def test_kpi_on_a_metric_of_another_task(tmp_path):
+    def change(p):
+        p["scope"]["kpis"].append({"metric": "accuracy", "threshold": 0.5, "direction": "higher"})
+    assert any("`scope.kpis.3.metric` 'accuracy' is not computed for a question-answering project" in m
+               for m in problems(tmp_path, change))
+
+
+def test_rank_by_needs_a_direction(tmp_path):
+    def change(p):
+        p["scope"]["task"] = "summarization"
+        p["scope"]["kpis"] = [{"metric": "rougeL", "threshold": 0.1, "direction": "higher"}]
+        p["select"]["rank_by"] = "length_words"
+    assert any("`select.rank_by` 'length_words' cannot rank" in m for m in problems(tmp_path, change))
+
+
+def test_validate_exits_2_on_a_kpi_out_of_range(tmp_path, capsys):
+    from flows.cli import main
+
+    p = default_params()
+    p["scope"]["kpis"][0]["threshold"] = 2.0
+    assert main(["validate", "--params", str(write_params(tmp_path, p))]) == 2
+    assert "rougeL" in capsys.readouterr().err
