@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast bench bench-data clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,14 @@ run: install
 test: install
 	$(BIN)/pytest -q
 
+test-fast: install
+	$(BIN)/pytest -q -m "not e2e"
+
 bench: install
 	$(BIN)/python bench/pipeline.py
+
+bench-data: install
+	$(BIN)/python bench/data.py
 
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft \

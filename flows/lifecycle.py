@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,14 +84,44 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     return False
 
 
+@contextmanager
+def restored_on_failure(repo, stage: str):
+    """DVC deletes a stage's outputs before running its command, so a failed stage would leave the workspace
+    worse than before. On failure: cached outputs come back from DVC's cache (`dvc checkout <stage>`, the last
+    good version in dvc.lock); uncached ones (metrics, reports), which no cache holds, from a copy made here."""
+    [target] = [s for s in repo.index.stages if s.addressing == stage]
+    kept = Path(tempfile.mkdtemp(prefix=f"lifecycle-{stage}-"))
+    uncached = [Path(out.fs_path) for out in target.outs if not out.use_cache and Path(out.fs_path).exists()]
+    for i, path in enumerate(uncached):
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, kept / str(i))
+    try:
+        yield
+    except BaseException:
+        try:
+            repo.checkout(targets=[stage], force=True)
+        except Exception:  # never ran successfully: nothing in the cache to restore
+            pass
+        for i, path in enumerate(uncached):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.copytree(kept / str(i), path)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(kept / str(i), path)
+        raise
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
 @task
 def run_stage(stage: str, root: str) -> bool:
-    """`dvc repro --single-item <stage>`; True when the stage ran, False when DVC found it up to date."""
+    """`dvc repro --single-item <stage>`; True when the stage ran, False when DVC found it up to date. A failed
+    stage leaves the outputs of its last good run in place."""
     from dvc.repo import Repo
 
     logger = get_run_logger()
     try:
-        with Repo(root) as repo:
+        with Repo(root) as repo, restored_on_failure(repo, stage):
             ran = repo.reproduce(stage, single_item=True)
     except Exception as exc:  # DVC wraps the command's failure; keep its exit status for the CLI
         raise StageFailed(stage, _exit_status_of(exc), str(exc)) from exc

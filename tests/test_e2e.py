@@ -183,6 +183,26 @@ def test_refused_gate_promotes_nothing(project, first_run):
     assert sorted(p.name for p in (project / ".bentoml" / "bentos" / "stdlib-helpdesk").iterdir()) == bentos_before
 
 
+def test_bad_data_fails_at_scope_and_leaves_the_workspace_as_it_was(project, first_run):
+    """A malformed line in a data file: exit 2 naming file and line, and the outputs of the last good run stay
+    (DVC deleted the failing stage's outputs before running it; the flow restored them)."""
+    sft = project / "data" / "stdlib" / "sft.jsonl"
+    good = sft.read_text()
+    folders = ("models", "metrics", "data/processed")
+    before = {d: tree_digest(project / d) for d in folders}
+    scope_report = (project / "reports" / "scope.json").read_text()
+    sft.write_text(good + '{"prompt": "What does `x` do?", "completion": \n')
+    try:
+        out = lifecycle(project, "run")
+        assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+        assert f"sft.jsonl:{len(good.splitlines()) + 1}: not valid JSON" in out.stderr
+        assert last_run(project)["failed_stage"] == "scope"
+        assert {d: tree_digest(project / d) for d in folders} == before
+        assert (project / "reports" / "scope.json").read_text() == scope_report, "the last good report is back"
+    finally:
+        sft.write_text(good)
+
+
 def test_invalid_params_fail_before_any_model(project, first_run):
     before = {d: tree_digest(project / d) for d in ("models", "metrics")}
     edit_params(project, lambda p: p["adapt"]["trainer"].update(max_stepz=10))

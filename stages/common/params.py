@@ -340,10 +340,28 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             else:
                 problems.append(f"{path}: `{where}`: {err['msg']} (got {err.get('input')!r})")
         raise ProjectError(problems) from None
-    problems = [f"{path}: {p}" for p in contradictions(params)]
+    problems = [f"{path}: {p}" for p in contradictions(params) + unwritten_tracked_keys(raw, path.parent / "dvc.yaml")]
     if problems:
         raise ProjectError(problems)
     return params
+
+
+def unwritten_tracked_keys(raw: dict, dvc_file: Path) -> list[str]:
+    """DVC reads the params file itself and fails on a key a stage tracks but the file leaves to its default:
+    name each such key here, with the fix, instead of DVC's MissingParamsError mid-run."""
+    if not dvc_file.is_file():
+        return []
+    stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {})
+    problems = []
+    for key in sorted({k for stage in stages.values() for k in stage.get("params", []) if isinstance(k, str)}):
+        node = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                problems.append(f"`{key}` is tracked by {dvc_file.name} but not written in the file: write it out, "
+                                "even with its default value (e.g. `labels: []`, `metrics: null`)")
+                break
+            node = node[part]
+    return problems
 
 
 def contradictions(p: Params) -> list[str]:

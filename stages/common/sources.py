@@ -67,7 +67,7 @@ class RoleData:
     examples: list[str] = field(default_factory=list)   # "file:line: reason" of the first dropped rows
 
     def drop(self, where: str, reason: str) -> None:
-        self.dropped[reason] += 1
+        self.dropped[reason.split(" (")[0]] += 1  # counted by kind; the example keeps the figures
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{where}: {reason}")
 
@@ -154,11 +154,13 @@ def read_rows(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
         elif suffix == ".csv":
             with open(path, encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)
+                start = 2  # a quoted cell may span lines: a row is named by the line it starts on
                 for row in reader:
+                    where, start = f"{path}:{start}", reader.line_num + 1
                     if None in row:  # more cells than the header has columns
-                        problems.add(f"{path}:{reader.line_num}: {len(row[None])} more cells than the header's columns")
+                        problems.add(f"{where}: {len(row[None])} more cells than the header's columns")
                         continue
-                    yield f"{path}:{reader.line_num}", row
+                    yield where, row
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 

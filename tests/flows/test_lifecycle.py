@@ -57,3 +57,32 @@ def test_validate_exit_codes(tmp_path, capsys):
 def test_bad_cron_is_invalid_input(capsys):
     assert main(["schedule", "--cron", "every day"]) == ExitStatus.INVALID_PROJECT
     assert "not a valid cron expression" in capsys.readouterr().err
+
+
+def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path, monkeypatch):
+    """A real DVC repo: a stage that fails gets its cached and uncached outputs of the last good run back."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from dvc.repo import Repo
+
+    from flows.lifecycle import restored_on_failure
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
+        "cmd": f"{sys.executable} step.py", "deps": ["step.py"],
+        "outs": ["out", {"metrics.json": {"cache": False}}]}}}))
+    (tmp_path / "step.py").write_text("import os\nos.makedirs('out', exist_ok=True)\n"
+                                      "open('out/model.bin', 'w').write('good')\nopen('metrics.json', 'w').write('{\"v\": 1}')\n")
+    monkeypatch.chdir(tmp_path)
+    with Repo(str(tmp_path)) as repo, restored_on_failure(repo, "make"):
+        assert repo.reproduce("make", single_item=True)
+    (tmp_path / "step.py").write_text("open('out/model.bin', 'w').write('half')\nraise SystemExit(1)\n")
+    with pytest.raises(Exception, match="failed to reproduce"):
+        with Repo(str(tmp_path)) as repo, restored_on_failure(repo, "make"):
+            repo.reproduce("make", single_item=True)
+    assert (tmp_path / "out" / "model.bin").read_text() == "good"
+    assert (tmp_path / "metrics.json").read_text() == '{"v": 1}'

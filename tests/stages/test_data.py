@@ -181,8 +181,9 @@ def test_unusable_rows_are_dropped_with_reasons(tmp_path):
                      max_length=100)
     sft = load_all(params)["sft"]
     assert sft.found == 8 and len(sft.records) == 5
-    assert dict(sft.dropped) == {"empty field `prompt`": 1, "duplicate": 1, "over max_length (301 > 100 tokens)": 1}
+    assert dict(sft.dropped) == {"empty field `prompt`": 1, "duplicate": 1, "over max_length": 1}
     assert sft.examples[0].endswith("sft.jsonl:6: empty field `prompt`")
+    assert sft.examples[2].endswith("sft.jsonl:8: over max_length (301 > 100 tokens)")
 
 
 # --- bad input: an error naming file, line and field; nothing written -------------------------------------------
