@@ -2,7 +2,8 @@
 
     make bench-data                  # or: .venv/bin/python bench/data.py [--sft 100000 --preference 20000 --repeats 3]
 
-Generates SFT rows (prompt/completion) and preference rows (prompt/chosen/rejected) as JSONL, then, alternating
+Generates SFT rows (prompt/completion) and preference rows (prompt/chosen/rejected) as JSONL, words drawn with the
+frequencies of the shipped stdlib text (see word_stream), then, alternating
 in fresh subprocesses so that neither profits from the other's warm caches:
   stage     `stages.data.run` on them: read and check every row, deduplicate, hold out eval/dev, remove leaked rows,
             look for near-duplicates, write the splits and the card, log to MLflow (the store created beforehand)
@@ -26,16 +27,27 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("the file path module value return open read write list dict string number error socket thread "
-         "process queue time date json parse format encode decode compress archive hash random math "
-         "test log config user request response server client table row column index cache").split()
+
+
+def word_stream() -> list[str]:
+    """Every word of the default project's pretraining text, in order: sampling from it gives English-like word
+    frequencies (a few very common words, a long tail), so n-gram overlaps between rows are as rare or as
+    common as in real text, not those of a toy vocabulary where every trigram repeats."""
+    import re
+
+    text = (REPO / "data" / "stdlib" / "corpus.jsonl").read_text(encoding="utf-8")
+    return re.findall(r"[A-Za-z]+", " ".join(json.loads(line)["text"] for line in text.splitlines()))
+
+
+WORDS: list[str] = []
 
 
 def sentence(rng: random.Random, lo: int, hi: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+    return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi))).capitalize() + "."
 
 
 def make_files(folder: Path, n_sft: int, n_pref: int) -> None:
+    WORDS[:] = word_stream()
     rng = random.Random(0)
     sft = [{"prompt": f"#{i}: " + sentence(rng, 8, 50), "completion": sentence(rng, 4, 30)} for i in range(n_sft)]
     sft += rng.sample(sft, n_sft // 100)  # 1% exact duplicates, as real exports have

@@ -6,8 +6,8 @@
 Reading and checking rows is stages/common/sources.py (what `lifecycle validate` reports too). Here: held-out
 `eval` and `dev` splits are taken from `sft` when no source gives them (by size or fraction, seeded, whole
 `group_by` groups at a time); a training row (sft, preference, corpus) whose prompt or text is also a held-out
-prompt or reference is removed and counted; training rows whose word n-grams overlap a held-out row's by more
-than `data.near_duplicate_threshold` are reported with examples (kept: near is not the same).
+prompt or reference is removed and counted; training prompts whose word n-grams overlap an eval prompt's by more
+than `data.near_duplicate_threshold` (Jaccard) are reported with examples (kept: near is not the same).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from itertools import chain
 from pathlib import Path
 
 from stages.common.cli import stage_main
@@ -53,36 +54,55 @@ def hold_out(records: list[dict], sizes: dict[str, float], seed: int) -> dict[st
     return out
 
 
-def _ngrams(text: str, n: int) -> set[str]:
-    words = re.findall(r"\w+", text.lower())
-    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+_WORDS = re.compile(r"\w+")
+
+
+def _ngram_incidence(texts: list[str], n: int):
+    """Each text's distinct word n-grams, as parallel arrays (row, n-gram key) sorted by row. A key is a 64-bit
+    polynomial hash of the n-gram's word hashes (collisions are negligible at 2**64)."""
+    import numpy as np
+
+    rows = [_WORDS.findall(t.lower()) for t in texts]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    words = np.fromiter(map(hash, chain.from_iterable(rows)), dtype=np.int64, count=int(lengths.sum()))
+    ends = np.cumsum(lengths)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    key = np.zeros(len(words), dtype=np.int64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            key[:len(words) - k] = key[:len(words) - k] * np.int64(1_000_003) + words[k:]
+    inside = np.arange(len(words)) + n <= ends[row_of]  # windows that do not cross into the next row
+    row_of, key = row_of[inside], key[inside]
+    with np.errstate(over="ignore"):  # one sort of one array: (row, key) pairs made distinct by a combined hash
+        _, first = np.unique(key * np.int64(0x9E3779B97F4A7C15 - 2**64) + row_of, return_index=True)
+    return row_of[first], key[first]
 
 
 def near_duplicates(train: list[str], held: list[str], n: int, threshold: float) -> list[dict]:
-    """Training texts whose word n-grams overlap a held-out text's with Jaccard >= threshold. Exact set overlap
-    through an index of the (small) held-out side: measured ~5x cheaper per row than datasketch's MinHash, and exact."""
-    index: dict[str, list[int]] = {}
-    held_grams = [_ngrams(t, n) for t in held]
-    for j, grams in enumerate(held_grams):
-        for g in grams:
-            index.setdefault(g, []).append(j)
-    found = []
-    for text in train:
-        grams = _ngrams(text, n)
-        shared: dict[int, int] = {}
-        for g in grams & index.keys():
-            for j in index[g]:
-                shared[j] = shared.get(j, 0) + 1
-        for j, inter in shared.items():
-            jaccard = inter / (len(grams) + len(held_grams[j]) - inter)
-            if jaccard >= threshold:
-                found.append({"train": text, "held_out": held[j], "jaccard": round(jaccard, 3)})
-    return found
+    """Training texts whose word n-gram sets overlap a held-out text's with Jaccard >= threshold, exactly:
+    |A & B| for every pair at once as a sparse product of row x n-gram incidence matrices (scipy). Several
+    times cheaper than per-row Python sets or datasketch's MinHash LSH (~83 us/row measured here), and exact."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
 
-
-def _qa_text(record: dict) -> str:
-    answer = record.get("completion") or record.get("chosen") or record["references"][0]
-    return f"{record['prompt']} {answer}"
+    if not train or not held:
+        return []
+    held_rows, held_keys = _ngram_incidence(held, n)
+    train_rows, train_keys = _ngram_incidence(train, n)
+    columns = np.unique(held_keys)
+    train_size = np.bincount(train_rows, minlength=len(train))
+    held_size = np.bincount(held_rows, minlength=len(held))
+    at = np.searchsorted(columns, train_keys).clip(max=len(columns) - 1)
+    shared = columns[at] == train_keys  # only n-grams a held-out row has can be in an intersection
+    a = csr_matrix((np.ones(int(shared.sum()), dtype=np.int32), (train_rows[shared], at[shared])),
+                   shape=(len(train), len(columns)))
+    b = csr_matrix((np.ones(len(held_keys), dtype=np.int32), (held_rows, np.searchsorted(columns, held_keys))),
+                   shape=(len(held), len(columns)))
+    inter = (a @ b.T).tocoo()
+    jaccard = inter.data / (train_size[inter.row] + held_size[inter.col] - inter.data)
+    hits = jaccard >= threshold
+    return [{"train": train[i], "held_out": held[j], "jaccard": round(float(v), 3)}
+            for i, j, v in zip(inter.row[hits], inter.col[hits], jaccard[hits])]
 
 
 def remove_leaks(splits: dict[str, list[dict]]) -> dict[str, int]:
@@ -124,8 +144,9 @@ def run(params: Params, paths: Paths) -> dict:
     loaded = load_all(params)  # every structural problem of every role, raised before anything is written
     splits = split(loaded, params)
     removed = remove_leaks(splits)
-    held = [_qa_text(r) for r in splits["eval"]]
-    near = near_duplicates([_qa_text(r) for r in splits["sft"] + splits["preference"]], held,
+    # Prompts, the model's input, as for exact leaks: an eval input the model has nearly seen is contamination.
+    near = near_duplicates([r["prompt"] for r in splits["sft"] + splits["preference"]],
+                           [r["prompt"] for r in splits["eval"]],
                            params.data.near_duplicate_ngram, params.data.near_duplicate_threshold)
     for role in ("sft", "eval", "dev"):
         if not splits[role] and (role != "sft" or params.adapt.technique.value != "prompt"):

@@ -13,7 +13,7 @@ import logging
 
 from stages.common.cli import stage_main
 from stages.common.io import write_json
-from stages.common.params import Params, Paths, allowed_techniques
+from stages.common.params import Params, Paths, allowed_techniques, technique_problems
 from stages.common.sources import holdout_size, load_all
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,7 @@ def check(params: Params) -> dict:
 
     data = inspect_data(params)
     derived = plan(params, data["counts"])
-    problems = []
-    if params.adapt.technique.value not in derived["adapt_techniques"]:
-        problems.append(f"`adapt.technique` is {params.adapt.technique.value} but the data found supports only "
-                        f"{derived['adapt_techniques']}: {derived['why']}")
-    if params.align.method.value not in derived["align_methods"]:
-        problems.append(f"`align.method` is {params.align.method.value} but the data found supports only "
-                        f"{derived['align_methods']}: {derived['why']}")
+    problems = technique_problems(params, allowed_techniques(params.scope, data["counts"]))
     if problems:
         raise ProjectError(problems)
     return {"project": params.project.name, "verdict": "defined", "checklist": params.scope.model_dump(mode="json"),

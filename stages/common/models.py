@@ -124,6 +124,8 @@ def answer_perplexity(model, renderer: Renderer, records: list[dict], prompts: l
     for record, prompt in zip(records, prompts, strict=True):
         prompt_ids = renderer.encode(prompt)
         answer_ids = renderer.tokenizer(renderer.completion(record), add_special_tokens=False)["input_ids"]
+        if renderer.context:  # a reference longer than the room left is scored on the part that fits
+            answer_ids = answer_ids[:max(1, renderer.context - len(prompt_ids))]
         ids = torch.tensor([prompt_ids + answer_ids], device=device)
         labels = ids.clone()
         labels[0, :len(prompt_ids)] = -100  # score the answer only

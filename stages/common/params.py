@@ -179,7 +179,7 @@ class Data(Strict):
     sources: Sources
     holdout: Holdout = Holdout()
     max_length: PosInt = 512          # prompt + answer, in tokens (see stages/common/sources.py count_tokens)
-    near_duplicate_ngram: PosInt = 3  # word n-grams compared between training and held-out rows
+    near_duplicate_ngram: PosInt = 3  # word n-grams compared between training and eval prompts
     near_duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8   # Jaccard overlap reported as near-duplicate
 
 
@@ -387,13 +387,7 @@ def contradictions(p: Params) -> list[str]:
     except ValueError as exc:
         problems.append(f"`prompt.template` {p.prompt.template!r} is not a valid template ({exc}); "
                         "write fields as {prompt}, and a literal brace as {{ or }}")
-    allowed = allowed_techniques(s)
-    if p.adapt.technique.value not in allowed["adapt"]:
-        problems.append(f"`adapt.technique` is {p.adapt.technique.value} but the data inventory "
-                        f"(`scope.data`) only supports {allowed['adapt']}: {allowed['why']}")
-    if p.align.method.value not in allowed["align"]:
-        problems.append(f"`align.method` is {p.align.method.value} but `scope.data.preference_pairs` is "
-                        f"{s.data.preference_pairs}: preference data is needed (or set `align.method: none`)")
+    problems += technique_problems(p, allowed_techniques(s))
     if p.adapt.technique is Technique.qlora and s.budget.gpu_memory_gib == 0:
         problems.append("`adapt.technique` is qlora, which needs a GPU, but `scope.budget.gpu_memory_gib` is 0")
     if p.align.method is not AlignMethod.none and p.adapt.technique is Technique.prompt:
@@ -480,6 +474,18 @@ def source_problems(p: Params) -> list[str]:
 SFT_PAIRS_FOR_PEFT = 100
 SFT_PAIRS_FOR_FULL = 10_000
 PREFERENCE_PAIRS_FOR_DPO = 100
+
+
+def technique_problems(p: Params, allowed: dict) -> list[str]:
+    """The planned technique and alignment against what the data supports (declared, or found)."""
+    problems = []
+    if p.adapt.technique.value not in allowed["adapt"]:
+        problems.append(f"`adapt.technique` is {p.adapt.technique.value} but the data supports only "
+                        f"{allowed['adapt']}: {allowed['why']}")
+    if p.align.method.value not in allowed["align"]:
+        problems.append(f"`align.method` is {p.align.method.value} but the data supports only {allowed['align']}: "
+                        f"{allowed['why']} (or set `align.method: none`)")
+    return problems
 
 
 def allowed_techniques(scope: Scope, counts: dict | None = None) -> dict:

@@ -45,8 +45,12 @@ def test_schedule_is_a_cron_deployment():
     assert deployment.parameters == {"root": str(REPO)}
 
 
-def test_validate_exit_codes(tmp_path, capsys):
-    assert main(["validate", "--params", str(REPO / "params.yaml")]) == ExitStatus.OK
+def test_validate_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the default's sources are relative to the repository root
+    assert main(["validate", "--params", "params.yaml"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert "sft               1904    1904" in out and "corpus            2702    2700  2 duplicate" in out
+    assert "plan (from the rows found)" in out
     p = default_params()
     p["scope"]["privacy"]["personal_data"] = True
     p["scope"]["deployment_target"] = "saas"
