@@ -118,6 +118,7 @@ def run(params, paths) -> dict:
                   **build_bento(params, model_dir, report)}
         write_json(out / "package.json", record)
         mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"]})
+        mlflow.log_artifact(str(model_dir / "prompt.json"))  # the renderer's settings the server uses, for review
     return {"package": record, "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
                                           f"@{record['alias']}, bento {record['bento']}"}
 

@@ -30,6 +30,7 @@ def test_real_model_profiles_are_valid(profile):
     params = load_params(profile)
     assert all(c.hub_id for c in params.select.candidates), "a profile for real models names hub ids"
     assert params.adapt.precision.value == "bf16" and params.project.device == "cuda"
+    assert params.prompt.chat_template.value == "always", "instruct models are prompted through their chat template"
 
 
 def test_typo_key_is_named(tmp_path):
