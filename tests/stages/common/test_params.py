@@ -113,3 +113,19 @@ def test_data_size_decides_the_techniques(sft, pref, adapt, align):
     scope = p.scope.model_copy(update={"data": p.scope.data.model_copy(update={"sft_pairs": sft, "preference_pairs": pref})})
     allowed = allowed_techniques(scope)
     assert allowed["adapt"] == adapt and allowed["align"] == align
+
+
+@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(REPO)) for p in REPO.glob("params/*.yaml")),
+                                  *sorted(str(p.relative_to(REPO)) for p in REPO.glob("examples/*/params.yaml"))])
+def test_shipped_params_write_every_key_dvc_tracks(path):
+    """DVC fails mid-run on a tracked key left to its default; every shipped params file writes them all."""
+    from stages.common.params import unwritten_tracked_keys
+
+    assert unwritten_tracked_keys(yaml.safe_load((REPO / path).read_text()), REPO / "dvc.yaml") == []
+
+
+def test_a_tracked_key_left_to_its_default_is_named(tmp_path):
+    p = default_params()
+    del p["scope"]["labels"]
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    assert any("`scope.labels` is tracked by dvc.yaml but not written" in m for m in problems_for(tmp_path, p))
