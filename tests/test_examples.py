@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 def shrink(p: dict) -> dict:
     """The example's own params, with models, steps and splits cut to seconds."""
-    p["pretrain"].update(vocab_size=400, seq_len=64, batch_size=8)
+    p["pretrain"].update(batch_size=8)  # vocabulary and context as shipped: the example's prompts must still fit
     p["pretrain"]["models"] = [{"name": "tiny-s", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                                 "intermediate_size": 64, "steps": 20}]
     p["select"]["candidates"] = p["select"]["candidates"][:1]
