@@ -42,12 +42,15 @@ def summary(root: Path, paths) -> str:
                 lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
     report = _read(root / paths.eval_metrics)
     if report:
+        from stages.evaluate import cell
+
         variants = report["variants"]
         metrics = list(next(iter(variants.values())))
-        lines.append("evaluate   " + f"{'variant':<20}" + "".join(f"{m:>20}" for m in metrics))
+        lines.append("evaluate   " + f"{'variant':<20}" + "".join(f"{m:>26}" for m in metrics))
         for name, values in variants.items():
             mark = " *" if name == report["candidate"] else ""
-            lines.append("           " + f"{name + mark:<20}" + "".join(f"{values[m]:>20}" for m in metrics))
+            lines.append("           " + f"{name + mark:<20}" + "".join(f"{cell(values[m]):>26}" for m in metrics))
+        lines.append(f"           [{report['confidence_level']:.0%} bootstrap confidence intervals]")
         verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
         lines.append(f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})")
         lines += [f"           {r}" for r in report["gates"]["reasons"]]

@@ -8,6 +8,11 @@ perplexity of the reference answers, latency per answer and perplexity on the ge
 check). Prompts come from the one renderer, as in training and serving. The candidate is the tuned variant best
 on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the best baseline on that
 KPI's metric.
+
+Every text metric carries a bootstrap confidence interval over the eval rows, and the candidate is compared with
+that best baseline on the same rows (paired: difference, interval, permutation p-value; stages/common/confidence.py).
+metrics/eval.json holds `{"variants": {variant: {metric: {"value", "ci_low", "ci_high"}}}, "comparisons": ...,
+"gates": ...}`; a metric measured on the model (latency, perplexities) has a value only.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.gates import should_promote
 from stages.common.io import read_json, read_jsonl, write_json, write_jsonl, write_text
-from stages.common.metrics import better, project_metrics
+from stages.common.metrics import REGISTRY, project_metrics, text_metrics
 from stages.common.params import Params, Paths
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,49 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     return metrics, answers
 
 
+def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], results: dict[str, dict],
+                candidate: str, baselines: dict[str, dict]) -> tuple[dict, dict]:
+    """Bootstrap intervals of every text metric of every variant ({variant: {metric: {"ci_low", "ci_high"}}}) and
+    the paired comparison of the candidate with the best baseline for each KPI metric compared to a baseline
+    (and the primary metric) ({metric: {"candidate", "baseline", "difference", "ci_low", "ci_high", "p_value"}})."""
+    from tqdm.auto import tqdm
+
+    from stages.common.confidence import Resampling, interval, paired
+    from stages.common.gates import best_baseline
+
+    how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
+    refs = [r["references"] for r in eval_rows]
+    kw = {"labels": params.scope.labels, "embedding": params.evaluate.embedding_model}
+    names = text_metrics(params)
+    rows = {n: {m: REGISTRY[m].rows(answers[n], refs, **kw) for m in names if REGISTRY[m].rows} for n in answers}
+    intervals = {}
+    for n in tqdm(answers, desc=f"evaluate: bootstrap intervals ({how.resamples} resamples)", unit="variant"):
+        intervals[n] = {}
+        for m in names:
+            i = interval(m, answers[n], refs, how, rows[n].get(m), **kw)
+            intervals[n][m] = {"ci_low": round(i["ci_low"], 4), "ci_high": round(i["ci_high"], 4)}
+    compared = [params.scope.kpis[0].metric] + [k.metric for k in params.scope.kpis if k.versus == "baseline"]
+    comparisons = {}
+    for m in dict.fromkeys(c for c in compared if c in names):
+        higher = REGISTRY[m].higher_is_better is not False
+        base = best_baseline(baselines, m, higher) if baselines else None
+        if base is None:
+            continue
+        c = paired(m, answers[candidate], answers[base], refs, how, rows[candidate].get(m), rows[base].get(m), **kw)
+        comparisons[m] = {"candidate": candidate, "baseline": base, **{k: round(v, 4) for k, v in c.items()}}
+    return intervals, comparisons
+
+
+def point_values(report: dict) -> dict[str, dict[str, float]]:
+    """{variant: {metric: value}} of an eval report, without the intervals."""
+    return {n: {m: v["value"] for m, v in metrics.items()} for n, metrics in report["variants"].items()}
+
+
+def cell(v: dict) -> str:
+    """A report cell: the value and, when it has one, its confidence interval."""
+    return f"{v['value']} [{v['ci_low']}, {v['ci_high']}]" if "ci_low" in v else str(v["value"])
+
+
 def run(params: Params, paths: Paths) -> dict:
     from stages.common.models import resolve_device
     from stages.common.tracking import stage_run
@@ -82,21 +130,35 @@ def run(params: Params, paths: Paths) -> dict:
         values = {n: results[n][primary.metric] for n in tuned}
         candidate = (max if primary.direction == "higher" else min)(values, key=values.get)
         baselines = {n: results[n] for n in BASELINES if n != candidate}
-        decision = should_promote(results[candidate], baselines, params.scope.kpis)
+        intervals, comparisons = uncertainty(params, eval_rows, answers, results, candidate, baselines)
+        forgetting = ({"before": results["baseline_zero_shot"]["perplexity_general"],
+                       "after": results[candidate]["perplexity_general"], "limit": params.evaluate.max_forgetting}
+                      if general else None)
+        decision = should_promote(results[candidate], baselines, params.scope.kpis, intervals[candidate],
+                                  comparisons, forgetting)
         report = {
-            "variants": results,
+            "variants": {n: {m: {"value": v, **intervals[n].get(m, {})} for m, v in results[n].items()}
+                         for n in results},
             "candidate": candidate,
             "primary_metric": primary.metric,
             "baselines": list(baselines),
+            "comparisons": comparisons,
+            "forgetting": forgetting,
             "gates": decision.as_dict(),
             "eval_rows": len(eval_rows),
+            "confidence_level": params.evaluate.confidence_level,
+            "resamples": params.evaluate.resamples,
             "metrics": project_metrics(params),
         }
+        mlflow.log_metrics({f"{n}.{m}.{end}": i[end] for n in intervals for m, i in intervals[n].items()
+                            for end in ("ci_low", "ci_high")})
+        mlflow.log_metrics({f"compare.{m}.{k}": c[k] for m, c in comparisons.items()
+                            for k in ("difference", "ci_low", "ci_high", "p_value")})
         write_json(paths.eval_metrics, report)
         write_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"),
                     [{"prompt": r["prompt"], "references": r["references"], **{n: answers[n][i] for n in answers}}
                      for i, r in enumerate(eval_rows)])
-        plot(results, Path(paths.eval_report).with_suffix(".png"))
+        plot(report["variants"], Path(paths.eval_report).with_suffix(".png"))
         write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
         mlflow.set_tags({"candidate": candidate, "gates.passed": str(decision.passed)})
         mlflow.log_metric("gates.passed", float(decision.passed))
@@ -107,7 +169,7 @@ def run(params: Params, paths: Paths) -> dict:
                                          + "; ".join(decision.reasons)}
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
+def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,10 +180,15 @@ def plot(results: dict[str, dict], path: Path) -> None:
     axes = axes[0]
     names = list(results)
     for ax, metric in zip(axes, shown):
-        ax.bar(range(len(names)), [results[n][metric] for n in names], color=["#999", "#bbb", "#4a90d9", "#2a6"][:len(names)])
+        cells = [results[n][metric] for n in names]
+        value = [c["value"] for c in cells]
+        err = ([[c["value"] - c.get("ci_low", c["value"]) for c in cells],
+                [c.get("ci_high", c["value"]) - c["value"] for c in cells]] if "ci_low" in cells[0] else None)
+        ax.bar(range(len(names)), value, yerr=err, capsize=4, color=["#999", "#bbb", "#4a90d9", "#2a6"][:len(names)])
         ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n") for n in names], fontsize=8)
         ax.set_title(metric)
-    fig.suptitle("held-out eval split, every variant side by side (perplexities, latency, invalid rate: lower is better)")
+    fig.suptitle("held-out eval split, every variant side by side, with confidence intervals "
+                 "(perplexities, latency, invalid rate: lower is better)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -137,7 +204,16 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
              f"on {report['primary_metric']}); baselines: {', '.join(report['baselines'])}; the prompted baseline uses {prompt['shots']}-shot "
              f"(best on the dev split: {prompt['dev_scores']}).", "",
              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    lines += [f"| {n} | " + " | ".join(str(r[m]) for m in metrics) + " |" for n, r in results.items()]
+    lines += [f"| {n} | " + " | ".join(cell(r[m]) for m in metrics) + " |" for n, r in results.items()]
+    level = f"{report['confidence_level']:.0%}"
+    lines += ["", f"Brackets: {level} bootstrap confidence intervals over the eval rows ({report['resamples']} "
+              "resamples, percentile method)."]
+    if report["comparisons"]:
+        lines += ["", "## Candidate vs the best baseline, on the same rows", "",
+                  f"| metric | candidate | baseline | difference | {level} CI | p (paired permutation) |",
+                  "|---|---|---|---:|---|---:|"]
+        lines += [f"| {m} | {c['candidate']} | {c['baseline']} | {c['difference']:+} | [{c['ci_low']:+}, "
+                  f"{c['ci_high']:+}] | {c['p_value']} |" for m, c in report["comparisons"].items()]
     lines += ["", f"## Gates: {'PASSED' if report['gates']['passed'] else 'FAILED'}", ""]
     lines += [f"- {r}" for r in report["gates"]["reasons"]]
     lines += ["", "![metrics](eval.png)", "", "## Sample answers", ""]

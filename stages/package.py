@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.errors import GateRefused
-from stages.evaluate import variants
+from stages.evaluate import cell, variants
 from stages.common.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def register(params, model_dir: Path, model, tokenizer, eval_report: dict) -> di
     version = info.registered_model_version
     client.set_registered_model_alias(name, params.package.alias, version)
     for k, v in eval_report["variants"][eval_report["candidate"]].items():
-        client.set_model_version_tag(name, version, f"eval.{k}", str(v))
+        client.set_model_version_tag(name, version, f"eval.{k}", cell(v))
     return {"registered_model": name, "version": int(version), "alias": params.package.alias,
             "model_uri": info.model_uri}
 

@@ -103,8 +103,14 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     # the default KPIs are earned: the tuned model beats the best baseline by the stated margin
     margin = next(k for k in yaml.safe_load((project / "params.yaml").read_text())["scope"]["kpis"]
                   if k["versus"] == "baseline")
-    best_baseline = max(report["variants"][b][margin["metric"]] for b in report["baselines"])
-    assert report["variants"][report["candidate"]][margin["metric"]] >= best_baseline + margin["threshold"]
+    values = {n: {m: v["value"] for m, v in metrics.items()} for n, metrics in report["variants"].items()}
+    best_baseline = max(values[b][margin["metric"]] for b in report["baselines"])
+    assert values[report["candidate"]][margin["metric"]] >= best_baseline + margin["threshold"]
+    compared = report["comparisons"][margin["metric"]]
+    assert compared["candidate"] == report["candidate"] and compared["baseline"] in report["baselines"]
+    assert compared["ci_low"] <= compared["difference"] <= compared["ci_high"]
+    if margin.get("confidence") == "ci":
+        assert compared["ci_low"] >= margin["threshold"], "the margin holds with confidence"
 
     client = mlflow_client(project)
     assert child_stages(client, record["parent_run_id"]) == set(stages)

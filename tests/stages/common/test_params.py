@@ -70,6 +70,16 @@ def test_kpi_on_a_metric_the_evaluator_does_not_compute(tmp_path):
     assert any("`scope.kpis.3.metric` 'f1'" in m for m in problems_for(tmp_path, p))
 
 
+def test_confidence_on_a_metric_without_an_interval_and_forgetting_without_general_text(tmp_path):
+    p = default_params()
+    p["scope"]["kpis"][2]["confidence"] = "ci"  # latency_ms: one number measured on the model
+    p["evaluate"]["max_forgetting"] = 0.5
+    p["data"]["sources"]["general"] = None
+    problems = problems_for(tmp_path, p)
+    assert any("`scope.kpis.2.confidence` ci: latency_ms" in m for m in problems)
+    assert any("`evaluate.max_forgetting`" in m and "data.sources.general" in m for m in problems)
+
+
 def test_technique_the_data_does_not_support(tmp_path):
     p = default_params()
     p["scope"]["data"]["sft_pairs"] = 30
