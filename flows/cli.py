@@ -3,7 +3,10 @@
     lifecycle run                       # the whole pipeline (Prefect flow over the DVC stages), then a summary
     lifecycle validate                  # check params.yaml (the scope stage's checks) and print the plan
     lifecycle status                    # which stages are out of date, and the last run's summary
-    lifecycle serve [--port 3000]       # serve the packaged bento on 127.0.0.1
+    lifecycle serve [--port 3000]       # serve the champion's bento on 127.0.0.1
+    lifecycle models                    # registered versions, their aliases and headline metrics
+    lifecycle promote VERSION --reason "..."   # make a version the champion by hand
+    lifecycle rollback --reason "..."   # give champion back to the version that held it before
     lifecycle schedule --cron "0 3 * * *"   # run on a schedule (Prefect deployment served by this process)
 
 Exit status: 0 success, 2 invalid project definition, 3 a gate refused the model, anything else a failure.
@@ -58,6 +61,8 @@ def summary(root: Path, paths) -> str:
     if package and report and report["gates"]["passed"]:
         lines.append(f"package    MLflow model {package['registered_model']} version {package['version']} "
                      f"(@{package['alias']}), bento {package['bento']}")
+        if package.get("why"):
+            lines.append(f"           {package['alias']}: {package['why']}")
     lines += ["next       mlflow ui --backend-store-uri sqlite:///mlflow.db   # review runs and the registry",
               "           lifecycle serve                                  # serve the bento on 127.0.0.1:3000",
               f"           open {paths.eval_report}"]
@@ -137,19 +142,88 @@ def cmd_status(args) -> int:
     return ExitStatus.OK
 
 
+def _registry(params):
+    from mlflow import MlflowClient
+
+    from stages.common.tracking import configure
+
+    configure(params.project.name)
+    return MlflowClient()
+
+
 def cmd_serve(args) -> int:
     from stages.common.params import load_params
+    from stages.common.registry import CHAMPION
 
     params = load_params("params.yaml")
-    package = _read(Path(params.paths.package) / "package.json")
-    if not package:
-        print(f"nothing to serve: {params.paths.package}/package.json is missing; run `lifecycle run` first "
-              "(a model that failed its gates is never packaged)", file=sys.stderr)
+    client = _registry(params)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(params.project.name, CHAMPION)
+    except MlflowException:
+        print(f"nothing to serve: model {params.project.name!r} has no {CHAMPION} in the MLflow registry; run "
+              "`lifecycle run` first (a model that failed its gates is never registered)", file=sys.stderr)
         return ExitStatus.ERROR
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", package["bento"],
+    bento = champion.tags.get("lifecycle.bento")
+    if not bento:
+        print(f"{params.project.name} v{champion.version} (champion) has no `lifecycle.bento` tag: it was not "
+              "registered by `lifecycle run`; promote a version that was", file=sys.stderr)
+        return ExitStatus.ERROR
+    print(f"serving {params.project.name} v{champion.version} (@{CHAMPION})")
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", bento,
            "--host", args.host, "--port", str(args.port)]
     print(" ".join(cmd))
     return subprocess.call(cmd)
+
+
+def cmd_models(args) -> int:
+    from stages.common.params import load_params
+    from stages.common.registry import versions
+
+    params = load_params("params.yaml")
+    client = _registry(params)
+    rows = versions(client, params.project.name) if client.search_registered_models(
+        f"name = '{params.project.name}'") else []
+    if not rows:
+        print(f"no registered versions of {params.project.name!r} yet; run `lifecycle run`")
+        return ExitStatus.OK
+    print(f"{'version':>7}  {'aliases':<22} {'created':<17} {'variant':<20} headline metric")
+    for r in rows:
+        metric = r["tags"].get("lifecycle.primary_metric", "")
+        print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['created']:<17} "
+              f"{r['tags'].get('lifecycle.variant', '-'):<20} {metric} {r['tags'].get('eval.' + metric, '')}")
+    return ExitStatus.OK
+
+
+def cmd_promote(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from stages.common.params import load_params
+    from stages.common.registry import promote
+
+    params = load_params("params.yaml")
+    try:
+        previous = promote(_registry(params), params.project.name, args.version, args.reason)
+    except MlflowException as exc:
+        print(f"cannot promote {params.project.name} v{args.version}: {exc.message}", file=sys.stderr)
+        return ExitStatus.ERROR
+    print(f"{params.project.name} v{args.version} is champion (was v{previous}); reason recorded: {args.reason}")
+    return ExitStatus.OK
+
+
+def cmd_rollback(args) -> int:
+    from stages.common.params import load_params
+    from stages.common.registry import rollback
+
+    params = load_params("params.yaml")
+    try:
+        old, new = rollback(_registry(params), params.project.name, args.reason)
+    except LookupError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return ExitStatus.ERROR
+    print(f"{params.project.name}: champion rolled back from v{old} to v{new}; reason recorded: {args.reason}")
+    return ExitStatus.OK
 
 
 def scheduled_deployment(cron: str, name: str, root: str):
@@ -220,6 +294,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_serve)
+    sub.add_parser("models", help="registered versions, aliases, headline metrics").set_defaults(func=cmd_models)
+    pr = sub.add_parser("promote", help="make a registered version the champion by hand")
+    pr.add_argument("version", type=int)
+    pr.add_argument("--reason", required=True, help="why (recorded as a tag on the version)")
+    pr.set_defaults(func=cmd_promote)
+    rb = sub.add_parser("rollback", help="give champion back to the version that held it before")
+    rb.add_argument("--reason", required=True, help="why (recorded as a tag on both versions)")
+    rb.set_defaults(func=cmd_rollback)
     c = sub.add_parser("schedule", help="serve the flow on a cron schedule")
     c.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     c.add_argument("--name", default="scheduled")

@@ -18,12 +18,14 @@ metrics/eval.json holds `{"variants": {variant: {metric: {"value", "ci_low", "ci
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.gates import should_promote
 from stages.common.io import read_json, read_jsonl, write_json, write_jsonl, write_text
-from stages.common.metrics import REGISTRY, project_metrics, text_metrics
+from stages.common.metrics import (REGISTRY, context, evaluated_text_metrics, guardrail_breaches, guardrails,
+                                   project_metrics)
 from stages.common.params import Params, Paths
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     n_new = params.evaluate.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     prompts = render_all(renderer, eval_rows, "eval", spec["examples"])
-    metrics, answers = measure_prompts(model, renderer, eval_rows, prompts, params, n_new, f"evaluate {name}")
+    metrics, answers = measure_prompts(model, renderer, eval_rows, prompts, params, n_new, f"evaluate {name}",
+                                       evaluated_text_metrics(params))
     if general:
         metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
     return metrics, answers
@@ -75,8 +78,8 @@ def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[s
 
     how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
     refs = [r["references"] for r in eval_rows]
-    kw = {"labels": params.scope.labels, "embedding": params.evaluate.embedding_model}
-    names = text_metrics(params)
+    kw = context(params)
+    names = evaluated_text_metrics(params)
     rows = {n: {m: REGISTRY[m].rows(answers[n], refs, **kw) for m in names if REGISTRY[m].rows} for n in answers}
     intervals = {}
     for n in tqdm(answers, desc=f"evaluate: bootstrap intervals ({how.resamples} resamples)", unit="variant"):
@@ -94,6 +97,16 @@ def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[s
         c = paired(m, answers[candidate], answers[base], refs, how, rows[candidate].get(m), rows[base].get(m), **kw)
         comparisons[m] = {"candidate": candidate, "baseline": base, **{k: round(v, 4) for k, v in c.items()}}
     return intervals, comparisons
+
+
+def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
+    """The guardrails and, per variant, how many answers broke each one (None: the project declares none)."""
+    if "guardrail_violations" not in evaluated_text_metrics(params):
+        return None
+    rules = guardrails(params)
+    counts = {n: Counter(k for a in answers[n] for k in guardrail_breaches(a, rules, params.scope.labels))
+              for n in answers}
+    return {"rules": rules, "breaches": {n: dict(sorted(c.items())) for n, c in counts.items()}}
 
 
 def point_values(report: dict) -> dict[str, dict[str, float]]:
@@ -144,6 +157,7 @@ def run(params: Params, paths: Paths) -> dict:
             "baselines": list(baselines),
             "comparisons": comparisons,
             "forgetting": forgetting,
+            "guardrails": breaches(params, answers),
             "gates": decision.as_dict(),
             "eval_rows": len(eval_rows),
             "confidence_level": params.evaluate.confidence_level,
@@ -214,6 +228,10 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
                   "|---|---|---|---:|---|---:|"]
         lines += [f"| {m} | {c['candidate']} | {c['baseline']} | {c['difference']:+} | [{c['ci_low']:+}, "
                   f"{c['ci_high']:+}] | {c['p_value']} |" for m, c in report["comparisons"].items()]
+    if report.get("guardrails"):
+        rules = {k: v for k, v in report["guardrails"]["rules"].items() if v}
+        lines += ["", "## Guardrails", "", f"Rules: {rules}. Answers breaking each (of {report['eval_rows']}):", ""]
+        lines += [f"- {n}: {c or 'none'}" for n, c in report["guardrails"]["breaches"].items()]
     lines += ["", f"## Gates: {'PASSED' if report['gates']['passed'] else 'FAILED'}", ""]
     lines += [f"- {r}" for r in report["gates"]["reasons"]]
     lines += ["", "![metrics](eval.png)", "", "## Sample answers", ""]

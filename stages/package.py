@@ -1,23 +1,28 @@
-"""package: ship the candidate that passed its gates. Merge, register in MLflow (alias `champion`), build a bento.
+"""package: ship the candidate that passed its gates. Merge, register in MLflow, build a bento.
 
-    python -m stages.package        # exits 3, promoting nothing, when the gates in metrics/eval.json failed
+    python -m stages.package        # exits 3, registering nothing, when the gates in metrics/eval.json failed
 
 One copy between the systems, here only: the merged model goes to the MLflow registry (a new version of the
-model named `project.name`, alias `champion`) and to BentoML's model store, and `bentoml build` packs it with
-serving/service.py into a bento. models/package/package.json records the versions and tags.
+model named `project.name`, with its metrics and confidence intervals, and its lineage as tags) and to BentoML's
+model store, and `bentoml build` packs it with serving/service.py into a bento. The version takes the alias
+`champion` only if it beats the current champion on the primary metric on the same eval rows (a paired test of
+the two versions' answers); otherwise it is `challenger` (stages/common/registry.py). models/package/package.json
+records the version, the alias, why, and the bento.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.errors import GateRefused
 from stages.evaluate import cell, variants
-from stages.common.io import atomic_dir, read_json, write_json
+from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +49,115 @@ def pinned(packages) -> list[str]:
     return [f"{p}=={version(p).split('+')[0]}" for p in packages]
 
 
-def register(params, model_dir: Path, model, tokenizer, eval_report: dict) -> dict:
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def lineage(params, paths) -> dict[str, str]:
+    """What this version was made from, as registry tags: the commit, dvc.lock, params.yaml and the data splits."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+        commit += " (uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    tags = {"lifecycle.git_commit": commit, "lifecycle.dvc_lock_sha256": sha256(Path("dvc.lock")),
+            "lifecycle.params_sha256": sha256(Path("params.yaml"))}
+    for f in sorted(Path(paths.processed).glob("*.jsonl")):
+        tags[f"lifecycle.data.{f.stem}_sha256"] = sha256(f)
+    return tags
+
+
+def against_champion(params, paths, client, name: str, report: dict, answers: list[str]):
+    """The registry's verdict for the new version: the paired comparison with the champion's answers, which the
+    champion's package run logged with the digest of the eval split they answer."""
+    import mlflow
+
+    from stages.common.confidence import Resampling, paired
+    from stages.common.metrics import REGISTRY, context
+    from stages.common.registry import champion_version, decide
+
+    metric = report["primary_metric"]
+    higher = REGISTRY[metric].higher_is_better is not False
+    champion = champion_version(client, name)
+    comparison, not_compared = None, ""
+    if champion is not None and REGISTRY[metric].compute is None:
+        not_compared = f"the primary metric {metric} is one number measured on the model, not per row"
+    elif champion is not None:
+        run_id = client.get_model_version_by_alias(name, "champion").run_id
+        try:
+            theirs = read_json(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ANSWERS))
+        except Exception as exc:  # a champion registered before answers were logged, or its artifacts gone
+            log.warning("champion v%s: no logged eval answers (%s)", champion, exc)
+            theirs = None
+        eval_file = Path(paths.processed) / "eval.jsonl"
+        if theirs is None:
+            not_compared = f"champion v{champion} has no logged eval answers"
+        elif theirs["eval_sha256"] != sha256(eval_file):
+            not_compared = f"champion v{champion} was evaluated on another eval split"
+        else:
+            how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
+            comparison = paired(metric, answers, theirs["answers"], [r["references"] for r in read_jsonl(eval_file)],
+                                how, **context(params))
+    verdict = decide(champion, comparison, metric, higher, params.evaluate.confidence_level, params.package.promote,
+                     not_compared)
+    return verdict, comparison
+
+
+ANSWERS = "eval/candidate_answers.json"  # logged by every package run: what the next version is compared with
+
+
+def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
+    from stages.common.registry import CHALLENGER, CHAMPION, crown
+
     name = params.project.name
+    candidate = eval_report["candidate"]
+    answers = [r[candidate] for r in read_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"))]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_json(Path(tmp) / Path(ANSWERS).name, {"eval_sha256": sha256(Path(paths.processed) / "eval.jsonl"),
+                                                    "primary_metric": eval_report["primary_metric"],
+                                                    "answers": answers})
+        mlflow.log_artifact(str(Path(tmp) / Path(ANSWERS).name), artifact_path=str(Path(ANSWERS).parent))
+    client = MlflowClient()
+    verdict, comparison = against_champion(params, paths, client, name, eval_report, answers)
+    from huggingface_hub import ModelCard
+
+    # Our own card: without one, MLflow asks the hub for the card of a local folder's name (and, offline, retries).
+    card = ModelCard(f"---\nlicense: {params.scope.licences[0]}\n---\n# {name}\n\n{params.project.description}\n\n"
+                     f"Variant {candidate}; gates: " + "; ".join(eval_report["gates"]["reasons"]) + "\n")
     info = mlflow.transformers.log_model(
+        model_card=card,
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
         task="text-generation",
         pip_requirements=pinned(SERVING_PACKAGES),  # inferring them trips over torchvision on this stack
         registered_model_name=name,
-        metadata={"variant": eval_report["candidate"], "gates": "passed"},
+        metadata={"variant": candidate, "gates": "passed"},
     )
-    client = MlflowClient()
-    version = info.registered_model_version
-    client.set_registered_model_alias(name, params.package.alias, version)
-    for k, v in eval_report["variants"][eval_report["candidate"]].items():
-        client.set_model_version_tag(name, version, f"eval.{k}", cell(v))
-    return {"registered_model": name, "version": int(version), "alias": params.package.alias,
-            "model_uri": info.model_uri}
+    version = int(info.registered_model_version)
+    metrics = eval_report["variants"][candidate]
+    tags = {"lifecycle.variant": candidate, "lifecycle.primary_metric": eval_report["primary_metric"],
+            "lifecycle.verdict": f"{verdict.alias}: {verdict.why}", **lineage(params, paths),
+            **{f"eval.{k}": cell(v) for k, v in metrics.items()}}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, v)
+    run = mlflow.active_run()
+    client.update_model_version(name, str(version), description="\n".join([
+        f"Variant **{candidate}** of {name}, from run {run.info.run_id} (experiment {run.info.experiment_id}).",
+        f"Registry: {verdict.alias} — {verdict.why}.",
+        "Gates: " + "; ".join(eval_report["gates"]["reasons"]),
+        "Metrics on the held-out eval split, with 95 % bootstrap intervals: "
+        + ", ".join(f"{k} {cell(v)}" for k, v in metrics.items()),
+    ]))
+    if verdict.alias == CHAMPION:
+        crown(client, name, version, verdict.why)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
+    return {"registered_model": name, "version": version, "alias": verdict.alias, "why": verdict.why,
+            "versus_champion": comparison, "model_uri": info.model_uri}
 
 
 def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
@@ -114,13 +208,18 @@ def run(params, paths) -> dict:
             "variant": variant,
             "eval": report["variants"][variant],
         })
-        record = {"variant": variant, **register(params, model_dir, model, tokenizer, report),
+        record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
                   **build_bento(params, model_dir, report)}
         write_json(out / "package.json", record)
-        mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"]})
+        from mlflow import MlflowClient
+
+        MlflowClient().set_model_version_tag(record["registered_model"], str(record["version"]), "lifecycle.bento",
+                                             record["bento"])
+        mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"],
+                         "registry_alias": record["alias"]})
         mlflow.log_artifact(str(model_dir / "prompt.json"))  # the renderer's settings the server uses, for review
     return {"package": record, "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
-                                          f"@{record['alias']}, bento {record['bento']}"}
+                                          f"@{record['alias']} ({record['why']}), bento {record['bento']}"}
 
 
 def main(argv: list[str] | None = None) -> int:

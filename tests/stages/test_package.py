@@ -43,3 +43,47 @@ def test_passing_model_is_registered_champion_and_bento(packaged, prepared):
     model_dir = Path(prepared.paths.package) / "model"
     assert (model_dir / "lifecycle.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("adapter_*")), "merged: one plain model folder"
+
+
+def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollback(packaged, prepared, tiny_root,
+                                                                                     monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows.cli import main as lifecycle
+    from stages import package
+    from stages.common.registry import history
+
+    name, first = prepared.project.name, packaged["package"]["version"]
+    # The tiny project's primary metric is latency, one number: a second version cannot be compared row by row.
+    second = package.run(prepared, prepared.paths)["package"]
+    assert second["version"] == first + 1 and second["alias"] == "challenger"
+    assert second["versus_champion"] is None and "latency_ms is one number measured on the model" in second["why"]
+    # On a per-row primary metric, the same answers on the same rows are compared and found no better.
+    report = read_json(prepared.paths.eval_metrics)
+    write_json(tiny_root / "eval-rougeL.json", {**report, "primary_metric": "rougeL"})
+    paths = prepared.paths.model_copy(update={"eval_metrics": str(tiny_root / "eval-rougeL.json")})
+    second = package.run(prepared, paths)["package"]
+    assert second["version"] == first + 2 and second["alias"] == "challenger"
+    assert second["versus_champion"]["difference"] == 0.0 and "does not beat champion" in second["why"]
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias(name, "champion").version) == first
+    v2 = client.get_model_version(name, str(second["version"]))
+    for tag in ("lifecycle.git_commit", "lifecycle.params_sha256", "lifecycle.dvc_lock_sha256",
+                "lifecycle.data.eval_sha256", "lifecycle.bento", "eval.latency_ms"):
+        assert v2.tags.get(tag), tag
+    assert v2.tags["lifecycle.verdict"].startswith("challenger: does not beat champion")
+    assert "Registry: challenger" in v2.description and "bootstrap intervals" in v2.description
+
+    monkeypatch.chdir(tiny_root)  # the commands read the project's params.yaml from the working directory
+    assert lifecycle(["promote", str(second["version"]), "--reason", "reviewed by hand"]) == 0
+    assert int(client.get_model_version_by_alias(name, "champion").version) == second["version"]
+    assert "challenger" not in client.get_registered_model(name).aliases
+    assert client.get_model_version(name, str(second["version"])).tags["lifecycle.champion_since"].endswith(
+        "promoted by hand: reviewed by hand")
+    assert history(client, name)[-2:] == [first, second["version"]]
+    assert lifecycle(["rollback", "--reason", "latency regression"]) == 0
+    assert int(client.get_model_version_by_alias(name, "champion").version) == first
+    assert client.get_model_version(name, str(second["version"])).tags["lifecycle.rolled_back"].endswith(
+        "latency regression")
+    assert lifecycle(["promote", "999", "--reason", "typo"]) == 1, "a version that does not exist"
+    assert lifecycle(["rollback", "--reason", "again"]) == 1, "nothing earlier than the first champion"

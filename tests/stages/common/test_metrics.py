@@ -90,3 +90,36 @@ def test_validate_exits_2_on_a_kpi_out_of_range(tmp_path, capsys):
     p["scope"]["kpis"][0]["threshold"] = 2.0
     assert main(["validate", "--params", str(write_params(tmp_path, p))]) == 2
     assert "rougeL" in capsys.readouterr().err
+
+
+def test_guardrails_count_answers_breaking_a_rule_per_100():
+    rules = {"forbidden_terms": ["password", "internal use"], "min_words": 2, "max_words": 6, "format": None}
+    answers = ["Reset it from the login page.",           # fine
+               "Your PASSWORD is hunter2.",               # forbidden term, any case
+               "Marked internal use only, sorry.",        # forbidden phrase
+               "passwords are hashed",                    # not the word itself: fine
+               "No.",                                     # too short
+               "This answer goes on for far too many words."]  # too long
+    assert metrics.guardrail_breaches(answers[1], rules) == ["forbidden term: password"]
+    assert metrics.guardrail_breaches(answers[4], rules) == ["length"]
+    assert metrics.score(["guardrail_violations"], answers, [["x"]] * 6, guardrails=rules) == {
+        "guardrail_violations": round(100 * 4 / 6, 4)}
+    assert metrics.guardrail_breaches("billing", {"format": "label"}, labels=["billing", "bug"]) == []
+    assert metrics.guardrail_breaches("a refund", {"format": "label"}, labels=["billing", "bug"]) == ["format: label"]
+    assert metrics.guardrail_breaches("{\"a\": 1}", {"format": "json"}) == []
+
+
+def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
+    from stages.common.params import load_params
+    from tests.conftest import default_params, write_params
+
+    p = default_params()
+    p["evaluate"]["guardrails"] = {"forbidden_terms": [], "max_words": None, "format": "auto"}
+    plain = load_params(write_params(tmp_path, p))
+    assert "guardrail_violations" not in metrics.project_metrics(plain)
+    p["scope"]["kpis"].append({"metric": "guardrail_violations", "threshold": 5, "direction": "lower"})
+    p["evaluate"]["guardrails"]["forbidden_terms"] = ["password"]
+    guarded = load_params(write_params(tmp_path, p))
+    assert "guardrail_violations" in metrics.project_metrics(guarded)
+    assert "guardrail_violations" not in metrics.selection_metrics(guarded), "never re-runs select or adapt"
+    assert metrics.guardrails(guarded)["format"] is None, "question answering has no required format"
