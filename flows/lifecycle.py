@@ -9,6 +9,7 @@ in-process (no extra interpreter start per stage); DVC skips what did not change
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -129,6 +130,39 @@ def run_stage(stage: str, root: str) -> bool:
     return bool(ran)
 
 
+def verdict(root: Path, params, result: RunResult) -> str:
+    """One phrase for the run's outcome: the gate verdict and the registry alias, or where it failed."""
+    if result.exit_status not in (ExitStatus.OK, ExitStatus.GATE_REFUSED):
+        return f"failed at {result.failed_stage}"
+    report = root / params.paths.eval_metrics
+    if not report.is_file():
+        return "no evaluation"
+    report = json.loads(report.read_text(encoding="utf-8"))
+    if not report["gates"]["passed"]:
+        return f"gates FAILED for {report['candidate']}"
+    package = root / params.paths.package / "package.json"
+    shipped = json.loads(package.read_text(encoding="utf-8")) if package.is_file() else None
+    return f"gates PASSED: {report['candidate']}" + (f" v{shipped['version']} @{shipped['alias']}" if shipped else "")
+
+
+def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
+    """Make the parent run readable from the MLflow runs table: a name that says when and what, the summary
+    `lifecycle run` prints as its description, lineage and verdict as tags, the splits as datasets."""
+    from flows.cli import summary
+    from stages.common.tracking import git_commit, log_splits, sha256
+
+    ran = ", ".join(result.ran) if result.ran else "nothing ran"
+    outcome = verdict(root, params, result)
+    mlflow.set_tags({
+        "mlflow.runName": f"{time.strftime('%m-%d %H:%M')} {ran}: {outcome}",
+        "mlflow.note.content": f"```\n{summary(root, params.paths)}\n```",
+        "lifecycle.verdict": outcome,
+        "lifecycle.git_commit": git_commit(root),
+        "lifecycle.params_sha256": sha256(root / "params.yaml"),
+    })
+    log_splits(root / params.paths.processed, ["sft", "preference", "dev", "eval"])
+
+
 @flow(name="lifecycle", log_prints=True)
 def lifecycle(root: str = ".") -> RunResult:
     """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`."""
@@ -169,6 +203,7 @@ def lifecycle(root: str = ".") -> RunResult:
                 mlflow.set_tag("failed_stage", result.failed_stage)
             result.total_seconds = round(time.perf_counter() - flow_start, 2)
             write_json(Path(root) / LAST_RUN, asdict(result))
+            describe_run(mlflow, Path(root), params, result)
         if result.exit_status != ExitStatus.OK:
             # Fail the flow (Prefect shows it red, MLflow marks the parent run FAILED); the CLI reads `.result`.
             error = StageFailed(result.failed_stage, result.exit_status, result.error)

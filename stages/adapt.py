@@ -138,7 +138,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
 
 def run(params: Params, paths: Paths) -> dict:
     from stages.common.models import load_model, load_tokenizer, resolve_device
-    from stages.common.tracking import stage_run
+    from stages.common.tracking import log_splits, stage_run
 
     selection = read_json(paths.selection)
     base_ref = selection["selected"]["ref"]
@@ -153,6 +153,7 @@ def run(params: Params, paths: Paths) -> dict:
         del base
         write_json(paths.prompt, prompt)
         mlflow.log_metrics({f"prompt.{k}_shot.{prompt['metric']}": v for k, v in prompt["dev_scores"].items()})
+        log_splits(paths.processed, ["sft", "dev"])
 
         metrics = {"prompt_shots": prompt["shots"]}
         with atomic_dir(paths.sft) as out:

@@ -169,7 +169,7 @@ def run(params: Params, paths: Paths) -> dict:
         write_text(out / "card.md", card(params, loaded, metrics, near, warnings))
     write_json(Path(paths.metrics) / "data.json", metrics)
 
-    from stages.common.tracking import stage_run
+    from stages.common.tracking import log_splits, stage_run
 
     with stage_run("data", params, params.data.model_dump(mode="json")) as _:
         import mlflow
@@ -177,6 +177,7 @@ def run(params: Params, paths: Paths) -> dict:
         mlflow.log_metrics({f"{k}.{role}": v for k, d in metrics.items() if isinstance(d, dict) for role, v in d.items()}
                            | {"near_duplicates": len(near)})
         mlflow.log_artifact(str(Path(paths.processed) / "card.md"))
+        log_splits(paths.processed, ROLES)
     counts = ", ".join(f"{r} {len(splits[r])}" for r in ROLES if splits[r])
     return {"metrics": metrics, "summary": f"{counts}; {sum(removed.values())} leaked rows removed, "
                                            f"{len(near)} near-duplicates reported"}

@@ -121,7 +121,7 @@ def cell(v: dict) -> str:
 
 def run(params: Params, paths: Paths) -> dict:
     from stages.common.models import resolve_device
-    from stages.common.tracking import stage_run
+    from stages.common.tracking import log_splits, stage_run
 
     device = resolve_device(params.project.device)
     selection, prompt = read_json(paths.selection), read_json(paths.prompt)
@@ -133,6 +133,7 @@ def run(params: Params, paths: Paths) -> dict:
     with stage_run("evaluate", params, params.evaluate.model_dump()) as _:
         import mlflow
 
+        log_splits(paths.processed, ["eval", "general"])
         results, answers = {}, {}
         for name, spec in specs.items():
             results[name], answers[name] = evaluate_variant(name, spec, eval_rows, general, params, device)

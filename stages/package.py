@@ -12,10 +12,8 @@ records the version, the alias, why, and the bento.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from stages.common.cli import stage_main
 from stages.common.errors import GateRefused
 from stages.evaluate import cell, variants
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.tracking import git_commit, sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +48,9 @@ def pinned(packages) -> list[str]:
     return [f"{p}=={version(p).split('+')[0]}" for p in packages]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-
-
 def lineage(params, paths) -> dict[str, str]:
     """What this version was made from, as registry tags: the commit, dvc.lock, params.yaml and the data splits."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
-        commit += " (uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "not a git checkout"
-    tags = {"lifecycle.git_commit": commit, "lifecycle.dvc_lock_sha256": sha256(Path("dvc.lock")),
+    tags = {"lifecycle.git_commit": git_commit(), "lifecycle.dvc_lock_sha256": sha256(Path("dvc.lock")),
             "lifecycle.params_sha256": sha256(Path("params.yaml"))}
     for f in sorted(Path(paths.processed).glob("*.jsonl")):
         tags[f"lifecycle.data.{f.stem}_sha256"] = sha256(f)

@@ -6,7 +6,9 @@ root with artifacts in `mlartifacts/`, so nothing has to be started by hand.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,8 +31,54 @@ def configure(experiment: str):
             mlflow.create_experiment(experiment, artifact_location=location)
         except Exception:  # created concurrently by another process: fine, use it
             pass
-    mlflow.set_experiment(experiment)
+    exp = mlflow.set_experiment(experiment)
+    if "mlflow.experimentKind" not in exp.tags:
+        # The MLflow 3 UI opens an experiment of unknown kind on its (empty) traces page; ours is model training.
+        mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     return mlflow
+
+
+# Which split a stage trained, tuned or evaluated on, as MLflow's dataset contexts.
+SPLIT_CONTEXT = {"sft": "training", "preference": "training", "corpus": "training", "dev": "validation",
+                 "eval": "evaluation", "general": "evaluation", "knowledge": "retrieval"}
+
+
+def log_splits(processed: str | Path, roles) -> None:
+    """Log data/processed splits as MLflow datasets (name, source file, content digest) of the active run, so the
+    runs table's Dataset column says what each run used. Metadata only: the files are DVC's to version, and
+    loading 100k rows into pandas for MLflow's own digest would double the data stage's memory."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for role in roles:
+        path = Path(processed) / f"{role}.jsonl"
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        digest = sha256(path)[:10]
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": two equal local-file sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+        dataset = MetaDataset(source, name=role, digest=digest)
+        mlflow.log_input(dataset, context=SPLIT_CONTEXT.get(role, role))
+
+
+def sha256(path: Path) -> str:
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def git_commit(root: str | Path = ".") -> str:
+    """The checkout's commit, marked when the working tree has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return commit + (" (uncommitted changes)" if dirty.strip() else "")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
