@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-data clean
+.PHONY: install run test test-fast bench bench-data bench-evaluate clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench: install
 
 bench-data: install
 	$(BIN)/python bench/data.py
+
+bench-evaluate: install
+	$(BIN)/python bench/evaluate.py
 
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft \
