@@ -34,6 +34,8 @@ def project(root: Path, sources: dict, **data) -> object:
     p["paths"]["sources"] = str(root / "data")
     p["data"]["sources"] = sources
     p["data"].update(data)
+    if "general" not in sources:
+        p["evaluate"]["max_forgetting"] = None  # the forgetting gate needs general text
     p["pretrain"]["models"] = []
     p["align"]["method"] = "none"
     p["select"]["candidates"] = [{"name": "x", "path": str(root), "licence": "apache-2.0", "languages": ["en"]}]

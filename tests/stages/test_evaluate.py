@@ -47,7 +47,7 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
                                          {n: results[n] for n in ("baseline_zero_shot", "baseline_prompted")})
     assert intervals["sft"]["rougeL"] == {"ci_low": 1.0, "ci_high": 1.0}, "a constant metric: zero width"
     assert intervals["baseline_prompted"]["rougeL"]["ci_low"] < 0.4 < intervals["baseline_prompted"]["rougeL"]["ci_high"]
-    assert set(intervals["sft"]) == {"exact_match", "token_f1", "rougeL"}
+    assert set(intervals["sft"]) == {"exact_match", "token_f1", "rougeL", "guardrail_violations"}  # max_words
     c = comparisons["rougeL"]
     assert c["baseline"] == "baseline_prompted", "the best baseline for the metric"
     assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["difference"] > 0.3 and c["p_value"] < 0.01
