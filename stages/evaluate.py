@@ -66,8 +66,8 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     return metrics, answers
 
 
-def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], results: dict[str, dict],
-                candidate: str, baselines: dict[str, dict]) -> tuple[dict, dict]:
+def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], candidate: str,
+                baselines: dict[str, dict]) -> tuple[dict, dict]:
     """Bootstrap intervals of every text metric of every variant ({variant: {metric: {"ci_low", "ci_high"}}}) and
     the paired comparison of the candidate with the best baseline for each KPI metric compared to a baseline
     (and the primary metric) ({metric: {"candidate", "baseline", "difference", "ci_low", "ci_high", "p_value"}})."""
@@ -109,11 +109,6 @@ def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
     return {"rules": rules, "breaches": {n: dict(sorted(c.items())) for n, c in counts.items()}}
 
 
-def point_values(report: dict) -> dict[str, dict[str, float]]:
-    """{variant: {metric: value}} of an eval report, without the intervals."""
-    return {n: {m: v["value"] for m, v in metrics.items()} for n, metrics in report["variants"].items()}
-
-
 def cell(v: dict) -> str:
     """A report cell: the value and, when it has one, its confidence interval."""
     return f"{v['value']} [{v['ci_low']}, {v['ci_high']}]" if "ci_low" in v else str(v["value"])
@@ -144,7 +139,7 @@ def run(params: Params, paths: Paths) -> dict:
         values = {n: results[n][primary.metric] for n in tuned}
         candidate = (max if primary.direction == "higher" else min)(values, key=values.get)
         baselines = {n: results[n] for n in BASELINES if n != candidate}
-        intervals, comparisons = uncertainty(params, eval_rows, answers, results, candidate, baselines)
+        intervals, comparisons = uncertainty(params, eval_rows, answers, candidate, baselines)
         forgetting = ({"before": results["baseline_zero_shot"]["perplexity_general"],
                        "after": results[candidate]["perplexity_general"], "limit": params.evaluate.max_forgetting}
                       if general else None)

@@ -57,6 +57,9 @@ def lineage(params, paths) -> dict[str, str]:
     return tags
 
 
+ANSWERS = "eval/candidate_answers.json"  # logged by every package run: what the next version is compared with
+
+
 def against_champion(params, paths, client, name: str, report: dict, answers: list[str]):
     """The registry's verdict for the new version: the paired comparison with the champion's answers, which the
     champion's package run logged with the digest of the eval split they answer."""
@@ -93,14 +96,10 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
     return verdict, comparison
 
 
-ANSWERS = "eval/candidate_answers.json"  # logged by every package run: what the next version is compared with
-
-
 def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict) -> dict:
     import mlflow
+    from huggingface_hub import ModelCard
     from mlflow import MlflowClient
-
-    from stages.common.registry import CHALLENGER, CHAMPION, crown
 
     name = params.project.name
     candidate = eval_report["candidate"]
@@ -112,8 +111,6 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
         mlflow.log_artifact(str(Path(tmp) / Path(ANSWERS).name), artifact_path=str(Path(ANSWERS).parent))
     client = MlflowClient()
     verdict, comparison = against_champion(params, paths, client, name, eval_report, answers)
-    from huggingface_hub import ModelCard
-
     # Our own card: without one, MLflow asks the hub for the card of a local folder's name (and, offline, retries).
     card = ModelCard(f"---\nlicense: {params.scope.licences[0]}\n---\n# {name}\n\n{params.project.description}\n\n"
                      f"Variant {candidate}; gates: " + "; ".join(eval_report["gates"]["reasons"]) + "\n")
@@ -138,15 +135,25 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
         f"Variant **{candidate}** of {name}, from run {run.info.run_id} (experiment {run.info.experiment_id}).",
         f"Registry: {verdict.alias} — {verdict.why}.",
         "Gates: " + "; ".join(eval_report["gates"]["reasons"]),
-        "Metrics on the held-out eval split, with 95 % bootstrap intervals: "
+        f"Metrics on the held-out eval split, with {eval_report['confidence_level']:.0%} bootstrap intervals: "
         + ", ".join(f"{k} {cell(v)}" for k, v in metrics.items()),
     ]))
-    if verdict.alias == CHAMPION:
-        crown(client, name, version, verdict.why)
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, str(version))
     return {"registered_model": name, "version": version, "alias": verdict.alias, "why": verdict.why,
             "versus_champion": comparison, "model_uri": info.model_uri}
+
+
+def alias(record: dict) -> None:
+    """Apply the registry's verdict: crown the new version champion, or make it the challenger."""
+    from mlflow import MlflowClient
+
+    from stages.common.registry import CHALLENGER, CHAMPION, crown
+
+    client, name, version = MlflowClient(), record["registered_model"], record["version"]
+    client.set_model_version_tag(name, str(version), "lifecycle.bento", record["bento"])
+    if record["alias"] == CHAMPION:
+        crown(client, name, version, record["why"])
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
 
 
 def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
@@ -200,10 +207,7 @@ def run(params, paths) -> dict:
         record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
                   **build_bento(params, model_dir, report)}
         write_json(out / "package.json", record)
-        from mlflow import MlflowClient
-
-        MlflowClient().set_model_version_tag(record["registered_model"], str(record["version"]), "lifecycle.bento",
-                                             record["bento"])
+        alias(record)  # last: an alias never points at a version without its bento
         mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"],
                          "registry_alias": record["alias"]})
         mlflow.log_artifact(str(model_dir / "prompt.json"))  # the renderer's settings the server uses, for review

@@ -43,7 +43,7 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
     results = {"baseline_zero_shot": {"rougeL": 0.0}, "baseline_prompted": {"rougeL": 0.4}, "sft": {"rougeL": 1.0}}
     params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"kpis": [
         Kpi(metric="rougeL", threshold=0.1, direction="higher", versus="baseline", confidence="ci")]})})
-    intervals, comparisons = uncertainty(params, rows, answers, results, "sft",
+    intervals, comparisons = uncertainty(params, rows, answers, "sft",
                                          {n: results[n] for n in ("baseline_zero_shot", "baseline_prompted")})
     assert intervals["sft"]["rougeL"] == {"ci_low": 1.0, "ci_high": 1.0}, "a constant metric: zero width"
     assert intervals["baseline_prompted"]["rougeL"]["ci_low"] < 0.4 < intervals["baseline_prompted"]["rougeL"]["ci_high"]
