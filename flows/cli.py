@@ -57,6 +57,13 @@ def summary(root: Path, paths) -> str:
         verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
         lines.append(f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})")
         lines += [f"           {r}" for r in report["gates"]["reasons"]]
+    from flows.lifecycle import LAST_RUN
+
+    spent = (_read(root / LAST_RUN) or {}).get("cost")
+    if spent:
+        flag = "OVER BUDGET" if spent["over_budget"] else "within budget"
+        lines.append(f"cost       {spent['wall_hours']:.3f} h wall, training stages {spent['training_hours']:.3f} h of "
+                     f"{spent['budget_training_hours']} h ({flag}), {spent['gpu_hours']:.3f} GPU-hours")
     package = _read(root / paths.package / "package.json")
     if package and report and report["gates"]["passed"]:
         lines.append(f"package    MLflow model {package['registered_model']} version {package['version']} "

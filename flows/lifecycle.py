@@ -46,6 +46,25 @@ class RunResult:
     error: str | None = None
     parent_run_id: str | None = None
     total_seconds: float = 0.0
+    cost: dict = field(default_factory=dict)
+
+
+TRAINING_STAGES = ("pretrain", "adapt", "align")
+
+
+def cost(seconds: dict[str, float], training_budget_hours: float, gpus: int = 0) -> dict:
+    """What a run spent against `scope.budget`: wall hours in all, in the training stages, and GPU-hours (the
+    training hours times the GPUs the stages see; 0 on a CPU)."""
+    training = sum(v for k, v in seconds.items() if k in TRAINING_STAGES) / 3600
+    return {"wall_hours": round(sum(seconds.values()) / 3600, 6), "training_hours": round(training, 6),
+            "gpu_hours": round(training * gpus, 6), "budget_training_hours": training_budget_hours,
+            "over_budget": training > training_budget_hours}
+
+
+def over_budget_message(spent: dict, stage: str) -> str:
+    return (f"over budget: the training stages took {spent['training_hours']:.4g} h of the "
+            f"{spent['budget_training_hours']} h in `scope.budget.training_hours`; `{stage}` was not started "
+            "(`scope.budget.enforce: true`). Raise the budget or shrink the training steps.")
 
 
 def stage_order(root: str | Path = ".") -> list[str]:
@@ -130,6 +149,20 @@ def run_stage(stage: str, root: str) -> bool:
     return bool(ran)
 
 
+def visible_gpus(device: str) -> int:
+    """How many GPUs the stages train on: CUDA devices when `project.device` resolves to cuda, else 0."""
+    from stages.common.models import resolve_device
+
+    try:
+        if resolve_device(device) != "cuda":
+            return 0
+    except RuntimeError:  # cuda asked, none visible: the stages say so themselves
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def verdict(root: Path, params, result: RunResult) -> str:
     """One phrase for the run's outcome: the gate verdict and the registry alias, or where it failed."""
     if result.exit_status not in (ExitStatus.OK, ExitStatus.GATE_REFUSED):
@@ -177,11 +210,18 @@ def lifecycle(root: str = ".") -> RunResult:
     result = RunResult()
     flow_start = time.perf_counter()
     mlflow = configure(params.project.name)
+    budget = params.scope.budget
+    gpus = visible_gpus(params.project.device)
     with mlflow.start_run(run_name="lifecycle", tags={"lifecycle.kind": "pipeline"}) as parent:
         result.parent_run_id = parent.info.run_id
         os.environ[PARENT_RUN_ENV] = parent.info.run_id  # the stage subprocesses nest their runs under it
         try:
             for stage in stage_order(root):
+                spent = cost(result.seconds, budget.training_hours, gpus)
+                if budget.enforce and stage in TRAINING_STAGES and spent["over_budget"]:
+                    result.exit_status, result.failed_stage = ExitStatus.INVALID_PROJECT, stage
+                    result.error = over_budget_message(spent, stage)
+                    break
                 start = time.perf_counter()
                 options = dict(name=stage, task_run_name=stage, retries=orchestration.retries,
                                retry_delay_seconds=orchestration.retry_delay_seconds,
@@ -202,6 +242,8 @@ def lifecycle(root: str = ".") -> RunResult:
             if result.exit_status != ExitStatus.OK:
                 mlflow.set_tag("failed_stage", result.failed_stage)
             result.total_seconds = round(time.perf_counter() - flow_start, 2)
+            result.cost = cost(result.seconds, budget.training_hours, gpus)
+            mlflow.log_metrics({f"cost.{k}": float(v) for k, v in result.cost.items()})
             write_json(Path(root) / LAST_RUN, asdict(result))
             describe_run(mlflow, Path(root), params, result)
         if result.exit_status != ExitStatus.OK:

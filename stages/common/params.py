@@ -118,7 +118,8 @@ class Kpi(Strict):
 
 class Budget(Strict):
     gpu_memory_gib: Annotated[float, Field(ge=0)]
-    training_hours: PosFloat
+    training_hours: PosFloat             # wall hours of the training stages (pretrain, adapt, align) per run
+    enforce: bool = False                # over budget: stop before the next training stage (exit 2), not just flag
 
 
 class Scope(Strict):

@@ -90,3 +90,44 @@ def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path, monkeypatch):
             repo.reproduce("make", single_item=True)
     assert (tmp_path / "out" / "model.bin").read_text() == "good"
     assert (tmp_path / "metrics.json").read_text() == '{"v": 1}'
+
+
+def test_cost_is_summed_against_the_training_budget():
+    from flows.lifecycle import cost
+
+    spent = cost({"scope": 0.0, "pretrain": 1800.0, "adapt": 1800.0, "evaluate": 360.0}, 0.5, gpus=2)
+    assert spent == {"wall_hours": 1.1, "training_hours": 1.0, "gpu_hours": 2.0, "budget_training_hours": 0.5,
+                     "over_budget": True}
+    assert not cost({"adapt": 1800.0}, 0.5)["over_budget"], "exactly the budget is within it"
+
+
+def test_an_enforced_budget_stops_before_the_next_training_stage(tmp_path, monkeypatch):
+    """A real DVC repo and a real Prefect flow run: `pretrain` overspends a tiny budget, `adapt` never starts."""
+    import subprocess
+    import sys
+
+    from flows.lifecycle import StageFailed, lifecycle
+    from tests.conftest import tiny_params_dict, write_params
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    p = tiny_params_dict(tmp_path)
+    p["scope"]["budget"].update(training_hours=0.0002, enforce=True)  # 0.72 s
+    write_params(tmp_path, p)
+    python = sys.executable
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "scope": {"cmd": f"{python} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]},
+        "pretrain": {"cmd": f"{python} -c \"import time; time.sleep(1.5); open('pretrained', 'w').write('x')\"",
+                     "deps": ["scoped"], "outs": ["pretrained"]},
+        "adapt": {"cmd": f"{python} -c \"open('adapted', 'w').write('x')\"", "deps": ["pretrained"],
+                  "outs": ["adapted"]},
+    }}))
+    monkeypatch.chdir(tmp_path)
+    state = lifecycle(str(tmp_path), return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, StageFailed)
+    result = error.result
+    assert result.exit_status == ExitStatus.INVALID_PROJECT and result.failed_stage == "adapt"
+    assert result.ran == ["scope", "pretrain"] and not (tmp_path / "adapted").exists()
+    assert "over budget" in result.error and "`adapt` was not started" in result.error
+    assert result.cost["over_budget"] and result.cost["training_hours"] >= 1.5 / 3600
