@@ -19,7 +19,7 @@ from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
-from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_loss_curve
 from stages.common.params import Params, Paths, Precision, Technique
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
     total = sum(t.numel() for t in trainer.model.parameters())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", trainer.state.log_history)
     return {
         "train_loss": round(result.training_loss, 4),
         "first_logged_loss": round(losses[0], 4) if losses else None,
@@ -159,6 +160,7 @@ def run(params: Params, paths: Paths) -> dict:
         with atomic_dir(paths.sft) as out:
             if params.adapt.technique is Technique.prompt:
                 metrics["trained"] = False  # prompting only: the "adapted" model is the base + prompt.json
+                write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", [])
             else:
                 ckpt = checkpoint_dir(params, paths, selection)
                 metrics.update(train_sft(params, paths, base_ref, device, out, ckpt), trained=True)

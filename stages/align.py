@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from stages.common.cli import stage_main
-from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_loss_curve
 from stages.common.params import AlignMethod, Params, Paths, Precision
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path) -> dict:
     merged.save_pretrained(out)
     tok.save_pretrained(out)
     logs = [h for h in trainer.state.log_history if "loss" in h]
+    write_loss_curve(Path(paths.metrics) / "align_loss.csv", trainer.state.log_history)
     first, last = (logs[0], logs[-1]) if logs else ({}, {})
     return {
         "train_loss": round(result.training_loss, 4),
@@ -85,6 +86,7 @@ def run(params: Params, paths: Paths) -> dict:
 
         if params.align.method is AlignMethod.none:
             metrics = {"trained": False}
+            write_loss_curve(Path(paths.metrics) / "align_loss.csv", [])
         else:
             metrics = {**train_dpo(params, paths, device, out), "trained": True}
         write_json(out / "lifecycle.json", {"method": params.align.method.value, "model": metrics["trained"]})

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.gates import should_promote
-from stages.common.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from stages.common.io import read_json, read_jsonl, write_csv, write_json, write_jsonl, write_text
 from stages.common.metrics import (REGISTRY, context, evaluated_text_metrics, guardrail_breaches, guardrails,
                                    project_metrics)
 from stages.common.params import Params, Paths
@@ -165,6 +165,11 @@ def run(params: Params, paths: Paths) -> dict:
         mlflow.log_metrics({f"compare.{m}.{k}": c[k] for m, c in comparisons.items()
                             for k in ("difference", "ci_low", "ci_high", "p_value")})
         write_json(paths.eval_metrics, report)
+        # The DVC plot of the variants: the primary metric with its interval, one row per variant.
+        write_csv(Path(paths.metrics) / "eval_variants.csv",
+                  [{"variant": n, "primary": v[primary.metric]["value"],
+                    "ci_low": v[primary.metric].get("ci_low", ""), "ci_high": v[primary.metric].get("ci_high", "")}
+                   for n, v in report["variants"].items()], ["variant", "primary", "ci_low", "ci_high"])
         write_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"),
                     [{"prompt": r["prompt"], "references": r["references"], **{n: answers[n][i] for n in answers}}
                      for i, r in enumerate(eval_rows)])

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,16 @@ def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run([str(Path(sys.executable).parent / "lifecycle"), *args], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=2400)  # a hang guard: ~6 min normally, slower on a loaded machine
+    # Its own process group, so that a hang is stopped with everything it started (Prefect's temporary server).
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "lifecycle"), *args], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=2400)  # a hang guard: ~6 min normally, slower on a loaded machine
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def last_run(project: Path) -> dict:
@@ -119,8 +128,15 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     assert int(champion.version) == package["version"]
     assert (project / ".bentoml" / "bentos" / package["bento"].replace(":", "/")).is_dir()
     for line in ("scope ", "select ", "gates      PASSED", "package    MLflow model stdlib-helpdesk", "mlflow ui",
-                 "lifecycle serve", "bootstrap confidence intervals", "champion: no champion yet"):
+                 "lifecycle serve", "bootstrap confidence intervals", "champion: no champion yet", "cost       "):
         assert line in first_run.stdout, line
+    assert record["cost"]["training_hours"] > 0 and record["cost"]["gpu_hours"] == 0  # CPU only
+    # The training curves and the variant comparison render with `dvc plots show`.
+    plots = subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], cwd=project,
+                           capture_output=True, text=True, timeout=300)
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    for f in ("metrics/adapt_loss.csv", "metrics/align_loss.csv", "metrics/eval_variants.csv", "reports/eval.png"):
+        assert f in plots.stdout, f
 
     # Readable from the MLflow runs table: name, description, verdict, lineage, datasets, the training view.
     parent = client.get_run(record["parent_run_id"])
@@ -148,7 +164,6 @@ def test_second_run_runs_nothing(project, first_run):
 
 def test_schedule_fires_a_real_flow_run(project, first_run):
     """`lifecycle schedule` on a every-minute cron: a scheduled Prefect run of the (up-to-date) pipeline happens."""
-    import signal
     import socket
     import time
 

@@ -24,6 +24,24 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_csv(path: str | Path, rows: list[dict], fields: list[str]) -> None:
+    """Rows as a CSV with a header (what `dvc plots` reads); only the header when there are none."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def write_loss_curve(path: str | Path, log_history: list[dict]) -> None:
+    """A trainer's logged training losses as a `step,loss` CSV: the stage's DVC plot (header only: no training)."""
+    rows = [{"step": h["step"], "loss": round(h["loss"], 5)} for h in log_history if "loss" in h and "step" in h]
+    write_csv(path, rows, ["step", "loss"])
+
+
 def write_jsonl(path: str | Path, rows) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

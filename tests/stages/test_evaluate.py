@@ -27,6 +27,8 @@ def test_every_variant_is_scored_and_gated(prepared, aligned, tmp_path):
     assert forgetting["after"] == report["variants"][report["candidate"]]["perplexity_general"]["value"]
     assert report["gates"]["reasons"][-1].startswith("PASS: forgetting: general-text perplexity")
     assert (tmp_path / "eval.png").stat().st_size > 1000
+    plot = (Path(prepared.paths.metrics) / "eval_variants.csv").read_text().splitlines()
+    assert plot[0] == "variant,primary,ci_low,ci_high" and len(plot) == 5  # the DVC plot: one row per variant
     assert "| sft |" in (tmp_path / "eval.md").read_text()
     answers = (tmp_path / "eval_answers.jsonl").read_text().splitlines()
     assert len(answers) == 16 and all("\n" not in a for a in answers)
