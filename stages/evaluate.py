@@ -60,10 +60,16 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     prompts = render_all(renderer, eval_rows, "eval", spec["examples"])
     metrics, answers = measure_prompts(model, renderer, eval_rows, prompts, params, n_new, f"evaluate {name}",
-                                       evaluated_text_metrics(params))
+                                       evaluated_text_metrics(params), decoding(params))
     if general:
         metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
     return metrics, answers
+
+
+def decoding(params: Params) -> dict:
+    """The generation settings evaluate uses, as recorded with the metrics."""
+    return {**params.evaluate.decoding.model_dump(), "max_new_tokens": params.evaluate.max_new_tokens,
+            "seed": params.project.seed}
 
 
 def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], candidate: str,
@@ -156,6 +162,7 @@ def run(params: Params, paths: Paths) -> dict:
             "guardrails": breaches(params, answers),
             "gates": decision.as_dict(),
             "eval_rows": len(eval_rows),
+            "decoding": decoding(params),
             "confidence_level": params.evaluate.confidence_level,
             "resamples": params.evaluate.resamples,
             "metrics": project_metrics(params),
@@ -222,7 +229,7 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
     lines += [f"| {n} | " + " | ".join(cell(r[m]) for m in metrics) + " |" for n, r in results.items()]
     level = f"{report['confidence_level']:.0%}"
     lines += ["", f"Brackets: {level} bootstrap confidence intervals over the eval rows ({report['resamples']} "
-              "resamples, percentile method)."]
+              f"resamples, percentile method). Decoding: {report['decoding']}."]
     if report["comparisons"]:
         lines += ["", "## Candidate vs the best baseline, on the same rows", "",
                   f"| metric | candidate | baseline | difference | {level} CI | p (paired permutation) |",

@@ -69,13 +69,15 @@ def check_exists(c: Candidate) -> None:
 
 
 def measure_prompts(model, renderer, records: list[dict], prompts: list[str], params: Params, max_new_tokens: int,
-                    progress: str, names: list[str] | None = None) -> tuple[dict, list[str]]:
+                    progress: str, names: list[str] | None = None,
+                    decoding: dict | None = None) -> tuple[dict, list[str]]:
     """The project's text metrics, latency and answer perplexity of one model and one way of prompting it, and
     its answers. Select, the prompt search and evaluate all measure with this."""
     from stages.common.metrics import context, score, text_metrics
     from stages.common.models import answer_perplexity, generate
 
-    gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress)
+    gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress,
+                   decoding=decoding)
     refs = [r["references"] for r in records]
     metrics = {**score(names or text_metrics(params), gen.answers, refs, **context(params)),
                "latency_ms": round(gen.seconds_per_answer * 1000, 2),

@@ -89,8 +89,9 @@ class Generations:
 
 
 def generate(model, renderer: Renderer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
-             progress: str | None = None) -> Generations:
-    """Greedy answers, cut by the renderer (stop sequences). Left padding for batching."""
+             progress: str | None = None, decoding: dict | None = None) -> Generations:
+    """Answers, cut by the renderer (stop sequences). Left padding for batching. Greedy unless `decoding` asks
+    for sampling ({"sampling": True, "temperature", "top_p", "top_k", "seed"}: seeded, so a run repeats)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -98,13 +99,18 @@ def generate(model, renderer: Renderer, prompts: list[str], max_new_tokens: int,
     tokenizer.padding_side = "left"
     answers = []
     device = next(model.parameters()).device
+    sampling = {"do_sample": False}
+    if decoding and decoding.get("sampling"):
+        torch.manual_seed(decoding["seed"])
+        sampling = {"do_sample": True, "temperature": decoding["temperature"], "top_p": decoding["top_p"],
+                    "top_k": decoding["top_k"]}
     start = time.perf_counter()
     batches = range(0, len(prompts), batch_size)
     for i in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
         batch = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=not renderer.chat).to(device)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, **sampling,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         for row in out[:, batch["input_ids"].shape[1]:]:
             answers.append(renderer.cut(tokenizer.decode(row, skip_special_tokens=True)))

@@ -290,6 +290,15 @@ class Guardrails(Strict):
     format: Literal["auto", "json", "label", "none"] = "auto"  # auto: json for extraction, a label for classification
 
 
+class Decoding(Strict):
+    """How evaluate (and the served model's defaults) generate. Select and the prompt search always decode
+    greedily, so that ranking is deterministic."""
+    sampling: bool = False                                    # false: greedy
+    temperature: Annotated[float, Field(gt=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: NonNegInt = 0                                      # 0: no top-k cut
+
+
 class Evaluate(Strict):
     few_shot: NonNegInt = 3
     max_new_tokens: PosInt = 40
@@ -304,6 +313,7 @@ class Evaluate(Strict):
     # Checked on every answer of every variant: `guardrail_violations` (per 100 answers) is reported and KPIs may
     # gate on it.
     guardrails: Guardrails = Guardrails()
+    decoding: Decoding = Decoding()
 
 
 class Package(Strict):

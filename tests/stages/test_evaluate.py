@@ -53,3 +53,16 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
     c = comparisons["rougeL"]
     assert c["baseline"] == "baseline_prompted", "the best baseline for the metric"
     assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["difference"] > 0.3 and c["p_value"] < 0.01
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(prepared):
+    from stages.common.models import generate, load_model, load_tokenizer, renderer_for
+
+    ref = str(Path(prepared.paths.pretrain) / "tiny")
+    model, tok = load_model(ref, "cpu"), load_tokenizer(ref)
+    renderer = renderer_for(prepared, tok, model, max_new_tokens=8)
+    prompts = [renderer.prompt({"prompt": f"What does `os.path.join` do, case {i}?"}) for i in range(6)]
+    sampled = {"sampling": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0, "seed": 3}
+    first = generate(model, renderer, prompts, 8, 4, decoding=sampled).answers
+    assert generate(model, renderer, prompts, 8, 4, decoding=sampled).answers == first, "same seed, same answers"
+    assert generate(model, renderer, prompts, 8, 4).answers != first, "greedy is another decoding"
