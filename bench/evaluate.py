@@ -10,6 +10,9 @@ are repeated to `--rows`, and on all of them the evaluation's scoring (exact mat
 against it, the confidence work are timed: per-row scores, a bootstrap interval for each of the three metrics,
 and one paired comparison (bootstrap interval + permutation test) of two variants, with `--resamples`.
 Prints seconds for each and the ratio confidence / evaluation for one variant (goal: under 0.10).
+
+Then batching: the first `--batching-rows` prompts answered one at a time and in evaluate's batches, same model,
+same greedy decoding: generated tokens per second of each, their ratio (goal >= 4), and how many answers agree.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--sample", type=int, default=500, help="rows actually generated (time scaled to --rows)")
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--batching-rows", type=int, default=96)
     args = ap.parse_args()
     if not (Path(args.model) / "config.json").is_file():
         print(f"{args.model}: no trained model there; run `make run` first (it builds models/pretrain/tiny-m) "
@@ -83,6 +87,21 @@ def main() -> int:
     print(f"confidence for it:         {confidence:8.1f} s (per-row scores {scored:.1f} s, 3 intervals "
           f"{intervals - scored:.1f} s, 1 paired comparison {confidence - intervals:.1f} s)")
     print(f"ratio confidence / evaluation: {confidence / evaluation:.3f} (goal < 0.10)")
+
+    prompts = render_all(renderer, rows[:args.batching_rows], "eval")
+    speed = {}
+    for batch in (1, params.evaluate.batch_size):
+        start = time.perf_counter()
+        out = generate(model, renderer, prompts, n_new, batch, progress=f"batch {batch}").answers
+        seconds = time.perf_counter() - start
+        # Tokens of the answers as evaluate keeps them (cut at the stop sequence): comparable across both runs.
+        tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in out)
+        speed[batch] = (tokens / seconds, out)
+    one, many = speed[1], speed[params.evaluate.batch_size]
+    same = sum(a == b for a, b in zip(one[1], many[1]))
+    print(f"generation, {len(prompts)} prompts: one at a time {one[0]:.0f} tokens/s, batches of "
+          f"{params.evaluate.batch_size} {many[0]:.0f} tokens/s: ratio {many[0] / one[0]:.1f}x (goal >= 4); "
+          f"{same}/{len(prompts)} answers identical")
     return 0
 
 
