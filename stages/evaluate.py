@@ -156,6 +156,7 @@ def run(params: Params, paths: Paths) -> dict:
                          for n in results},
             "candidate": candidate,
             "primary_metric": primary.metric,
+            "primary_direction": primary.direction,
             "baselines": list(baselines),
             "comparisons": comparisons,
             "forgetting": forgetting,

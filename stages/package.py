@@ -70,7 +70,7 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
     from stages.common.registry import champion_version, decide
 
     metric = report["primary_metric"]
-    higher = REGISTRY[metric].higher_is_better is not False
+    higher = report["primary_direction"] == "higher"  # the primary KPI's direction, as evaluate chose by it
     champion = champion_version(client, name)
     comparison, not_compared = None, ""
     if champion is not None and REGISTRY[metric].compute is None:

@@ -61,7 +61,8 @@ def crown(client, name: str, version: int, reason: str) -> None:
     """Give `version` the champion alias, remember it in the history, and tag the version with why."""
     client.set_registered_model_alias(name, CHAMPION, str(version))
     past = history(client, name)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past + [version]))
+    if past[-1:] != [version]:  # promoting the champion again changes nothing in the history
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past + [version]))
     client.set_model_version_tag(name, str(version), "lifecycle.champion_since",
                                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {reason}")
     if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == str(version):

@@ -60,7 +60,7 @@ def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollb
     assert second["versus_champion"] is None and "latency_ms is one number measured on the model" in second["why"]
     # On a per-row primary metric, the same answers on the same rows are compared and found no better.
     report = read_json(prepared.paths.eval_metrics)
-    write_json(tiny_root / "eval-rougeL.json", {**report, "primary_metric": "rougeL"})
+    write_json(tiny_root / "eval-rougeL.json", {**report, "primary_metric": "rougeL", "primary_direction": "higher"})
     paths = prepared.paths.model_copy(update={"eval_metrics": str(tiny_root / "eval-rougeL.json")})
     second = package.run(prepared, paths)["package"]
     assert second["version"] == first + 2 and second["alias"] == "challenger"
@@ -81,6 +81,8 @@ def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollb
     assert client.get_model_version(name, str(second["version"])).tags["lifecycle.champion_since"].endswith(
         "promoted by hand: reviewed by hand")
     assert history(client, name)[-2:] == [first, second["version"]]
+    assert lifecycle(["promote", str(second["version"]), "--reason", "again"]) == 0
+    assert history(client, name)[-2:] == [first, second["version"]], "the champion promoted again: no new entry"
     assert lifecycle(["rollback", "--reason", "latency regression"]) == 0
     assert int(client.get_model_version_by_alias(name, "champion").version) == first
     assert client.get_model_version(name, str(second["version"])).tags["lifecycle.rolled_back"].endswith(
