@@ -174,8 +174,9 @@ def cmd_serve(args) -> int:
         return ExitStatus.ERROR
     bento = champion.tags.get("lifecycle.bento")
     if not bento:
-        print(f"{params.project.name} v{champion.version} (champion) has no `lifecycle.bento` tag: it was not "
-              "registered by `lifecycle run`; promote a version that was", file=sys.stderr)
+        print(f"{params.project.name} v{champion.version} (champion) has no `lifecycle.bento` tag: it was registered "
+              "outside `lifecycle run` or by an older version of it; `lifecycle models` lists the versions, "
+              "`lifecycle promote VERSION` serves another", file=sys.stderr)
         return ExitStatus.ERROR
     print(f"serving {params.project.name} v{champion.version} (@{CHAMPION})")
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", bento,
