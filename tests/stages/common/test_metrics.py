@@ -123,3 +123,32 @@ def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
     assert "guardrail_violations" in metrics.project_metrics(guarded)
     assert "guardrail_violations" not in metrics.selection_metrics(guarded), "never re-runs select or adapt"
     assert metrics.guardrails(guarded)["format"] is None, "question answering has no required format"
+
+
+def test_an_llm_judge_rates_each_answer_from_1_to_5(prepared):
+    from pathlib import Path
+
+    judge = {"model": str(Path(prepared.paths.pretrain) / "tiny"), "rubric": "Rate the answer from 1 to 5."}
+    questions = ["What does `json.dumps` do?", "What does `os.getcwd` do?"]
+    refs = [["Serialize obj to a JSON formatted str."], ["Return a string representing the current directory."]]
+    answers = ["Serialize obj to a JSON formatted str.", "Open a socket."]
+    rows = metrics.REGISTRY["judge_score"].rows(answers, refs, judge=judge, questions=questions)
+    assert len(rows) == 2 and all(1 <= r <= 5 for r in rows)
+    assert rows == metrics.REGISTRY["judge_score"].rows(answers, refs, judge=judge, questions=questions)
+    assert metrics.score(["judge_score"], answers, refs, judge=judge, questions=questions)["judge_score"] == round(
+        sum(rows) / 2, 4)
+
+
+def test_a_saas_judge_is_refused_for_personal_data(tmp_path):
+    from stages.common.params import load_params
+    from tests.conftest import default_params, write_params
+
+    p = default_params()
+    p["scope"]["privacy"]["personal_data"] = True
+    p["evaluate"]["judge"] = {"model": "some-org/judge-7b", "hosting": "saas"}
+    with pytest.raises(Exception) as err:
+        load_params(write_params(tmp_path, p))
+    assert any("`evaluate.judge` is SaaS-hosted" in m for m in err.value.problems)
+    p["evaluate"]["judge"]["hosting"] = "self"
+    params = load_params(write_params(tmp_path, p))
+    assert "judge_score" in metrics.project_metrics(params) and "judge_score" not in metrics.selection_metrics(params)
