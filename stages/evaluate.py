@@ -25,7 +25,7 @@ from stages.common.cli import stage_main
 from stages.common.gates import should_promote
 from stages.common.io import read_json, read_jsonl, write_csv, write_json, write_jsonl, write_text
 from stages.common.metrics import (REGISTRY, context, evaluated_text_metrics, guardrail_breaches, guardrails,
-                                   project_metrics)
+                                   project_metrics, row_scores)
 from stages.common.params import Params, Paths
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,12 @@ def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[s
     refs = [r["references"] for r in eval_rows]
     kw = {**context(params), "questions": [r["prompt"] for r in eval_rows]}
     names = evaluated_text_metrics(params)
-    rows = {n: {m: REGISTRY[m].rows(answers[n], refs, **kw) for m in names if REGISTRY[m].rows} for n in answers}
+    rows = {n: {m: row_scores(m, answers[n], refs, **kw) for m in names} for n in answers}
     intervals = {}
     for n in tqdm(answers, desc=f"evaluate: bootstrap intervals ({how.resamples} resamples)", unit="variant"):
         intervals[n] = {}
         for m in names:
-            i = interval(m, answers[n], refs, how, rows[n].get(m), **kw)
+            i = interval(m, answers[n], refs, how, rows[n][m], **kw)
             intervals[n][m] = {"ci_low": round(i["ci_low"], 4), "ci_high": round(i["ci_high"], 4)}
     compared = [params.scope.kpis[0].metric] + [k.metric for k in params.scope.kpis if k.versus == "baseline"]
     comparisons = {}
@@ -100,7 +100,7 @@ def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[s
         base = best_baseline(baselines, m, higher) if baselines else None
         if base is None:
             continue
-        c = paired(m, answers[candidate], answers[base], refs, how, rows[candidate].get(m), rows[base].get(m), **kw)
+        c = paired(m, answers[candidate], answers[base], refs, how, rows[candidate][m], rows[base][m], **kw)
         comparisons[m] = {"candidate": candidate, "baseline": base, **{k: round(v, 4) for k, v in c.items()}}
     return intervals, comparisons
 

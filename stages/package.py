@@ -66,7 +66,7 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
     import mlflow
 
     from stages.common.confidence import Resampling, paired
-    from stages.common.metrics import REGISTRY, context
+    from stages.common.metrics import REGISTRY, context, row_scores
     from stages.common.registry import champion_version, decide
 
     metric = report["primary_metric"]
@@ -91,10 +91,8 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
             how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
             rows = read_jsonl(eval_file)
             refs, kw = [r["references"] for r in rows], {**context(params), "questions": [r["prompt"] for r in rows]}
-            per_row = REGISTRY[metric].rows  # scored once per version, then resampled
-            comparison = paired(metric, answers, theirs["answers"], refs, how,
-                                per_row and per_row(answers, refs, **kw), per_row and per_row(theirs["answers"], refs, **kw),
-                                **kw)
+            comparison = paired(metric, answers, theirs["answers"], refs, how, row_scores(metric, answers, refs, **kw),
+                                row_scores(metric, theirs["answers"], refs, **kw), **kw)
     verdict = decide(champion, comparison, metric, higher, params.evaluate.confidence_level, params.package.promote,
                      not_compared)
     return verdict, comparison

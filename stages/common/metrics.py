@@ -356,6 +356,13 @@ def score(names: list[str], predictions: list[str], references: list[list[str]],
             for name in names}
 
 
+def row_scores(name: str, predictions: list[str], references: list[list[str]], **context) -> list[float] | None:
+    """One score per row for a per-row metric (the metric is their mean), None for a corpus metric: computed once,
+    then resampled by the bootstrap and the paired tests."""
+    rows = REGISTRY[name].rows
+    return rows(predictions, references, **context) if rows else None
+
+
 def better(metric: str) -> Callable:
     """`max` or `min`: which of several values is best for `metric`."""
     return min if REGISTRY[metric].higher_is_better is False else max
