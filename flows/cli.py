@@ -59,7 +59,10 @@ def summary(root: Path, paths) -> str:
         lines += [f"           {r}" for r in report["gates"]["reasons"]]
     from flows.lifecycle import LAST_RUN
 
-    spent = (_read(root / LAST_RUN) or {}).get("cost")
+    last = _read(root / LAST_RUN) or {}
+    if last.get("ladder"):
+        lines += ladder_lines(last["ladder"])
+    spent = last.get("cost")
     if spent:
         flag = "OVER BUDGET" if spent["over_budget"] else "within budget"
         lines.append(f"cost       {spent['wall_hours']:.3f} h wall, training stages {spent['training_hours']:.3f} h of "
@@ -74,6 +77,13 @@ def summary(root: Path, paths) -> str:
               "           lifecycle serve                                  # serve the bento on 127.0.0.1:3000",
               f"           open {paths.eval_report}"]
     return "\n".join(lines)
+
+
+def ladder_lines(ladder: dict) -> list[str]:
+    """The escalation ladder of the last run: each rung's verdict in climbing order, and where it stopped."""
+    climbed = [f"{r['rung']} {'PASSED' if r['passed'] else 'FAILED'} ({r['candidate']})" for r in ladder["rungs"]]
+    climbed += [f"{rung} not run" for rung in ladder["not_run"]]
+    return [f"ladder     {' -> '.join(climbed)}", f"           {ladder['why']}"]
 
 
 def cmd_validate(args) -> int:
@@ -115,7 +125,9 @@ def cmd_run(args) -> int:
         result = outcome
     print()
     print(f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
-          f"up to date {result.skipped or 'none'}")
+          f"up to date {result.skipped or 'none'}"
+          + (f"; not run (escalation ladder) {result.ladder['stages_not_run']}"
+             if result.ladder and result.ladder["stages_not_run"] else ""))
     if result.seconds:
         print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
     if result.exit_status == ExitStatus.GATE_REFUSED:

@@ -25,7 +25,7 @@ from prefect.logging import get_run_logger
 
 from stages.common.errors import ExitStatus
 from stages.common.io import write_json
-from stages.common.tracking import PARENT_RUN_ENV
+from stages.common.tracking import PARENT_RUN_ENV, RUNG_ENV
 
 LAST_RUN = Path("reports/last_run.json")  # what the last run did (by hand or on a schedule); `lifecycle status`
 
@@ -47,6 +47,7 @@ class RunResult:
     parent_run_id: str | None = None
     total_seconds: float = 0.0
     cost: dict = field(default_factory=dict)
+    ladder: dict | None = None  # with ladder.stop_when_passed: each rung's verdict, the winner, what did not run
 
 
 TRAINING_STAGES = ("pretrain", "adapt", "align")
@@ -133,6 +134,24 @@ def restored_on_failure(repo, stage: str):
         shutil.rmtree(kept, ignore_errors=True)
 
 
+def mark_not_reached(root: str, params, rung: str, stages: list[str]) -> None:
+    """The outputs of the stages above the rung under evaluation say "not reached" (stages.<stage>.not_reached)."""
+    import contextlib
+    import importlib
+
+    from flows.ladder import not_reached_reason
+
+    with contextlib.chdir(root):  # params paths are relative to the project
+        for stage in stages:
+            module = importlib.import_module(f"stages.{stage}")
+            module.not_reached(params, params.paths, not_reached_reason(rung, stage))
+
+
+def rung_verdict(root: str, params) -> dict:
+    report = json.loads((Path(root) / params.paths.eval_metrics).read_text(encoding="utf-8"))
+    return {"candidate": report["candidate"], "passed": report["gates"]["passed"], "failed": report["gates"]["failed"]}
+
+
 @task
 def run_stage(stage: str, root: str) -> bool:
     """`dvc repro --single-item <stage>`; True when the stage ran, False when DVC found it up to date. A failed
@@ -175,7 +194,9 @@ def verdict(root: Path, params, result: RunResult) -> str:
         return f"gates FAILED for {report['candidate']}"
     package = root / params.paths.package / "package.json"
     shipped = json.loads(package.read_text(encoding="utf-8")) if package.is_file() else None
-    return f"gates PASSED: {report['candidate']}" + (f" v{shipped['version']} @{shipped['alias']}" if shipped else "")
+    rung = f" (ladder: {result.ladder['winner']})" if result.ladder and result.ladder["winner"] else ""
+    return (f"gates PASSED: {report['candidate']}{rung}"
+            + (f" v{shipped['version']} @{shipped['alias']}" if shipped else ""))
 
 
 def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
@@ -193,7 +214,28 @@ def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
         "lifecycle.git_commit": git_commit(root),
         "lifecycle.params_sha256": sha256(root / "params.yaml"),
     })
+    if result.ladder:
+        mlflow.set_tags({"lifecycle.ladder.winner": result.ladder["winner"] or "none",
+                         "lifecycle.ladder.not_run": ",".join(result.ladder["not_run"]) or "none",
+                         "lifecycle.ladder.why": result.ladder["why"]})
     log_splits(root / params.paths.processed, ["sft", "preference", "dev", "eval"])
+
+
+def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResult, rung: str | None = None) -> None:
+    """One stage as a Prefect task, its time and whether it ran recorded under `name` (evaluate@<rung> for a
+    ladder check); a rung under evaluation is a tag on the stage's MLflow run."""
+    options = dict(name=stage, task_run_name=name, retries=orchestration.retries,
+                   retry_delay_seconds=orchestration.retry_delay_seconds,
+                   timeout_seconds=orchestration.timeout_seconds, retry_condition_fn=_retry_unless_user_error)
+    start = time.perf_counter()
+    if rung:
+        os.environ[RUNG_ENV] = rung
+    try:
+        ran = run_stage.with_options(**options)(stage, root)
+    finally:
+        os.environ.pop(RUNG_ENV, None)
+    result.seconds[name] = round(time.perf_counter() - start, 2)
+    (result.ran if ran else result.skipped).append(name)
 
 
 @flow(name="lifecycle", log_prints=True)
@@ -216,29 +258,49 @@ def lifecycle(root: str = ".") -> RunResult:
         result.parent_run_id = parent.info.run_id
         os.environ[PARENT_RUN_ENV] = parent.info.run_id  # the stage subprocesses nest their runs under it
         try:
+            from flows import ladder
+
+            checks = ladder.checked_after(params)
+            climbed = [rung for rung, _ in ladder.rungs(params)]
+            if checks:
+                result.ladder = {"rungs": [], "winner": None, "not_run": [], "stages_not_run": [], "why": ""}
+            stopped = False
             for stage in stage_order(root):
+                if result.ladder and stage in result.ladder["stages_not_run"]:
+                    continue
                 spent = cost(result.seconds, budget.training_hours, gpus)
                 if budget.enforce and stage in TRAINING_STAGES and spent["over_budget"]:
                     result.exit_status, result.failed_stage = ExitStatus.INVALID_PROJECT, stage
                     result.error = over_budget_message(spent, stage)
                     break
-                start = time.perf_counter()
-                options = dict(name=stage, task_run_name=stage, retries=orchestration.retries,
-                               retry_delay_seconds=orchestration.retry_delay_seconds,
-                               timeout_seconds=orchestration.timeout_seconds,
-                               retry_condition_fn=_retry_unless_user_error)
                 try:
-                    ran = run_stage.with_options(**options)(stage, root)
+                    run_tracked(stage, stage, root, orchestration, result)
+                    if stage in checks:  # a rung below the top one: evaluate it with the rungs above not reached
+                        rung = checks[stage]
+                        higher = [s for _, s in ladder.above(params, rung)]
+                        mark_not_reached(root, params, rung, higher)
+                        run_tracked("evaluate", f"evaluate@{rung}", root, orchestration, result, rung=rung)
+                    elif stage == "evaluate" and result.ladder and not stopped:  # the top rung: the pipeline's evaluate
+                        rung, higher = climbed[-1], []
+                    else:
+                        continue
                 except StageFailed as exc:
-                    result.exit_status, result.failed_stage, result.error = exc.exit_status, stage, str(exc)
+                    result.exit_status, result.failed_stage, result.error = exc.exit_status, exc.stage, str(exc)
                     break
-                result.seconds[stage] = round(time.perf_counter() - start, 2)
-                (result.ran if ran else result.skipped).append(stage)
+                verdict_ = rung_verdict(root, params)
+                step = ladder.after_rung(climbed, rung, verdict_["passed"], verdict_["failed"])
+                result.ladder["rungs"].append({"rung": rung, **verdict_})
+                result.ladder["why"] = step.why
+                if step.stop:
+                    stopped = True
+                    result.ladder.update(winner=rung if verdict_["passed"] else None, not_run=step.not_run,
+                                         stages_not_run=higher)
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
             mlflow.set_tags({"stages.ran": ",".join(result.ran) or "none",
                              "exit_status": int(result.exit_status)})
-            mlflow.log_metrics({f"seconds.{k}": v for k, v in result.seconds.items()})
+            # MLflow metric names allow no "@": evaluate@prompting is logged as seconds.evaluate.prompting
+            mlflow.log_metrics({f"seconds.{k.replace('@', '.')}": v for k, v in result.seconds.items()})
             if result.exit_status != ExitStatus.OK:
                 mlflow.set_tag("failed_stage", result.failed_stage)
             result.total_seconds = round(time.perf_counter() - flow_start, 2)

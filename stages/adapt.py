@@ -1,11 +1,9 @@
-"""adapt: prompt engineering, then parameter-efficient supervised fine-tuning (TRL SFTTrainer + PEFT LoRA).
+"""adapt: the fine-tuning rung, supervised fine-tuning with TRL SFTTrainer (+ PEFT LoRA/QLoRA, or full).
 
-    python -m stages.adapt          # writes models/prompt.json and models/sft/ (the adapter)
+    python -m stages.adapt          # writes models/sft/ (the adapter, or the full model)
     dvc exp run -S adapt.lora.r=16  # try another rank; only adapt and what follows re-run
 
-Prompt search: 0, 1 and `select.few_shot` examples on the dev split with the selected model; the best prompt is
-what "the baseline, prompted" means in evaluate. SFT trains on prompt/completion pairs, the loss on the
-completion only. A killed run resumes from its last checkpoint (kept under models/.checkpoints/, keyed by the
+SFT trains on prompt/completion pairs, the loss on the completion only. A killed run resumes from its last checkpoint (kept under models/.checkpoints/, keyed by the
 configuration so a changed config never resumes a stale one).
 """
 
@@ -23,34 +21,6 @@ from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, writ
 from stages.common.params import Params, Paths, Precision, Technique
 
 log = logging.getLogger(__name__)
-
-
-def prompt_metric(params: Params) -> str:
-    """What the prompt search optimises: the primary KPI's metric when the dev split measures it, else the task's
-    first metric that has a direction."""
-    from stages.common.metrics import REGISTRY, selection_metrics
-
-    measured = [m for m in selection_metrics(params) if REGISTRY[m].higher_is_better is not None]
-    primary = params.scope.kpis[0].metric
-    return primary if primary in measured else measured[0]
-
-
-def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
-    from stages.common.metrics import best_of
-    from stages.common.models import render_all, renderer_for
-    from stages.select import measure_prompts
-
-    metric = prompt_metric(params)
-    n_new = params.select.max_new_tokens
-    renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
-    results = {}
-    for k in sorted(shot_counts):  # sorted: on a tie the shorter (cheaper) prompt, found first, wins
-        prompts = render_all(renderer, dev, "dev", examples[:k])
-        measured, _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"prompt search {k}-shot")
-        results[k] = measured[metric]
-    best = best_of(results, metric)
-    return {"shots": best, "examples": examples[:best], "dev_scores": {str(k): v for k, v in results.items()},
-            "metric": metric}
 
 
 def sft_rows(renderer, rows: list[dict]) -> list[dict]:
@@ -138,40 +108,48 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.common.models import load_model, load_tokenizer, resolve_device
+    from stages.common.models import resolve_device
     from stages.common.tracking import log_splits, stage_run
 
     selection = read_json(paths.selection)
     base_ref = selection["selected"]["ref"]
     device = resolve_device(params.project.device)
-    dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
-    examples = read_jsonl(Path(paths.processed) / "sft.jsonl")[:max(params.adapt.prompt_shots)]
+    trains = params.adapt.technique is not Technique.prompt
     with stage_run("adapt", params, params.adapt.model_dump(mode="json")) as _:
         import mlflow
 
-        base = load_model(base_ref, device)
-        prompt = search_prompt(base, load_tokenizer(base_ref), dev, examples, params.adapt.prompt_shots, params)
-        del base
-        write_json(paths.prompt, prompt)
-        mlflow.log_metrics({f"prompt.{k}_shot.{prompt['metric']}": v for k, v in prompt["dev_scores"].items()})
-        log_splits(paths.processed, ["sft", "dev"])
-
-        metrics = {"prompt_shots": prompt["shots"]}
+        log_splits(paths.processed, ["sft"])
         with atomic_dir(paths.sft) as out:
-            if params.adapt.technique is Technique.prompt:
-                metrics["trained"] = False  # prompting only: the "adapted" model is the base + prompt.json
-                write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", [])
-            else:
+            if trains:
                 ckpt = checkpoint_dir(params, paths, selection)
-                metrics.update(train_sft(params, paths, base_ref, device, out, ckpt), trained=True)
-            write_json(out / "lifecycle.json", {"base": base_ref, "technique": params.adapt.technique.value,
-                                                "adapter": params.adapt.technique in (Technique.lora, Technique.qlora)})
-        if metrics.get("trained"):
+                metrics = {**train_sft(params, paths, base_ref, device, out, ckpt), "trained": True}
+            else:  # prompting only: the "adapted" model is the base + models/prompt.json
+                metrics = {"trained": False}
+                write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", [])
+            write_json(out / "lifecycle.json", model_info(params, base_ref, trained=trains))
+        if trains:
             shutil.rmtree(ckpt, ignore_errors=True)  # done: the adapter is the result, checkpoints are not
         write_json(Path(paths.metrics) / "adapt.json", metrics)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     return {"metrics": metrics, "summary": f"{params.adapt.technique.value} on {selection['selected']['name']}: "
                                            + ", ".join(f"{k} {v}" for k, v in metrics.items())}
+
+
+def model_info(params: Params, base_ref: str, trained: bool, not_reached: str | None = None) -> dict:
+    """models/sft/lifecycle.json: what align, evaluate and package need to load the result."""
+    info = {"base": base_ref, "technique": params.adapt.technique.value, "trained": trained,
+            "adapter": trained and params.adapt.technique in (Technique.lora, Technique.qlora)}
+    return {**info, "not_reached": not_reached} if not_reached else info
+
+
+def not_reached(params: Params, paths: Paths, why: str) -> None:
+    """The escalation ladder did not (yet) climb to this rung: the stage's outputs say so instead of holding a
+    model, so evaluate leaves the variant out and DVC sees `adapt` as changed (a plain `dvc repro` trains it)."""
+    base_ref = read_json(paths.selection)["selected"]["ref"]
+    with atomic_dir(paths.sft) as out:
+        write_json(out / "lifecycle.json", model_info(params, base_ref, trained=False, not_reached=why))
+    write_json(Path(paths.metrics) / "adapt.json", {"trained": False, "not_reached": why})
+    write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", [])
 
 
 def main(argv: list[str] | None = None) -> int:

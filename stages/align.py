@@ -27,7 +27,7 @@ def sft_model(paths: Paths, precision: str):
     info = read_json(Path(paths.sft) / "lifecycle.json")
     if info["adapter"]:
         return load_model(info["base"], "cpu", precision, adapter=paths.sft).merge_and_unload(), info
-    if info["technique"] == "full":
+    if info["trained"]:  # full fine-tuning: the folder is the model
         return load_model(paths.sft, "cpu", precision), info
     return load_model(info["base"], "cpu", precision), info
 
@@ -41,7 +41,7 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path) -> dict:
 
     p = params.align
     model, info = sft_model(paths, p.precision.value)
-    tok = load_tokenizer(paths.sft if info["technique"] != "prompt" else info["base"])
+    tok = load_tokenizer(paths.sft if info["trained"] else info["base"])
     renderer = renderer_for(params, tok, model)
     rows = read_jsonl(Path(paths.processed) / "preference.jsonl")
     prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=0)
@@ -94,6 +94,14 @@ def run(params: Params, paths: Paths) -> dict:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     return {"metrics": metrics, "summary": f"{params.align.method.value}: "
                                            + ", ".join(f"{k} {v}" for k, v in metrics.items())}
+
+
+def not_reached(params: Params, paths: Paths, why: str) -> None:
+    """The escalation ladder did not (yet) climb to alignment: outputs that say so (see adapt.not_reached)."""
+    with atomic_dir(paths.aligned) as out:
+        write_json(out / "lifecycle.json", {"method": params.align.method.value, "model": False, "not_reached": why})
+    write_json(Path(paths.metrics) / "align.json", {"trained": False, "not_reached": why})
+    write_loss_curve(Path(paths.metrics) / "align_loss.csv", [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,12 +41,19 @@ def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
         "baseline_prompted": {"ref": base, "adapter": None, "examples": prompt["examples"]},
     }
     sft = read_json(Path(paths.sft) / "lifecycle.json")
-    if sft["technique"] != "prompt":
+    if sft["trained"]:
         out["sft"] = ({"ref": base, "adapter": paths.sft, "examples": []} if sft["adapter"]
                       else {"ref": paths.sft, "adapter": None, "examples": []})
     if read_json(Path(paths.aligned) / "lifecycle.json")["model"]:
         out["aligned"] = {"ref": paths.aligned, "adapter": None, "examples": []}
     return out
+
+
+def not_reached(paths: Paths) -> dict[str, str]:
+    """The training stages the escalation ladder stopped before ({stage: why}); their variants are left out."""
+    infos = {"adapt": read_json(Path(paths.sft) / "lifecycle.json"),
+             "align": read_json(Path(paths.aligned) / "lifecycle.json")}
+    return {stage: info["not_reached"] for stage, info in infos.items() if info.get("not_reached")}
 
 
 def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list[str], params: Params,
@@ -167,6 +174,7 @@ def run(params: Params, paths: Paths) -> dict:
             "confidence_level": params.evaluate.confidence_level,
             "resamples": params.evaluate.resamples,
             "metrics": project_metrics(params),
+            "not_reached": not_reached(paths),
         }
         mlflow.log_metrics({f"{n}.{m}.{end}": i[end] for n in intervals for m, i in intervals[n].items()
                             for end in ("ci_low", "ci_high")})
@@ -241,6 +249,9 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
         rules = {k: v for k, v in report["guardrails"]["rules"].items() if v}
         lines += ["", "## Guardrails", "", f"Rules: {rules}. Answers breaking each (of {report['eval_rows']}):", ""]
         lines += [f"- {n}: {c or 'none'}" for n, c in report["guardrails"]["breaches"].items()]
+    if report["not_reached"]:
+        lines += ["", "## Not run: the escalation ladder stopped below", ""]
+        lines += [f"- `{stage}`: {why}" for stage, why in report["not_reached"].items()]
     lines += ["", f"## Gates: {'PASSED' if report['gates']['passed'] else 'FAILED'}", ""]
     lines += [f"- {r}" for r in report["gates"]["reasons"]]
     lines += ["", "![metrics](eval.png)", "", "## Sample answers", ""]

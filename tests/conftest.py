@@ -49,7 +49,7 @@ def tiny_params_dict(root: Path) -> dict:
         {"name": n, "path": str(root / "models" / "pretrain" / n), "licence": "apache-2.0", "languages": ["en"]}
         for n in ("tiny", "tinier")]
     p["select"]["max_new_tokens"] = 8
-    p["adapt"]["prompt_shots"] = [0, 1]
+    p["prompt_search"]["shots"] = [0, 1]
     p["adapt"]["trainer"].update(max_steps=8, per_device_train_batch_size=8, logging_steps=2, save_steps=4,
                                  learning_rate=1e-2, max_length=64)
     p["align"]["trainer"].update(max_steps=3, per_device_train_batch_size=4, logging_steps=1, max_length=64)
@@ -97,6 +97,13 @@ def selected(prepared):
 
 
 @pytest.fixture(scope="session")
+def prompted(prepared, selected):
+    from stages import prompt_search
+
+    return prompt_search.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
 def adapted(prepared, selected):
     from stages import adapt
 
@@ -111,7 +118,7 @@ def aligned(prepared, adapted):
 
 
 @pytest.fixture(scope="session")
-def packaged(prepared, aligned):
+def packaged(prepared, prompted, aligned):
     """evaluate (easy KPI: passes) then package: an MLflow version and a bento exist."""
     from stages import evaluate, package
 

@@ -23,7 +23,7 @@ def shrink(p: dict) -> dict:
                                 "intermediate_size": 64, "steps": 20}]
     p["select"]["candidates"] = p["select"]["candidates"][:1]
     p["data"]["holdout"].update(eval=16, dev=8)
-    p["adapt"]["prompt_shots"] = [0, 1]
+    p["prompt_search"]["shots"] = [0, 1]
     p["adapt"]["trainer"].update(max_steps=6, per_device_train_batch_size=8, logging_steps=2)
     p["select"]["max_new_tokens"] = p["evaluate"]["max_new_tokens"] = 8
     # Tiny models earn no real margin: gate on what any run meets, keep the task's metrics.

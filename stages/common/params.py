@@ -268,9 +268,12 @@ class Trainer(Strict):
     gradient_checkpointing: bool = False
 
 
+class PromptSearch(Strict):
+    shots: Annotated[list[NonNegInt], Field(min_length=1)] = [0, 1, 3]  # few-shot counts tried on the dev split
+
+
 class Adapt(Strict):
     technique: Technique
-    prompt_shots: Annotated[list[NonNegInt], Field(min_length=1)] = [0, 1, 3]  # few-shot counts the prompt search tries
     precision: Precision = Precision.fp32
     lora: Lora = Lora()
     trainer: Trainer
@@ -331,6 +334,12 @@ class Package(Strict):
     promote: Literal["beats_champion", "always"] = "beats_champion"
 
 
+class Ladder(Strict):
+    # true: `lifecycle run` evaluates after each rung (prompting, fine-tuning, alignment) and stops climbing as soon
+    # as the gates pass; false: every rung runs and evaluate compares them all. `dvc repro` always runs them all.
+    stop_when_passed: bool = False
+
+
 class Orchestration(Strict):
     retries: NonNegInt = 1
     retry_delay_seconds: list[NonNegInt] = [5]
@@ -345,11 +354,16 @@ class Params(Strict):
     prompt: Prompt = Prompt()
     pretrain: Pretrain
     select: Select
+    prompt_search: PromptSearch = PromptSearch()
     adapt: Adapt
     align: Align
     evaluate: Evaluate
     package: Package = Package()
+    ladder: Ladder = Ladder()
     orchestration: Orchestration = Orchestration()
+
+
+MOVED = {"adapt.prompt_shots": "prompt_search.shots"}  # keys an earlier version of this file had elsewhere
 
 
 def _location(loc: tuple) -> str:
@@ -373,7 +387,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         problems = []
         for err in exc.errors():
             where = _location(err["loc"])
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and where in MOVED:
+                problems.append(f"{path}: `{where}` has moved to `{MOVED[where]}`: move it there")
+            elif err["type"] == "extra_forbidden":
                 problems.append(f"{path}: unknown key `{where}` (a typo? remove it or fix its name)")
             elif err["type"] == "missing":
                 problems.append(f"{path}: missing key `{where}`")

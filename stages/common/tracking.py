@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PARENT_RUN_ENV = "LIFECYCLE_PARENT_RUN_ID"  # set by the flow, inherited by the DVC stage subprocesses
+RUNG_ENV = "LIFECYCLE_LADDER_RUNG"  # set by the flow while `evaluate` judges one rung of the escalation ladder
 DEFAULT_DB = "mlflow.db"
 
 
@@ -97,8 +98,11 @@ def stage_run(stage: str, params, section: dict | None = None):
     """Start the stage's MLflow run (nested under the pipeline's run when there is one) and log its params."""
     mlflow = configure(params.project.name)
     parent = os.environ.get(PARENT_RUN_ENV) or None
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None,
-                          tags={"lifecycle.stage": stage}) as run:
+    tags, name = {"lifecycle.stage": stage}, stage
+    if os.environ.get(RUNG_ENV):  # this evaluate judges one rung of the escalation ladder
+        tags["lifecycle.ladder_rung"] = os.environ[RUNG_ENV]
+        name = f"{stage}@{os.environ[RUNG_ENV]}"
+    with mlflow.start_run(run_name=name, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
         if section:
             mlflow.log_params(flatten(section))
         yield run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 from prefect.states import Completed, Failed
 
@@ -14,7 +16,7 @@ from tests.conftest import REPO, default_params, write_params
 def test_stage_order_is_dvc_yaml(monkeypatch):
     declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     assert stage_order(REPO) == declared
-    assert declared == ["scope", "data", "pretrain", "select", "adapt", "align", "evaluate", "package"]
+    assert declared == ["scope", "data", "pretrain", "select", "prompt_search", "adapt", "align", "evaluate", "package"]
 
 
 def test_exit_status_is_read_from_dvc_error():
@@ -131,3 +133,82 @@ def test_an_enforced_budget_stops_before_the_next_training_stage(tmp_path, monke
     assert result.ran == ["scope", "pretrain"] and not (tmp_path / "adapted").exists()
     assert "over budget" in result.error and "`adapt` was not started" in result.error
     assert result.cost["over_budget"] and result.cost["training_hours"] >= 1.5 / 3600
+
+
+TOY_STAGES = '''import json, pathlib, sys
+def write(path, obj):
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_text(json.dumps(obj))
+def read(path):
+    return json.loads(pathlib.Path(path).read_text())
+stage = sys.argv[1]
+if stage == "select":
+    write("models/selection.json", {"selected": {"ref": "base", "name": "base", "why": "toy"}, "candidates": []})
+elif stage == "prompt_search":
+    write("models/prompt.json", {"shots": 1})
+elif stage == "adapt":
+    write("models/sft/lifecycle.json", {"trained": True})
+elif stage == "align":
+    write("models/aligned/lifecycle.json", {"model": True})
+elif stage == "evaluate":  # the gates pass once a fine-tuned model exists
+    trained = read("models/sft/lifecycle.json")["trained"]
+    aligned = read("models/aligned/lifecycle.json")["model"]
+    candidate = "aligned" if aligned else "sft" if trained else "baseline_prompted"
+    write("metrics/eval.json", {"candidate": candidate, "variants": {candidate: {"rougeL": {"value": 0.5}}},
+                                "baselines": [], "confidence_level": 0.95,
+                                "gates": {"passed": trained, "reasons": [], "failed": [] if trained else ["margin"]}})
+elif stage == "package":
+    write("models/package/package.json", {"variant": read("metrics/eval.json")["candidate"], "version": 1,
+                                          "alias": "champion", "registered_model": "toy", "bento": "toy:1"})
+'''
+
+
+def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
+    """A real DVC repo and a real Prefect flow run (stand-in stage commands): prompting fails the gates, the flow
+    climbs to fine-tuning, which passes; alignment never runs, and DVC still sees it as to be run."""
+    import subprocess
+    import sys
+
+    from dvc.repo import Repo
+
+    from flows.lifecycle import lifecycle
+    from tests.conftest import tiny_params_dict, write_params
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    p = tiny_params_dict(tmp_path)
+    p["ladder"] = {"stop_when_passed": True}
+    write_params(tmp_path, p)
+    (tmp_path / "toy.py").write_text(TOY_STAGES)
+    step = f"{sys.executable} toy.py"
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "select": {"cmd": f"{step} select", "deps": ["toy.py"], "outs": ["models/selection.json"]},
+        "prompt_search": {"cmd": f"{step} prompt_search", "deps": ["models/selection.json"],
+                          "outs": ["models/prompt.json"]},
+        "adapt": {"cmd": f"{step} adapt", "deps": ["models/selection.json"], "outs": ["models/sft"]},
+        "align": {"cmd": f"{step} align", "deps": ["models/sft"], "outs": ["models/aligned"]},
+        "evaluate": {"cmd": f"{step} evaluate", "deps": ["models/prompt.json", "models/sft", "models/aligned"],
+                     "outs": ["metrics/eval.json"]},
+        "package": {"cmd": f"{step} package", "deps": ["metrics/eval.json"], "outs": ["models/package"]},
+    }}, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    result = lifecycle(str(tmp_path))
+    assert result.ran == ["select", "prompt_search", "evaluate@prompting", "adapt", "evaluate@fine-tuning", "package"]
+    assert result.skipped == ["evaluate"], "the pipeline's own evaluate: nothing changed since the fine-tuning check"
+    ladder = result.ladder
+    assert [(r["rung"], r["passed"], r["candidate"]) for r in ladder["rungs"]] == [
+        ("prompting", False, "baseline_prompted"), ("fine-tuning", True, "sft")]
+    assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
+    assert ladder["stages_not_run"] == ["align"]
+    assert json.loads((tmp_path / "models/package/package.json").read_text())["variant"] == "sft"
+    aligned = json.loads((tmp_path / "models/aligned/lifecycle.json").read_text())
+    assert aligned["model"] is False and "evaluates the fine-tuning rung first" in aligned["not_reached"]
+    with Repo(str(tmp_path)) as repo:
+        assert "align" in repo.status(), "a plain `dvc repro` still runs the rung the ladder skipped"
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_run(result.parent_run_id).data.tags
+    assert tags["lifecycle.ladder.winner"] == "fine-tuning" and tags["lifecycle.ladder.not_run"] == "alignment"
+    assert "(ladder: fine-tuning)" in tags["mlflow.runName"]
+    assert "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" in \
+        tags["mlflow.note.content"]

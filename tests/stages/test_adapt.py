@@ -28,18 +28,11 @@ def test_lora_changes_adapter_not_base(prepared, selected, adapted):
     assert metrics["trained"] and 0 < metrics["trainable_percent"] < 100
 
 
-def test_prompt_search_records_dev_scores(prepared, adapted):
-    prompt = read_json(prepared.paths.prompt)
-    assert set(prompt["dev_scores"]) == {"0", "1"}
-    assert prompt["shots"] in (0, 1) and len(prompt["examples"]) == prompt["shots"]
-
-
 def test_resume_from_checkpoint_after_a_kill(prepared, selected, tmp_path):
     """A run killed after its first checkpoint resumes from it instead of starting over."""
     from stages import adapt
 
-    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "prompt": str(tmp_path / "prompt.json"),
-                                              "metrics": str(tmp_path / "metrics")})
+    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "metrics": str(tmp_path / "metrics")})
     selection = read_json(prepared.paths.selection)
     ckpt = adapt.checkpoint_dir(prepared, paths, selection)
     # Simulate the kill: train to the first checkpoint (save_steps=4) of a run configured for 8 steps.
@@ -81,7 +74,7 @@ def test_qlora_without_a_gpu_is_a_clear_error(prepared, selected, tmp_path):
     from stages.common.params import Technique
 
     params = prepared.model_copy(update={"adapt": prepared.adapt.model_copy(update={"technique": Technique.qlora})})
-    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "prompt": str(tmp_path / "p.json")})
+    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft")})
     with pytest.raises(ProjectError, match="qlora needs a CUDA GPU"):
         adapt.run(params, paths)
     assert not (tmp_path / "sft").exists()

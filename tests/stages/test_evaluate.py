@@ -4,7 +4,7 @@ from stages.common.io import read_json
 from stages.common.metrics import project_metrics
 
 
-def test_every_variant_is_scored_and_gated(prepared, aligned, tmp_path):
+def test_every_variant_is_scored_and_gated(prepared, prompted, aligned, tmp_path):
     from stages import evaluate
 
     paths = prepared.paths.model_copy(update={"eval_metrics": str(tmp_path / "eval.json"),
@@ -32,6 +32,27 @@ def test_every_variant_is_scored_and_gated(prepared, aligned, tmp_path):
     assert "| sft |" in (tmp_path / "eval.md").read_text()
     answers = (tmp_path / "eval_answers.jsonl").read_text().splitlines()
     assert len(answers) == 16 and all("\n" not in a for a in answers)
+    assert report["not_reached"] == {}
+
+
+def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned, tmp_path):
+    """adapt and align outputs that say "not reached": the prompted base is the candidate, the report says why."""
+    from stages import adapt, align, evaluate
+
+    paths = prepared.paths.model_copy(update={
+        "sft": str(tmp_path / "sft"), "aligned": str(tmp_path / "aligned"), "metrics": str(tmp_path / "metrics"),
+        "eval_metrics": str(tmp_path / "eval.json"), "eval_report": str(tmp_path / "eval.md")})
+    adapt.not_reached(prepared, paths, "the ladder stopped at prompting")
+    align.not_reached(prepared, paths, "the ladder stopped at prompting")
+    assert read_json(tmp_path / "metrics" / "adapt.json") == {"trained": False,
+                                                              "not_reached": "the ladder stopped at prompting"}
+    evaluate.run(prepared, paths)
+    report = read_json(tmp_path / "eval.json")
+    assert list(report["variants"]) == ["baseline_zero_shot", "baseline_prompted"]
+    assert report["candidate"] == "baseline_prompted" and report["baselines"] == ["baseline_zero_shot"]
+    assert report["not_reached"] == {"adapt": "the ladder stopped at prompting",
+                                     "align": "the ladder stopped at prompting"}
+    assert "- `adapt`: the ladder stopped at prompting" in (tmp_path / "eval.md").read_text()
 
 
 def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_rows(prepared):

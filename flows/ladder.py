@@ -1,0 +1,65 @@
+"""The escalation ladder: the cheapest technique first, the next one only when the gates say it falls short.
+
+Each rung is ended by one DVC stage: prompting (`prompt_search`), fine-tuning (`adapt`), alignment (`align`); a
+rung the project switches off (`adapt.technique: prompt`, `align.method: none`) is not climbed. With
+`ladder.stop_when_passed: true` the flow runs `evaluate` after every rung below the top one, with the stages of
+the rungs above marked "not reached" (their outputs say so, so evaluate leaves them out and DVC sees them as
+changed); when the gates pass it stops climbing and `package` ships that rung's model. dvc.yaml keeps the whole
+DAG: a plain `dvc repro` (or `stop_when_passed: false`) runs every rung.
+
+The decisions are pure functions here; flows/lifecycle.py carries them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stages.common.params import AlignMethod, Params, Technique
+
+RUNGS = (("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align"))  # cheapest first
+
+
+def rungs(params: Params) -> list[tuple[str, str]]:
+    """The rungs this project climbs, as (rung, the stage that ends it), cheapest first."""
+    off = {"adapt"} if params.adapt.technique is Technique.prompt else set()
+    off |= {"align"} if params.align.method is AlignMethod.none else set()
+    return [(rung, stage) for rung, stage in RUNGS if stage not in off]
+
+
+def checked_after(params: Params) -> dict[str, str]:
+    """{stage: rung} for the stages after which the flow evaluates: every rung below the top one (the top rung is
+    judged by the pipeline's own `evaluate`). Empty when the ladder is off."""
+    if not params.ladder.stop_when_passed:
+        return {}
+    return {stage: rung for rung, stage in rungs(params)[:-1]}
+
+
+def above(params: Params, rung: str) -> list[tuple[str, str]]:
+    """The rungs above `rung`, as (rung, stage)."""
+    climbed = rungs(params)
+    return climbed[[r for r, _ in climbed].index(rung) + 1:]
+
+
+def not_reached_reason(rung: str, stage: str) -> str:
+    """What the outputs of a stage above the rung under evaluation say (the same words every run: DVC hashes them)."""
+    return (f"not run: `ladder.stop_when_passed` evaluates the {rung} rung first; `{stage}` runs only if {rung} "
+            "fails its gates")
+
+
+@dataclass(frozen=True)
+class Step:
+    stop: bool             # stop climbing: this rung ships (passed) or it was the top one
+    not_run: list[str]     # the rungs above that stay unclimbed
+    why: str
+
+
+def after_rung(climbed: list[str], rung: str, passed: bool, failed: list[str]) -> Step:
+    """What the ladder does once `rung` has been evaluated: stop at the first rung whose gates pass; climb on
+    after a failure while a rung is left."""
+    higher = climbed[climbed.index(rung) + 1:]
+    if passed:
+        rest = f"; {', '.join(higher)} not run" if higher else ""
+        return Step(True, higher, f"{rung} passed the gates, the cheapest rung that does{rest}")
+    if not higher:
+        return Step(True, [], f"no rung passed the gates ({rung}, the top one, failed: {'; '.join(failed)})")
+    return Step(False, [], f"{rung} failed the gates ({'; '.join(failed)}): climbing to {higher[0]}")

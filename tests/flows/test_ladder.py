@@ -1,0 +1,53 @@
+"""The escalation ladder's decisions (pure) and the rungs a project climbs."""
+
+from __future__ import annotations
+
+from flows.ladder import above, after_rung, checked_after, rungs
+from stages.common.params import AlignMethod, Technique
+
+CLIMBED = ["prompting", "fine-tuning", "alignment"]
+
+
+def test_the_first_passing_rung_stops_the_climb():
+    step = after_rung(CLIMBED, "prompting", True, [])
+    assert step.stop and step.not_run == ["fine-tuning", "alignment"]
+    assert step.why == "prompting passed the gates, the cheapest rung that does; fine-tuning, alignment not run"
+    step = after_rung(CLIMBED, "fine-tuning", True, [])
+    assert step.stop and step.not_run == ["alignment"]
+
+
+def test_a_failing_rung_climbs_on_and_names_what_failed():
+    step = after_rung(CLIMBED, "prompting", False, ["rougeL: +0.008 vs the 0.05 margin"])
+    assert not step.stop and step.not_run == []
+    assert step.why == "prompting failed the gates (rougeL: +0.008 vs the 0.05 margin): climbing to fine-tuning"
+
+
+def test_the_top_rung_ends_the_climb_passed_or_not():
+    assert after_rung(CLIMBED, "alignment", True, []) == after_rung(CLIMBED, "alignment", True, [])
+    passed = after_rung(CLIMBED, "alignment", True, [])
+    assert passed.stop and passed.not_run == [] and passed.why == "alignment passed the gates, the cheapest rung that does"
+    failed = after_rung(CLIMBED, "alignment", False, ["latency"])
+    assert failed.stop and failed.not_run == [] and failed.why.startswith("no rung passed the gates")
+    only = after_rung(["prompting"], "prompting", False, ["x"])
+    assert only.stop and "no rung passed" in only.why
+
+
+def _with(tiny, stop=True, technique=None, method=None):
+    update = {"ladder": tiny.ladder.model_copy(update={"stop_when_passed": stop})}
+    if technique:
+        update["adapt"] = tiny.adapt.model_copy(update={"technique": technique})
+    if method:
+        update["align"] = tiny.align.model_copy(update={"method": method})
+    return tiny.model_copy(update=update)
+
+
+def test_rungs_follow_the_project_and_the_top_one_is_left_to_evaluate(tiny):
+    assert checked_after(_with(tiny, stop=False)) == {}, "ladder off: every rung runs, no checks in between"
+    params = _with(tiny)
+    assert rungs(params) == [("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align")]
+    assert checked_after(params) == {"prompt_search": "prompting", "adapt": "fine-tuning"}
+    assert above(params, "prompting") == [("fine-tuning", "adapt"), ("alignment", "align")]
+    no_dpo = _with(tiny, method=AlignMethod.none)
+    assert checked_after(no_dpo) == {"prompt_search": "prompting"} and above(no_dpo, "prompting") == [("fine-tuning", "adapt")]
+    prompting_only = _with(tiny, technique=Technique.prompt, method=AlignMethod.none)
+    assert rungs(prompting_only) == [("prompting", "prompt_search")] and checked_after(prompting_only) == {}
