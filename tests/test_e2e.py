@@ -101,7 +101,7 @@ def first_run(project):
 
 
 def test_full_run_builds_tracks_and_packages(project, first_run):
-    stages = ["scope", "data", "pretrain", "select", "adapt", "align", "evaluate", "package"]
+    stages = ["scope", "data", "pretrain", "select", "prompt_search", "adapt", "align", "evaluate", "package"]
     record = last_run(project)
     assert record["ran"] == stages
     for f in ("reports/scope.json", "models/selection.json", "metrics/eval.json", "reports/eval.md",
@@ -140,7 +140,7 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
 
     # Readable from the MLflow runs table: name, description, verdict, lineage, datasets, the training view.
     parent = client.get_run(record["parent_run_id"])
-    assert parent.info.run_name.endswith(f"scope, data, pretrain, select, adapt, align, evaluate, package: gates "
+    assert parent.info.run_name.endswith(f"{', '.join(stages)}: gates "
                                          f"PASSED: {report['candidate']} v{package['version']} @champion")
     assert "gates      PASSED" in parent.data.tags["mlflow.note.content"]
     assert parent.data.tags["lifecycle.params_sha256"] == hashlib.sha256((project / "params.yaml").read_bytes()).hexdigest()
@@ -156,10 +156,10 @@ def test_second_run_runs_nothing(project, first_run):
     out = lifecycle(project, "run")
     assert out.returncode == 0, out.stderr[-3000:]
     record = last_run(project)
-    assert record["ran"] == [] and len(record["skipped"]) == 8
+    assert record["ran"] == [] and len(record["skipped"]) == 9
     assert child_stages(mlflow_client(project), record["parent_run_id"]) == set()
     status = lifecycle(project, "status")
-    assert status.returncode == 0 and status.stdout.count("up to date") >= 8
+    assert status.returncode == 0 and status.stdout.count("up to date") >= 9
 
 
 def test_schedule_fires_a_real_flow_run(project, first_run):
@@ -217,6 +217,7 @@ def test_refused_gate_promotes_nothing(project, first_run):
     bentos_before = sorted(p.name for p in (project / ".bentoml" / "bentos" / "stdlib-helpdesk").iterdir())
     edit_params(project, lambda p: p["scope"]["kpis"].append(
         {"metric": "exact_match", "threshold": 0.99, "direction": "higher", "versus": "absolute"}))
+    # (the KPIs change: scope and the prompt search, which optimises the primary KPI, re-run; training does not)
     out = lifecycle(project, "run")
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-3000:]
     assert "gates      FAILED" in out.stdout and "refused" in out.stderr
@@ -255,3 +256,33 @@ def test_invalid_params_fail_before_any_model(project, first_run):
     assert {d: tree_digest(project / d) for d in ("models", "metrics")} == before
     validate = lifecycle(project, "validate")
     assert validate.returncode == 2 and "max_stepz" in validate.stderr
+
+
+def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run):
+    """The default KPIs with `ladder.stop_when_passed`: prompting alone misses the ROUGE-L margin over zero-shot,
+    fine-tuning meets it, so alignment is never run and the SFT model ships."""
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    # The tests above left their edits (a KPI, a LoRA rank, a typo): back to the default, ladder on.
+    edit_params(project, lambda p: p.update(scope=default["scope"], adapt=default["adapt"],
+                                            ladder={"stop_when_passed": True}))
+    out = lifecycle(project, "run")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    record = last_run(project)
+    assert "align" not in record["ran"] and "evaluate@prompting" in record["ran"], record["ran"]
+    assert record["ran"][-2:] == ["evaluate@fine-tuning", "package"], record["ran"]
+    ladder = record["ladder"]
+    assert [(r["rung"], r["passed"]) for r in ladder["rungs"]] == [("prompting", False), ("fine-tuning", True)]
+    assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
+    report = json.loads((project / "metrics/eval.json").read_text())
+    assert report["candidate"] == "sft" and "aligned" not in report["variants"]
+    assert "align" in report["not_reached"] and "## Not run" in (project / "reports/eval.md").read_text()
+    assert "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" \
+        in out.stdout
+    assert json.loads((project / "models/package/package.json").read_text())["variant"] == "sft"
+    client = mlflow_client(project)
+    runs = client.search_runs([client.get_run(record["parent_run_id"]).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{record['parent_run_id']}'")
+    assert {r.data.tags.get("lifecycle.ladder_rung") for r in runs if r.info.run_name.startswith("evaluate@")} == \
+        {"prompting", "fine-tuning"}
+    status = lifecycle(project, "status")
+    assert "align      changed" in status.stdout, "dvc repro alone would still run alignment"
