@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-data bench-evaluate clean
+.PHONY: install run test test-fast bench bench-data bench-evaluate bench-integrate clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ bench-data: install
 bench-evaluate: install
 	$(BIN)/python bench/evaluate.py
 
+bench-integrate: install
+	$(BIN)/python bench/integrate.py
+
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft \
-	       models/aligned models/package models/selection.json models/prompt.json models/.checkpoints metrics reports
+	       models/aligned models/package models/index models/.cache models/selection.json models/prompt.json models/.checkpoints metrics reports

@@ -170,12 +170,22 @@ def build(raw: Path, out: Path) -> None:
     _write_jsonl(out / "general.jsonl", general_text(reference, "\n".join(r["text"] for r in corpus), rng))
     knowledge = out / "knowledge"
     knowledge.mkdir(exist_ok=True)
-    for old in knowledge.glob("*.txt"):
+    for old in [*knowledge.glob("*.txt"), *knowledge.glob("*.md")]:
         old.unlink()
     unique = {t["text"]: t for t in reference}.values()  # some topics are aliases of others
     for topic in unique:
         (knowledge / f"{topic['topic']}.txt").write_text(topic["text"] + "\n", encoding="utf-8")
-    print(f"{knowledge.relative_to(HERE.parents[1])}/: {len(unique)} documents")
+    # The API reference the help desk's questions are about: one Markdown page per module, a section per function
+    # (what retrieval has to find; the questions name the function, the section heading is its name).
+    modules: dict[str, list[dict]] = {}
+    for d in docstrings:
+        module = next((m for m in sorted(MODULES, key=len, reverse=True) if d["name"].startswith(m + ".")),
+                      d["name"].split(".")[0])  # os.path's functions are posixpath's
+        modules.setdefault(module, []).append(d)
+    for module, members in sorted(modules.items()):
+        page = [f"# {module}", ""] + [f"## {d['name']}\n\n`{d['name']}{d['signature']}`\n\n{d['doc']}\n" for d in members]
+        (knowledge / f"api-{module}.md").write_text("\n".join(page), encoding="utf-8")
+    print(f"{knowledge.relative_to(HERE.parents[1])}/: {len(unique)} reference topics, {len(modules)} API pages")
 
 
 def main(argv: list[str] | None = None) -> int:

