@@ -101,7 +101,8 @@ def first_run(project):
 
 
 def test_full_run_builds_tracks_and_packages(project, first_run):
-    stages = ["scope", "data", "pretrain", "select", "prompt_search", "adapt", "align", "evaluate", "package"]
+    stages = ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "align", "evaluate",
+              "package"]
     record = last_run(project)
     assert record["ran"] == stages
     for f in ("reports/scope.json", "models/selection.json", "metrics/eval.json", "reports/eval.md",
@@ -109,6 +110,10 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
         assert (project / f).is_file(), f
     report = json.loads((project / "metrics/eval.json").read_text())
     assert report["gates"]["passed"], report["gates"]
+    # the knowledge base is indexed and retrieval is measured on every eval question (each names its source)
+    retrieval = json.loads((project / "metrics/integrate.json").read_text())
+    assert retrieval["retrieval_eval_rows"] == report["eval_rows"] and retrieval["embedded"] == retrieval["chunks"]
+    assert 0 < retrieval["dense"]["recall@1"] <= retrieval["dense"]["recall@10"] <= 1
     # the default KPIs are earned: the tuned model beats the best baseline by the stated margin
     margin = next(k for k in yaml.safe_load((project / "params.yaml").read_text())["scope"]["kpis"]
                   if k["versus"] == "baseline")
@@ -156,10 +161,10 @@ def test_second_run_runs_nothing(project, first_run):
     out = lifecycle(project, "run")
     assert out.returncode == 0, out.stderr[-3000:]
     record = last_run(project)
-    assert record["ran"] == [] and len(record["skipped"]) == 9
+    assert record["ran"] == [] and len(record["skipped"]) == 10
     assert child_stages(mlflow_client(project), record["parent_run_id"]) == set()
     status = lifecycle(project, "status")
-    assert status.returncode == 0 and status.stdout.count("up to date") >= 9
+    assert status.returncode == 0 and status.stdout.count("up to date") >= 10
 
 
 def test_schedule_fires_a_real_flow_run(project, first_run):

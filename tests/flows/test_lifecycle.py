@@ -16,7 +16,8 @@ from tests.conftest import REPO, default_params, write_params
 def test_stage_order_is_dvc_yaml(monkeypatch):
     declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     assert stage_order(REPO) == declared
-    assert declared == ["scope", "data", "pretrain", "select", "prompt_search", "adapt", "align", "evaluate", "package"]
+    assert declared == ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "align", "evaluate",
+                        "package"]
 
 
 def test_exit_status_is_read_from_dvc_error():
