@@ -52,14 +52,28 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
 
 
-def measure_size(n: int, rng) -> dict:
+def unit_vectors(n: int, rng, clustered: bool):
+    """Uniform random unit vectors (the worst case for any approximate index: every distance is nearly the same),
+    or clustered ones (points around 1 per 40 centres, the way embeddings of related texts sit together)."""
+    import numpy as np
+
+    def unit(a):
+        return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+    if not clustered:
+        return unit(rng.standard_normal((n, DIM)))
+    centres = unit(np.random.default_rng(5).standard_normal((max(1, n // 40), DIM)))
+    return unit(centres[rng.integers(0, len(centres), n)] + 0.08 * rng.standard_normal((n, DIM)))
+
+
+def measure_size(n: int, rng, clustered: bool) -> dict:
     import chromadb
     import numpy as np
 
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    from stages.integrate import HNSW
+
+    both = unit_vectors(n + QUERIES, rng, clustered)  # queries drawn like the data
+    vectors, queries = both[:n], both[n:]
 
     brute = []
     exact = []
@@ -73,7 +87,7 @@ def measure_size(n: int, rng) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         client = chromadb.PersistentClient(path=folder)
-        collection = client.create_collection("bench", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+        collection = client.create_collection("bench", metadata=HNSW, embedding_function=None)  # the stage's settings
         step = client.get_max_batch_size()
         ids = [f"v{i}" for i in range(n)]
         for i in range(0, n, step):
@@ -100,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"embedding: MiniLM, {embedding_throughput(args.chunks):.1f} chunks/s ({args.chunks} chunks of <= 128 "
           "tokens, batch 64, CPU)")
-    rng = np.random.default_rng(17)
-    rows = [measure_size(n, rng) for n in args.sizes]
-    print(f"\n{'vectors':>9} {'store p50 ms':>13} {'store p95 ms':>13} {'numpy p50 ms':>13} {'numpy p95 ms':>13} "
+    for clustered in (False, True):
+        report(args.sizes, np.random.default_rng(17), clustered)
+    return 0
+
+
+def report(sizes: list[int], rng, clustered: bool) -> None:
+    rows = [measure_size(n, rng, clustered) for n in sizes]
+    print(f"\n{'clustered' if clustered else 'uniform random'} unit vectors, {DIM} dimensions, {QUERIES} queries")
+    print(f"{'vectors':>9} {'store p50 ms':>13} {'store p95 ms':>13} {'numpy p50 ms':>13} {'numpy p95 ms':>13} "
           f"{'recall@10':>10}")
     for r in rows:
         print(f"{r['n']:>9} {r['store'][0]:>13.3f} {r['store'][1]:>13.3f} {r['brute'][0]:>13.3f} "
@@ -113,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
           f"store {last['store'][0] / first['store'][0]:.2f}x, numpy brute force "
           f"{last['brute'][0] / first['brute'][0]:.2f}x")
     print(f"recall@10 of the store's approximate search vs exact search at {last['n']}: {last['recall@10']:.3f}")
-    return 0
 
 
 if __name__ == "__main__":

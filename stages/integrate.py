@@ -32,6 +32,9 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
 RRF_K = 60          # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
 CANDIDATES = 50     # how deep each retriever's ranking goes into the fusion
 RECALL_AT = (1, 5, 10)
+# Chroma's HNSW index: cosine distance, and a wider search than its default ef_search 10 (recall on hard data rises
+# for ~no latency at these sizes: bench/integrate.py).
+HNSW = {"hnsw:space": "cosine", "hnsw:search_ef": 100, "hnsw:construction_ef": 200}
 
 
 def sections(doc: dict) -> list[tuple[str, str]]:
@@ -155,7 +158,7 @@ def open_store(params: Params, folder: Path | None):
 
 def write_collection(client, name: str, chunks: list[dict], vectors: list) -> None:
     """Make the collection hold exactly these chunks: new ones added, gone ones deleted, in the client's batches."""
-    collection = client.get_or_create_collection(name, metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    collection = client.get_or_create_collection(name, metadata=HNSW, embedding_function=None)
     wanted = {c["id"] for c in chunks}
     held = set(collection.get(include=[])["ids"])
     gone = sorted(held - wanted)
@@ -211,9 +214,11 @@ def run(params: Params, paths: Paths) -> dict:
 
     p = params.integrate
     docs = read_jsonl(Path(paths.processed) / "knowledge.jsonl")
-    if not docs:
-        raise ProjectError([f"{paths.processed}/knowledge.jsonl has no documents: declare a `knowledge` source "
-                            "under data.sources, or remove the integrate stage's use"])
+    if not docs:  # no knowledge source: nothing to retrieve from, and no variant will retrieve
+        with atomic_dir(paths.index) as out:
+            write_json(out / "lifecycle.json", {"chunks": 0})
+        write_json(Path(paths.metrics) / "integrate.json", {"documents": 0, "chunks": 0})
+        return {"metrics": {"documents": 0}, "summary": "no knowledge documents (no `knowledge` source): no index"}
     with stage_run("integrate", params, p.model_dump(mode="json")) as _:
         import mlflow
 
@@ -257,6 +262,11 @@ def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
     if not rows:
         return {"retrieval_eval_rows": 0}
     queries = [r["prompt"] for r in rows]
+    limit = model.max_seq_length
+    too_long = sum(len(model.tokenizer(q, verbose=False)["input_ids"]) > limit for q in queries)
+    if too_long:  # sentence-transformers truncates them: searched on their first `limit` tokens
+        log.warning("%d of %d questions are longer than the embedding model's %d tokens: truncated for the search",
+                    too_long, len(queries), limit)
     query_vectors = model.encode(queries, batch_size=p.batch_size, normalize_embeddings=True, convert_to_numpy=True)
     ranked = rankings(client, p.store.collection, chunks, queries, query_vectors, CANDIDATES)
     relevant = [by_section[r["source"]] for r in rows]

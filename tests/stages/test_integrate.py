@@ -46,7 +46,7 @@ def test_chunks_keep_the_budget_the_heading_and_an_overlap():
 
 
 def test_fusion_and_metrics_on_a_known_case():
-    assert fuse(["a", "b", "c"], ["c", "b", "d"])[:2] == ["b", "c"], "found high by both beats first by one"
+    assert fuse(["a", "b", "c"], ["b", "d", "e"]) == ["b", "a", "d", "c", "e"], "found by both beats first by one"
     ranked = [["x", "a"], ["b", "y"], ["z", "w"]]
     relevant = [{"a"}, {"b"}, {"q"}]
     assert retrieval_metrics(ranked, relevant) == {"recall@1": round(1 / 3, 4), "recall@5": round(2 / 3, 4),
