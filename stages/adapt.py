@@ -3,8 +3,9 @@
     python -m stages.adapt          # writes models/sft/ (the adapter, or the full model)
     dvc exp run -S adapt.lora.r=16  # try another rank; only adapt and what follows re-run
 
-SFT trains on prompt/completion pairs, the loss on the completion only. A killed run resumes from its last checkpoint (kept under models/.checkpoints/, keyed by the
-configuration so a changed config never resumes a stale one).
+SFT trains on prompt/completion pairs, the loss on the completion only. A killed run resumes from its last
+checkpoint (kept under models/.checkpoints/, keyed by the configuration so a changed config never resumes a
+stale one).
 """
 
 from __future__ import annotations

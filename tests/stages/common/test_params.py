@@ -38,6 +38,12 @@ def test_typo_key_is_named(tmp_path):
     assert any("unknown key `adapt.lora.rr`" in m for m in problems_for(tmp_path, p))
 
 
+def test_a_moved_key_says_where_it_went(tmp_path):
+    p = default_params()
+    p["adapt"]["prompt_shots"] = [0, 1]
+    assert any("`adapt.prompt_shots` has moved to `prompt_search.shots`" in m for m in problems_for(tmp_path, p))
+
+
 def test_wrong_type_and_missing_key_are_named(tmp_path):
     p = default_params()
     p["adapt"]["trainer"]["max_steps"] = "many"
