@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 _IGNORE_NAMES = shutil.ignore_patterns(".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".prefect", ".bentoml",
                                        "dvc.lock", "processed", "pretrain", "sft", "aligned", "package", "metrics",
-                                       "reports", ".checkpoints", "__pycache__", ".pytest_cache", "*.egg-info")
+                                       "reports", ".checkpoints", ".cache", "index", "__pycache__", ".pytest_cache", "*.egg-info")
 
 
 def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
