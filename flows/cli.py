@@ -43,6 +43,12 @@ def summary(root: Path, paths) -> str:
         for c in selection["candidates"]:
             if c["status"] == "rejected":
                 lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
+    retrieval = _read(root / paths.metrics / "integrate.json")
+    if retrieval and retrieval.get("retrieval_eval_rows"):
+        lines.append(f"integrate  {retrieval['chunks']} chunks from {retrieval['documents']} documents; on "
+                     f"{retrieval['retrieval_eval_rows']} eval questions " + "; ".join(
+                         f"{how} recall@1 {m['recall@1']} @10 {m['recall@10']} MRR {m['mrr']}"
+                         for how, m in retrieval.items() if isinstance(m, dict)))
     report = _read(root / paths.eval_metrics)
     if report:
         from stages.evaluate import cell
