@@ -133,7 +133,8 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     assert int(champion.version) == package["version"]
     assert (project / ".bentoml" / "bentos" / package["bento"].replace(":", "/")).is_dir()
     for line in ("scope ", "select ", f"integrate  {retrieval['chunks']} chunks", "gates      PASSED",
-                 "package    MLflow model stdlib-helpdesk", "mlflow ui", "lifecycle serve", "bootstrap confidence intervals", "champion: no champion yet", "cost       "):
+                 "package    MLflow model stdlib-helpdesk", "mlflow ui", "lifecycle serve",
+                 "bootstrap confidence intervals", "champion: no champion yet", "cost       "):
         assert line in first_run.stdout, line
     assert record["cost"]["training_hours"] > 0 and record["cost"]["gpu_hours"] == 0  # CPU only
     # The training curves and the variant comparison render with `dvc plots show`.
