@@ -29,7 +29,7 @@ QUERIES = 200
 
 
 def embedding_throughput(n_chunks: int) -> float:
-    from stages.common.metrics import embedding_model
+    from stages.common.retrieval import embedding_model
     from stages.common.sources import read_document
     from stages.integrate import split, token_counter
 

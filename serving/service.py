@@ -7,13 +7,18 @@
 It loads only the model the package stage put in BentoML's model store: its tag travels inside the bento in
 packaged_model.json, written next to this file at build time (LIFECYCLE_MODEL_TAG overrides it); never
 params.yaml, never a hub. The prompt renderer travels too: its code (prompting.py, copied beside this file) and
-its settings (prompt.json in the model folder), so what is served is exactly what was evaluated.
+its settings (prompt.json in the model folder), so what is served is exactly what was evaluated. When the shipped
+variant answers with retrieval (a `_rag` variant), the model folder holds its index (`index/`) and the retriever's
+code travels too (retrieval.py): each request retrieves, the chunks go into the prompt, and the answer lists the
+`sources` it was given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -42,16 +47,24 @@ with bentoml.importing():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        import prompting  # in a bento: the renderer the model was evaluated with, copied beside this file
+    try:  # in a bento: the renderer and retriever the model was evaluated with, copied beside this file
+        import prompting
+        import retrieval
     except ImportError:  # run from the repository
-        from stages.common import prompting
+        from stages.common import prompting, retrieval
+
+
+class Source(BaseModel):
+    source: str = Field(description="the knowledge document")
+    section: str = Field(description="its section the passage comes from")
+    text: str = Field(description="the passage put into the prompt")
 
 
 class Answer(BaseModel):
     answer: str
     model: str
     latency_ms: float
+    sources: list[Source] = Field(default=[], description="the retrieved passages the answer was given (RAG)")
 
 
 @bentoml.service(name="lifecycle", traffic={"timeout": 60, "max_concurrency": 16}, resources={"cpu": "1"})
@@ -66,6 +79,17 @@ class Lifecycle:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
         self.renderer = prompting.Renderer.load(path, self.tokenizer)
+        self.retriever, self._index = None, None
+        if (path / "index" / retrieval.CARD).is_file():
+            # A working copy: Chroma writes to its folder, and the model store's copy stays as it was packaged.
+            self._index = tempfile.mkdtemp(prefix="lifecycle-index-")
+            shutil.copytree(path / "index", self._index, dirs_exist_ok=True)
+            self.retriever = retrieval.Retriever.open(self._index)
+
+    @bentoml.on_shutdown
+    def remove_index_copy(self) -> None:
+        if self._index:
+            shutil.rmtree(self._index, ignore_errors=True)
 
     @bentoml.api
     def generate(
@@ -75,8 +99,10 @@ class Lifecycle:
         max_new_tokens: Annotated[int, Ge(1), Le(MAX_NEW_TOKENS)] = 40,
     ) -> Answer:
         start = time.perf_counter()
+        found = self.retriever.search([prompt])[0] if self.retriever else []
         try:
-            text = self.renderer.prompt({**fields, "prompt": prompt}, max_new_tokens=max_new_tokens)
+            text = self.renderer.prompt({**fields, "prompt": prompt, "context": [c["text"] for c in found]},
+                                        max_new_tokens=max_new_tokens)
         except KeyError as exc:
             raise bentoml.exceptions.InvalidArgument(f"the prompt template needs the field {exc} in `fields`") from None
         except prompting.PromptTooLong as exc:
@@ -86,5 +112,9 @@ class Lifecycle:
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
         generated = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        # Only the passages that fit into the prompt were used (the renderer drops the least relevant first).
+        used = [c for c in found if " ".join(c["text"].split()) in text]
         return Answer(answer=self.renderer.cut(generated), model=str(self.model_ref.tag),
-                      latency_ms=round((time.perf_counter() - start) * 1000, 2))
+                      latency_ms=round((time.perf_counter() - start) * 1000, 2),
+                      sources=[Source(source=c.get("source", ""), section=c.get("section", ""), text=c["text"])
+                               for c in used])

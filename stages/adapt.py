@@ -3,7 +3,9 @@
     python -m stages.adapt          # writes models/sft/ (the adapter, or the full model)
     dvc exp run -S adapt.lora.r=16  # try another rank; only adapt and what follows re-run
 
-SFT trains on prompt/completion pairs, the loss on the completion only. A killed run resumes from its last
+SFT trains on prompt/completion pairs, the loss on the completion only. With `adapt.raft`, each question is
+trained with retrieved chunks in its prompt, its source chunk among distractors (RAFT, see `raft_rows`), so the
+model learns to answer from the right passage: its `sft_rag` variant is evaluated with retrieval. A killed run resumes from its last
 checkpoint (kept under models/.checkpoints/, keyed by the configuration so a changed config never resumes a
 stale one).
 """
@@ -31,6 +33,48 @@ def sft_rows(renderer, rows: list[dict]) -> list[dict]:
 
     prompts = render_all(renderer, rows, "sft", examples=[], max_new_tokens=0)
     return [{"prompt": p, "completion": renderer.completion(r)} for p, r in zip(prompts, rows, strict=True)]
+
+
+def raft_rows(rows: list[dict], retriever, oracle_fraction: float, seed: int) -> list[dict]:
+    """RAFT: each row with `top_k` chunks as `context`. A row naming its `source` gets that section's chunk (the one
+    holding its answer, else the first) among the best-ranked other chunks (distractors) in a random position, or,
+    in a 1 - oracle_fraction share, distractors only; a row without a known source gets what the index retrieves,
+    as a served question does. `oracle` says which it was (None: no known source)."""
+    import random
+
+    rng = random.Random(seed)
+    k = retriever.top_k
+    by_source: dict[str, list[dict]] = {}
+    for c in retriever.chunks.values():
+        for key in {c.get("section"), c.get("title")} - {None}:
+            by_source.setdefault(key, []).append(c)
+    # The whole fused ranking (CANDIDATES deep): a long source section can fill the first places by itself.
+    found = retriever.rankings([r["prompt"] for r in rows])[retriever.search_kind]
+    out = []
+    for row, ids in zip(rows, found, strict=True):
+        ranked = [retriever.chunks[i] for i in ids]
+        sources = by_source.get(row.get("source") or "")
+        if not sources:
+            out.append({**row, "context": [c["text"] for c in ranked[:k]], "oracle": None})
+            continue
+        answer = row.get("completion", "")
+        oracle = next((c for c in sources if answer and answer in " ".join(c["text"].split())), sources[0])
+        distractors = [c for c in ranked if c["id"] not in {s["id"] for s in sources}]
+        with_oracle = rng.random() < oracle_fraction
+        context = distractors[:k - 1] if with_oracle else distractors[:k]
+        if with_oracle:
+            context.insert(rng.randrange(len(context) + 1), oracle)
+        out.append({**row, "context": [c["text"] for c in context], "oracle": with_oracle})
+    return out
+
+
+def check_lengths(renderer, rows: list[dict], max_length: int) -> None:
+    """A row longer than the trainer's max_length would lose its answer to truncation: say so, with the numbers."""
+    longest = max(renderer.count(r["prompt"] + r["completion"]) for r in rows)
+    if longest > max_length:
+        raise ProjectError([f"`adapt.trainer.max_length` {max_length}: the longest training row is {longest} tokens "
+                            "(with RAFT, its retrieved chunks included), so its answer would be cut off: raise "
+                            f"max_length to at least {longest}, or lower integrate.top_k or integrate.chunk_tokens"])
 
 
 def sft_config(params: Params, output_dir: Path, device: str):
@@ -83,7 +127,19 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
-    train = Dataset.from_list(sft_rows(renderer_for(params, tok, model), read_jsonl(Path(paths.processed) / "sft.jsonl")))
+    renderer = renderer_for(params, tok, model)
+    rows = read_jsonl(Path(paths.processed) / "sft.jsonl")
+    raft = {}
+    if p.raft.enabled:
+        from stages.common.retrieval import Retriever
+
+        rows = raft_rows(rows, Retriever.open(paths.index), p.raft.oracle_fraction, params.project.seed)
+        raft = {"raft_rows_with_oracle": sum(r["oracle"] is True for r in rows),
+                "raft_rows_without_oracle": sum(r["oracle"] is False for r in rows),
+                "raft_rows_without_source": sum(r["oracle"] is None for r in rows)}
+    rendered = sft_rows(renderer, rows)
+    check_lengths(renderer, rendered, p.trainer.max_length)
+    train = Dataset.from_list(rendered)
     peft_config = None if p.technique is Technique.full else LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
     trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,
                          processing_class=tok, peft_config=peft_config)
@@ -105,6 +161,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         "trainable_parameters": trainable,
         "trainable_percent": round(100 * trainable / total, 3),
         "resumed": resume,
+        **raft,
     }
 
 

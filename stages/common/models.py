@@ -63,7 +63,8 @@ def renderer_for(params, tokenizer, model_or_config, examples: list[dict] | None
     p = params.prompt
     fmt = PromptFormat(template=p.template, system=p.system, chat_template=p.chat_template.value,
                        completion_prefix=p.completion_prefix, stop=list(p.stop), examples=list(examples or []),
-                       max_new_tokens=max_new_tokens or params.evaluate.max_new_tokens)
+                       max_new_tokens=max_new_tokens or params.evaluate.max_new_tokens,
+                       context_template=p.context_template)
     try:
         return Renderer(fmt, tokenizer, context_length(model_or_config))
     except ValueError as exc:

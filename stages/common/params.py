@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stages.common.errors import ExitStatus, ProjectError
 
@@ -196,6 +196,7 @@ class Prompt(Strict):
     chat_template: ChatTemplate = ChatTemplate.auto
     completion_prefix: str = " "      # between the rendered prompt and the answer, plain template only
     stop: list[str] = ["\n"]          # the answer ends at the first of these (plain template; a chat model stops at EOS)
+    context_template: str = "Context: {text}\n"   # each retrieved chunk (`{text}`), before the user turn (RAG)
 
     @property
     def fields(self) -> list[str]:
@@ -273,11 +274,26 @@ class PromptSearch(Strict):
     shots: Annotated[list[NonNegInt], Field(min_length=1)] = [0, 1, 3]  # few-shot counts tried on the dev split
 
 
+class Raft(Strict):
+    """Retrieval-augmented fine-tuning (Zhang et al. 2024, RAFT): each SFT question is trained with `integrate.top_k`
+    chunks in its prompt, as it will be asked with retrieval: its own source chunk (the oracle) among distractors
+    the index retrieves for it, in a random order; in a `1 - oracle_fraction` share of the rows the oracle is left
+    out, so the model also learns to answer when retrieval missed."""
+    enabled: bool = False
+    oracle_fraction: Annotated[float, Field(ge=0, le=1)] = 0.8    # the RAFT paper's P
+
+
 class Adapt(Strict):
     technique: Technique
     precision: Precision = Precision.fp32
     lora: Lora = Lora()
     trainer: Trainer
+    raft: Raft = Raft()               # `raft: true` is short for `raft: {enabled: true}`
+
+    @field_validator("raft", mode="before")
+    @classmethod
+    def _raft_switch(cls, value):
+        return {"enabled": value} if isinstance(value, bool) else value
 
 
 class Align(Strict):
@@ -463,11 +479,22 @@ def contradictions(p: Params) -> list[str]:
     except ValueError as exc:
         problems.append(f"`prompt.template` {p.prompt.template!r} is not a valid template ({exc}); "
                         "write fields as {prompt}, and a literal brace as {{ or }}")
+    try:
+        p.prompt.context_template.format(text="")
+    except (KeyError, IndexError, ValueError) as exc:
+        problems.append(f"`prompt.context_template` {p.prompt.context_template!r} is not a valid template ({exc}): "
+                        "it may name only {text}, the retrieved chunk")
     problems += technique_problems(p, allowed_techniques(s))
     if p.adapt.technique is Technique.qlora and s.budget.gpu_memory_gib == 0:
         problems.append("`adapt.technique` is qlora, which needs a GPU, but `scope.budget.gpu_memory_gib` is 0")
     if p.align.method is not AlignMethod.none and p.adapt.technique is Technique.prompt:
         problems.append("`align.method` needs a tuned model but `adapt.technique` is prompt: set align.method: none")
+    if p.adapt.raft.enabled and p.data.sources.knowledge is None:
+        problems.append("`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge` source to "
+                        "retrieve from: declare one, or set adapt.raft: false")
+    if p.adapt.raft.enabled and p.adapt.technique is Technique.prompt:
+        problems.append("`adapt.raft` is a way to fine-tune but `adapt.technique` is prompt: choose lora or full, "
+                        "or set adapt.raft: false")
     names = [m.name for m in p.pretrain.models]
     if len(set(names)) != len(names):
         problems.append("`pretrain.models`: names must be unique")

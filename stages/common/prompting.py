@@ -6,9 +6,10 @@ It imports nothing from the project (only the tokenizer it is given), for that r
 
 With `chat_template: auto`, a tokenizer that has a chat template (an instruct model) gets the rendered messages:
 the system message, few-shot examples as earlier user/assistant turns, the conversation's history, the user
-turn; a base model gets the plain template, examples first. A prompt that would not fit the model's context with
-`max_new_tokens` loses few-shot examples (the last first), and is then refused with PromptTooLong naming the
-numbers, never an index error inside the model.
+turn; a base model gets the plain template, examples first. Retrieved passages (a record's `context`) come
+before the user turn, one `context_template` each. A prompt that would not fit the model's context with
+`max_new_tokens` loses few-shot examples (the last first), then retrieved passages (the least relevant first),
+and is then refused with PromptTooLong naming the numbers, never an index error inside the model.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class PromptTooLong(ValueError):
     def __init__(self, tokens: int, max_new_tokens: int, context: int, where: str = ""):
         self.tokens, self.max_new_tokens, self.context = tokens, max_new_tokens, context
         super().__init__(f"{where + ': ' if where else ''}the prompt is {tokens} tokens even without few-shot "
-                         f"examples; with max_new_tokens {max_new_tokens} that is {tokens + max_new_tokens}, over the "
+                         f"examples or retrieved passages; with max_new_tokens {max_new_tokens} that is {tokens + max_new_tokens}, over the "
                          f"model's context of {context} tokens: shorten the input (data.max_length), lower "
                          "max_new_tokens, or choose a model with a longer context")
 
@@ -40,6 +41,7 @@ class PromptFormat:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     examples: list[dict] = field(default_factory=list)
     max_new_tokens: int = 40
+    context_template: str = "Context: {text}\n"   # one retrieved chunk, put before the user turn
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +85,11 @@ class Renderer:
     # --- text --------------------------------------------------------------------------------------------------
 
     def user_turn(self, record: dict) -> str:
-        return self.fmt.template.format_map(record)
+        """The template filled with the record; a record carrying retrieved `context` (chunk texts, best first)
+        gets each chunk through `context_template` before it."""
+        passages = "".join(self.fmt.context_template.format(text=" ".join(c.split()))
+                           for c in record.get("context") or [])
+        return passages + self.fmt.template.format_map(record)
 
     def _plain(self, record: dict, examples: list[dict]) -> str:
         parts = [self.fmt.system + "\n\n"] if self.fmt.system else []
@@ -91,7 +97,7 @@ class Renderer:
             parts.append(self.user_turn(shot) + self.fmt.completion_prefix + _answer(shot) + "\n\n")
         turns = record.get("history") or []
         for user, assistant in zip(turns[::2], turns[1::2]):
-            parts.append(self.user_turn({**record, "prompt": user["content"]}) + self.fmt.completion_prefix
+            parts.append(self.user_turn({**record, "prompt": user["content"], "context": None}) + self.fmt.completion_prefix
                          + assistant["content"] + "\n\n")
         parts.append(self.user_turn(record))
         return "".join(parts)
@@ -120,20 +126,25 @@ class Renderer:
 
     def prompt(self, record: dict, examples: list[dict] | None = None, max_new_tokens: int | None = None,
                where: str = "") -> str:
-        """The model input for `record`: few-shot examples (the format's, unless given) dropped from the last
-        until prompt + max_new_tokens fits the context; PromptTooLong when even none fit."""
+        """The model input for `record`: few-shot examples (the format's, unless given), then retrieved chunks
+        (the least relevant first), dropped until prompt + max_new_tokens fits the model's context; PromptTooLong
+        when even without them it does not."""
         shots = list(self.fmt.examples if examples is None else examples)
+        passages = list(record.get("context") or [])
         budget = max_new_tokens if max_new_tokens is not None else self.fmt.max_new_tokens
         while True:
-            text = self._render(record, shots)
+            text = self._render({**record, "context": passages}, shots)
             if self.context is None:
                 return text
             tokens = self.count(text)
             if tokens + budget <= self.context:
                 return text
-            if not shots:
+            if shots:
+                shots.pop()
+            elif passages:
+                passages.pop()
+            else:
                 raise PromptTooLong(tokens, budget, self.context, where)
-            shots.pop()
 
     def completion(self, record: dict, answer: str | None = None) -> str:
         """The text a trainer appends to `prompt(record)` for `answer` (the record's completion by default)."""

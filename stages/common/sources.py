@@ -32,7 +32,7 @@ from pathlib import Path
 from stages.common.errors import ProjectError
 
 TABULAR = (".jsonl", ".json", ".csv", ".parquet")
-DOCUMENTS = (".md", ".markdown", ".txt", ".html", ".htm")
+DOCUMENTS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 QA_ROLES = ("sft", "eval", "dev")
 TEXT_ROLES = ("knowledge", "general", "corpus")
 MAX_PROBLEMS = 8          # per role: enough to see the pattern, not a wall of text
@@ -171,7 +171,15 @@ def read_rows(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
 
 
 def read_document(path: Path) -> dict:
-    """A knowledge document as clean text with its source and title (HTML through BeautifulSoup)."""
+    """A knowledge document as clean text with its source and title (HTML through BeautifulSoup, PDF through
+    pypdf: its text layer, page by page; a scanned PDF without one reads as empty)."""
+    if path.suffix.lower() == ".pdf":
+        from pypdf import PdfReader
+
+        reader = PdfReader(path)
+        text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+        title = (reader.metadata or {}).get("/Title")
+        return {"text": text, "title": str(title or path.stem), "source": str(path)}
     raw = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".html", ".htm"):
         from bs4 import BeautifulSoup
@@ -186,6 +194,17 @@ def read_document(path: Path) -> dict:
         heading = re.search(r"^#+\s+(.+)$", text, re.MULTILINE) if path.suffix.lower() in (".md", ".markdown") else None
         title = heading.group(1).strip() if heading else None
     return {"text": text, "title": title or path.stem, "source": str(path)}
+
+
+UNREADABLE = "_unreadable"
+
+
+def _document(path: Path) -> tuple[str, dict]:
+    """(where, document); one that cannot be read comes back marked, so that it is reported and skipped."""
+    try:
+        return str(path), read_document(path)
+    except Exception as exc:  # noqa: BLE001 - a broken file of any kind (encoding, a corrupt PDF) is one skipped document
+        return str(path), {UNREADABLE: f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def read_dataset(source, role: str) -> Iterator[tuple[str, dict]]:
@@ -344,9 +363,12 @@ def load_role(role: str, source, params) -> RoleData:
         suffixes = TABULAR + DOCUMENTS if role in TEXT_ROLES else TABULAR
         files = _files(path, suffixes)
         rows = (pair for f in files for pair in
-                ([(str(f), read_document(f))] if f.suffix.lower() in DOCUMENTS else read_rows(f, problems)))
+                ([_document(f)] if f.suffix.lower() in DOCUMENTS else read_rows(f, problems)))
     for where, row in rows:
         data.found += 1
+        if UNREADABLE in row:  # a document is skipped, by name; the role fails only if nothing usable is left
+            data.drop(where, f"unreadable ({row[UNREADABLE]})")
+            continue
         try:
             mapped = _mapped(row, source.fields, where) if source.fields else row
             record = to_record(role, mapped, where, template_fields)
@@ -377,6 +399,9 @@ def load_role(role: str, source, params) -> RoleData:
         data.records.append(record)
     if data.found == 0 and not problems.items:
         problems.add(f"`data.sources.{role}` ({source.label}): no rows found")
+    elif not data.records and not problems.items:
+        problems.add(f"`data.sources.{role}` ({source.label}): nothing usable is left of {data.found} rows; "
+                     + "; ".join(data.examples))
     if problems.items:
         raise ProjectError([f"`data.sources.{role}`: {p}" for p in problems.done()])
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,12 +32,13 @@ def _post(url: str, body: dict) -> tuple[int, dict | str]:
         return err.code, err.read().decode()
 
 
-@pytest.fixture
-def server(packaged):
+@contextlib.contextmanager
+def serving(bento: str):
+    """`bentoml serve` of a bento on a free 127.0.0.1 port until ready; its base URL; stopped by PID after."""
     port = _free_port()
     bentoml = str(Path(sys.executable).parent / "bentoml")
     env = {k: v for k, v in os.environ.items() if k != "LIFECYCLE_MODEL_TAG"}  # the bento alone says what to load
-    proc = subprocess.Popen([bentoml, "serve", packaged["package"]["bento"], "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([bentoml, "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -62,11 +64,19 @@ def server(packaged):
             proc.wait()
 
 
+@pytest.fixture
+def server(packaged):
+    with serving(packaged["package"]["bento"]) as base:
+        yield base
+
+
 def test_generate_answers_and_bounds_inputs(server, packaged):
     status, body = _post(f"{server}/generate", {"prompt": "What does `json.dumps` do?", "max_new_tokens": 8})
     assert status == 200, body
     assert isinstance(body["answer"], str) and "\n" not in body["answer"]
     assert body["model"] == packaged["package"]["bentoml_model"] and body["latency_ms"] > 0
+    retrieves = packaged["package"]["variant"].endswith("_rag")  # the tiny KPI (latency) may pick either kind
+    assert bool(body["sources"]) == retrieves, "passages exactly when the shipped variant retrieves"
 
     status, _ = _post(f"{server}/generate", {"prompt": "x", "max_new_tokens": 0})
     assert status == 400
@@ -83,3 +93,13 @@ def test_service_refuses_to_start_without_a_packaged_model(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode != 0 and "no packaged model" in out.stderr
+
+
+def test_a_retrieval_bento_answers_with_its_sources(packaged_rag):
+    """The +rag variant's bento retrieves from the index it ships, for each request, and names what it used."""
+    with serving(packaged_rag["package"]["bento"]) as base:
+        status, body = _post(f"{base}/generate", {"prompt": "What does `heapq.heappush` do?", "max_new_tokens": 8})
+    assert status == 200, body
+    assert len(body["sources"]) == 2, "integrate.top_k passages"
+    assert body["sources"][0]["section"] == "heapq.heappush", "the best passage is the function's own section"
+    assert all(s["source"].endswith("api-heapq.md") and s["text"] for s in body["sources"])

