@@ -10,7 +10,8 @@ models/index/ by default, or in a Chroma server (`integrate.store.url`). Embeddi
 content hash, so an added or edited document costs only its own chunks.
 
 Retrieval is measured on the eval rows that name their `source` (the section or document that answers them):
-recall@1/5/10 and MRR for dense search and for hybrid search (BM25 from `bm25s` + dense, reciprocal-rank fusion).
+recall@1/5/10 and MRR for dense search and for hybrid search (BM25 from `bm25s` + dense, reciprocal-rank fusion),
+and with `integrate.rerank_model` for that search re-ordered by a cross-encoder.
 """
 
 from __future__ import annotations
@@ -228,7 +229,12 @@ def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
     rows = [r for r in rows if r["source"] in by_section]
     if not rows:
         return {"retrieval_eval_rows": 0}
-    ranked = Retriever(client, p.store.collection, model, p.search, p.top_k).rankings(
+    reranker = None
+    if p.rerank_model:
+        from sentence_transformers import CrossEncoder
+
+        reranker = CrossEncoder(p.rerank_model, device="cpu")
+    ranked = Retriever(client, p.store.collection, model, p.search, p.top_k, reranker, p.rerank_depth).rankings(
         [r["prompt"] for r in rows], CANDIDATES)
     relevant = [by_section[r["source"]] for r in rows]
     return {"retrieval_eval_rows": len(rows), "search": p.search,
@@ -236,10 +242,11 @@ def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
 
 
 def _write_index_card(folder: Path, params: Params, chunks: list[dict]) -> None:
-    write_json(folder / "lifecycle.json", {"embedding_model": params.integrate.embedding_model,
-                                           "collection": params.integrate.store.collection,
-                                           "url": params.integrate.store.url, "chunks": len(chunks),
-                                           "search": params.integrate.search, "top_k": params.integrate.top_k})
+    p = params.integrate
+    write_json(folder / "lifecycle.json", {"embedding_model": p.embedding_model, "collection": p.store.collection,
+                                           "url": p.store.url, "chunks": len(chunks), "search": p.search,
+                                           "top_k": p.top_k, "rerank_model": p.rerank_model,
+                                           "rerank_depth": p.rerank_depth})
 
 
 def _slug(ref: str) -> str:

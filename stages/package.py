@@ -168,9 +168,12 @@ def ship_index(paths, model_dir: Path) -> dict:
     card = read_json(Path(paths.index) / CARD)
     if card.get("url"):
         (model_dir / "index").mkdir()
-        write_json(model_dir / "index" / CARD, card)
     else:
         shutil.copytree(paths.index, model_dir / "index")
+    if card.get("rerank_model") and Path(card["rerank_model"]).is_dir():  # a local reranker travels too
+        shutil.copytree(card["rerank_model"], model_dir / "index" / "reranker")
+        card = {**card, "rerank_model": "reranker"}
+    write_json(model_dir / "index" / CARD, card)
     return card
 
 

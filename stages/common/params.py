@@ -362,6 +362,10 @@ class Integrate(Strict):
     overlap_tokens: NonNegInt = 16                  # the previous chunk's last sentences repeated, at most this many
     top_k: PosInt = 3                               # chunks put into a prompt
     search: Literal["dense", "hybrid"] = "hybrid"   # hybrid: BM25 + dense, reciprocal-rank fusion
+    # A cross-encoder (local folder or hub id, sentence-transformers CrossEncoder) re-scoring the search's first
+    # `rerank_depth` chunks; null: no reranking (the offline default has no reranking model).
+    rerank_model: str | None = None
+    rerank_depth: PosInt = 20
     batch_size: PosInt = 64
     store: Store = Store()
 

