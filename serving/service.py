@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -79,17 +77,13 @@ class Lifecycle:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
         self.renderer = prompting.Renderer.load(path, self.tokenizer)
-        self.retriever, self._index = None, None
-        if (path / "index" / retrieval.CARD).is_file():
-            # A working copy: Chroma writes to its folder, and the model store's copy stays as it was packaged.
-            self._index = tempfile.mkdtemp(prefix="lifecycle-index-")
-            shutil.copytree(path / "index", self._index, dirs_exist_ok=True)
-            self.retriever = retrieval.Retriever.open(self._index)
+        # The shipped index (a _rag variant): searched on a working copy, the model store's stays as packaged.
+        self.retriever = retrieval.Retriever.open(path / "index") if (path / "index" / retrieval.CARD).is_file() else None
 
     @bentoml.on_shutdown
     def remove_index_copy(self) -> None:
-        if self._index:
-            shutil.rmtree(self._index, ignore_errors=True)
+        if self.retriever and self.retriever.working_copy:
+            self.retriever.working_copy.cleanup()
 
     @bentoml.api
     def generate(

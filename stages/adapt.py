@@ -68,13 +68,20 @@ def raft_rows(rows: list[dict], retriever, oracle_fraction: float, seed: int) ->
     return out
 
 
-def check_lengths(renderer, rows: list[dict], max_length: int) -> None:
-    """A row longer than the trainer's max_length would lose its answer to truncation: say so, with the numbers."""
-    longest = max(renderer.count(r["prompt"] + r["completion"]) for r in rows)
-    if longest > max_length:
-        raise ProjectError([f"`adapt.trainer.max_length` {max_length}: the longest training row is {longest} tokens "
-                            "(with RAFT, its retrieved chunks included), so its answer would be cut off: raise "
-                            f"max_length to at least {longest}, or lower integrate.top_k or integrate.chunk_tokens"])
+def check_lengths(renderer, rows: list[dict], max_length: int, raft: bool) -> None:
+    """A row longer than the trainer's max_length loses the end of its answer to truncation. With RAFT (the
+    retrieved chunks make every row long) that is an error naming the numbers; otherwise a warning (the data stage's
+    `data.max_length` is the row gate, counted in another tokenizer)."""
+    lengths = [renderer.count(r["prompt"] + r["completion"]) for r in rows]
+    over = sum(n > max_length for n in lengths)
+    if over and raft:
+        raise ProjectError([f"`adapt.trainer.max_length` {max_length}: {over} RAFT training rows are longer, the "
+                            f"longest {max(lengths)} tokens with its retrieved chunks, so their answers would be cut "
+                            f"off: raise max_length to at least {max(lengths)}, or lower integrate.top_k or "
+                            "integrate.chunk_tokens"])
+    if over:
+        log.warning("%d training rows are longer than adapt.trainer.max_length %d (the longest %d tokens): their "
+                    "answers are truncated", over, max_length, max(lengths))
 
 
 def sft_config(params: Params, output_dir: Path, device: str):
@@ -138,7 +145,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
                 "raft_rows_without_oracle": sum(r["oracle"] is False for r in rows),
                 "raft_rows_without_source": sum(r["oracle"] is None for r in rows)}
     rendered = sft_rows(renderer, rows)
-    check_lengths(renderer, rendered, p.trainer.max_length)
+    check_lengths(renderer, rendered, p.trainer.max_length, p.raft.enabled)
     train = Dataset.from_list(rendered)
     peft_config = None if p.technique is Technique.full else LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
     trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,

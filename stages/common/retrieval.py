@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class Retriever:
 
         self.client, self.embedder, self.search_kind, self.top_k = client, embedder, search, top_k
         self.reranker, self.rerank_depth = reranker, rerank_depth
+        self.working_copy = None  # Retriever.open's copy of an embedded index (a TemporaryDirectory)
         self.collection = client.get_collection(collection, embedding_function=None)
         held = self.collection.get(include=["documents", "metadatas"])
         self.chunks = {i: {"id": i, "text": t, **(m or {})}
@@ -83,20 +86,29 @@ class Retriever:
 
     @classmethod
     def open(cls, folder: str | Path, embedder=None) -> Retriever:
-        """The retriever an index folder describes (its card); `embedder` reuses an already loaded model."""
+        """The retriever an index folder describes (its card); `embedder` reuses an already loaded model. The
+        folder itself is only read."""
         folder = Path(folder)
         card = json.loads((folder / CARD).read_text(encoding="utf-8"))
         if not card.get("chunks"):
             raise ValueError(f"{folder}: the index is empty (the project has no knowledge documents)")
+        work = None
+        if not card.get("url"):
+            # Chroma writes to the folder it opens (its SQLite journal), and the folder is a DVC output or the
+            # model store's packaged copy: search a working copy, removed with the retriever.
+            work = tempfile.TemporaryDirectory(prefix="lifecycle-index-")
+            shutil.copytree(folder, work.name, dirs_exist_ok=True)
         reranker = None
         if card.get("rerank_model"):
             from sentence_transformers import CrossEncoder
 
             ref = card["rerank_model"]  # a folder shipped inside the index is named relative to it
             reranker = CrossEncoder(str(folder / ref) if (folder / ref).is_dir() else ref, device="cpu")
-        return cls(connect(folder, card.get("url")), card["collection"],
-                   embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"], reranker,
-                   card.get("rerank_depth", 20))
+        retriever = cls(connect(Path(work.name) if work else None, card.get("url")), card["collection"],
+                        embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"],
+                        reranker, card.get("rerank_depth", 20))
+        retriever.working_copy = work
+        return retriever
 
     def _queries(self, queries: list[str]):
         tok, limit = self.embedder.tokenizer, self.embedder.max_seq_length

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stages.common.io import read_json, read_jsonl, write_jsonl
-from stages.common.retrieval import fuse
+from stages.common.retrieval import Retriever, fuse
 from stages.integrate import retrieval_metrics, sections, split
 from tests.conftest import REPO
 
@@ -79,6 +79,13 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
     assert first["retrieval_eval_rows"] == len(names)
     assert first["hybrid"]["recall@10"] >= 0.9 and first["dense"]["recall@10"] >= 0.8, first
     assert read_json(Path(paths.metrics) / "integrate.json") == json.loads(json.dumps(first))
+    before = _digest(Path(paths.index))
+    retriever = Retriever.open(paths.index)
+    assert len(retriever.search(["What does `heapq.heappush` do?"])[0]) == params.integrate.top_k
+    assert _digest(Path(paths.index)) == before, "searching leaves the DVC output as it was (a working copy)"
+    work = Path(retriever.working_copy.name)
+    del retriever
+    assert not work.exists(), "the working copy goes with the retriever"
     client = chromadb.PersistentClient(path=paths.index)
     assert client.get_collection("knowledge").count() == first["chunks"]
     del client
@@ -90,6 +97,13 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
     write_jsonl(Path(paths.processed) / "knowledge.jsonl", docs)
     second = integrate.run(params, paths)["metrics"]
     assert second["embedded"] == 1 and second["reused"] == first["chunks"] and second["chunks"] == first["chunks"] + 1
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 def _free_port() -> int:
