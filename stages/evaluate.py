@@ -6,7 +6,8 @@ Variants: the selected base model zero-shot and with the searched prompt (the ba
 DPO-aligned model; with a knowledge index (the `integrate` stage), each of these but the prompted baseline also
 answers with the retrieved chunks in its prompt (`baseline_rag`, `sft_rag`, `aligned_rag`): prompting, RAG,
 fine-tuning and fine-tuning + RAG on the same rows. `baseline_rag` is a baseline (tuning must beat RAG alone);
-a tuned `_rag` twin may be the candidate, and then the package ships the index with the model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
+a tuned `_rag` twin may be the candidate when it beats its own model with confidence (`retrieval_pays`), and
+then the package ships the index with the model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
 perplexity of the reference answers, latency per answer and perplexity on the general split (the forgetting
 check). Prompts come from the one renderer, as in training and serving. The candidate is the tuned variant best
 on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the best baseline on that
@@ -162,6 +163,26 @@ def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[s
     return intervals, comparisons
 
 
+def retrieval_pays(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], rag: str) -> dict | None:
+    """A `_rag` twin costs retrieval at every request and an index to ship: it is the candidate only when it beats
+    its own model on the primary metric with confidence (the paired interval of the difference excludes 0).
+    None when the primary metric is one number measured on the model (no rows to pair)."""
+    from stages.common.confidence import Resampling, paired
+
+    metric = params.scope.kpis[0].metric
+    if REGISTRY[metric].compute is None:
+        return None
+    model = rag.removesuffix(RAG)
+    how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
+    refs = [r["references"] for r in eval_rows]
+    kw = {**context(params), "questions": [r["prompt"] for r in eval_rows]}
+    c = paired(metric, answers[rag], answers[model], refs, how, row_scores(metric, answers[rag], refs, **kw),
+               row_scores(metric, answers[model], refs, **kw), **kw)
+    higher = params.scope.kpis[0].direction == "higher"
+    return {"rag": rag, "model": model, "metric": metric, **{k: round(v, 4) for k, v in c.items()},
+            "pays": bool(c["ci_low"] > 0 if higher else c["ci_high"] < 0)}
+
+
 def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
     """The guardrails and, per variant, how many answers broke each one (None: the project declares none)."""
     if "guardrail_violations" not in evaluated_text_metrics(params):
@@ -208,6 +229,9 @@ def run(params: Params, paths: Paths) -> dict:
         tuned = [n for n in specs if n not in BASELINES] or ["baseline_prompted"]  # prompting only: ship the prompt
         values = {n: results[n][primary.metric] for n in tuned}
         candidate = (max if primary.direction == "higher" else min)(values, key=values.get)
+        rag_check = retrieval_pays(params, eval_rows, answers, candidate) if candidate.endswith(RAG) else None
+        if rag_check and not rag_check["pays"]:
+            candidate = rag_check["model"]  # no better with confidence: the simpler variant ships
         baselines = {n: results[n] for n in BASELINES if n in results and n != candidate}
         intervals, comparisons = uncertainty(params, eval_rows, answers, candidate, baselines)
         forgetting = ({"before": results["baseline_zero_shot"]["perplexity_general"],
@@ -233,6 +257,7 @@ def run(params: Params, paths: Paths) -> dict:
             "metrics": project_metrics(params),
             "not_reached": not_reached(paths),
             "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
+            "retrieval_pays": rag_check,
         }
         mlflow.log_metrics({f"{n}.{m}.{end}": i[end] for n in intervals for m, i in intervals[n].items()
                             for end in ("ci_low", "ci_high")})
@@ -308,6 +333,11 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
         r = report["retrieval"]
         lines += ["", f"`{RAG[1:]}` variants: the same model with the {r['top_k']} chunks the index retrieves for the "
                   f"question ({r['search']} search over {r['chunks']} chunks, {r['embedding_model']}) in its prompt."]
+    if report.get("retrieval_pays"):
+        c = report["retrieval_pays"]
+        lines += ["", f"{c['rag']} vs {c['model']} on {c['metric']}: {c['difference']:+} [{c['ci_low']:+}, "
+                  f"{c['ci_high']:+}], p={c['p_value']}: " + (f"retrieval pays, {c['rag']} is the candidate"
+                  if c["pays"] else f"not better with confidence, the simpler {c['model']} is the candidate")]
     level = f"{report['confidence_level']:.0%}"
     lines += ["", f"Brackets: {level} bootstrap confidence intervals over the eval rows ({report['resamples']} "
               f"resamples, percentile method). Decoding: {report['decoding']}."]

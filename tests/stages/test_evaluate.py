@@ -109,3 +109,21 @@ def test_the_judge_joins_the_intervals_when_configured(prepared):
     intervals, _ = uncertainty(params, rows, answers, "sft", {"baseline_zero_shot": {}, "baseline_prompted": {}})
     judged = intervals["sft"]["judge_score"]
     assert 1 <= judged["ci_low"] <= judged["ci_high"] <= 5
+
+
+def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(prepared):
+    from stages.common.params import Kpi
+    from stages.evaluate import retrieval_pays
+
+    params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"kpis": [
+        Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")]})})
+    rows = [{"prompt": f"What does `m.f{i}` do?", "references": [f"Return the value number {i} of the list."]}
+            for i in range(40)]
+    right = [r["references"][0] for r in rows]
+    wrong = ["Open a socket." for _ in rows]
+    pays = retrieval_pays(params, rows, {"sft_rag": right, "sft": wrong}, "sft_rag")
+    assert pays["pays"] and pays["model"] == "sft" and pays["difference"] > 0.5 and pays["ci_low"] > 0
+    same = retrieval_pays(params, rows, {"sft_rag": right[:20] + wrong[20:], "sft": wrong[:20] + right[20:]}, "sft_rag")
+    assert not same["pays"] and same["difference"] == 0, "a tie keeps the simpler variant"
+    assert retrieval_pays(prepared, rows, {"sft_rag": right, "sft": wrong}, "sft_rag") is None, \
+        "latency, the tiny project's primary metric, has no rows to pair"
