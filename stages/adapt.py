@@ -5,9 +5,9 @@
 
 SFT trains on prompt/completion pairs, the loss on the completion only. With `adapt.raft`, each question is
 trained with retrieved chunks in its prompt, its source chunk among distractors (RAFT, see `raft_rows`), so the
-model learns to answer from the right passage: its `sft_rag` variant is evaluated with retrieval. A killed run resumes from its last
-checkpoint (kept under models/.checkpoints/, keyed by the configuration so a changed config never resumes a
-stale one).
+model learns to answer from the right passage: its `sft_rag` variant is evaluated with retrieval. A killed run
+resumes from its last checkpoint (kept under models/.checkpoints/, keyed by the configuration so a changed config
+never resumes a stale one).
 """
 
 from __future__ import annotations
