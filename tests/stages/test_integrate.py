@@ -144,6 +144,17 @@ def test_server_mode_against_a_real_chroma_server(knowledge_project, tmp_path):
         remote = chromadb.HttpClient(host="127.0.0.1", port=port).get_collection("helpdesk-docs")
         assert remote.count() == metrics["chunks"]
         assert read_json(Path(paths.index) / "lifecycle.json")["url"] == url
+        question = "What does `heapq.heappush` do?"
+        retriever = Retriever.open(paths.index)  # the card alone: it connects to the server, copies nothing
+        assert retriever.working_copy is None
+        assert retriever.search([question])[0][0]["section"] == "heapq.heappush"
+        from stages.package import ship_index
+
+        model_dir = tmp_path / "model"
+        model_dir.mkdir()
+        assert ship_index(paths, model_dir)["url"] == url
+        assert [f.name for f in (model_dir / "index").iterdir()] == ["lifecycle.json"], "a server index ships its card"
+        assert Retriever.open(model_dir / "index").search([question])[0][0]["section"] == "heapq.heappush"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
