@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-data bench-evaluate bench-integrate clean
+.PHONY: install run test test-fast bench bench-data bench-evaluate bench-integrate bench-serve clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,9 @@ bench-evaluate: install
 
 bench-integrate: install
 	$(BIN)/python bench/integrate.py
+
+bench-serve: install
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft \

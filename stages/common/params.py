@@ -71,6 +71,7 @@ class ChatTemplate(str, Enum):
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
 
 
 class Project(Strict):
@@ -351,6 +352,47 @@ class Package(Strict):
     promote: Literal["beats_champion", "always"] = "beats_champion"
 
 
+class Resources(Strict):
+    """What a cloud or cluster schedules the service on (BentoML's service resources; k8s requests and limits)."""
+    cpu: str = "1"
+    memory: str | None = "2Gi"
+    gpu: NonNegInt = 0
+    gpu_type: str | None = None          # e.g. nvidia-l4 (BentoCloud); a node label value on Kubernetes
+
+
+class Serve(Strict):
+    """The service package builds into the bento (serving/service.py reads them from the bento, not from here)."""
+    max_batch_size: PosInt = 8           # concurrent requests generated together
+    batch_wait_ms: NonNegFloat = 5       # how long a lone request waits for others to join its batch
+    max_queue: PosInt = 64               # requests waiting beyond this are refused: 429 with Retry-After
+    request_timeout_s: PosFloat = 60     # a request not answered in time: 504
+    max_new_tokens: PosInt = 256         # the most tokens a request may ask for
+    backend: Literal["transformers"] = "transformers"
+    resources: Resources = Resources()
+
+
+class BentoCloud(Strict):
+    instance_type: str | None = None     # null: BentoCloud picks one from the resources
+    scaling_min: NonNegInt = 1
+    scaling_max: PosInt = 1
+
+
+class Kubernetes(Strict):
+    namespace: str = "default"
+    replicas: PosInt = 1
+    max_replicas: PosInt = 4             # the HorizontalPodAutoscaler's ceiling
+    target_cpu_percent: Annotated[int, Field(ge=1, le=100)] = 70
+    api_key_secret: str | None = None    # a Secret (key `api-keys`) whose value becomes LIFECYCLE_API_KEYS
+    port: PosInt = 3000
+
+
+class Deploy(Strict):
+    """`lifecycle deploy --target ...`: read when deploying, never by the pipeline."""
+    image: str | None = None             # the container image's repository; null: the bento's name
+    bentocloud: BentoCloud = BentoCloud()
+    k8s: Kubernetes = Kubernetes()
+
+
 class Store(Strict):
     url: str | None = None                  # null: Chroma embedded in paths.index; else a Chroma server, http://host:port
     collection: str = "knowledge"
@@ -396,6 +438,8 @@ class Params(Strict):
     integrate: Integrate = Integrate()
     evaluate: Evaluate
     package: Package = Package()
+    serve: Serve = Serve()
+    deploy: Deploy = Deploy()
     ladder: Ladder = Ladder()
     orchestration: Orchestration = Orchestration()
 

@@ -111,7 +111,7 @@ class Renderer:
         messages += record.get("history") or []
         return messages + [{"role": "user", "content": self.user_turn(record)}]
 
-    def _render(self, record: dict, examples: list[dict]) -> str:
+    def render(self, record: dict, examples: list[dict]) -> str:
         if not self.chat:
             return self._plain(record, examples)
         return self.tokenizer.apply_chat_template(self.messages(record, examples), tokenize=False,
@@ -133,7 +133,7 @@ class Renderer:
         passages = list(record.get("context") or [])
         budget = max_new_tokens if max_new_tokens is not None else self.fmt.max_new_tokens
         while True:
-            text = self._render({**record, "context": passages}, shots)
+            text = self.render({**record, "context": passages}, shots)
             if self.context is None:
                 return text
             tokens = self.count(text)

@@ -40,6 +40,11 @@ def test_passing_model_is_registered_champion_and_bento(packaged, prepared):
     assert int(champion.version) == record["version"]
     bento = bentoml.get(record["bento"])
     assert record["bentoml_model"] in [str(m.tag) for m in bento.info.models]
+    # The serving settings travel in the bento; the resources reach its service configuration (cloud targets).
+    packed = read_json(Path(bento.path) / "src" / "packaged_model.json")
+    assert packed == {"tag": record["bentoml_model"], "serve": prepared.serve.model_dump()}
+    assert bento.info.services[0].config["resources"] == {"cpu": "1", "memory": "2Gi"}
+    assert (Path(bento.path) / "src" / "engine.py").is_file()
     model_dir = Path(prepared.paths.package) / "model"
     assert (model_dir / "lifecycle.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("adapter_*")), "merged: one plain model folder"

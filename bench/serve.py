@@ -1,0 +1,196 @@
+"""Serving benchmark: the champion's bento under concurrent clients, next to one sequential client and next to a
+naive one-request-at-a-time transformers server on the same model, in one run.
+
+    make bench-serve              # after `make run`; or: .venv/bin/python bench/serve.py [--requests 96]
+
+1. Our server (`bentoml serve` of the champion's bento, the batching engine): one client sending requests one
+   after another, then 16 concurrent clients. Throughput (requests/s), p50/p95 latency, errors.
+2. The naive server (below, bench only): stdlib HTTPServer, one request at a time, `model.generate` per request,
+   the same renderer, greedy, the same stop sequences and max_new_tokens. 16 concurrent clients again.
+Targets (the serving issue): 16 clients >= 4x one sequential client; >= 1.5x the naive server; zero errors.
+The questions are the eval split's, so both servers do the same work. Read the ratios: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, float]:
+    start = time.perf_counter()
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError:
+        status = 0
+    return status, time.perf_counter() - start
+
+
+def load(url: str, bodies: list[dict], clients: int) -> dict:
+    """`clients` threads sending `bodies` (each once); throughput, latency percentiles, errors."""
+    import numpy as np
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda b: post(url, b), bodies))
+    elapsed = time.perf_counter() - start
+    latencies = [s for _, s in results]
+    return {"clients": clients, "requests": len(bodies), "rps": len(bodies) / elapsed,
+            "p50_ms": float(np.percentile(latencies, 50)) * 1000, "p95_ms": float(np.percentile(latencies, 95)) * 1000,
+            "errors": sum(1 for status, _ in results if status != 200)}
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, seconds: int = 120) -> None:
+    for _ in range(seconds * 2):
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer in {seconds} s")
+
+
+def naive_server(model_dir: Path, port: int) -> HTTPServer:
+    """One request at a time, one `generate` each: what a hand-written transformers endpoint usually is."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.common.prompting import Renderer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    renderer = Renderer.load(model_dir, tokenizer)
+    stops = [] if renderer.chat else [s for s in renderer.fmt.stop if s]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            n = body.get("max_tokens") or renderer.fmt.max_new_tokens
+            ids = tokenizer(renderer.prompt({"prompt": body["prompt"]}, max_new_tokens=n), return_tensors="pt",
+                            add_special_tokens=not renderer.chat)
+            with torch.no_grad():
+                out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                                     stop_strings=stops or None, tokenizer=tokenizer)
+            text = renderer.cut(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            data = json.dumps({"choices": [{"text": text}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", port), Handler)
+    server.request_queue_size = 128  # the clients wait in the socket backlog, none refused
+    return server
+
+
+def champion_bento(bento: str | None = None) -> tuple[str, Path]:
+    import bentoml
+    from mlflow import MlflowClient
+
+    from stages.common.cli import project_environment
+    from stages.common.params import load_params
+    from stages.common.tracking import configure
+
+    project_environment(REPO)
+    params = load_params(REPO / "params.yaml")
+    configure(params.project.name)
+    bento = bento or MlflowClient().get_model_version_by_alias(params.project.name, "champion").tags["lifecycle.bento"]
+    model_tag = json.loads((Path(bentoml.bentos.get(bento).path) / "src" / "packaged_model.json").read_text())["tag"]
+    return bento, Path(bentoml.models.get(model_tag).path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=96, help="requests per measurement")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="override one of the bento's `serve:` settings, e.g. --set max_batch_size=16")
+    parser.add_argument("--bento", help="a bento of the project other than the champion's (e.g. a challenger)")
+    args = parser.parse_args()
+    os.chdir(REPO)
+    from stages.common.io import read_jsonl
+
+    bento, model_dir = champion_bento(args.bento)
+    questions = [r["prompt"] for r in read_jsonl(REPO / "data/processed/eval.jsonl")]
+    bodies = [{"prompt": questions[i % len(questions)]} for i in range(args.requests)]
+    print(f"bento {bento}; {args.requests} requests per run (eval questions, greedy, the packaged max_new_tokens)"
+          + (f"; settings {', '.join(args.set)}" if args.set else ""))
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    for setting in args.set:
+        key, value = setting.split("=", 1)
+        env[f"LIFECYCLE_SERVE_{key.upper()}"] = value
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", bento, "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    rows = {}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"{base}/readyz", proc)
+        url = f"{base}/v1/completions"
+        load(url, bodies[:8], 4)  # warm-up
+        rows["ours, 1 sequential client"] = load(url, bodies, 1)
+        rows[f"ours, {args.clients} concurrent clients"] = load(url, bodies, args.clients)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+    port = free_port()
+    naive = naive_server(model_dir, port)
+    thread = threading.Thread(target=naive.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        load(url, bodies[:8], 4)
+        rows[f"naive, {args.clients} concurrent clients"] = load(url, bodies, args.clients)
+    finally:
+        naive.shutdown()
+
+    print(f"\n{'server, clients':<36} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
+    for name, r in rows.items():
+        print(f"{name:<36} {r['rps']:>8.1f} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['errors']:>7}")
+    one, many, base_naive = rows.values()
+    print(f"\n{args.clients} concurrent / 1 sequential (ours): {many['rps'] / one['rps']:.2f}x (target >= 4)")
+    print(f"ours / naive at {args.clients} concurrent clients: {many['rps'] / base_naive['rps']:.2f}x (target >= 1.5)")
+    print(f"errors: {sum(r['errors'] for r in rows.values())} (target 0)")
+
+
+if __name__ == "__main__":
+    main()

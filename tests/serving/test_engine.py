@@ -1,0 +1,145 @@
+"""The batching engine in-process, on the packaged tiny model: batching changes no greedy answer, the queue is
+bounded, a late request is dropped, stops and streams agree with whole answers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from serving import engine
+from stages.common.io import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def loaded(packaged, prepared):
+    """The packaged model's tokenizer and renderer, and its architecture with random weights (seeded, spread
+    wide): the trained tiny model answers nearly everything with spaces, random weights say something different
+    to every prompt, which is what a batching test needs to see."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from stages.common.prompting import Renderer
+
+    folder = Path(prepared.paths.package) / "model"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.initializer_range = 0.5
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    renderer = Renderer.load(folder, tokenizer)
+    rows = read_jsonl(Path(prepared.paths.processed) / "eval.jsonl")
+    ids = [renderer.encode(renderer.prompt({**r, "context": None})) for r in rows]
+    return model, tokenizer, renderer, ids
+
+
+def make(loaded, raw: bool = False, **kw) -> tuple[engine.Engine, list[int]]:
+    """The engine as the service builds it; `raw`: without the renderer's stop at the end of a line, so that
+    answers run on (random weights start new lines early)."""
+    model, tokenizer, renderer, _ = loaded
+    sizes: list[int] = []
+    eng = engine.Engine(model, tokenizer, str.strip if raw else renderer.cut,
+                        [] if raw or renderer.chat else renderer.fmt.stop,
+                        counters=engine.Counters(batch=sizes.append), **kw)
+    return eng, sizes
+
+
+def answer_all(eng: engine.Engine, jobs: list[engine.Job], timeout: float = 120):
+    async def go():
+        return await asyncio.gather(*[eng.enqueue(j, timeout) for j in jobs], return_exceptions=True)
+    return asyncio.run(go())
+
+
+def test_a_batched_greedy_answer_equals_the_same_request_alone(loaded):
+    _, _, _, ids = loaded
+    lengths = [3 + k % 9 for k in range(len(ids))]  # rows leave their batch at different steps
+    batched, sizes = make(loaded, raw=True, max_batch_size=8, batch_wait_ms=50)
+    together = answer_all(batched, [engine.Job(i, n) for i, n in zip(ids, lengths)])
+    assert max(sizes) > 1, "concurrent requests were generated together"
+    alone, alone_sizes = make(loaded, raw=True, max_batch_size=1)
+    one_by_one = [answer_all(alone, [engine.Job(i, n)])[0] for i, n in zip(ids, lengths)]
+    assert len({r.text for r in one_by_one}) > len(ids) // 2, "the prompts get different answers"
+    assert set(alone_sizes) == {1}
+    assert [r.text for r in together] == [r.text for r in one_by_one]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in one_by_one]
+    assert all(r.finish_reason in ("stop", "length") and r.prompt_tokens > 0 for r in together)
+    assert any(r.batch_size > 1 for r in together)
+
+
+def test_rows_of_one_batch_stop_at_their_own_max_new_tokens(loaded):
+    _, _, _, ids = loaded
+    eng, sizes = make(loaded, raw=True, max_batch_size=4, batch_wait_ms=50)
+    short, long = answer_all(eng, [engine.Job(ids[0], 1), engine.Job(ids[0], 30)])
+    assert sizes == [2]
+    assert short.completion_tokens <= 1 and short.finish_reason in ("length", "stop")
+    assert long.text.startswith(short.text)
+
+
+def test_a_full_queue_refuses_at_once_and_the_engine_goes_on(loaded):
+    _, _, _, ids = loaded
+    eng, _ = make(loaded, max_queue=2)
+
+    async def go():
+        first = [eng.enqueue(engine.Job(ids[0], 4), 60) for _ in range(2)]
+        with pytest.raises(engine.QueueFull) as refused:
+            eng.enqueue(engine.Job(ids[0], 4), 60)
+        assert refused.value.retry_after >= 1 and "busy" in str(refused.value)
+        return await asyncio.gather(*first)
+
+    assert len(asyncio.run(go())) == 2
+
+
+def test_a_request_past_its_timeout_is_dropped_and_the_next_is_answered(loaded):
+    _, _, _, ids = loaded
+    eng, _ = make(loaded)
+
+    async def go():
+        with pytest.raises(engine.Timeout):
+            await eng.enqueue(engine.Job(ids[0], 200), 0.0001)
+        return await eng.enqueue(engine.Job(ids[0], 4), 60)
+
+    assert asyncio.run(go()).completion_tokens >= 1
+
+
+def talkative(eng: engine.Engine, ids: list[list[int]]) -> tuple[list[int], engine.Result]:
+    """A prompt answered with a few characters at least, and its answer."""
+    for prompt, result in zip(ids, answer_all(eng, [engine.Job(i, 20) for i in ids])):
+        if len(result.text) >= 4:
+            return prompt, result
+    pytest.fail("every eval question was answered with less than 4 characters")
+
+
+def test_a_stop_sequence_ends_the_answer_where_it_appears(loaded):
+    _, _, _, ids = loaded
+    eng, _ = make(loaded, raw=True)
+    prompt, whole = talkative(eng, ids)
+    stop = whole.text[2:4]
+    cut = answer_all(eng, [engine.Job(prompt, 20, stop=(stop,))])[0]
+    assert cut.text == whole.text[:whole.text.index(stop)].strip() and cut.finish_reason == "stop"
+
+
+def test_streamed_deltas_add_up_to_the_whole_answer(loaded):
+    _, _, _, ids = loaded
+    eng, sizes = make(loaded, raw=True)
+    prompt, whole = talkative(eng, ids)
+
+    async def go():
+        job = engine.Job(prompt, 20, stream=asyncio.Queue())
+        result = await eng.enqueue(job, 60)
+        deltas = []
+        while not job.stream.empty():
+            deltas.append(job.stream.get_nowait())
+        return result, deltas
+
+    result, deltas = asyncio.run(go())
+    assert result.text == whole.text
+    assert len(deltas) >= 2 and whole.text.startswith("".join(deltas)), "sent as generated, each part final"
+
+
+def test_seeded_sampling_repeats_and_runs_alone(loaded):
+    _, _, _, ids = loaded
+    eng, sizes = make(loaded, max_batch_size=8, batch_wait_ms=50)
+    hot = engine.Sampling(temperature=1.5, top_p=0.95, top_k=50, seed=7)
+    a, b = answer_all(eng, [engine.Job(ids[3], 16, hot), engine.Job(ids[3], 16, hot)])
+    assert a.text == b.text and sizes == [1, 1], "a seeded request is its own batch, so its seed decides it"
