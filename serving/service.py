@@ -42,8 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 MODEL_TAG_ENV = "LIFECYCLE_MODEL_TAG"
 PACKAGED_MODEL = Path(__file__).with_name("packaged_model.json")
 MAX_PROMPT_CHARS = 4000
-# params `serve:` defaults, for a bento packaged before the settings travelled with it.
-DEFAULTS = {"max_batch_size": 8, "batch_wait_ms": 5, "max_queue": 64, "request_timeout_s": 60,
+# params `serve:` defaults, for the service run from the repository with LIFECYCLE_MODEL_TAG (no packaged_model.json).
+DEFAULTS = {"max_batch_size": 16, "batch_wait_ms": 5, "max_queue": 64, "request_timeout_s": 60,
             "max_new_tokens": 256, "resources": {"cpu": "1"}}
 OPEN_PATHS = {"/readyz", "/livez", "/healthz", "/metrics"}   # probes and scrapers need no key
 

@@ -362,7 +362,7 @@ class Resources(Strict):
 
 class Serve(Strict):
     """The service package builds into the bento (serving/service.py reads them from the bento, not from here)."""
-    max_batch_size: PosInt = 8           # concurrent requests generated together
+    max_batch_size: PosInt = 16          # concurrent requests decoded together
     batch_wait_ms: NonNegFloat = 5       # how long a lone request waits for others to join its batch
     max_queue: PosInt = 64               # requests waiting beyond this are refused: 429 with Retry-After
     request_timeout_s: PosFloat = 60     # a request not answered in time: 504

@@ -143,3 +143,24 @@ def test_seeded_sampling_repeats_and_runs_alone(loaded):
     hot = engine.Sampling(temperature=1.5, top_p=0.95, top_k=50, seed=7)
     a, b = answer_all(eng, [engine.Job(ids[3], 16, hot), engine.Job(ids[3], 16, hot)])
     assert a.text == b.text and sizes == [1, 1], "a seeded request is its own batch, so its seed decides it"
+
+
+def test_engine_answers_equal_what_evaluate_generates(loaded):
+    """The engine's decoding loop against `model.generate` as evaluate calls it (batched, left-padded, cut by the
+    renderer), without and with a repetition penalty in the model's generation config."""
+    from stages.common.models import generate
+
+    model, _, renderer, ids = loaded
+    prompts = [renderer.tokenizer.decode(i) for i in ids]
+    answers = {}
+    try:
+        for penalty in (None, 1.5):
+            model.generation_config.repetition_penalty = penalty
+            expected = generate(model, renderer, prompts, 12, batch_size=16).answers
+            eng, _ = make(loaded, max_batch_size=16, batch_wait_ms=50)
+            served = answer_all(eng, [engine.Job(i, 12) for i in ids])
+            assert [r.text for r in served] == expected, penalty
+            answers[penalty] = expected
+    finally:
+        model.generation_config.repetition_penalty = None
+    assert len(set(answers[None])) > 1 and answers[None] != answers[1.5], "the penalty changed answers"
