@@ -7,6 +7,8 @@ naive one-request-at-a-time transformers server on the same model, in one run.
    after another, then 16 concurrent clients. Throughput (requests/s), p50/p95 latency, errors.
 2. The naive server (below, bench only): stdlib HTTPServer, one request at a time, `model.generate` per request,
    the same renderer, greedy, the same stop sequences and max_new_tokens. 16 concurrent clients again.
+3. The engine alone, in this process (no HTTP): the same requests in batches of 1, then of up to 16, with one
+   torch thread as the service runs it: how much of the gap is the model's compute and how much the HTTP layer.
 Targets (the serving issue): 16 clients >= 4x one sequential client; >= 1.5x the naive server; zero errors.
 The questions are the eval split's, so both servers do the same work. Read the ratios: the machine is shared.
 """
@@ -119,6 +121,33 @@ def naive_server(model_dir: Path, port: int) -> HTTPServer:
     return server
 
 
+def engine_alone(model_dir: Path, questions: list[str], batch: int) -> float:
+    """Requests/s of the service's engine without HTTP, `batch` at a time at most."""
+    import asyncio
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving import engine
+    from stages.common.prompting import Renderer
+
+    torch.set_num_threads(1)  # as the service does with serve.resources.cpu "1"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    renderer = Renderer.load(model_dir, tokenizer)
+    ids = [renderer.encode(renderer.prompt({"prompt": q})) for q in questions]
+    eng = engine.Engine(model, tokenizer, renderer.cut, [] if renderer.chat else renderer.fmt.stop,
+                        max_batch_size=batch, max_queue=len(ids))
+
+    async def answer_all():
+        await asyncio.gather(*[eng.enqueue(engine.Job(i, renderer.fmt.max_new_tokens), 600) for i in ids])
+
+    asyncio.run(answer_all())  # warm-up
+    start = time.perf_counter()
+    asyncio.run(answer_all())
+    return len(ids) / (time.perf_counter() - start)
+
+
 def champion_bento(bento: str | None = None) -> tuple[str, Path]:
     import bentoml
     from mlflow import MlflowClient
@@ -183,6 +212,9 @@ def main() -> None:
     finally:
         naive.shutdown()
 
+    questions_sent = [body["prompt"] for body in bodies]
+    alone = {size: engine_alone(model_dir, questions_sent, size) for size in (1, args.clients)}
+
     print(f"\n{'server, clients':<36} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
     for name, r in rows.items():
         print(f"{name:<36} {r['rps']:>8.1f} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['errors']:>7}")
@@ -190,6 +222,8 @@ def main() -> None:
     print(f"\n{args.clients} concurrent / 1 sequential (ours): {many['rps'] / one['rps']:.2f}x (target >= 4)")
     print(f"ours / naive at {args.clients} concurrent clients: {many['rps'] / base_naive['rps']:.2f}x (target >= 1.5)")
     print(f"errors: {sum(r['errors'] for r in rows.values())} (target 0)")
+    print(f"the engine alone, no HTTP: {alone[1]:.1f} requests/s one at a time, {alone[args.clients]:.1f} in batches "
+          f"of up to {args.clients}: {alone[args.clients] / alone[1]:.2f}x")
 
 
 if __name__ == "__main__":

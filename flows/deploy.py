@@ -116,15 +116,12 @@ def bentocloud_credentials() -> bool:
 
 
 def bentocloud_command(params, bento: str, version) -> list[str]:
-    cloud, resources = params.deploy.bentocloud, params.serve.resources
+    cloud = params.deploy.bentocloud
     command = [bentoml_cli(), "deploy", bento, "--name", k8s_name(f"{params.project.name}-v{version.version}"),
                "--scaling-min", str(cloud.scaling_min), "--scaling-max", str(cloud.scaling_max),
                "--label", f"registry-version={version.version}"]
-    if cloud.instance_type:
+    if cloud.instance_type:  # else BentoCloud picks one by the bento's resources (serve.resources)
         command += ["--instance-type", cloud.instance_type]
-    if resources.gpu and not cloud.instance_type:
-        raise DeployRefused(f"`serve.resources.gpu` is {resources.gpu}: name the GPU instance type in "
-                            "`deploy.bentocloud.instance_type` (`bentoml deployment list-instance-types`)")
     return command
 
 

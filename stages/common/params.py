@@ -372,7 +372,7 @@ class Serve(Strict):
 
 
 class BentoCloud(Strict):
-    instance_type: str | None = None     # null: BentoCloud picks one from the resources
+    instance_type: str | None = None     # null: BentoCloud picks one by serve.resources (built into the bento)
     scaling_min: NonNegInt = 1
     scaling_max: PosInt = 1
 

@@ -66,7 +66,8 @@ def serving(bento: str, env: dict | None = None, command: list[str] | None = Non
         for _ in range(120):  # bounded: up to ~60 s to become ready
             if proc.poll() is not None:
                 log.seek(0)
-                pytest.fail(f"{command[1]} serve exited with {proc.returncode}: {log.read().decode()[-3000:]}")
+                pytest.fail(f"{Path(command[0]).name} {command[1]} exited with {proc.returncode}: "
+                            f"{log.read().decode()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
                     if resp.status == 200:
@@ -241,20 +242,22 @@ def test_api_keys_and_load_past_the_queue(packaged):
 
         start, results = threading.Barrier(48), []
 
-        def client():
+        def client(k: int):  # the OpenAI endpoint and the typed one, alternately
             start.wait()
-            results.append(_post(url, body, {"Authorization": "Bearer k-one"}, full=True))
+            target, payload = (url, body) if k % 2 else (f"{base}/generate", {"prompt": body["prompt"],
+                                                                              "max_new_tokens": 64})
+            results.append((target, *_post(target, payload, {"Authorization": "Bearer k-one"}, full=True)))
 
-        threads = [threading.Thread(target=client) for _ in range(48)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(48)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
-        statuses = [r[0] for r in results]
+        statuses = [r[1] for r in results]
         assert len(statuses) == 48 and set(statuses) <= {200, 429}, statuses
         assert statuses.count(429) >= 1 and statuses.count(200) >= 2, statuses
-        assert all(int(r[2]["Retry-After"]) >= 1 and r[1]["error"]["code"] == "queue_full"
-                   for r in results if r[0] == 429)
+        assert all(int(head["Retry-After"]) >= 1 and answer["error"]["code"] == "queue_full"
+                   for target, status, answer, head in results if status == 429 and target == url)
         assert _get(f"{base}/readyz")[0] == 200 and _get(f"{base}/livez")[0] == 200
         assert _post(url, body, {"Authorization": "Bearer k-one"})[0] == 200
         assert 'lifecycle_rejected_requests_total{reason="queue_full"}' in _get(f"{base}/metrics")[1]
