@@ -51,11 +51,6 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def generate_kwargs(self) -> dict:
-        if self.greedy:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-
 
 @dataclass
 class Job:
@@ -106,7 +101,7 @@ class Engine:
         self.max_batch_size, self.batch_wait, self.max_queue = max_batch_size, batch_wait_ms / 1000, max_queue
         self.counters = counters or Counters()
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="generate")  # one generate at a time
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="generate")  # one batch at a time
         self.worker: asyncio.Task | None = None
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
