@@ -263,6 +263,15 @@ def test_api_keys_and_load_past_the_queue(packaged):
         assert 'lifecycle_rejected_requests_total{reason="queue_full"}' in _get(f"{base}/metrics")[1]
 
 
+def test_a_request_past_the_timeout_gets_504_and_the_server_goes_on(packaged):
+    with serving(packaged["package"]["bento"], env={"LIFECYCLE_SERVE_REQUEST_TIMEOUT_S": "0.001"}) as (base, _):
+        status, body = _post(f"{base}/v1/completions", {"prompt": "What does `heapq.heappush` do?"})
+        assert status == 504 and body["error"]["code"] == "timeout" and "0.001 s" in body["error"]["message"]
+        assert _post(f"{base}/generate", {"prompt": "hi"})[0] == 504
+        assert _get(f"{base}/readyz")[0] == 200
+        assert 'lifecycle_rejected_requests_total{reason="timeout"} 2.0' in _get(f"{base}/metrics")[1]
+
+
 def test_sigterm_to_lifecycle_serve_stops_the_server_and_frees_the_port(packaged, tiny_root):
     from mlflow import MlflowClient
 
