@@ -203,6 +203,11 @@ class Source(BaseModel):
     section: str = Field(description="its section the passage comes from")
     text: str = Field(description="the passage put into the prompt")
 
+    @classmethod
+    def of(cls, chunk: dict) -> Source:
+        """A retrieved chunk (retrieval.Retriever.search) as a response's source."""
+        return cls(source=chunk.get("source", ""), section=chunk.get("section", ""), text=chunk["text"])
+
 
 class Answer(BaseModel):
     answer: str
@@ -310,20 +315,21 @@ class Lifecycle:
             raise BadRequest("model", f"model {name!r} is not served here; this server serves {self.model_id!r} "
                                       "(GET /v1/models)", status=404, code="model_not_found")
 
-    async def openai_answer(self, endpoint: str, req: Decoding, record: dict, max_new_tokens: int | None,
+    async def openai_answer(self, endpoint: str, req: Decoding, make_record, max_new_tokens: int | None,
                             param: str, shape):
-        """Run one OpenAI request: the JSON answer, or the event stream; errors in OpenAI's shape."""
+        """Run one OpenAI request (`make_record()` gives the renderer's record): the JSON answer, or the event
+        stream; errors in OpenAI's shape."""
         start = time.perf_counter()
         status = "200"
         try:
+            record = make_record()
             self.check_model(req.model)
             n_new = max_new_tokens or self.renderer.fmt.max_new_tokens
             ids, used = await self.prepare(record, n_new, req.truncate_prompt, param)
             job = self.job(ids, req, n_new, req.stream)
             timeout = SETTINGS["request_timeout_s"]
             waiter = self.engine.enqueue(job, timeout)   # raises QueueFull before a stream begins
-            sources = [Source(source=c.get("source", ""), section=c.get("section", ""), text=c["text"]).model_dump()
-                       for c in used]
+            sources = [Source.of(c).model_dump() for c in used]
             if req.stream:
                 include_usage = bool((req.stream_options or {}).get("include_usage"))
                 return StreamingResponse(self.events(job, waiter, shape, sources, include_usage),
@@ -392,20 +398,14 @@ class Lifecycle:
 
     @openai_api.post("/chat/completions")
     async def chat_completions(self, req: ChatRequest):
-        try:
-            record = chat_record(req)
-        except BadRequest as exc:
-            REJECTED.labels(reason="invalid").inc()
-            REQUESTS.labels(endpoint="/v1/chat/completions", status="400").inc()
-            return error(exc.status, exc.message, "invalid_request_error", exc.param, exc.code)
-        return await self.openai_answer("/v1/chat/completions", req, record,
+        return await self.openai_answer("/v1/chat/completions", req, lambda: chat_record(req),
                                         req.max_completion_tokens or req.max_tokens, "messages", Chat)
 
     @openai_api.post("/completions")
     async def completions(self, req: CompletionRequest):
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        return await self.openai_answer("/v1/completions", req, {**req.fields, "prompt": prompt}, req.max_tokens,
-                                        "prompt", Completion)
+        return await self.openai_answer("/v1/completions", req, lambda: {**req.fields, "prompt": prompt},
+                                        req.max_tokens, "prompt", Completion)
 
     @bentoml.api
     async def generate(
@@ -437,8 +437,7 @@ class Lifecycle:
             LATENCY.labels(endpoint="/generate").observe(time.perf_counter() - start)
         return Answer(answer=result.text, model=str(self.model_ref.tag), finish_reason=result.finish_reason,
                       latency_ms=round((time.perf_counter() - start) * 1000, 2),
-                      sources=[Source(source=c.get("source", ""), section=c.get("section", ""), text=c["text"])
-                               for c in used])
+                      sources=[Source.of(c) for c in used])
 
 
 Lifecycle.add_asgi_middleware(ApiKeys)
