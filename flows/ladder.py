@@ -1,7 +1,8 @@
 """The escalation ladder: the cheapest technique first, the next one only when the gates say it falls short.
 
-Each rung is ended by one DVC stage: prompting (`prompt_search`), fine-tuning (`adapt`), alignment (`align`); a
-rung the project switches off (`adapt.technique: prompt`, `align.method: none`) is not climbed. With
+Each rung is ended by DVC stages: prompting (`prompt_search`), fine-tuning (`adapt`), alignment (`reward` and the
+`align@<method>` stages); a rung the project switches off (`adapt.technique: prompt`, `align.methods: []`) is not
+climbed. With
 `ladder.stop_when_passed: true` the flow runs `evaluate` after every rung below the top one, with the stages of
 the rungs above marked "not reached" (their outputs say so, so evaluate leaves them out and DVC sees them as
 changed); when the gates pass it stops climbing and `package` ships that rung's model. dvc.yaml keeps the whole
@@ -14,15 +15,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.common.params import AlignMethod, Params, Technique
+from stages.common.params import Params, Technique
 
 RUNGS = (("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align"))  # cheapest first
+RUNG_STAGES = {"align": ("reward", "align")}   # the stages a rung's last stage needs that no lower rung does
+
+
+def stage_name(addressed: str) -> str:
+    """A DVC stage address without its foreach item: `align@dpo` -> `align`."""
+    return addressed.split("@", 1)[0]
+
+
+def stages_of(stages: list[str]) -> list[str]:
+    """The rungs' ending stages with the stages that belong to them (`align` -> reward, align)."""
+    return [s for stage in stages for s in RUNG_STAGES.get(stage, (stage,))]
 
 
 def rungs(params: Params) -> list[tuple[str, str]]:
     """The rungs this project climbs, as (rung, the stage that ends it), cheapest first."""
     off = {"adapt"} if params.adapt.technique is Technique.prompt else set()
-    off |= {"align"} if params.align.method is AlignMethod.none else set()
+    off |= set() if params.align.methods else {"align"}
     return [(rung, stage) for rung, stage in RUNGS if stage not in off]
 
 

@@ -50,13 +50,13 @@ class RunResult:
     ladder: dict | None = None  # with ladder.stop_when_passed: each rung's verdict, the winner, what did not run
 
 
-TRAINING_STAGES = ("pretrain", "adapt", "align")
+TRAINING_STAGES = ("pretrain", "adapt", "reward", "align")   # DVC addresses without a foreach item
 
 
 def cost(seconds: dict[str, float], training_budget_hours: float, gpus: int = 0) -> dict:
     """What a run spent against `scope.budget`: wall hours in all, in the training stages, and GPU-hours (the
     training hours times the GPUs the stages see; 0 on a CPU)."""
-    training = sum(v for k, v in seconds.items() if k in TRAINING_STAGES) / 3600
+    training = sum(v for k, v in seconds.items() if k.split("@")[0] in TRAINING_STAGES) / 3600
     return {"wall_hours": round(sum(seconds.values()) / 3600, 6), "training_hours": round(training, 6),
             "gpu_hours": round(training * gpus, 6), "budget_training_hours": training_budget_hours,
             "over_budget": training > training_budget_hours}
@@ -249,6 +249,8 @@ def lifecycle(root: str = ".") -> RunResult:
     orchestration = params.orchestration
     # DVC runs `python -m stages.<name>`: make that the interpreter running this flow.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # evaluate depends on the folder of the align@<method> outputs, which no stage makes when `align.methods` is [].
+    (Path(root) / params.paths.aligned).mkdir(parents=True, exist_ok=True)
     result = RunResult()
     flow_start = time.perf_counter()
     mlflow = configure(params.project.name)
@@ -266,10 +268,10 @@ def lifecycle(root: str = ".") -> RunResult:
                 result.ladder = {"rungs": [], "winner": None, "not_run": [], "stages_not_run": [], "why": ""}
             stopped = False
             for stage in stage_order(root):
-                if result.ladder and stage in result.ladder["stages_not_run"]:
+                if result.ladder and ladder.stage_name(stage) in result.ladder["stages_not_run"]:
                     continue
                 spent = cost(result.seconds, budget.training_hours, gpus)
-                if budget.enforce and stage in TRAINING_STAGES and spent["over_budget"]:
+                if budget.enforce and ladder.stage_name(stage) in TRAINING_STAGES and spent["over_budget"]:
                     result.exit_status, result.failed_stage = ExitStatus.INVALID_PROJECT, stage
                     result.error = over_budget_message(spent, stage)
                     break
@@ -277,7 +279,7 @@ def lifecycle(root: str = ".") -> RunResult:
                     run_tracked(stage, stage, root, orchestration, result)
                     if stage in checks:  # a rung below the top one: evaluate it with the rungs above not reached
                         rung = checks[stage]
-                        higher = [s for _, s in ladder.above(params, rung)]
+                        higher = ladder.stages_of([s for _, s in ladder.above(params, rung)])
                         mark_not_reached(root, params, rung, higher)
                         run_tracked("evaluate", f"evaluate@{rung}", root, orchestration, result, rung=rung)
                     elif stage == "evaluate" and result.ladder and not stopped:  # the top rung: the pipeline's evaluate

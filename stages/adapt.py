@@ -1,6 +1,7 @@
-"""adapt: the fine-tuning rung, supervised fine-tuning with TRL SFTTrainer (+ PEFT LoRA/QLoRA, or full).
+"""adapt: the fine-tuning rung, supervised fine-tuning with TRL SFTTrainer: PEFT LoRA, QLoRA (4-bit base, CUDA),
+prompt tuning (a soft prompt), or full fine-tuning.
 
-    python -m stages.adapt          # writes models/sft/ (the adapter, or the full model)
+    python -m stages.adapt          # writes models/sft/ (the adapter or soft prompt, or the full model)
     dvc exp run -S adapt.lora.r=16  # try another rank; only adapt and what follows re-run
 
 SFT trains on prompt/completion pairs, the loss on the completion only. With `adapt.raft`, each question is
@@ -21,7 +22,7 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_loss_curve
-from stages.common.params import Params, Paths, Precision, Technique
+from stages.common.params import ADAPTERS, Params, Paths, Precision, Technique
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def sft_config(params: Params, output_dir: Path, device: str):
         output_dir=str(output_dir),
         **p.trainer.model_dump(),
         completion_only_loss=True,        # learn the answer, not the question
+        packing=p.packing,                # rows share sequences (best-fit), attention kept within each row
         bf16=p.precision is Precision.bf16,  # bf16 on CPU is emulated (~10x slower): fp32 there
         fp16=p.precision is Precision.fp16,
         use_cpu=device == "cpu",
@@ -111,10 +113,41 @@ def checkpoint_dir(params: Params, paths: Paths, selection: dict) -> Path:
     return Path(paths.sft).parent / ".checkpoints" / f"adapt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def peft_config(params: Params, tok):
+    """The PEFT method of the technique (None: full fine-tuning, every weight trains)."""
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
+
+    p = params.adapt
+    if p.technique is Technique.full:
+        return None
+    if p.technique is Technique.prompt_tuning:
+        pt = p.prompt_tuning
+        init = ({"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": pt.init_text,
+                 "tokenizer_name_or_path": tok.name_or_path} if pt.init_text else
+                {"prompt_tuning_init": PromptTuningInit.RANDOM})
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=pt.num_virtual_tokens, **init)
+    return LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
+
+
+def peak_memory(device: str) -> tuple[float, str]:
+    """(MiB, what was measured): CUDA's peak allocated memory, or on a CPU the process's peak resident set."""
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def folder_bytes(path: Path, pattern: str = "*.safetensors") -> int:
+    return sum(f.stat().st_size for f in Path(path).glob(pattern))
+
+
 def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Path, ckpt: Path) -> dict:
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    import torch
     from trl import SFTTrainer
 
     from stages.common.models import load_tokenizer, renderer_for, torch_dtype
@@ -125,14 +158,14 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     if p.technique is Technique.qlora:
         import importlib.util
 
-        import torch
-
         if device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
             raise ProjectError(["`adapt.technique` qlora needs a CUDA GPU and the bitsandbytes package "
                                 f"(device here: {device}; `pip install bitsandbytes`), or use lora"])
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.bfloat16)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     model = AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
     renderer = renderer_for(params, tok, model)
     rows = read_jsonl(Path(paths.processed) / "sft.jsonl")
@@ -147,27 +180,37 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     rendered = sft_rows(renderer, rows)
     check_lengths(renderer, rendered, p.trainer.max_length, p.raft.enabled)
     train = Dataset.from_list(rendered)
-    peft_config = None if p.technique is Technique.full else LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
     trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,
-                         processing_class=tok, peft_config=peft_config)
-    resume = any(ckpt.glob("checkpoint-*"))
-    if resume:
-        log.info("resuming from %s", max(ckpt.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[1])))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+                         processing_class=tok, peft_config=peft_config(params, tok))
+    from stages.align import train_resumable
+
+    result, resumed = train_resumable(trainer, ckpt)
     trainer.model.save_pretrained(out)
     tok.save_pretrained(out)
     trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
     total = sum(t.numel() for t in trainer.model.parameters())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", trainer.state.log_history)
+    # Non-padding tokens the trainer saw (SFTTrainer's own count: attention mask, or every token when packed);
+    # after a resume, those since the restart, timed since the restart.
+    tokens = getattr(trainer, "_total_train_tokens", 0)
+    memory, memory_kind = peak_memory(device)
     return {
+        "tokens_per_second": round(tokens / max(result.metrics["train_runtime"], 1e-9), 1),
+        "trained_tokens": int(tokens),
+        "peak_memory_mib": round(memory, 1),
+        "peak_memory_measure": memory_kind,
+        "output_bytes": folder_bytes(out),
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed,
+        "packing": p.packing,
         "train_loss": round(result.training_loss, 4),
         "first_logged_loss": round(losses[0], 4) if losses else None,
         "last_logged_loss": round(losses[-1], 4) if losses else None,
         "train_seconds": round(result.metrics["train_runtime"], 1),
         "trainable_parameters": trainable,
         "trainable_percent": round(100 * trainable / total, 3),
-        "resumed": resume,
+        "resumed": resumed > 0,
         **raft,
     }
 
@@ -203,7 +246,7 @@ def run(params: Params, paths: Paths) -> dict:
 def model_info(params: Params, base_ref: str, trained: bool, not_reached: str | None = None) -> dict:
     """models/sft/lifecycle.json: what align, evaluate and package need to load the result."""
     info = {"base": base_ref, "technique": params.adapt.technique.value, "trained": trained,
-            "adapter": trained and params.adapt.technique in (Technique.lora, Technique.qlora)}
+            "adapter": trained and params.adapt.technique in ADAPTERS}
     return {**info, "not_reached": not_reached} if not_reached else info
 
 

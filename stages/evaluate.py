@@ -2,9 +2,10 @@
 
     python -m stages.evaluate       # writes metrics/eval.json, reports/eval.md, reports/eval.png
 
-Variants: the selected base model zero-shot and with the searched prompt (the baselines), the SFT model and the
-DPO-aligned model; with a knowledge index (the `integrate` stage), each of these but the prompted baseline also
-answers with the retrieved chunks in its prompt (`baseline_rag`, `sft_rag`, `aligned_rag`): prompting, RAG,
+Variants: the selected base model zero-shot and with the searched prompt (the baselines), the SFT model and one
+aligned model per `align.methods` entry (`aligned_dpo`, `aligned_rlhf`); with a knowledge index (the `integrate`
+stage), each of these but the prompted baseline also answers with the retrieved chunks in its prompt
+(`baseline_rag`, `sft_rag`, `aligned_dpo_rag`, ...): prompting, RAG,
 fine-tuning and fine-tuning + RAG on the same rows. `baseline_rag` is a baseline (tuning must beat RAG alone);
 a tuned `_rag` twin may be the candidate when it beats its own model with confidence (`retrieval_pays`), and
 then the package ships the index with the model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
@@ -43,9 +44,11 @@ def has_index(paths: Paths) -> bool:
     return card.is_file() and bool(read_json(card).get("chunks"))
 
 
-def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
-    """name -> how to load it and how to prompt it. With a knowledge index, the zero-shot baseline (as
-    `baseline_rag`) and every tuned variant also answer with the retrieved chunks in the prompt (`<name>_rag`)."""
+def variants(paths: Paths, selection: dict, prompt: dict, methods: list[str]) -> dict[str, dict]:
+    """name -> how to load it and how to prompt it: the baselines, `sft`, `aligned_<method>` for each of `methods`
+    (`align.methods`; a folder of a method no longer listed is left out). With a knowledge index, the zero-shot
+    baseline (as `baseline_rag`) and every tuned variant also answer with the retrieved chunks in the prompt
+    (`<name>_rag`)."""
     base = selection["selected"]["ref"]
     out = {
         "baseline_zero_shot": {"ref": base, "adapter": None, "examples": []},
@@ -55,8 +58,10 @@ def variants(paths: Paths, selection: dict, prompt: dict) -> dict[str, dict]:
     if sft["trained"]:
         out["sft"] = ({"ref": base, "adapter": paths.sft, "examples": []} if sft["adapter"]
                       else {"ref": paths.sft, "adapter": None, "examples": []})
-    if read_json(Path(paths.aligned) / "lifecycle.json")["model"]:
-        out["aligned"] = {"ref": paths.aligned, "adapter": None, "examples": []}
+    for method in methods:
+        folder = Path(paths.aligned) / method
+        if read_json(folder / "lifecycle.json")["model"]:
+            out[f"aligned_{method}"] = {"ref": str(folder), "adapter": None, "examples": []}
     if not has_index(paths):
         return out
     ordered = {n: out[n] for n in BASELINES[:2]} | {"baseline_rag": {**out["baseline_zero_shot"], "rag": True}}
@@ -97,10 +102,10 @@ def check_context_budget(renderer, chunk_texts: list[str], top_k: int, prompts: 
                             "integrate.top_k or integrate.chunk_tokens"])
 
 
-def not_reached(paths: Paths) -> dict[str, str]:
+def not_reached(paths: Paths, methods: list[str]) -> dict[str, str]:
     """The training stages the escalation ladder stopped before ({stage: why}); their variants are left out."""
     infos = {"adapt": read_json(Path(paths.sft) / "lifecycle.json"),
-             "align": read_json(Path(paths.aligned) / "lifecycle.json")}
+             **{f"align@{m}": read_json(Path(paths.aligned) / m / "lifecycle.json") for m in methods}}
     return {stage: info["not_reached"] for stage, info in infos.items() if info.get("not_reached")}
 
 
@@ -207,7 +212,8 @@ def run(params: Params, paths: Paths) -> dict:
     eval_rows = read_jsonl(Path(paths.processed) / "eval.jsonl")
     general = [r["text"] for r in read_jsonl(Path(paths.processed) / "general.jsonl")]
     primary = params.scope.kpis[0]
-    specs = variants(paths, selection, prompt)
+    methods = [m.value for m in params.align.methods]
+    specs = variants(paths, selection, prompt, methods)
 
     with stage_run("evaluate", params, params.evaluate.model_dump()) as _:
         import mlflow
@@ -255,7 +261,7 @@ def run(params: Params, paths: Paths) -> dict:
             "confidence_level": params.evaluate.confidence_level,
             "resamples": params.evaluate.resamples,
             "metrics": project_metrics(params),
-            "not_reached": not_reached(paths),
+            "not_reached": not_reached(paths, methods),
             "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
             "retrieval_pays": rag_check,
         }
@@ -317,7 +323,7 @@ def _colour(variant: str) -> str:
     """One colour per model (a +rag twin shares its model's, hatched): baselines grey, SFT blue, aligned green."""
     base = variant.removesuffix(RAG)
     return {"baseline_zero_shot": "#999", "baseline_prompted": "#bbb", "baseline": "#999", "sft": "#4a90d9",
-            "aligned": "#2a6"}.get(base, "#c84")
+            "aligned_dpo": "#2a6", "aligned_rlhf": "#b5a"}.get(base, "#c84")
 
 
 def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -> str:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from stages.common.cli import stage_main
-from stages.common.errors import GateRefused
+from stages.common.errors import GateRefused, ProjectError
 from stages.evaluate import cell, variants
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.common.tracking import git_commit, sha256
@@ -40,6 +40,11 @@ def candidate_model(spec: dict):
     from stages.common.models import load_model, load_tokenizer
 
     model = load_model(spec["ref"], adapter=spec["adapter"])
+    if spec["adapter"] and not hasattr(model, "merge_and_unload"):  # a PEFT prompt-learning (soft prompt) model
+        raise ProjectError([f"the candidate {spec['adapter']} is a soft prompt (`adapt.technique: prompt_tuning`), "
+                            "which cannot be merged into the weights the server runs: the server does not run soft "
+                            "prompts yet; ship a lora or full variant (evaluate compares them), or set "
+                            "`adapt.technique: lora`"])
     if spec["adapter"]:
         model = model.merge_and_unload()
     return model, load_tokenizer(spec["adapter"] or spec["ref"])
@@ -217,7 +222,7 @@ def run(params, paths) -> dict:
     with stage_run("package", params, params.package.model_dump()) as _, atomic_dir(paths.package) as out:
         import mlflow
 
-        spec = variants(paths, selection, prompt)[variant]
+        spec = variants(paths, selection, prompt, [m.value for m in params.align.methods])[variant]
         model, tokenizer = candidate_model(spec)
         model_dir = out / "model"
         model.save_pretrained(model_dir)

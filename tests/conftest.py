@@ -57,7 +57,11 @@ def tiny_params_dict(root: Path) -> dict:
     p["adapt"]["trainer"].update(max_steps=8, per_device_train_batch_size=8, logging_steps=2, save_steps=4,
                                  learning_rate=1e-2, max_length=256)  # RAFT rows carry two chunks
     p["adapt"]["raft"] = {"enabled": True, "oracle_fraction": 0.8}  # the tiny project trains with RAFT
-    p["align"]["trainer"].update(max_steps=3, per_device_train_batch_size=4, logging_steps=1, max_length=64)
+    p["align"]["dpo"]["trainer"].update(max_steps=3, per_device_train_batch_size=4, logging_steps=1, max_length=64)
+    p["align"]["rlhf"].update(max_completion_length=8, num_generations=4)
+    p["align"]["rlhf"]["reward_model"]["trainer"].update(max_steps=4, per_device_train_batch_size=8, logging_steps=1,
+                                                         max_length=64)
+    p["align"]["rlhf"]["trainer"].update(max_steps=2, per_device_train_batch_size=8, logging_steps=1)
     p["evaluate"].update(max_new_tokens=8, batch_size=16)
     p["scope"]["kpis"] = [{"metric": "latency_ms", "threshold": 60000, "direction": "lower", "versus": "absolute"}]
     return p
@@ -124,10 +128,19 @@ def adapted(prepared, selected, indexed):
 
 
 @pytest.fixture(scope="session")
-def aligned(prepared, adapted):
+def rewarded(prepared, adapted):
+    """reward: the reward model on the preference pairs."""
+    from stages import reward
+
+    return reward.run(prepared, prepared.paths)
+
+
+@pytest.fixture(scope="session")
+def aligned(prepared, rewarded):
+    """align@<method> for every `align.methods` entry (dpo and rlhf, as the default project)."""
     from stages import align
 
-    return align.run(prepared, prepared.paths)
+    return {m.value: align.run(prepared, prepared.paths, m.value) for m in prepared.align.methods}
 
 
 @pytest.fixture(scope="session")

@@ -30,17 +30,22 @@ def project_environment(root: str | Path = ".") -> None:
         os.environ.setdefault(key, value)
 
 
-def stage_main(name: str, run, argv: list[str] | None = None) -> int:
+def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] | None = None) -> int:
+    """`method`: the stage is a DVC foreach (one stage per method, `name@method`); its choices."""
     from stages.common.params import load_params
 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the `{name}` stage.")
     parser.add_argument("--params", default="params.yaml", help="project definition (default: params.yaml)")
+    if method:
+        parser.add_argument("--method", required=True, choices=method, help="which of the stage's methods to run")
     args = parser.parse_args(argv)
+    extra = {"method": args.method} if method else {}
+    name = f"{name}@{args.method}" if method else name
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     project_environment()
     try:
         params = load_params(args.params)
-        result = run(params, params.paths)
+        result = run(params, params.paths, **extra)
     except ProjectError as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
         return ExitStatus.INVALID_PROJECT

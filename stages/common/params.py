@@ -45,15 +45,19 @@ class DeploymentTarget(str, Enum):
 
 
 class Technique(str, Enum):
-    prompt = "prompt"
-    lora = "lora"
-    qlora = "qlora"
-    full = "full"
+    prompt = "prompt"                 # no training: the prompt search's few-shot prompt on the base
+    lora = "lora"                     # PEFT LoRA adapter
+    qlora = "qlora"                   # LoRA on a 4-bit (bitsandbytes NF4) base: CUDA only
+    full = "full"                     # every weight trains; the output is a whole model
+    prompt_tuning = "prompt_tuning"   # PEFT soft prompt: only `num_virtual_tokens` embeddings train
+
+
+ADAPTERS = (Technique.lora, Technique.qlora, Technique.prompt_tuning)   # the output is a PEFT adapter on the base
 
 
 class AlignMethod(str, Enum):
-    dpo = "dpo"
-    none = "none"
+    dpo = "dpo"                       # direct preference optimisation on the pairs
+    rlhf = "rlhf"                     # a reward model trained on the pairs, then RLOO or GRPO against it
 
 
 class Precision(str, Enum):
@@ -88,7 +92,8 @@ class Paths(Strict):
     selection: str
     prompt: str
     sft: str
-    aligned: str
+    aligned: str         # one folder per `align.methods` entry: <aligned>/<method>
+    reward: str = "models/reward"   # the reward model (RLHF), trained on the preference pairs
     package: str
     index: str = "models/index"   # the integrate stage's vector store (embedded Chroma)
     scope_report: str
@@ -284,10 +289,19 @@ class Raft(Strict):
     oracle_fraction: Annotated[float, Field(ge=0, le=1)] = 0.8    # the RAFT paper's P
 
 
+class PromptTuning(Strict):
+    """PEFT prompt tuning (Lester et al. 2021): `num_virtual_tokens` trainable embeddings before every prompt, the
+    model frozen. Initialised from the tokens of `init_text` (repeated or cut to length), or at random when null."""
+    num_virtual_tokens: PosInt = 16
+    init_text: str | None = "Answer the question about the Python standard library in one sentence."
+
+
 class Adapt(Strict):
     technique: Technique
     precision: Precision = Precision.fp32
     lora: Lora = Lora()
+    prompt_tuning: PromptTuning = PromptTuning()
+    packing: bool = False             # TRL packing: short rows share a sequence (bench/adapt.py measures both ways)
     trainer: Trainer
     raft: Raft = Raft()               # `raft: true` is short for `raft: {enabled: true}`
 
@@ -297,11 +311,55 @@ class Adapt(Strict):
         return {"enabled": value} if isinstance(value, bool) else value
 
 
-class Align(Strict):
-    method: AlignMethod
-    precision: Precision = Precision.fp32
-    beta: PosFloat = 0.1
+class Dpo(Strict):
+    beta: PosFloat = 0.1              # how far the policy may move from the SFT model
     trainer: Trainer
+
+
+class RewardModel(Strict):
+    """The reward model: the SFT model with a scalar head, trained with TRL RewardTrainer on the preference pairs."""
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1   # pairs held out for its pairwise accuracy
+    trainer: Trainer
+
+
+class RuleRewards(Strict):
+    """Rewards computed from the answer's text, added to the reward model's score (each term in [-1, 0])."""
+    max_words: PosInt | None = None   # -(words over the limit) / max_words, at most -1
+    format: str | None = None         # a regular expression the whole answer must match (-1 if it does not)
+    forbidden_terms: list[str] = []   # -1 if the answer contains any (case-insensitive)
+    weight: NonNegFloat = 1.0         # of the rule rewards' sum, next to the reward model's weight 1
+
+    @property
+    def any(self) -> bool:
+        return bool(self.max_words or self.format or self.forbidden_terms)
+
+
+class Rlhf(Strict):
+    """Online RL against the reward model with TRL (RLOO or GRPO; TRL 1.x has no PPO trainer)."""
+    optimizer: Literal["rloo", "grpo"] = "rloo"
+    beta: NonNegFloat = 0.05          # KL penalty towards the SFT model
+    num_generations: Annotated[int, Field(ge=2)] = 4   # completions sampled per prompt (the group / leave-one-out)
+    max_completion_length: PosInt = 24
+    temperature: PosFloat = 1.0
+    reward_model: RewardModel
+    rules: RuleRewards = RuleRewards()
+    trainer: Trainer
+
+
+class Align(Strict):
+    # Each entry is its own DVC stage (`align@dpo`, `align@rlhf`) and its own evaluated variant (`aligned_<method>`);
+    # [] = no alignment.
+    methods: list[AlignMethod]
+    precision: Precision = Precision.fp32
+    dpo: Dpo
+    rlhf: Rlhf
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError("a method is listed twice")
+        return value
 
 
 class Guardrails(Strict):
@@ -444,7 +502,9 @@ class Params(Strict):
     orchestration: Orchestration = Orchestration()
 
 
-MOVED = {"adapt.prompt_shots": "prompt_search.shots"}  # keys an earlier version of this file had elsewhere
+MOVED = {"adapt.prompt_shots": "prompt_search.shots",  # keys an earlier version of this file had elsewhere
+         "align.method": "align.methods",  # a list now: [dpo], [dpo, rlhf], or [] for none
+         "align.beta": "align.dpo.beta", "align.trainer": "align.dpo.trainer"}
 
 
 def _location(loc: tuple) -> str:
@@ -469,7 +529,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         for err in exc.errors():
             where = _location(err["loc"])
             if err["type"] == "extra_forbidden" and where in MOVED:
-                problems.append(f"{path}: `{where}` has moved to `{MOVED[where]}`: move it there")
+                problems.append(f"{path}: `{where}` has moved to `{MOVED[where]}`: move it there"
+                                + (" as a list, e.g. `methods: [dpo]` (`[]`: no alignment)" if where == "align.method"
+                                   else ""))
             elif err["type"] == "extra_forbidden":
                 problems.append(f"{path}: unknown key `{where}` (a typo? remove it or fix its name)")
             elif err["type"] == "missing":
@@ -490,7 +552,9 @@ def unwritten_tracked_keys(raw: dict, dvc_file: Path) -> list[str]:
         return []
     stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {})
     problems = []
-    for key in sorted({k for stage in stages.values() for k in stage.get("params", []) if isinstance(k, str)}):
+    tracked = {k for stage in stages.values() for k in {**stage, **stage.get("do", {})}.get("params", [])
+               if isinstance(k, str) and "${" not in k}   # a foreach stage's `align.${item}`: a required section
+    for key in sorted(tracked):
         node = raw
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -535,8 +599,13 @@ def contradictions(p: Params) -> list[str]:
     problems += technique_problems(p, allowed_techniques(s))
     if p.adapt.technique is Technique.qlora and s.budget.gpu_memory_gib == 0:
         problems.append("`adapt.technique` is qlora, which needs a GPU, but `scope.budget.gpu_memory_gib` is 0")
-    if p.align.method is not AlignMethod.none and p.adapt.technique is Technique.prompt:
-        problems.append("`align.method` needs a tuned model but `adapt.technique` is prompt: set align.method: none")
+    if p.align.methods and p.adapt.technique is Technique.prompt:
+        problems.append("`align.methods` needs a tuned model but `adapt.technique` is prompt: set `align.methods: []`")
+    if p.align.methods and p.adapt.technique is Technique.prompt_tuning:
+        problems.append("`align.methods` starts from the SFT model merged into its base, but a soft prompt "
+                        "(`adapt.technique: prompt_tuning`) cannot be merged into the weights: set `align.methods: []`, "
+                        "or tune with lora or full")
+    problems += rlhf_problems(p)
     if p.adapt.raft.enabled and p.data.sources.knowledge is None:
         problems.append("`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge` source to "
                         "retrieve from: declare one, or set adapt.raft: false")
@@ -608,8 +677,9 @@ def source_problems(p: Params) -> list[str]:
                         "(held-out splits are made from `sft`)")
     if src.sft is None and p.adapt.technique is not Technique.prompt:
         problems.append(f"`adapt.technique` is {p.adapt.technique.value} but `data.sources.sft` is not set")
-    if src.preference is None and p.align.method is not AlignMethod.none:
-        problems.append(f"`align.method` is {p.align.method.value} but `data.sources.preference` is not set")
+    if src.preference is None and p.align.methods:
+        problems.append(f"`align.methods` lists {', '.join(m.value for m in p.align.methods)} but "
+                        "`data.sources.preference` is not set")
     if src.corpus is None and p.pretrain.models:
         problems.append("`pretrain.models` builds from-scratch candidates but `data.sources.corpus` (their "
                         "pretraining text) is not set")
@@ -639,9 +709,31 @@ def technique_problems(p: Params, allowed: dict) -> list[str]:
     if p.adapt.technique.value not in allowed["adapt"]:
         problems.append(f"`adapt.technique` is {p.adapt.technique.value} but the data supports only "
                         f"{allowed['adapt']}: {allowed['why']}")
-    if p.align.method.value not in allowed["align"]:
-        problems.append(f"`align.method` is {p.align.method.value} but the data supports only {allowed['align']}: "
-                        f"{allowed['why']} (or set `align.method: none`)")
+    for method in p.align.methods:
+        if method.value not in allowed["align"]:
+            problems.append(f"`align.methods` lists {method.value} but the data supports only {allowed['align']}: "
+                            f"{allowed['why']} (or remove it: `align.methods: []` is no alignment)")
+    return problems
+
+
+def rlhf_problems(p: Params) -> list[str]:
+    """What TRL's online trainers would reject mid-run, and a rule that cannot be read, named here."""
+    import re
+
+    if AlignMethod.rlhf not in p.align.methods:
+        return []
+    problems = []
+    r = p.align.rlhf
+    batch = r.trainer.per_device_train_batch_size * r.trainer.gradient_accumulation_steps
+    if batch % r.num_generations:
+        problems.append(f"`align.rlhf.trainer.per_device_train_batch_size` x gradient_accumulation_steps ({batch}) "
+                        f"must be a multiple of `align.rlhf.num_generations` ({r.num_generations}): each prompt's "
+                        "completions are scored as one group")
+    if r.rules.format:
+        try:
+            re.compile(r.rules.format)
+        except re.error as exc:
+            problems.append(f"`align.rlhf.rules.format` {r.rules.format!r} is not a regular expression: {exc}")
     return problems
 
 
@@ -651,12 +743,12 @@ def allowed_techniques(scope: Scope, counts: dict | None = None) -> dict:
     pref = counts["preference_pairs"] if counts else scope.data.preference_pairs
     adapt = ["prompt"]
     if sft >= SFT_PAIRS_FOR_PEFT:
-        adapt += ["lora", "qlora"]
+        adapt += ["prompt_tuning", "lora", "qlora"]
     if sft >= SFT_PAIRS_FOR_FULL:
         adapt.append("full")
-    align = ["none"] + (["dpo"] if pref >= PREFERENCE_PAIRS_FOR_DPO else [])
+    align = ["none"] + (["dpo", "rlhf"] if pref >= PREFERENCE_PAIRS_FOR_DPO else [])
     why = (f"{sft} SFT pairs (PEFT from {SFT_PAIRS_FOR_PEFT}, full fine-tuning from {SFT_PAIRS_FOR_FULL}), "
-           f"{pref} preference pairs (DPO from {PREFERENCE_PAIRS_FOR_DPO})"
+           f"{pref} preference pairs (DPO and RLHF from {PREFERENCE_PAIRS_FOR_DPO})"
            + (" found in the data" if counts else " declared in `scope.data`"))
     return {"adapt": adapt, "align": align, "why": why}
 
