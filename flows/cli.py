@@ -50,6 +50,10 @@ def summary(root: Path, paths) -> str:
                      f"{retrieval['retrieval_eval_rows']} eval questions " + "; ".join(
                          f"{how} recall@1 {m['recall@1']} @10 {m['recall@10']} MRR {m['mrr']}"
                          for how, m in retrieval.items() if isinstance(m, dict)))
+    reward = _read(root / paths.metrics / "reward.json")
+    if reward and reward.get("trained"):
+        lines.append(f"reward     held-out pairwise accuracy {reward['heldout_accuracy']} on {reward['heldout_pairs']} "
+                     f"pairs (chance {reward['chance_accuracy']}, untrained {reward['heldout_accuracy_untrained']})")
     report = _read(root / paths.eval_metrics)
     if report:
         from stages.evaluate import cell

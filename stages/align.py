@@ -72,11 +72,21 @@ def training_args(params: Params, trainer, ckpt: Path, device: str, drop: tuple 
 
 
 def train_resumable(trainer, ckpt: Path) -> tuple:
-    """trainer.train(), from the newest checkpoint when a killed run left one. Returns (result, resumed_from_step)."""
-    steps = sorted(int(d.name.split("-")[1]) for d in ckpt.glob("checkpoint-*"))
-    if steps:
-        log.info("resuming from %s", ckpt / f"checkpoint-{steps[-1]}")
-    return trainer.train(resume_from_checkpoint=True if steps else None), (steps[-1] if steps else 0)
+    """trainer.train(), from the newest complete checkpoint when a killed run left one. Returns (result, the step
+    it resumed from, 0 for a fresh start). transformers writes a checkpoint in place, `trainer_state.json` last: a
+    run killed mid-save leaves one without it, which is removed rather than resumed from."""
+    complete = []
+    for folder in ckpt.glob("checkpoint-*"):
+        if (folder / "trainer_state.json").is_file():
+            complete.append(folder)
+        else:
+            log.warning("removing %s: a checkpoint the killed run did not finish writing", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    latest = max(complete, key=lambda d: int(d.name.split("-")[1]), default=None)
+    if latest:
+        log.info("resuming from %s", latest)
+    return trainer.train(resume_from_checkpoint=str(latest) if latest else None), (
+        int(latest.name.split("-")[1]) if latest else 0)
 
 
 def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) -> tuple[dict, list[dict]]:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from stages.common.cli import stage_main
+from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_csv, write_json
 from stages.common.params import Params, Paths, Precision
 
@@ -44,7 +45,7 @@ def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], lis
 
 def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
     from stages.align import sft_model
@@ -57,6 +58,7 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     renderer = renderer_for(params, tok, policy)
     rows = preference_rows(params, renderer, read_jsonl(Path(paths.processed) / "preference.jsonl"))
     train, held_out = split(rows, p.eval_fraction, params.project.seed)
+    set_seed(params.project.seed)  # the new scalar head's random start: the same reward model every run
     with tempfile.TemporaryDirectory() as tmp:  # the SFT model as one folder, loaded again with a scalar head
         policy.save_pretrained(tmp)
         model = AutoModelForSequenceClassification.from_pretrained(tmp, num_labels=1, dtype=torch_dtype(precision.value))
@@ -76,6 +78,13 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     )
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
                             eval_dataset=Dataset.from_list(held_out), processing_class=tok)
+    used = len(trainer.train_dataset)  # RewardTrainer drops pairs longer than max_length
+    if used < len(train):
+        log.warning("%d of %d training pairs are longer than align.rlhf.reward_model.trainer.max_length %d and were "
+                    "left out", len(train) - used, len(train), p.trainer.max_length)
+    if not used:
+        raise ProjectError([f"`align.rlhf.reward_model.trainer.max_length` {p.trainer.max_length}: every preference "
+                            "pair is longer, so none is left to train on; raise it"])
     trainer.evaluate()  # RewardTrainer adds its accuracy and margin to the logged metrics, not the returned ones
     before = trainer.state.log_history[-1]
     result = trainer.train()
@@ -92,7 +101,8 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
         "chance_accuracy": CHANCE,
         "heldout_margin": round(after["eval_margin"], 4),
         "heldout_pairs": len(held_out),
-        "train_pairs": len(train),
+        "train_pairs": used,
+        "train_pairs_too_long": len(train) - used,
         "train_loss": round(result.training_loss, 4),
         "train_seconds": round(result.metrics["train_runtime"], 1),
     }

@@ -164,3 +164,29 @@ def packaged_rag(packaged, prepared, tiny_root):
     paths = prepared.paths.model_copy(update={"eval_metrics": str(tiny_root / "eval-rag.json"),
                                               "package": str(tiny_root / "models" / "package-rag")})
     return {**package.run(prepared, paths), "paths": paths}
+
+
+@pytest.fixture(scope="session")
+def separable(prepared, adapted, tmp_path_factory):
+    """The tiny project with preference pairs a model can tell apart, in a way a policy can act on: the chosen
+    answer is the first two words of the rejected one (shorter is better; a policy shortens its answer by ending
+    it sooner). Its own processed folder, reward model and aligned models; the reward model trained (30 steps)."""
+    import shutil
+
+    from stages import reward
+    from stages.common.io import read_jsonl, write_jsonl
+
+    root = tmp_path_factory.mktemp("separable")
+    shutil.copytree(prepared.paths.processed, root / "processed")
+    rows = read_jsonl(root / "processed" / "preference.jsonl")
+    write_jsonl(root / "processed" / "preference.jsonl",
+                [{**r, "chosen": " ".join(r["chosen"].split()[:2]), "rejected": r["chosen"]} for r in rows])
+    paths = prepared.paths.model_copy(update={
+        "processed": str(root / "processed"), "reward": str(root / "reward"), "aligned": str(root / "aligned"),
+        "metrics": str(root / "metrics")})
+    rlhf = prepared.align.rlhf
+    reward_model = rlhf.reward_model.model_copy(update={"trainer": rlhf.reward_model.trainer.model_copy(
+        update={"max_steps": 30, "learning_rate": 3e-3, "max_length": 96})})
+    params = prepared.model_copy(update={"align": prepared.align.model_copy(update={
+        "rlhf": rlhf.model_copy(update={"reward_model": reward_model})})})
+    return {"params": params, "paths": paths, "reward": reward.run(params, paths)}

@@ -24,7 +24,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.e2e
 
 _IGNORE_NAMES = shutil.ignore_patterns(".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".prefect", ".bentoml",
-                                       "dvc.lock", "processed", "pretrain", "sft", "aligned", "package", "metrics",
+                                       "dvc.lock", "processed", "pretrain", "sft", "reward", "aligned", "package", "metrics",
                                        "reports", ".checkpoints", ".cache", "index", "__pycache__", ".pytest_cache", "*.egg-info")
 
 
@@ -101,8 +101,8 @@ def first_run(project):
 
 
 def test_full_run_builds_tracks_and_packages(project, first_run):
-    stages = ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "align", "evaluate",
-              "package"]
+    stages = ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "reward", "align@dpo",
+              "align@rlhf", "evaluate", "package"]
     record = last_run(project)
     assert record["ran"] == stages
     for f in ("reports/scope.json", "models/selection.json", "metrics/eval.json", "reports/eval.md",
@@ -141,7 +141,8 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     plots = subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], cwd=project,
                            capture_output=True, text=True, timeout=300)
     assert plots.returncode == 0, plots.stderr[-2000:]
-    for f in ("metrics/adapt_loss.csv", "metrics/align_loss.csv", "metrics/eval_variants.csv", "reports/eval.png"):
+    for f in ("metrics/adapt_loss.csv", "metrics/reward_curve.csv", "metrics/align_dpo_curve.csv",
+              "metrics/align_rlhf_curve.csv", "metrics/eval_variants.csv", "reports/eval.png"):
         assert f in plots.stdout, f
 
     # Readable from the MLflow runs table: name, description, verdict, lineage, datasets, the training view.
@@ -203,7 +204,7 @@ def test_adapt_hyperparameter_reruns_adapt_and_downstream_only(project, first_ru
     out = lifecycle(project, "run")
     assert out.returncode == 0, out.stderr[-3000:]
     record = last_run(project)
-    assert record["ran"] == ["adapt", "align", "evaluate", "package"]
+    assert record["ran"] == ["adapt", "reward", "align@dpo", "align@rlhf", "evaluate", "package"]
     client = mlflow_client(project)
     assert child_stages(client, record["parent_run_id"]) == set(record["ran"])
     # The new version was compared with the champion on the same eval rows; the registry followed the verdict.
@@ -274,14 +275,15 @@ def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run)
     out = lifecycle(project, "run")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     record = last_run(project)
-    assert "align" not in record["ran"] and "evaluate@prompting" in record["ran"], record["ran"]
+    assert not {"reward", "align@dpo", "align@rlhf"} & set(record["ran"]), record["ran"]
+    assert "evaluate@prompting" in record["ran"], record["ran"]
     assert record["ran"][-2:] == ["evaluate@fine-tuning", "package"], record["ran"]
     ladder = record["ladder"]
     assert [(r["rung"], r["passed"]) for r in ladder["rungs"]] == [("prompting", False), ("fine-tuning", True)]
     assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
     report = json.loads((project / "metrics/eval.json").read_text())
-    assert report["candidate"] == "sft" and "aligned" not in report["variants"]
-    assert "align" in report["not_reached"] and "## Not run" in (project / "reports/eval.md").read_text()
+    assert report["candidate"] == "sft" and not [v for v in report["variants"] if v.startswith("aligned")]
+    assert "align@dpo" in report["not_reached"] and "## Not run" in (project / "reports/eval.md").read_text()
     assert "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" \
         in out.stdout
     assert json.loads((project / "models/package/package.json").read_text())["variant"] == "sft"
@@ -291,4 +293,4 @@ def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run)
     assert {r.data.tags.get("lifecycle.ladder_rung") for r in runs if r.info.run_name.startswith("evaluate@")} == \
         {"prompting", "fine-tuning"}
     status = lifecycle(project, "status")
-    assert "align      changed" in status.stdout, "dvc repro alone would still run alignment"
+    assert "align@dpo  changed" in status.stdout, "dvc repro alone would still run alignment"

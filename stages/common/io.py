@@ -60,6 +60,10 @@ def atomic_dir(path: str | Path):
     """Yield a temporary sibling folder; on success it replaces `path` whole, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # What a killed writer left (SIGKILL runs no cleanup): one writer per output at a time (DVC's lock), so a
+    # leftover is never another writer's work in progress.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is a normal shared folder
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flows.ladder import above, after_rung, checked_after, rungs
-from stages.common.params import AlignMethod, Technique
+from stages.common.params import Technique
 
 CLIMBED = ["prompting", "fine-tuning", "alignment"]
 
@@ -32,12 +32,12 @@ def test_the_top_rung_ends_the_climb_passed_or_not():
     assert only.stop and "no rung passed" in only.why
 
 
-def _with(tiny, stop=True, technique=None, method=None):
+def _with(tiny, stop=True, technique=None, methods=None):
     update = {"ladder": tiny.ladder.model_copy(update={"stop_when_passed": stop})}
     if technique:
         update["adapt"] = tiny.adapt.model_copy(update={"technique": technique})
-    if method:
-        update["align"] = tiny.align.model_copy(update={"method": method})
+    if methods is not None:
+        update["align"] = tiny.align.model_copy(update={"methods": methods})
     return tiny.model_copy(update=update)
 
 
@@ -47,7 +47,7 @@ def test_rungs_follow_the_project_and_the_top_one_is_left_to_evaluate(tiny):
     assert rungs(params) == [("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align")]
     assert checked_after(params) == {"prompt_search": "prompting", "adapt": "fine-tuning"}
     assert above(params, "prompting") == [("fine-tuning", "adapt"), ("alignment", "align")]
-    no_dpo = _with(tiny, method=AlignMethod.none)
+    no_dpo = _with(tiny, methods=[])
     assert checked_after(no_dpo) == {"prompt_search": "prompting"} and above(no_dpo, "prompting") == [("fine-tuning", "adapt")]
-    prompting_only = _with(tiny, technique=Technique.prompt, method=AlignMethod.none)
+    prompting_only = _with(tiny, technique=Technique.prompt, methods=[])
     assert rungs(prompting_only) == [("prompting", "prompt_search")] and checked_after(prompting_only) == {}

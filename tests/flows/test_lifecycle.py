@@ -15,9 +15,11 @@ from tests.conftest import REPO, default_params, write_params
 
 def test_stage_order_is_dvc_yaml(monkeypatch):
     declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-    assert stage_order(REPO) == declared
-    assert declared == ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "align", "evaluate",
-                        "package"]
+    assert declared == ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "reward", "align",
+                        "evaluate", "package"]
+    methods = default_params()["align"]["methods"]
+    assert stage_order(REPO) == [s for s in declared if s != "align"][:8] + [f"align@{m}" for m in methods] + [
+        "evaluate", "package"], "one align stage per align.methods entry (a DVC foreach), before evaluate"
 
 
 def test_exit_status_is_read_from_dvc_error():
@@ -149,12 +151,14 @@ elif stage == "prompt_search":
     write("models/prompt.json", {"shots": 1})
 elif stage == "adapt":
     write("models/sft/lifecycle.json", {"trained": True})
+elif stage == "reward":
+    write("models/reward/lifecycle.json", {"trained": True})
 elif stage == "align":
-    write("models/aligned/lifecycle.json", {"model": True})
+    write(f"models/aligned/{sys.argv[2]}/lifecycle.json", {"model": True})
 elif stage == "evaluate":  # the gates pass once a fine-tuned model exists
     trained = read("models/sft/lifecycle.json")["trained"]
-    aligned = read("models/aligned/lifecycle.json")["model"]
-    candidate = "aligned" if aligned else "sft" if trained else "baseline_prompted"
+    aligned = read("models/aligned/dpo/lifecycle.json")["model"]
+    candidate = "aligned_dpo" if aligned else "sft" if trained else "baseline_prompted"
     write("metrics/eval.json", {"candidate": candidate, "variants": {candidate: {"rougeL": {"value": 0.5}}},
                                 "baselines": [], "confidence_level": 0.95,
                                 "gates": {"passed": trained, "reasons": [], "failed": [] if trained else ["margin"]}})
@@ -187,7 +191,9 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
         "prompt_search": {"cmd": f"{step} prompt_search", "deps": ["models/selection.json"],
                           "outs": ["models/prompt.json"]},
         "adapt": {"cmd": f"{step} adapt", "deps": ["models/selection.json"], "outs": ["models/sft"]},
-        "align": {"cmd": f"{step} align", "deps": ["models/sft"], "outs": ["models/aligned"]},
+        "reward": {"cmd": f"{step} reward", "deps": ["models/sft"], "outs": ["models/reward"]},
+        "align": {"foreach": ["dpo", "rlhf"], "do": {"cmd": f"{step} align ${{item}}", "deps": ["models/sft", "models/reward"],
+                                                     "outs": ["models/aligned/${item}"]}},
         "evaluate": {"cmd": f"{step} evaluate", "deps": ["models/prompt.json", "models/sft", "models/aligned"],
                      "outs": ["metrics/eval.json"]},
         "package": {"cmd": f"{step} package", "deps": ["metrics/eval.json"], "outs": ["models/package"]},
@@ -200,12 +206,15 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     assert [(r["rung"], r["passed"], r["candidate"]) for r in ladder["rungs"]] == [
         ("prompting", False, "baseline_prompted"), ("fine-tuning", True, "sft")]
     assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
-    assert ladder["stages_not_run"] == ["align"]
+    assert ladder["stages_not_run"] == ["reward", "align"]
     assert json.loads((tmp_path / "models/package/package.json").read_text())["variant"] == "sft"
-    aligned = json.loads((tmp_path / "models/aligned/lifecycle.json").read_text())
-    assert aligned["model"] is False and "evaluates the fine-tuning rung first" in aligned["not_reached"]
+    for method in ("dpo", "rlhf"):
+        aligned = json.loads((tmp_path / f"models/aligned/{method}/lifecycle.json").read_text())
+        assert aligned["model"] is False and "evaluates the fine-tuning rung first" in aligned["not_reached"]
+    assert "not_reached" in json.loads((tmp_path / "models/reward/lifecycle.json").read_text())
     with Repo(str(tmp_path)) as repo:
-        assert "align" in repo.status(), "a plain `dvc repro` still runs the rung the ladder skipped"
+        status = repo.status()
+        assert {"reward", "align@dpo", "align@rlhf"} <= set(status), "a plain `dvc repro` still runs the skipped rung"
     from mlflow import MlflowClient
 
     tags = MlflowClient().get_run(result.parent_run_id).data.tags

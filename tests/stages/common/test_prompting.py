@@ -33,7 +33,8 @@ def test_train_eval_and_serve_render_the_same_string(prepared, packaged):
 
     record = read_jsonl(Path(prepared.paths.processed) / "eval.jsonl")[0]
     report = read_json(prepared.paths.eval_metrics)
-    spec = variants(prepared.paths, read_json(prepared.paths.selection), read_json(prepared.paths.prompt))[report["candidate"]]
+    spec = variants(prepared.paths, read_json(prepared.paths.selection), read_json(prepared.paths.prompt),
+                    [m.value for m in prepared.align.methods])[report["candidate"]]
     tok = load_tokenizer(spec["adapter"] or spec["ref"])
     model = load_model(spec["ref"], adapter=spec["adapter"])
     evaluated = render_all(renderer_for(params=prepared, tokenizer=tok, model_or_config=model), [record], "eval",
