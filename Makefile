@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-data bench-evaluate bench-integrate bench-serve clean
+.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/pipeline.py
 
+bench-adapt: install
+	$(BIN)/python bench/adapt.py
+
 bench-data: install
 	$(BIN)/python bench/data.py
 
@@ -44,5 +47,5 @@ bench-serve: install
 	$(BIN)/python bench/serve.py
 
 clean:
-	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft \
-	       models/aligned models/package models/index models/.cache models/selection.json models/prompt.json models/.checkpoints metrics reports
+	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft models/reward \
+	       models/aligned/dpo models/aligned/rlhf models/package models/index models/.cache models/selection.json models/prompt.json models/.checkpoints metrics reports

@@ -208,8 +208,11 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
               "reward": round(h["rewards/reward_model/mean"], 5), "kl": round(h.get("kl", float("nan")), 5)}
              for h in logs]
     first, last = (logs[0], logs[-1]) if logs else ({}, {})
+    third = max(1, len(curve) // 3)  # one step's few samples are noisy: the first and last third of the curve
     return {
         "optimizer": p.optimizer,
+        "reward_model_mean_first_third": round(sum(c["reward"] for c in curve[:third]) / third, 4) if curve else None,
+        "reward_model_mean_last_third": round(sum(c["reward"] for c in curve[-third:]) / third, 4) if curve else None,
         "train_loss": round(result.training_loss, 4),
         "train_seconds": round(result.metrics["train_runtime"], 1),
         "first_reward_model_mean": first.get("rewards/reward_model/mean"),

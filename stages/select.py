@@ -33,6 +33,7 @@ BYTES_PER_PARAM = {
     "prompt": lambda dtype_bytes: dtype_bytes,                      # inference only
     "lora": lambda dtype_bytes: dtype_bytes + 0.02 * 16,            # frozen weights + ~2% trainable in fp32 Adam
     "qlora": lambda dtype_bytes: 0.55 + 0.02 * 16,                  # 4-bit weights (+ quantization constants)
+    "prompt_tuning": lambda dtype_bytes: dtype_bytes,               # frozen weights; a few virtual tokens train
     "full": lambda dtype_bytes: 16,                                 # mixed precision: weights, grads, fp32 master + Adam
 }
 OVERHEAD = 1.3

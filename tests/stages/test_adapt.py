@@ -135,6 +135,11 @@ def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexe
     for name, param in tuned.base_model.state_dict().items():
         assert torch.equal(param, base_state[name]), f"base weight {name} changed"
     assert read_json(Path(paths.sft) / "lifecycle.json")["adapter"] is True
+    from stages.common.errors import ProjectError
+    from stages.package import candidate_model
+
+    with pytest.raises(ProjectError, match="soft prompt .* cannot be merged"):  # compared in evaluate, not shipped
+        candidate_model({"ref": base_ref, "adapter": paths.sft})
 
 
 def test_packing_trains(prepared, selected, indexed, tmp_path):
