@@ -1,7 +1,7 @@
 """SFT through the `adapt` stage vs a bare TRL script, packing on vs off, and LoRA's size against its formula.
 
     make bench-adapt                 # the default project's selected model (tiny-m); runs `dvc repro select` first
-    python bench/adapt.py --steps 60 --rounds 3
+    python bench/adapt.py --steps 200 --rounds 3
 
 1. Tokens/s of supervised fine-tuning through stages.adapt.train_sft (the stage's rows, renderer, SFTConfig,
    checkpoints, metrics) vs a bare `SFTTrainer` script given the same model, rows and settings. Non-padding tokens
@@ -97,7 +97,7 @@ def main() -> None:
     from stages.common.params import load_params
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--technique", help="only train this technique through the stage, print its metrics as JSON")
     args = parser.parse_args()

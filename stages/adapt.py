@@ -23,6 +23,7 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_loss_curve
 from stages.common.params import ADAPTERS, Params, Paths, Precision, Technique
+from stages.common.training import peak_memory, train_resumable
 
 log = logging.getLogger(__name__)
 
@@ -129,25 +130,14 @@ def peft_config(params: Params, tok):
     return LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
 
 
-def peak_memory(device: str) -> tuple[float, str]:
-    """(MiB, what was measured): CUDA's peak allocated memory, or on a CPU the process's peak resident set."""
-    import resource
-
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
-
-
 def folder_bytes(path: Path, pattern: str = "*.safetensors") -> int:
     return sum(f.stat().st_size for f in Path(path).glob(pattern))
 
 
 def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Path, ckpt: Path) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTTrainer
 
     from stages.common.models import load_tokenizer, renderer_for, torch_dtype
@@ -182,8 +172,6 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     train = Dataset.from_list(rendered)
     trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,
                          processing_class=tok, peft_config=peft_config(params, tok))
-    from stages.align import train_resumable
-
     result, resumed = train_resumable(trainer, ckpt)
     trainer.model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -210,7 +198,6 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         "train_seconds": round(result.metrics["train_runtime"], 1),
         "trainable_parameters": trainable,
         "trainable_percent": round(100 * trainable / total, 3),
-        "resumed": resumed > 0,
         **raft,
     }
 

@@ -21,6 +21,7 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_csv, write_json
 from stages.common.params import AlignMethod, Params, Paths, Precision, RuleRewards
+from stages.common.training import train_resumable
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +70,6 @@ def training_args(params: Params, trainer, ckpt: Path, device: str, drop: tuple 
         "seed": params.project.seed,
         "disable_tqdm": False,
     }
-
-
-def train_resumable(trainer, ckpt: Path) -> tuple:
-    """trainer.train(), from the newest complete checkpoint when a killed run left one. Returns (result, the step
-    it resumed from, 0 for a fresh start). transformers writes a checkpoint in place, `trainer_state.json` last: a
-    run killed mid-save leaves one without it, which is removed rather than resumed from."""
-    complete = []
-    for folder in ckpt.glob("checkpoint-*"):
-        if (folder / "trainer_state.json").is_file():
-            complete.append(folder)
-        else:
-            log.warning("removing %s: a checkpoint the killed run did not finish writing", folder)
-            shutil.rmtree(folder, ignore_errors=True)
-    latest = max(complete, key=lambda d: int(d.name.split("-")[1]), default=None)
-    if latest:
-        log.info("resuming from %s", latest)
-    return trainer.train(resume_from_checkpoint=str(latest) if latest else None), (
-        int(latest.name.split("-")[1]) if latest else 0)
 
 
 def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) -> tuple[dict, list[dict]]:
