@@ -44,15 +44,16 @@ def sft_model(paths: Paths, precision: str):
 
 
 def checkpoint_dir(params: Params, paths: Paths, method: str) -> Path:
-    """Unique per configuration and SFT model: resuming is only safe with the same start and settings."""
+    """Unique per configuration, SFT model and pairs: resuming is only safe with the same start and settings."""
     import hashlib
 
     from stages.common.tracking import sha256
 
-    sft = Path(paths.sft)
-    weights = sorted(sft.glob("*.safetensors"))
+    weights = sorted(Path(paths.sft).glob("*.safetensors"))
     key = json.dumps({"align": params.align.model_dump(mode="json")[method], "precision": params.align.precision.value,
-                      "sft": [sha256(w) for w in weights], "seed": params.project.seed}, sort_keys=True)
+                      "lora": params.adapt.lora.model_dump(mode="json"), "prompt": params.prompt.model_dump(mode="json"),
+                      "sft": [sha256(w) for w in weights], "seed": params.project.seed,
+                      "pairs": sha256(Path(paths.processed) / "preference.jsonl")}, sort_keys=True)
     return Path(paths.aligned).parent / ".checkpoints" / f"align-{method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -142,8 +143,10 @@ def reward_functions(params: Params, paths: Paths, renderer, device: str) -> tup
     rm_tok = load_tokenizer(paths.reward)
     rm_tok.padding_side = "right"
 
-    def reward_model(prompts, completions, **_) -> list[float]:
-        texts = [p + renderer.cut(c) for p, c in zip(prompts, completions, strict=True)]
+    def reward_model(prompts, completions, record, **_) -> list[float]:
+        # Formatted as the reward model was trained: the prompt, then the answer as `renderer.completion` renders it.
+        texts = [p + renderer.completion(json.loads(r), renderer.cut(c))
+                 for p, c, r in zip(prompts, completions, record, strict=True)]
         batch = rm_tok(texts, return_tensors="pt", padding=True, truncation=True,
                        max_length=params.align.rlhf.reward_model.trainer.max_length).to(device)
         with torch.no_grad():
@@ -176,8 +179,9 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
     mlflow.log_params({"reward_model.registered_model": card["registered_model"],
                        "reward_model.version": card["version"]})
     rows = read_jsonl(Path(paths.processed) / "preference.jsonl")
-    train = Dataset.from_list([{"prompt": q} for q in render_all(renderer, rows, "preference", examples=[],
-                                                                   max_new_tokens=p.max_completion_length)])
+    prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=p.max_completion_length)
+    # `record`: TRL hands every other column to the reward functions, which render the answer with it.
+    train = Dataset.from_list([{"prompt": q, "record": json.dumps(r)} for q, r in zip(prompts, rows, strict=True)])
     Config, Trainer = {"rloo": (RLOOConfig, RLOOTrainer), "grpo": (GRPOConfig, GRPOTrainer)}[p.optimizer]
     config = Config(**training_args(params, p.trainer, ckpt, device, drop=("max_length",)), beta=p.beta,
                     num_generations=p.num_generations, max_completion_length=p.max_completion_length,

@@ -61,7 +61,7 @@ def test_dpo_widens_the_chosen_rejected_margin(separable):
 
 @pytest.mark.parametrize("optimizer", ["rloo", "grpo"])
 def test_rlhf_raises_the_reward_model_score(separable, optimizer):
-    """RLOO and GRPO against the trained reward model: the mean reward of the sampled answers goes up. Two-token
+    """RLOO and GRPO against the trained reward model: the mean reward of the sampled answers goes up. Four-token
     answers at temperature 0.5: the tiny test model is nearly uniform over its vocabulary, where a policy gradient
     spread over many tokens at temperature 1 barely moves it in a test's steps."""
     from mlflow import MlflowClient
@@ -70,17 +70,17 @@ def test_rlhf_raises_the_reward_model_score(separable, optimizer):
 
     params, paths = separable["params"], separable["paths"]
     rlhf = params.align.rlhf.model_copy(update={
-        "optimizer": optimizer, "beta": 0.0, "temperature": 0.5, "max_completion_length": 2,
+        "optimizer": optimizer, "beta": 0.0, "temperature": 0.5, "max_completion_length": 4,
         "trainer": params.align.rlhf.trainer.model_copy(update={
             "max_steps": 60, "learning_rate": 5e-2, "per_device_train_batch_size": 32, "logging_steps": 1})})
     params = params.model_copy(update={"align": params.align.model_copy(update={"rlhf": rlhf})})
     metrics = align.run(params, paths, "rlhf")["metrics"]
     rewards = [float(r["reward"]) for r in csv.DictReader(open(Path(paths.metrics) / "align_rlhf_curve.csv"))]
     assert len(rewards) == 60
-    # The first 20 steps' mean reward vs the last 20 (one step's 32 samples are noisy). Measured here: +0.35 to +0.45
-    # at the project's seed; +0.11 to +0.55 over three other seeds.
+    # The first 20 steps' mean reward vs the last 20 (one step's 32 samples are noisy). Measured here: +0.42 (RLOO)
+    # and +0.13 (GRPO) at the project's seed, +0.11 to +0.30 at two other seeds; never a fall in 12 runs.
     first, last = sum(rewards[:20]) / 20, sum(rewards[-20:]) / 20
-    assert last > first + 0.1, rewards
+    assert last > first + 0.05, rewards
     card = read_json(Path(paths.reward) / "lifecycle.json")
     assert metrics["reward_model"] == f"{card['registered_model']} v{card['version']}"
     run = MlflowClient().search_runs(
