@@ -79,7 +79,8 @@ def stage_order(root: str | Path = ".") -> list[str]:
         declared = {stage: i for i, stage in enumerate(stages)}
         upstream_first = repo.index.graph.reverse(copy=True)
         ordered = nx.lexicographical_topological_sort(upstream_first, key=lambda stage: declared[stage])
-        return [stage.addressing for stage in ordered]
+        # The name, not `addressing` (relative to the working directory): every stage is in the root dvc.yaml.
+        return [stage.name for stage in ordered]
 
 
 def _exit_status_of(exc: BaseException) -> int:
