@@ -174,9 +174,8 @@ def test_a_killed_stage_resumes_from_its_checkpoint(prepared, selected, indexed,
     ckpts = tmp_path / ".checkpoints"
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
+        # Bounded by the stage itself: it ends after max_steps, so the loop ends with or without a checkpoint.
         while not any(ckpts.glob("*/checkpoint-*/trainer_state.json")) and proc.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
