@@ -21,26 +21,11 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_csv, write_json
 from stages.common.params import AlignMethod, Params, Paths, Precision, RuleRewards
-from stages.common.training import train_resumable
+from stages.common.training import preference_rows, sft_model, train_resumable
 
 log = logging.getLogger(__name__)
 
 CURVE_FIELDS = ["step", "loss", "reward", "kl"]
-
-
-def sft_model(paths: Paths, precision: str):
-    """The adapted model as one plain model: the base with the SFT adapter merged (or the base alone)."""
-    from stages.common.models import load_model
-
-    info = read_json(Path(paths.sft) / "lifecycle.json")
-    if info["technique"] == "prompt_tuning":  # a soft prompt cannot be merged into the weights: start from the base
-        log.info("adapt trained a soft prompt, which cannot be merged into the weights: starting from the base")
-        return load_model(info["base"], "cpu", precision), {**info, "trained": False}
-    if info["adapter"]:
-        return load_model(info["base"], "cpu", precision, adapter=paths.sft).merge_and_unload(), info
-    if info["trained"]:  # full fine-tuning: the folder is the model
-        return load_model(paths.sft, "cpu", precision), info
-    return load_model(info["base"], "cpu", precision), info
 
 
 def checkpoint_dir(params: Params, paths: Paths, method: str) -> Path:
@@ -79,13 +64,12 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) 
     from trl import DPOConfig, DPOTrainer
 
     from stages.common.models import load_tokenizer, renderer_for
-    from stages.reward import preference_rows
 
     p = params.align.dpo
     model, info = sft_model(paths, params.align.precision.value)
     tok = load_tokenizer(paths.sft if info["trained"] else info["base"])
     renderer = renderer_for(params, tok, model)
-    train = Dataset.from_list(preference_rows(params, renderer, read_jsonl(Path(paths.processed) / "preference.jsonl")))
+    train = Dataset.from_list(preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl")))
     config = DPOConfig(**training_args(params, p.trainer, ckpt, device), beta=p.beta)
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tok,
                          peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()))

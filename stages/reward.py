@@ -19,20 +19,12 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_csv, write_json
 from stages.common.params import Params, Paths, Precision
+from stages.common.training import preference_rows, sft_model
 
 log = logging.getLogger(__name__)
 
 CARD = "lifecycle.json"
 CHANCE = 0.5   # a reward model that ranks a pair at random is right half the time
-
-
-def preference_rows(params: Params, renderer, rows: list[dict]) -> list[dict]:
-    """prompt / chosen / rejected as the model sees them: the prompt rendered, the answers as training renders them."""
-    from stages.common.models import render_all
-
-    prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=0)
-    return [{"prompt": prompt, "chosen": renderer.completion(r, r["chosen"]),
-             "rejected": renderer.completion(r, r["rejected"])} for prompt, r in zip(prompts, rows, strict=True)]
 
 
 def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -48,7 +40,6 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from stages.align import sft_model
     from stages.common.models import load_tokenizer, renderer_for, torch_dtype
 
     p = params.align.rlhf.reward_model
@@ -56,7 +47,7 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     policy, info = sft_model(paths, precision.value)
     tok = load_tokenizer(paths.sft if info["trained"] else info["base"])
     renderer = renderer_for(params, tok, policy)
-    rows = preference_rows(params, renderer, read_jsonl(Path(paths.processed) / "preference.jsonl"))
+    rows = preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl"))
     train, held_out = split(rows, p.eval_fraction, params.project.seed)
     set_seed(params.project.seed)  # the new scalar head's random start: the same reward model every run
     with tempfile.TemporaryDirectory() as tmp:  # the SFT model as one folder, loaded again with a scalar head

@@ -1,10 +1,14 @@
-"""What the training stages (adapt, reward, align) share: resuming after a kill, and peak memory."""
+"""What the training stages (adapt, reward, align) share: the SFT model to start from, the preference pairs as
+the model sees them, resuming after a kill, and peak memory."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
+
+from stages.common.io import read_json
+from stages.common.params import Paths
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +40,27 @@ def peak_memory(device: str) -> tuple[float, str]:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def sft_model(paths: Paths, precision: str):
+    """The adapted model as one plain model: the base with the SFT adapter merged (or the base alone)."""
+    from stages.common.models import load_model
+
+    info = read_json(Path(paths.sft) / "lifecycle.json")
+    if info["technique"] == "prompt_tuning":  # a soft prompt cannot be merged into the weights: start from the base
+        log.info("adapt trained a soft prompt, which cannot be merged into the weights: starting from the base")
+        return load_model(info["base"], "cpu", precision), {**info, "trained": False}
+    if info["adapter"]:
+        return load_model(info["base"], "cpu", precision, adapter=paths.sft).merge_and_unload(), info
+    if info["trained"]:  # full fine-tuning: the folder is the model
+        return load_model(paths.sft, "cpu", precision), info
+    return load_model(info["base"], "cpu", precision), info
+
+
+def preference_rows(renderer, rows: list[dict]) -> list[dict]:
+    """prompt / chosen / rejected as the model sees them: the prompt rendered, the answers as training renders them."""
+    from stages.common.models import render_all
+
+    prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=0)
+    return [{"prompt": prompt, "chosen": renderer.completion(r, r["chosen"]),
+             "rejected": renderer.completion(r, r["rejected"])} for prompt, r in zip(prompts, rows, strict=True)]

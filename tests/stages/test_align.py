@@ -20,7 +20,7 @@ def _log_probs(model, tok, prompt: str, completion: str) -> float:
 def test_dpo_moves_the_sft_model(prepared, aligned):
     import torch
 
-    from stages.align import sft_model
+    from stages.common.training import sft_model
     from stages.common.models import load_model
 
     sft, _ = sft_model(prepared.paths, "fp32")
@@ -38,17 +38,17 @@ def test_dpo_widens_the_chosen_rejected_margin(separable):
     """DPO's implicit reward: log pi(chosen) - log pi(rejected) grows relative to the SFT model it started from."""
     from stages import align
     from stages.common.models import load_model, load_tokenizer, renderer_for
-    from stages.reward import preference_rows
+    from stages.common.training import preference_rows, sft_model
 
     params, paths = separable["params"], separable["paths"]
     dpo = params.align.dpo.model_copy(update={"trainer": params.align.dpo.trainer.model_copy(
         update={"max_steps": 15, "learning_rate": 1e-2, "per_device_train_batch_size": 8})})
     params = params.model_copy(update={"align": params.align.model_copy(update={"dpo": dpo})})
     align.run(params, paths, "dpo")
-    sft, _ = align.sft_model(paths, "fp32")
+    sft, _ = sft_model(paths, "fp32")
     tuned = load_model(str(Path(paths.aligned) / "dpo"))
     tok = load_tokenizer(paths.sft)
-    pairs = preference_rows(params, renderer_for(params, tok, sft), read_jsonl(Path(paths.processed) / "preference.jsonl"))[:24]
+    pairs = preference_rows(renderer_for(params, tok, sft), read_jsonl(Path(paths.processed) / "preference.jsonl"))[:24]
 
     def margin(model):
         return sum(_log_probs(model, tok, r["prompt"], r["chosen"]) - _log_probs(model, tok, r["prompt"], r["rejected"])
