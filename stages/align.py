@@ -63,11 +63,10 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) 
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from stages.common.models import load_tokenizer, renderer_for
+    from stages.common.models import renderer_for
 
     p = params.align.dpo
-    model, info = sft_model(paths, params.align.precision.value)
-    tok = load_tokenizer(paths.sft if info["trained"] else info["base"])
+    model, tok = sft_model(paths, params.align.precision.value)
     renderer = renderer_for(params, tok, model)
     train = Dataset.from_list(preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl")))
     config = DPOConfig(**training_args(params, p.trainer, ckpt, device), beta=p.beta)
@@ -152,11 +151,10 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from stages.common.models import load_tokenizer, render_all, renderer_for
+    from stages.common.models import render_all, renderer_for
 
     p = params.align.rlhf
-    model, info = sft_model(paths, params.align.precision.value)
-    tok = load_tokenizer(paths.sft if info["trained"] else info["base"])
+    model, tok = sft_model(paths, params.align.precision.value)
     renderer = renderer_for(params, tok, model)
     functions, weights, card = reward_functions(params, paths, renderer, device)
     mlflow.set_tags({"lifecycle.reward_model": f"{card['registered_model']} v{card['version']}"})

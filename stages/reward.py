@@ -40,12 +40,11 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from stages.common.models import load_tokenizer, renderer_for, torch_dtype
+    from stages.common.models import renderer_for, torch_dtype
 
     p = params.align.rlhf.reward_model
     precision = params.align.precision
-    policy, info = sft_model(paths, precision.value)
-    tok = load_tokenizer(paths.sft if info["trained"] else info["base"])
+    policy, tok = sft_model(paths, precision.value)
     renderer = renderer_for(params, tok, policy)
     rows = preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl"))
     train, held_out = split(rows, p.eval_fraction, params.project.seed)

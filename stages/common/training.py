@@ -43,18 +43,21 @@ def peak_memory(device: str) -> tuple[float, str]:
 
 
 def sft_model(paths: Paths, precision: str):
-    """The adapted model as one plain model: the base with the SFT adapter merged (or the base alone)."""
-    from stages.common.models import load_model
+    """(model, tokenizer): the adapted model as one plain model, the base with the SFT adapter merged (or the base
+    alone), and the tokenizer saved with it."""
+    from stages.common.models import load_model, load_tokenizer
 
     info = read_json(Path(paths.sft) / "lifecycle.json")
     if info["technique"] == "prompt_tuning":  # a soft prompt cannot be merged into the weights: start from the base
         log.info("adapt trained a soft prompt, which cannot be merged into the weights: starting from the base")
-        return load_model(info["base"], "cpu", precision), {**info, "trained": False}
+        return load_model(info["base"], "cpu", precision), load_tokenizer(info["base"])
     if info["adapter"]:
-        return load_model(info["base"], "cpu", precision, adapter=paths.sft).merge_and_unload(), info
-    if info["trained"]:  # full fine-tuning: the folder is the model
-        return load_model(paths.sft, "cpu", precision), info
-    return load_model(info["base"], "cpu", precision), info
+        model = load_model(info["base"], "cpu", precision, adapter=paths.sft).merge_and_unload()
+    elif info["trained"]:  # full fine-tuning: the folder is the model
+        model = load_model(paths.sft, "cpu", precision)
+    else:
+        return load_model(info["base"], "cpu", precision), load_tokenizer(info["base"])
+    return model, load_tokenizer(paths.sft)
 
 
 def preference_rows(renderer, rows: list[dict]) -> list[dict]:
