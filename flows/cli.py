@@ -9,8 +9,11 @@
     lifecycle promote VERSION --reason "..."   # make a version the champion by hand
     lifecycle rollback --reason "..."   # give champion back to the version that held it before
     lifecycle schedule --cron "0 3 * * *"   # run on a schedule (Prefect deployment served by this process)
+    lifecycle deploy-flow --pool NAME   # the lifecycle as a deployment on a Prefect work pool (a team's workers)
+    lifecycle work-pool-template --gpus 1 --image IMG   # a Kubernetes work pool's base job template (JSON)
 
-Exit status: 0 success, 2 invalid project definition, 3 a gate refused the model, anything else a failure.
+Exit status: 0 success, 2 invalid project definition, 3 a gate refused the model, 4 a server named by the
+environment did not answer, 5 another run holds the workspace, anything else a failure.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import time
 from pathlib import Path
 
 from stages.common.cli import project_environment
-from stages.common.errors import ExitStatus, ProjectError
+from flows.workspace import WorkspaceBusy
+from stages.common.errors import ExitStatus, ProjectError, ServerUnreachable
 
 
 def _read(path: Path):
@@ -129,6 +133,12 @@ def cmd_run(args) -> int:
 
     root = Path.cwd()
     params = load_params(root / "params.yaml")  # invalid: exit 2 here, before Prefect, DVC or any model
+    from flows import servers, workspace
+
+    # Refused in a second, before Prefect starts; the flow itself takes the lock (a worker's run has no CLI).
+    if params.orchestration.on_busy == "fail" and workspace.is_busy(root):
+        raise workspace.WorkspaceBusy(root, workspace.holder(root))
+    servers.check_prefect()
     from flows.lifecycle import StageFailed, lifecycle
 
     start = time.perf_counter()
@@ -136,7 +146,7 @@ def cmd_run(args) -> int:
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, StageFailed) and hasattr(outcome, "result"):
         result = outcome.result
-    elif isinstance(outcome, BaseException):
+    elif isinstance(outcome, BaseException):  # WorkspaceBusy, ServerUnreachable: main() says them; else a bug
         raise outcome
     else:
         result = outcome
@@ -158,6 +168,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from dvc.repo import Repo
 
+    from flows import servers
     from flows.lifecycle import stage_order
     from stages.common.params import load_params
 
@@ -169,6 +180,9 @@ def cmd_status(args) -> int:
         print(f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}")
     from flows.lifecycle import LAST_RUN
 
+    print()
+    for tool, where in servers.in_use(root):
+        print(f"{tool:<10} {where}")
     last = _read(root / LAST_RUN)
     if last:
         print(f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
@@ -333,6 +347,42 @@ def cmd_schedule(args) -> int:
     return ExitStatus.OK
 
 
+def cmd_deploy_flow(args) -> int:
+    """The lifecycle flow as a deployment on a work pool of the Prefect server in PREFECT_API_URL."""
+    from flows import servers
+
+    if not servers.prefect_api():
+        raise ProjectError(["deploy-flow registers on a Prefect server: set PREFECT_API_URL (e.g. "
+                            "http://prefect.internal:4200/api); `lifecycle schedule` serves without one"])
+    servers.check_prefect()
+    if args.cron:
+        from prefect.schedules import Cron
+
+        try:
+            Cron(args.cron)
+        except ValueError as exc:
+            raise ProjectError([f"--cron {args.cron!r} is not a valid cron expression ({exc})"]) from None
+    deployment_id = servers.deploy_flow(args.source, args.pool, args.name, args.cron)
+    print(f"deployment 'lifecycle/{args.name}' ({deployment_id}) on work pool '{args.pool}' at "
+          f"{servers.prefect_api()}" + (f", cron '{args.cron}'" if args.cron else ""))
+    print(f"start a worker where the project runs:  prefect worker start --pool {args.pool}\n"
+          f"trigger a run:                          prefect deployment run 'lifecycle/{args.name}'")
+    return ExitStatus.OK
+
+
+def cmd_work_pool_template(args) -> int:
+    from flows import servers
+    from stages.common.io import write_json
+
+    template = servers.kubernetes_base_job_template(args.image, args.gpus, args.gpu_resource, args.namespace)
+    write_json(args.out, template)
+    print(f"wrote {args.out}: Prefect's Kubernetes job template, image {args.image}, {args.gpus} x "
+          f"{args.gpu_resource} per flow run\n"
+          f"create the pool:  prefect work-pool create {args.pool} --type kubernetes --base-job-template {args.out}\n"
+          f"then:             lifecycle deploy-flow --pool {args.pool} --source <your git URL>")
+    return ExitStatus.OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifecycle", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -366,6 +416,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, default=4200, help="port of the local Prefect server started when "
                                                         "PREFECT_API_URL is unset (default 4200)")
     c.set_defaults(func=cmd_schedule)
+    df = sub.add_parser("deploy-flow", help="register the lifecycle as a deployment on a Prefect work pool")
+    df.add_argument("--pool", required=True, help="the work pool whose workers run it")
+    df.add_argument("--name", default="lifecycle", help="deployment name (default: lifecycle)")
+    df.add_argument("--source", default=".", help="where workers find the project: this folder (default) or "
+                                                  "the team's git URL")
+    df.add_argument("--cron", help='optional schedule, e.g. "0 3 * * *"')
+    df.set_defaults(func=cmd_deploy_flow)
+    wp = sub.add_parser("work-pool-template", help="a Kubernetes work pool's base job template with GPU requests")
+    wp.add_argument("--image", required=True, help="the image the flow-run pods start (the project installed)")
+    wp.add_argument("--gpus", type=int, default=1, help="GPUs per flow-run pod (default 1)")
+    wp.add_argument("--gpu-resource", default="nvidia.com/gpu", help="the cluster's GPU resource name")
+    wp.add_argument("--namespace", default="default")
+    wp.add_argument("--pool", default="gpu", help="the pool name used in the printed commands")
+    wp.add_argument("--out", default="deploy/prefect-k8s-base-job-template.json")
+    wp.set_defaults(func=cmd_work_pool_template)
     return p
 
 
@@ -374,9 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     project_environment(Path.cwd())
     try:
         return int(args.func(args))
-    except ProjectError as exc:
+    except (ProjectError, ServerUnreachable, WorkspaceBusy) as exc:
         print(exc, file=sys.stderr)
-        return ExitStatus.INVALID_PROJECT
+        return exc.exit_status
 
 
 if __name__ == "__main__":

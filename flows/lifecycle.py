@@ -241,18 +241,51 @@ def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResu
 
 @flow(name="lifecycle", log_prints=True)
 def lifecycle(root: str = ".") -> RunResult:
-    """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`."""
+    """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`;
+    the workspace held for the whole run (a second run is refused, or waits, before any stage)."""
+    from flows.servers import check_tracking
+    from flows.workspace import workspace_lock
     from stages.common.params import load_params
-    from stages.common.tracking import configure
 
     root = str(Path(root).resolve())
     params = load_params(Path(root) / "params.yaml")
+    check_tracking()  # a tracking server that is down: say so now, not after the first stage's retries
+    orchestration = params.orchestration
+    with workspace_lock(root, wait=orchestration.on_busy == "wait", timeout=orchestration.wait_timeout_seconds):
+        return pipeline(root, params)
+
+
+def pipeline(root: str, params) -> RunResult:
+    """The body of the flow: the stages in order under one MLflow parent run."""
+    from flows.servers import tracking_unreachable
+
+    result = RunResult()
+    try:
+        return tracked_pipeline(root, params, result)
+    except StageFailed:
+        raise
+    except Exception as exc:
+        # The tracking server went away mid-run: the parent run could not be closed. Say so, keep what ran.
+        unreachable = tracking_unreachable(exc)
+        if unreachable is None:
+            raise
+        if result.exit_status == ExitStatus.OK:
+            result.exit_status, result.failed_stage = ExitStatus.SERVER_UNREACHABLE, result.failed_stage or "tracking"
+        result.error = (result.error + "; " if result.error else "") + str(unreachable)
+        write_json(Path(root) / LAST_RUN, asdict(result))
+        error = StageFailed(result.failed_stage, result.exit_status, result.error)
+        error.result = result
+        raise error from None
+
+
+def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
+    from stages.common.tracking import configure
+
     orchestration = params.orchestration
     # DVC runs `python -m stages.<name>`: make that the interpreter running this flow.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     # evaluate depends on the folder of the align@<method> outputs, which no stage makes when `align.methods` is [].
     (Path(root) / params.paths.aligned).mkdir(parents=True, exist_ok=True)
-    result = RunResult()
     flow_start = time.perf_counter()
     mlflow = configure(params.project.name)
     budget = params.scope.budget
@@ -300,16 +333,16 @@ def lifecycle(root: str = ".") -> RunResult:
                                          stages_not_run=higher)
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
+            result.total_seconds = round(time.perf_counter() - flow_start, 2)
+            result.cost = cost(result.seconds, budget.training_hours, gpus)
+            write_json(Path(root) / LAST_RUN, asdict(result))  # first: the record survives a tracking outage
             mlflow.set_tags({"stages.ran": ",".join(result.ran) or "none",
                              "exit_status": int(result.exit_status)})
             # MLflow metric names allow no "@": evaluate@prompting is logged as seconds.evaluate.prompting
             mlflow.log_metrics({f"seconds.{k.replace('@', '.')}": v for k, v in result.seconds.items()})
             if result.exit_status != ExitStatus.OK:
                 mlflow.set_tag("failed_stage", result.failed_stage)
-            result.total_seconds = round(time.perf_counter() - flow_start, 2)
-            result.cost = cost(result.seconds, budget.training_hours, gpus)
             mlflow.log_metrics({f"cost.{k}": float(v) for k, v in result.cost.items()})
-            write_json(Path(root) / LAST_RUN, asdict(result))
             describe_run(mlflow, Path(root), params, result)
         if result.exit_status != ExitStatus.OK:
             # Fail the flow (Prefect shows it red, MLflow marks the parent run FAILED); the CLI reads `.result`.

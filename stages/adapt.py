@@ -22,6 +22,7 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_loss_curve
+from stages.common.launch import is_main_process, output_dir
 from stages.common.params import ADAPTERS, Params, Paths, Precision, Technique
 from stages.common.training import peak_memory, train_resumable
 
@@ -178,7 +179,8 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
     total = sum(t.numel() for t in trainer.model.parameters())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", trainer.state.log_history)
+    if is_main_process():
+        write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", trainer.state.log_history)
     # Non-padding tokens the trainer saw (SFTTrainer's own count: attention mask, or every token when packed);
     # after a resume, those since the restart, timed since the restart.
     tokens = getattr(trainer, "_total_train_tokens", 0)
@@ -198,6 +200,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         "train_seconds": round(result.metrics["train_runtime"], 1),
         "trainable_parameters": trainable,
         "trainable_percent": round(100 * trainable / total, 3),
+        "processes": trainer.args.world_size,
         **raft,
     }
 
@@ -210,11 +213,12 @@ def run(params: Params, paths: Paths) -> dict:
     base_ref = selection["selected"]["ref"]
     device = resolve_device(params.project.device)
     trains = params.adapt.technique is not Technique.prompt
+    main = is_main_process()  # under `accelerate launch`, the others train in step and write nothing
     with stage_run("adapt", params, params.adapt.model_dump(mode="json")) as _:
         import mlflow
 
         log_splits(paths.processed, ["sft"])
-        with atomic_dir(paths.sft) as out:
+        with output_dir(paths.sft, atomic_dir) as out:
             if trains:
                 ckpt = checkpoint_dir(params, paths, selection)
                 metrics = {**train_sft(params, paths, base_ref, device, out, ckpt), "trained": True}
@@ -222,10 +226,11 @@ def run(params: Params, paths: Paths) -> dict:
                 metrics = {"trained": False}
                 write_loss_curve(Path(paths.metrics) / "adapt_loss.csv", [])
             write_json(out / "lifecycle.json", model_info(params, base_ref, trained=trains))
-        if trains:
-            shutil.rmtree(ckpt, ignore_errors=True)  # done: the adapter is the result, checkpoints are not
-        write_json(Path(paths.metrics) / "adapt.json", metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        if main:
+            if trains:
+                shutil.rmtree(ckpt, ignore_errors=True)  # done: the adapter is the result, checkpoints are not
+            write_json(Path(paths.metrics) / "adapt.json", metrics)
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     return {"metrics": metrics, "summary": f"{params.adapt.technique.value} on {selection['selected']['name']}: "
                                            + ", ".join(f"{k} {v}" for k, v in metrics.items())}
 
@@ -248,7 +253,7 @@ def not_reached(params: Params, paths: Paths, why: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("adapt", run, argv)
+    return stage_main("adapt", run, argv, precision=lambda params: params.adapt.precision.value)
 
 
 if __name__ == "__main__":

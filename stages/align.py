@@ -20,6 +20,7 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_csv, write_json
+from stages.common.launch import is_main_process, output_dir
 from stages.common.params import AlignMethod, Params, Paths, Precision, RuleRewards
 from stages.common.training import preference_rows, sft_model, train_resumable
 
@@ -157,9 +158,10 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
     model, tok = sft_model(paths, params.align.precision.value)
     renderer = renderer_for(params, tok, model)
     functions, weights, card = reward_functions(params, paths, renderer, device)
-    mlflow.set_tags({"lifecycle.reward_model": f"{card['registered_model']} v{card['version']}"})
-    mlflow.log_params({"reward_model.registered_model": card["registered_model"],
-                       "reward_model.version": card["version"]})
+    if is_main_process():
+        mlflow.set_tags({"lifecycle.reward_model": f"{card['registered_model']} v{card['version']}"})
+        mlflow.log_params({"reward_model.registered_model": card["registered_model"],
+                           "reward_model.version": card["version"]})
     rows = read_jsonl(Path(paths.processed) / "preference.jsonl")
     prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=p.max_completion_length)
     # `record`: TRL hands every other column to the reward functions, which render the answer with it.
@@ -214,14 +216,15 @@ def run(params: Params, paths: Paths, method: str) -> dict:
         import mlflow
 
         log_splits(paths.processed, ["preference"])
-        with atomic_dir(Path(paths.aligned) / method.value) as out:
+        with output_dir(Path(paths.aligned) / method.value, atomic_dir) as out:
             metrics, curve = TRAINERS[method](params, paths, device, out, ckpt)
             metrics["trained"] = True
             write_json(out / "lifecycle.json", {"method": method.value, "model": True})
-        shutil.rmtree(ckpt, ignore_errors=True)  # done: the model is the result, checkpoints are not
-        write_csv(Path(paths.metrics) / f"align_{method.value}_curve.csv", curve, CURVE_FIELDS)
-        write_json(Path(paths.metrics) / f"align_{method.value}.json", metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        if is_main_process():  # under `accelerate launch`, the others train in step and write nothing
+            shutil.rmtree(ckpt, ignore_errors=True)  # done: the model is the result, checkpoints are not
+            write_csv(Path(paths.metrics) / f"align_{method.value}_curve.csv", curve, CURVE_FIELDS)
+            write_json(Path(paths.metrics) / f"align_{method.value}.json", metrics)
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     return {"metrics": metrics, "summary": f"{method.value}: " + ", ".join(f"{k} {v}" for k, v in metrics.items())}
 
 
@@ -235,7 +238,8 @@ def not_reached(params: Params, paths: Paths, why: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("align", run, argv, method=[m.value for m in AlignMethod])
+    return stage_main("align", run, argv, method=[m.value for m in AlignMethod],
+                      precision=lambda params: params.align.precision.value)
 
 
 if __name__ == "__main__":

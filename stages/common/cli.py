@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from stages.common.errors import ExitStatus, GateRefused, ProjectError
+from stages.common.errors import ExitStatus, GateRefused, ProjectError, ServerUnreachable
+from stages.common.launch import accelerate_command, is_main_process, launched
 
 
 def project_environment(root: str | Path = ".") -> None:
@@ -21,6 +22,9 @@ def project_environment(root: str | Path = ".") -> None:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # first start migrates the DB
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # MLflow's default (7 retries, backoff 2) rides out 4 minutes of a dead tracking server per call; 3 says
+        # so in ~15 s, and the stage's own retries (params `orchestration`) wait out a restart.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
         "DO_NOT_TRACK": "1",
         "BENTOML_DO_NOT_TRACK": "true",
         "TOKENIZERS_PARALLELISM": "false",
@@ -30,8 +34,11 @@ def project_environment(root: str | Path = ".") -> None:
         os.environ.setdefault(key, value)
 
 
-def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] | None = None) -> int:
-    """`method`: the stage is a DVC foreach (one stage per method, `name@method`); its choices."""
+def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] | None = None,
+               precision=None) -> int:
+    """`method`: the stage is a DVC foreach (one stage per method, `name@method`); its choices. `precision`
+    (params -> precision) marks a training stage that params `orchestration.launch` may start through
+    `accelerate launch`."""
     from stages.common.params import load_params
 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the `{name}` stage.")
@@ -45,6 +52,9 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
     project_environment()
     try:
         params = load_params(args.params)
+        launch = params.orchestration.launch
+        if precision is not None and launch.launcher == "accelerate" and not launched():
+            return relaunch(name, params, precision(params), sys.argv[1:] if argv is None else argv)
         result = run(params, params.paths, **extra)
     except ProjectError as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
@@ -52,6 +62,32 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
     except GateRefused as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
         return ExitStatus.GATE_REFUSED
+    except ServerUnreachable as exc:
+        print(f"[{name}] {exc}", file=sys.stderr)
+        return ExitStatus.SERVER_UNREACHABLE
+    except Exception as exc:
+        from stages.common.tracking import tracking_unreachable
+
+        unreachable = tracking_unreachable(exc)
+        if unreachable is None:
+            raise
+        print(f"[{name}] {unreachable}", file=sys.stderr)
+        return ExitStatus.SERVER_UNREACHABLE
+    if not is_main_process():
+        return ExitStatus.OK
     if isinstance(result, dict) and result.get("summary"):
         print(f"[{name}] {result['summary']}")
     return ExitStatus.OK
+
+
+def relaunch(name: str, params, precision: str, argv: list[str]) -> int:
+    """The stage again, under `accelerate launch` with the processes of params `orchestration.launch`."""
+    import subprocess
+
+    from stages.common.models import resolve_device
+
+    module = f"stages.{name.split('@')[0]}"
+    command = accelerate_command(params.orchestration.launch, resolve_device(params.project.device), precision,
+                                 module, argv)
+    print(f"[{name}] {' '.join(command)}", flush=True)
+    return subprocess.run(command).returncode

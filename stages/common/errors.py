@@ -10,6 +10,8 @@ class ExitStatus(IntEnum):
     ERROR = 1              # unexpected failure: the traceback is in the log
     INVALID_PROJECT = 2    # params.yaml is invalid or contradictory
     GATE_REFUSED = 3       # a KPI gate refused the model: nothing was promoted
+    SERVER_UNREACHABLE = 4  # a server the environment points at (MLflow tracking, Prefect API) did not answer
+    WORKSPACE_BUSY = 5     # another lifecycle run holds this workspace: nothing was run
 
 
 class ProjectError(Exception):
@@ -30,3 +32,10 @@ class GateRefused(Exception):
     def __init__(self, reasons: list[str]):
         self.reasons = list(reasons)
         super().__init__("the KPI gates refused the model:\n" + "\n".join(f"  - {r}" for r in self.reasons))
+
+
+class ServerUnreachable(Exception):
+    """A server the environment names (MLFLOW_TRACKING_URI, PREFECT_API_URL) does not answer: say which, and what
+    to do, instead of a client library's retry traceback."""
+
+    exit_status = ExitStatus.SERVER_UNREACHABLE

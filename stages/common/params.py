@@ -476,10 +476,32 @@ class Ladder(Strict):
     stop_when_passed: bool = False
 
 
+class Launch(Strict):
+    """How the training stages (adapt, align) start: one Python process, or `accelerate launch` with several
+    processes (one per GPU; on a CPU, gloo processes). The per-device batch is per process: N processes train on
+    N times the batch per step."""
+    launcher: Literal["python", "accelerate"] = "python"
+    num_processes: PosInt = 1
+    # ddp: a full copy of the model per process (fits when the model + optimizer fit one device);
+    # fsdp / deepspeed (ZeRO): weights, gradients and optimizer states sharded across the GPUs (CUDA only).
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    zero_stage: Literal[1, 2, 3] = 2               # deepspeed only
+
+    @model_validator(mode="after")
+    def _one_process_without_accelerate(self):
+        if self.launcher == "python" and self.num_processes > 1:
+            raise ValueError("num_processes > 1 needs `launcher: accelerate` (one Python process trains alone)")
+        return self
+
+
 class Orchestration(Strict):
     retries: NonNegInt = 1
     retry_delay_seconds: list[NonNegInt] = [5]
     timeout_seconds: PosInt = 3600
+    # Another run holds the workspace: `fail` at once naming it, or `wait` for it (up to wait_timeout_seconds).
+    on_busy: Literal["fail", "wait"] = "fail"
+    wait_timeout_seconds: PosInt = 3600
+    launch: Launch = Launch()
 
 
 class Params(Strict):

@@ -9,12 +9,59 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from stages.common.errors import ServerUnreachable
 
 PARENT_RUN_ENV = "LIFECYCLE_PARENT_RUN_ID"  # set by the flow, inherited by the DVC stage subprocesses
 RUNG_ENV = "LIFECYCLE_LADDER_RUNG"  # set by the flow while `evaluate` judges one rung of the escalation ladder
 DEFAULT_DB = "mlflow.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def answers(url: str, timeout: float) -> str | None:
+    """None when `url` answers 2xx, else why not."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def check_tracking(timeout: float = 5.0) -> None:
+    """An MLflow tracking *server* (http[s]) must answer its /health before any stage runs; a database URI needs
+    no server of ours."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    why = answers(uri.rstrip("/") + "/health", timeout)
+    if why:
+        raise ServerUnreachable(
+            f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {why}. Start it "
+            "(`mlflow server --backend-store-uri postgresql://... --host ...`), or unset MLFLOW_TRACKING_URI to "
+            "track into sqlite:///mlflow.db in the project.")
+
+
+def tracking_unreachable(exc: BaseException) -> ServerUnreachable | None:
+    """An exception from MLflow that is the tracking server not answering, as a ServerUnreachable; else None.
+    MLflow wraps connection errors in its own exception after its retries: ask the server, not the message."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, (MlflowException, OSError)) and "ConnectionError" not in type(exc).__name__:
+        return None
+    try:
+        check_tracking()
+    except ServerUnreachable as unreachable:
+        return unreachable
+    return None
 
 
 def configure(experiment: str):
@@ -23,7 +70,7 @@ def configure(experiment: str):
     import mlflow
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(f"sqlite:///{Path(DEFAULT_DB).resolve()}")
+        mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(experiment) is None:
         location, uri = None, mlflow.get_tracking_uri()
         if uri.startswith("sqlite:///"):  # artifacts next to the database, not wherever the cwd happens to be
@@ -54,6 +101,10 @@ def log_splits(processed: str | Path, roles) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
+    from stages.common.launch import is_main_process
+
+    if not is_main_process():
+        return
     for role in roles:
         path = Path(processed) / f"{role}.jsonl"
         if not path.is_file() or path.stat().st_size == 0:
@@ -96,7 +147,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 @contextmanager
 def stage_run(stage: str, params, section: dict | None = None):
-    """Start the stage's MLflow run (nested under the pipeline's run when there is one) and log its params."""
+    """Start the stage's MLflow run (nested under the pipeline's run when there is one) and log its params. Under
+    `accelerate launch`, only the main process tracks (the others yield None)."""
+    from stages.common.launch import is_main_process
+
+    if not is_main_process():
+        yield None
+        return
     mlflow = configure(params.project.name)
     parent = os.environ.get(PARENT_RUN_ENV) or None
     tags, name = {"lifecycle.stage": stage}, stage
