@@ -10,6 +10,7 @@ in-process (no extra interpreter start per stage); DVC skips what did not change
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -153,6 +154,28 @@ def rung_verdict(root: str, params) -> dict:
     return {"candidate": report["candidate"], "passed": report["gates"]["passed"], "failed": report["gates"]["failed"]}
 
 
+class _Forward(logging.Handler):
+    def __init__(self, logger):
+        super().__init__()
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logger.log(record.levelno, record.getMessage().strip("\n"))
+
+
+@contextmanager
+def dvc_logs_to(logger):
+    """DVC prints each line through its own console handlers and once more through the root logger Prefect sets
+    up; send each line once, to the task run's logger (the console and the Prefect UI)."""
+    dvc_logger = logging.getLogger("dvc")
+    handlers, propagate = dvc_logger.handlers[:], dvc_logger.propagate
+    dvc_logger.handlers, dvc_logger.propagate = [_Forward(logger)], False
+    try:
+        yield
+    finally:
+        dvc_logger.handlers, dvc_logger.propagate = handlers, propagate
+
+
 @task
 def run_stage(stage: str, root: str) -> bool:
     """`dvc repro --single-item <stage>`; True when the stage ran, False when DVC found it up to date. A failed
@@ -161,7 +184,10 @@ def run_stage(stage: str, root: str) -> bool:
 
     logger = get_run_logger()
     try:
-        with Repo(root) as repo, restored_on_failure(repo, stage):
+        with dvc_logs_to(logger), Repo(root) as repo, restored_on_failure(repo, stage):
+            # No "git add dvc.lock / enable auto staging" hint after every stage: committing dvc.lock is the
+            # team's step after a run (README), not the pipeline's.
+            repo.scm_context.quiet = True
             ran = repo.reproduce(stage, single_item=True)
     except Exception as exc:  # DVC wraps the command's failure; keep its exit status for the CLI
         raise StageFailed(stage, _exit_status_of(exc), str(exc)) from exc
@@ -243,7 +269,7 @@ def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResu
 def lifecycle(root: str = ".") -> RunResult:
     """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`;
     the workspace held for the whole run (a second run is refused, or waits, before any stage)."""
-    from flows.servers import check_tracking
+    from stages.common.tracking import check_tracking
     from flows.workspace import workspace_lock
     from stages.common.params import load_params
 
@@ -257,7 +283,7 @@ def lifecycle(root: str = ".") -> RunResult:
 
 def pipeline(root: str, params) -> RunResult:
     """The body of the flow: the stages in order under one MLflow parent run."""
-    from flows.servers import tracking_unreachable
+    from stages.common.tracking import tracking_unreachable
 
     result = RunResult()
     try:

@@ -190,3 +190,102 @@ def separable(prepared, adapted, tmp_path_factory):
     params = prepared.model_copy(update={"align": prepared.align.model_copy(update={
         "rlhf": rlhf.model_copy(update={"reward_model": reward_model})})})
     return {"params": params, "paths": paths, "reward": reward.run(params, paths)}
+
+
+# --- real server processes on 127.0.0.1, started and stopped (by PID) by the tests that need them ---------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Server:
+    """A server process in its own process group: `stop()` ends it and everything it started (workers)."""
+
+    def __init__(self, command: list[str], health: str, env: dict | None = None, cwd=None, log=None):
+        import subprocess
+
+        self.command, self.health = command, health
+        self.log = open(log, "ab") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, tries: int = 240) -> "Server":
+        import time
+
+        for _ in range(tries):  # bounded: 0.5 s apart (a first start migrates its database)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.command[:3]} exited with {self.proc.returncode}")
+            if healthy(self.health):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.command[:3]} not healthy on {self.health} after {tries / 2:.0f} s")
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
+
+
+def venv_bin(name: str) -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh database on the PostgreSQL this machine runs (127.0.0.1:5432, trust auth), dropped afterwards."""
+    import uuid
+
+    import psycopg2
+
+    name = f"lifecycle_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def mlflow_server(database: str, artifacts: Path, port: int, log: Path | None = None) -> Server:
+    """`mlflow server` on PostgreSQL, artifacts proxied by the server into a local folder (as a team runs it:
+    clients never write to the server's disk themselves)."""
+    return Server([venv_bin("mlflow"), "server", "--backend-store-uri",
+                   f"postgresql://postgres@127.0.0.1:5432/{database}", "--artifacts-destination", str(artifacts),
+                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                  f"http://127.0.0.1:{port}/health", log=log)
+
+
+def prefect_server(database: str, home: Path, port: int, log: Path | None = None) -> Server:
+    return Server([venv_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                  f"http://127.0.0.1:{port}/api/health", log=log,
+                  env={"PREFECT_HOME": str(home), "PREFECT_API_URL": "",
+                       "PREFECT_SERVER_DATABASE_CONNECTION_URL":
+                           f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"})
