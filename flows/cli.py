@@ -134,11 +134,13 @@ def cmd_run(args) -> int:
     root = Path.cwd()
     params = load_params(root / "params.yaml")  # invalid: exit 2 here, before Prefect, DVC or any model
     from flows import servers, workspace
+    from stages.common.tracking import check_tracking
 
     # Refused in a second, before Prefect starts; the flow itself takes the lock (a worker's run has no CLI).
     if params.orchestration.on_busy == "fail" and workspace.is_busy(root):
         raise workspace.WorkspaceBusy(root, workspace.holder(root))
     servers.check_prefect()
+    check_tracking()
     from flows.lifecycle import StageFailed, lifecycle
 
     start = time.perf_counter()

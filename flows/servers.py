@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stages.common.errors import ServerUnreachable
+from stages.common.errors import ProjectError, ServerUnreachable
 from stages.common.tracking import answers, tracking_uri
+
+ENTRYPOINT = "flows/lifecycle.py:lifecycle"  # the flow, relative to the project root
 
 
 def prefect_api() -> str | None:
@@ -67,7 +69,10 @@ def deploy_flow(source: str, pool: str, name: str = "lifecycle", cron: str | Non
 
     if "://" not in source and not source.endswith(".git"):
         source = str(Path(source).resolve())
-    flow = lifecycle.from_source(source=source, entrypoint="flows/lifecycle.py:lifecycle")
+        if not (Path(source) / ENTRYPOINT.split(":")[0]).is_file():
+            raise ProjectError([f"--source {source}: no {ENTRYPOINT.split(':')[0]} there; run from the project "
+                                "root or pass the project's folder or git URL"])
+    flow = lifecycle.from_source(source=source, entrypoint=ENTRYPOINT)
     return flow.deploy(name=name, work_pool_name=pool, parameters={"root": "."},
                        schedules=[Cron(cron)] if cron else None, build=False, push=False, print_next_steps=False)
 
