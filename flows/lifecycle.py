@@ -36,6 +36,14 @@ class StageFailed(Exception):
         self.stage, self.exit_status = stage, exit_status
         super().__init__(f"stage `{stage}` failed (exit status {exit_status}): {message}")
 
+    @classmethod
+    def of_run(cls, result: "RunResult") -> "StageFailed":
+        """The flow's failure: the run's own error text (already naming the stage), the RunResult for the CLI."""
+        error = cls.__new__(cls)
+        error.stage, error.exit_status, error.result = result.failed_stage, result.exit_status, result
+        Exception.__init__(error, result.error)
+        return error
+
 
 @dataclass
 class RunResult:
@@ -92,6 +100,17 @@ def _exit_status_of(exc: BaseException) -> int:
             return int(match.group(1))
         exc = exc.__cause__ or exc.__context__
     return ExitStatus.ERROR
+
+
+def _command_failed(exc: BaseException) -> bool:
+    """The stage's command ran and exited non-zero (as opposed to DVC itself failing)."""
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    while exc is not None:
+        if isinstance(exc, StageCmdFailedError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -190,7 +209,10 @@ def run_stage(stage: str, root: str) -> bool:
             repo.scm_context.quiet = True
             ran = repo.reproduce(stage, single_item=True)
     except Exception as exc:  # DVC wraps the command's failure; keep its exit status for the CLI
-        raise StageFailed(stage, _exit_status_of(exc), str(exc)) from exc
+        error = StageFailed(stage, _exit_status_of(exc), str(exc))
+        if _command_failed(exc):  # its own output above says what went wrong: DVC's exception chain is noise
+            raise error from None
+        raise error from exc
     logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return bool(ran)
 
@@ -299,9 +321,7 @@ def pipeline(root: str, params) -> RunResult:
             result.exit_status, result.failed_stage = ExitStatus.SERVER_UNREACHABLE, result.failed_stage or "tracking"
         result.error = (result.error + "; " if result.error else "") + str(unreachable)
         write_json(Path(root) / LAST_RUN, asdict(result))
-        error = StageFailed(result.failed_stage, result.exit_status, result.error)
-        error.result = result
-        raise error from None
+        raise StageFailed.of_run(result) from None
 
 
 def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
@@ -372,7 +392,5 @@ def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
             describe_run(mlflow, Path(root), params, result)
         if result.exit_status != ExitStatus.OK:
             # Fail the flow (Prefect shows it red, MLflow marks the parent run FAILED); the CLI reads `.result`.
-            error = StageFailed(result.failed_stage, result.exit_status, result.error)
-            error.result = result
-            raise error
+            raise StageFailed.of_run(result)
     return result

@@ -1,0 +1,189 @@
+"""The tiny project through the real `lifecycle` command against real servers, as a team that outgrew one machine
+runs it: an MLflow tracking server on PostgreSQL (only MLFLOW_TRACKING_URI set, no code change), a DVC remote on an
+S3 endpoint (the moto server), and a colleague's clone that pulls the outputs instead of retraining.
+
+In order: the tracking server dies mid-run (a clear failure naming it, nothing registered); back up, the next
+run completes while a second run of the workspace is refused; every record is on the server; `dvc push`, then
+`git clone` + `dvc pull` + `lifecycle run` re-runs no stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.workspace import holder
+from stages.common.errors import ExitStatus
+from tests.conftest import REPO, Server, free_port, mlflow_server, tiny_params_dict, venv_bin
+from tests.test_e2e import COPY_IGNORE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.servers]
+
+NAME = "stdlib-helpdesk"
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def tiny_project(root: Path) -> Path:
+    """A copy of the repository (as a fresh clone has it) with the tiny settings, paths relative to the project."""
+    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
+    (root / "models").mkdir(exist_ok=True)
+    p = tiny_params_dict(Path("."))
+
+    def relative(path: str) -> str:
+        return str(Path(path).relative_to(REPO)) if Path(path).is_absolute() else path
+
+    p["paths"]["sources"] = relative(p["paths"]["sources"])
+    p["data"]["sources"] = {role: {**s, "path": relative(s["path"])} for role, s in p["data"]["sources"].items()}
+    p["orchestration"]["retry_delay_seconds"] = [1]
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    git(root, "init", "-q")
+    return root
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def environment(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return {**env, **AWS, **extra}
+
+
+def start(root: Path, env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([venv_bin("lifecycle"), *args], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 1800) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)  # a hang guard, not a timing
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def wait_for(condition, what: str, proc: subprocess.Popen | None = None, tries: int = 3000):
+    for _ in range(tries):  # bounded, 0.2 s apart; ends early when the process it watches has ended
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen" + (f" (exit {proc.returncode})" if proc else ""))
+
+
+def test_a_team_on_servers(postgres_database, tmp_path):
+    from mlflow import MlflowClient
+
+    project = tiny_project(tmp_path / "project")
+    artifacts, port = tmp_path / "mlflow-artifacts", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = environment(MLFLOW_TRACKING_URI=uri)
+    server = mlflow_server(postgres_database, artifacts, port, log=tmp_path / "mlflow.log").wait_healthy()
+    try:
+        # 1. The tracking server stops in the middle of a run: the run fails naming it, and registers nothing.
+        run = start(project, env, "run")
+        wait_for(lambda: (project / "reports" / "scope.json").is_file(), "the scope stage", run)
+        server.stop()
+        cut = finish(run)
+        assert cut.returncode == ExitStatus.SERVER_UNREACHABLE, cut.stdout[-3000:] + cut.stderr[-3000:]
+        assert f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable" in cut.stderr
+        assert "failed (exit status 4): stage" not in cut.stderr, "the stage is named once"
+        assert not (project / "models" / "package").exists()
+
+        # 2. The server is back (same database, same artifact store): the next run completes; meanwhile a second
+        # run of the same workspace is refused at once, naming the run that holds it.
+        server = mlflow_server(postgres_database, artifacts, port, log=tmp_path / "mlflow.log").wait_healthy()
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        assert not client.search_registered_models(), "nothing was half-registered by the cut run"
+        run = start(project, env, "run")
+        wait_for(lambda: holder(project).get("pid") == run.pid, "the run taking the workspace", run)
+        second = subprocess.run([venv_bin("lifecycle"), "run"], cwd=project, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == ExitStatus.WORKSPACE_BUSY, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"in use by another lifecycle run (pid {run.pid} on" in second.stderr
+        full = finish(run)
+        assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-5000:]
+        record = json.loads((project / "reports" / "last_run.json").read_text())
+        from flows.lifecycle import stage_order
+
+        stages = stage_order(project)
+        assert set(record["ran"]) | set(record["skipped"]) == set(stages) and "package" in record["ran"]
+
+        # 3. Everything is on the server: parent and nested runs, metrics, artifacts, the version and its alias.
+        parent = client.get_run(record["parent_run_id"])
+        assert parent.info.status == "FINISHED" and parent.data.tags["lifecycle.verdict"].startswith("gates PASSED")
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        by_stage = {r.data.tags["lifecycle.stage"]: r for r in children}
+        assert set(by_stage) == set(record["ran"])
+        assert "latency_ms" in json.dumps(by_stage["evaluate"].data.metrics)
+        assert client.list_artifacts(by_stage["evaluate"].info.run_id), "evaluate's report went to the server"
+        assert any(artifacts.rglob("*.safetensors")), "artifacts are proxied into the server's store"
+        champion = client.get_model_version_by_alias(NAME, "champion")
+        package = json.loads((project / "models" / "package" / "package.json").read_text())
+        assert int(champion.version) == package["version"] and champion.run_id == by_stage["package"].info.run_id
+        import psycopg2
+
+        with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=postgres_database) as db:
+            cursor = db.cursor()
+            cursor.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (parent.info.run_id,))
+            assert cursor.fetchone() == (1,), "the runs live in PostgreSQL"
+        assert not (project / "mlflow.db").exists(), "no SQLite store beside it"
+    finally:
+        server.stop()
+
+    # 4. A DVC remote on an S3 endpoint: push every output; a colleague's clone pulls them and re-runs nothing.
+    s3_port = free_port()
+    s3 = Server([venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                f"http://127.0.0.1:{s3_port}/moto-api/", env=AWS, log=tmp_path / "moto.log").wait_healthy()
+    try:
+        import boto3
+
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        bucket = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+        bucket.create_bucket(Bucket="team-outputs")
+        dvc = venv_bin("dvc")
+        for args in (["remote", "add", "-d", "team", "s3://team-outputs/helpdesk"],
+                     ["remote", "modify", "team", "endpointurl", endpoint]):
+            subprocess.run([dvc, *args], cwd=project, env=environment(), check=True, capture_output=True)
+        push = subprocess.run([dvc, "push"], cwd=project, env=environment(), capture_output=True, text=True,
+                              timeout=600)
+        assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-2000:]
+        stored = bucket.list_objects_v2(Bucket="team-outputs").get("KeyCount", 0)
+        assert stored > 0, "the outputs are in the remote"
+        git(project, "add", "-A")  # dvc.lock, metrics, reports, .dvc/config: what a team commits after a run
+        git(project, "commit", "-qm", "lifecycle run")
+
+        clone = tmp_path / "colleague"
+        git(tmp_path, "clone", "-q", str(project), str(clone))
+        assert not (clone / "models" / "sft").exists(), "a clone has no outputs of its own"
+        pull = subprocess.run([dvc, "pull"], cwd=clone, env=environment(), capture_output=True, text=True, timeout=600)
+        assert pull.returncode == 0, pull.stdout[-2000:] + pull.stderr[-2000:]
+        rerun = finish(start(clone, environment(), "run"))
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        again = json.loads((clone / "reports" / "last_run.json").read_text())
+        assert again["ran"] == [] and again["skipped"] == stages, again
+        status = subprocess.run([venv_bin("lifecycle"), "status"], cwd=clone, env=environment(), capture_output=True,
+                                text=True, timeout=300)
+        assert "DVC        remote 'team' s3://team-outputs/helpdesk" in status.stdout, status.stdout[-2000:]
+    finally:
+        s3.stop()
+
+
+def _boto_credentials() -> dict:
+    return {"aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": AWS["AWS_DEFAULT_REGION"]}
