@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve clean
+.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,9 @@ bench-integrate: install
 bench-serve: install
 	$(BIN)/python bench/serve.py
 
+bench-servers: install
+	$(BIN)/python bench/servers.py
+
 clean:
-	rm -rf mlflow.db mlartifacts .prefect .bentoml dvc.lock data/processed models/pretrain models/sft models/reward \
+	rm -rf mlflow.db mlartifacts .prefect .bentoml .lifecycle.lock dvc.lock data/processed models/pretrain models/sft models/reward \
 	       models/aligned/dpo models/aligned/rlhf models/package models/index models/.cache models/selection.json models/prompt.json models/.checkpoints metrics reports

@@ -94,7 +94,12 @@ def summary(root: Path, paths) -> str:
                      f"(@{package['alias']}), bento {package['bento']}")
         if package.get("why"):
             lines.append(f"           {package['alias']}: {package['why']}")
-    lines += ["next       mlflow ui --backend-store-uri sqlite:///mlflow.db   # review runs and the registry",
+    from stages.common.tracking import tracking_uri
+
+    uri = tracking_uri()
+    review = (f"open {uri}" if uri.startswith(("http://", "https://")) else
+              "mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    lines += [f"next       {review:<48} # review runs and the registry",
               "           lifecycle serve                                  # serve the bento on 127.0.0.1:3000",
               f"           open {paths.eval_report}"]
     return "\n".join(lines)

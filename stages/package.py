@@ -166,6 +166,21 @@ def alias(record: dict) -> None:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
 
 
+def withdraw(name: str, run_id: str) -> None:
+    """Packaging failed after the registry had a new version (its bento or alias never came): remove the version,
+    so the registry never lists one that cannot be served. Best effort: with the tracking server gone, say which."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient()
+        for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            client.delete_model_version(name, version.version)
+            log.warning("package failed: removed %s version %s, registered by this run", name, version.version)
+    except Exception as exc:  # the server is gone: the next run re-registers; this version stays without alias
+        log.error("package failed and the registry could not be cleaned (%s): %s versions of run %s have no alias "
+                  "and no bento; delete them in the MLflow UI", exc, name, run_id)
+
+
 def ship_index(paths, model_dir: Path) -> dict:
     """A retrieval variant ships its index inside the model folder (`index/`): the embedded Chroma store, or only
     the card (collection and server URL) when the store is a server."""
@@ -235,10 +250,14 @@ def run(params, paths) -> dict:
             "eval": report["variants"][variant],
             "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
         })
-        record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
-                  **build_bento(params, model_dir, report)}
-        write_json(out / "package.json", record)
-        alias(record)  # last: an alias never points at a version without its bento
+        try:
+            record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
+                      **build_bento(params, model_dir, report)}
+            write_json(out / "package.json", record)
+            alias(record)  # last: an alias never points at a version without its bento
+        except BaseException:
+            withdraw(params.project.name, mlflow.active_run().info.run_id)
+            raise
         mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"],
                          "registry_alias": record["alias"]})
         mlflow.log_artifact(str(model_dir / "prompt.json"))  # the renderer's settings the server uses, for review

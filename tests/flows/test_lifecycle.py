@@ -222,3 +222,30 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     assert "(ladder: fine-tuning)" in tags["mlflow.runName"]
     assert "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" in \
         tags["mlflow.note.content"]
+
+
+def test_each_dvc_line_is_logged_once_and_no_git_hint(tmp_path):
+    """The real `lifecycle run` on a two-stage DVC project: DVC's lines reach the console once (through the task
+    run's logger, so the Prefect UI has them too), without DVC's "enable auto staging" hint after every stage."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_params_dict, write_params
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    write_params(tmp_path, tiny_params_dict(tmp_path))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "scope": {"cmd": f"{sys.executable} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]},
+        "data": {"cmd": f"{sys.executable} -c \"open('data', 'w').write('x')\"", "deps": ["scoped"], "outs": ["data"]},
+    }}))
+    lifecycle = os.path.join(os.path.dirname(sys.executable), "lifecycle")
+    out = subprocess.run([lifecycle, "run"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    logged = out.stdout + out.stderr
+    for stage in ("scope", "data"):
+        assert logged.count(f"Running stage '{stage}'") == 1, logged[-3000:]
+        assert f"Task run '{stage}' - Running stage '{stage}'" in logged, "in the task run's log (and the UI)"
+    assert "auto staging" not in logged
+    assert "git add" not in logged

@@ -118,3 +118,32 @@ def test_a_retrieval_variant_ships_its_index(packaged_rag, prepared):
     assert (store_copy / "index" / "lifecycle.json").is_file()
     run = MlflowClient().get_run(MlflowClient().get_model_version(prepared.project.name, str(record["version"])).run_id)
     assert "index" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
+
+
+def test_a_package_that_fails_after_registering_leaves_no_version(packaged, prepared, tiny_root, tmp_path):
+    """A real failure after the version exists (the bento store is unusable): the version is withdrawn, the
+    champion stays, no package folder is left (the run's own process, as DVC runs it)."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from tests.conftest import tiny_params_dict, write_params
+
+    client = MlflowClient()
+    name = prepared.project.name
+    before = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    champion = client.get_model_version_by_alias(name, "champion").version
+    p = tiny_params_dict(tiny_root)
+    p["paths"]["package"] = str(tmp_path / "package")
+    params_file = write_params(tmp_path / "project", p)
+    (tmp_path / "not-a-folder").write_text("")
+    out = subprocess.run([sys.executable, "-m", "stages.package", "--params", str(params_file)], cwd=tmp_path,
+                         env={**os.environ, "BENTOML_HOME": str(tmp_path / "not-a-folder")}, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode != 0
+    assert f"removed {name} version" in out.stderr, out.stderr[-3000:]
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'")) == before
+    assert client.get_model_version_by_alias(name, "champion").version == champion
+    assert not (tmp_path / "package").exists()
