@@ -19,30 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import free_port, mlflow_server, prefect_server, venv_bin  # noqa: E402
+from tests.conftest import free_port, mlflow_server, new_postgres_database, prefect_server, venv_bin  # noqa: E402
 from tests.test_servers import environment, tiny_project  # noqa: E402  (the servers test's tiny project)
-
-
-@contextmanager
-def database():
-    import psycopg2
-
-    name = f"lifecycle_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def run(project: Path, env: dict) -> float:
@@ -61,7 +44,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-servers-"))
     print(f"{platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}; work in {work}")
 
-    with database() as mlflow_db, database() as prefect_db:
+    with new_postgres_database("lifecycle_bench") as mlflow_db, new_postgres_database("lifecycle_bench") as prefect_db:
         port = free_port()
         tracking = mlflow_server(mlflow_db, work / "mlflow-artifacts", port, log=work / "mlflow.log").wait_healthy()
         try:

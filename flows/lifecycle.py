@@ -291,9 +291,9 @@ def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResu
 def lifecycle(root: str = ".") -> RunResult:
     """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`;
     the workspace held for the whole run (a second run is refused, or waits, before any stage)."""
-    from stages.common.tracking import check_tracking
     from flows.workspace import workspace_lock
     from stages.common.params import load_params
+    from stages.common.tracking import check_tracking
 
     root = str(Path(root).resolve())
     params = load_params(Path(root) / "params.yaml")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -258,12 +259,18 @@ def venv_bin(name: str) -> str:
 
 @pytest.fixture
 def postgres_database():
+    with new_postgres_database() as name:
+        yield name
+
+
+@contextmanager
+def new_postgres_database(prefix: str = "lifecycle_test"):
     """A fresh database on the PostgreSQL this machine runs (127.0.0.1:5432, trust auth), dropped afterwards."""
     import uuid
 
     import psycopg2
 
-    name = f"lifecycle_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
