@@ -188,3 +188,12 @@ def test_a_soft_prompt_cannot_be_aligned(tmp_path):
     assert any("a soft prompt (`adapt.technique: prompt_tuning`) cannot be merged" in m for m in problems)
     p["align"]["methods"] = []
     assert load_params(write_params(tmp_path, p)).adapt.technique.value == "prompt_tuning"
+
+
+def test_orchestration_settings_are_named(tmp_path):
+    p = default_params()
+    p["orchestration"]["on_busy"] = "later"
+    p["orchestration"]["launch"].update(num_processes=2)  # several processes, but `launcher: python`
+    problems = problems_for(tmp_path, p)
+    assert any("`orchestration.on_busy`" in m for m in problems), problems
+    assert any("`orchestration.launch`" in m and "launcher: accelerate" in m for m in problems), problems
