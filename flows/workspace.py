@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from stages.common.errors import ExitStatus
 
 LOCK_FILE = ".lifecycle.lock"  # in the project root; git-ignored
+log = logging.getLogger(__name__)
 
 
 class WorkspaceBusy(Exception):
@@ -72,7 +74,7 @@ def workspace_lock(root: str | Path, wait: bool = False, timeout: float = 3600.0
     path = root / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        start = time.monotonic()
+        start, said = time.monotonic(), False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,6 +85,11 @@ def workspace_lock(root: str | Path, wait: bool = False, timeout: float = 3600.0
                     raise WorkspaceBusy(root, holder(root)) from None
                 if waited >= timeout:
                     raise WorkspaceBusy(root, holder(root), waited) from None
+                if not said:  # once: the run is queued, not hung
+                    said, who = True, holder(root)
+                    log.warning("waiting for the workspace %s, held by pid %s on %s since %s "
+                                "(orchestration.on_busy: wait, up to %.0f s)", root, who.get("pid", "?"),
+                                who.get("host", "?"), who.get("started", "?"), timeout)
                 time.sleep(poll)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "command": " ".join(sys.argv)[:200]}

@@ -18,6 +18,7 @@ import yaml
 
 from stages.common.errors import ExitStatus
 from tests.conftest import REPO, Server, free_port, prefect_server, tiny_params_dict, venv_bin, write_params
+from tests.flows.test_workspace import holding
 
 pytestmark = pytest.mark.servers
 
@@ -57,7 +58,7 @@ def prefect_api(postgres_database, tmp_path):
         server.stop()
 
 
-def test_a_worker_runs_the_deployment_and_retries_a_crashed_stage(prefect_api, tmp_path):
+def test_a_worker_runs_the_deployment_retries_a_crash_and_honours_the_workspace_lock(prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -82,22 +83,45 @@ def test_a_worker_runs_the_deployment_and_retries_a_crashed_stage(prefect_api, t
         worker.wait_healthy()
         with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("lifecycle/lifecycle")
+
+            def final_state(run_id):
+                for _ in range(300):  # bounded: the worker polls every second; a flow run process starts in ~10 s
+                    state = client.read_flow_run(run_id).state
+                    if state.is_final():
+                        return state
+                    time.sleep(1)
+                return state
+
             run = client.create_flow_run_from_deployment(deployment.id)  # as the UI's "Run" button does
-            for _ in range(300):  # bounded: the worker polls every second; a flow run process starts in ~10 s
-                state = client.read_flow_run(run.id).state
-                if state.is_final():
-                    break
-                time.sleep(1)
+            state = final_state(run.id)
+            log = (tmp_path / "worker.log").read_text(errors="replace")
+            assert state.is_completed(), f"{state.type}: {state.message}\n{log[-4000:]}"
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            attempts = {t.name.split("-")[0]: t.run_count for t in tasks}
+            assert attempts == {"scope": 2, "data": 1}, attempts  # scope crashed once, Prefect retried it
+            record = json.loads((project / "reports" / "last_run.json").read_text())
+            assert record["ran"] == ["scope", "data"] and record["exit_status"] == 0
+
+            # Another run holds the workspace: the worker's run is refused, naming it (orchestration.on_busy:
+            # fail) ... or queues behind it until it ends (on_busy: wait).
+            with holding(project) as other:
+                refused = final_state(client.create_flow_run_from_deployment(deployment.id).id)
+                assert refused.is_failed() and f"in use by another lifecycle run (pid {other.pid} on" in refused.message
+                params = yaml.safe_load((project / "params.yaml").read_text())
+                params["orchestration"]["on_busy"] = "wait"
+                (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                queued = client.create_flow_run_from_deployment(deployment.id)
+                waiting = f"waiting for the workspace {project.resolve()}, held by pid {other.pid}"
+                for _ in range(300):  # bounded: until the queued run says it waits
+                    if waiting in (tmp_path / "worker.log").read_text(errors="replace"):
+                        break
+                    time.sleep(0.5)
+                assert not client.read_flow_run(queued.id).state.is_final(), "it waits while the other holds"
+            assert final_state(queued.id).is_completed()
     finally:
         worker.stop()
-    log = (tmp_path / "worker.log").read_text(errors="replace")
-    assert state.is_completed(), f"{state.type}: {state.message}\n{log[-4000:]}"
-    attempts = {t.name.split("-")[0]: t.run_count for t in tasks}
-    assert attempts == {"scope": 2, "data": 1}, attempts  # scope crashed once, Prefect retried it per params
-    record = json.loads((project / "reports" / "last_run.json").read_text())
-    assert record["ran"] == ["scope", "data"] and record["exit_status"] == 0
-    assert (project / "data").is_file()
+    assert waiting in (tmp_path / "worker.log").read_text(errors="replace")
+    assert json.loads((project / "reports" / "last_run.json").read_text())["ran"] == [], "up to date after the wait"
 
 
 def test_the_kubernetes_work_pool_template(prefect_api, tmp_path):

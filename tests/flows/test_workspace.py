@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -24,21 +26,31 @@ with workspace_lock(sys.argv[1]):
 """
 
 
-@pytest.fixture
-def held(tmp_path):
-    """Another process holding the workspace until `release` appears (or it is killed)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=os.getcwd())
+@contextmanager
+def holding(root: Path):
+    """Another process holding the workspace until `release` appears in it (or it is killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=os.getcwd())
     for _ in range(300):  # bounded: the holder imports and writes `held`
-        if (tmp_path / "held").exists() or proc.poll() is not None:
+        if (root / "held").exists() or proc.poll() is not None:
             break
         time.sleep(0.1)
-    assert (tmp_path / "held").exists(), f"the holder did not start (exit {proc.poll()})"
-    yield proc
-    (tmp_path / "release").write_text("")
+    assert (root / "held").exists(), f"the holder did not start (exit {proc.poll()})"
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield proc
+    finally:
+        (root / "release").write_text("")
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        (root / "held").unlink(missing_ok=True)
+        (root / "release").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def held(tmp_path):
+    with holding(tmp_path) as proc:
+        yield proc
 
 
 def test_the_holder_is_named_and_a_second_lock_is_refused(tmp_path, held):
