@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.common.tracking import git_commit, sha256
 
 log = logging.getLogger(__name__)
+WORKSPACE_TAG = "lifecycle.workspace"  # host:folder of the workspace whose package run registered the version
+PACKAGED_TAG = "lifecycle.packaged"    # set last: the version has its bento and its alias
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
 # The renderer, the retriever and the batching engine travel in the bento beside service.py.
@@ -130,10 +133,10 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
         name="model",
         task="text-generation",
         pip_requirements=pinned(SERVING_PACKAGES),  # inferring them trips over torchvision on this stack
-        registered_model_name=name,
         metadata={"variant": candidate, "gates": "passed"},
     )
-    version = int(info.registered_model_version)
+    # Registered in one call with the workspace tag, so a version this workspace left unfinished is recognisable.
+    version = int(mlflow.register_model(info.model_uri, name, tags={WORKSPACE_TAG: workspace_id()}).version)
     metrics = eval_report["variants"][candidate]
     tags = {"lifecycle.variant": candidate, "lifecycle.primary_metric": eval_report["primary_metric"],
             "lifecycle.verdict": f"{verdict.alias}: {verdict.why}", **lineage(params, paths),
@@ -153,7 +156,8 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
 
 
 def alias(record: dict) -> None:
-    """Apply the registry's verdict: crown the new version champion, or make it the challenger."""
+    """Apply the registry's verdict: crown the new version champion, or make it the challenger; then mark the
+    version packaged (the mark that tells a finished version from one a failed run left behind)."""
     from mlflow import MlflowClient
 
     from stages.common.registry import CHALLENGER, CHAMPION, crown
@@ -164,6 +168,28 @@ def alias(record: dict) -> None:
         crown(client, name, version, record["why"])
     else:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
+    client.set_model_version_tag(name, str(version), PACKAGED_TAG, "true")
+
+
+def workspace_id() -> str:
+    return f"{socket.gethostname()}:{Path.cwd().resolve()}"
+
+
+def sweep_unfinished(client, name: str) -> list[int]:
+    """Versions that a package run of this workspace registered and never finished (the tracking server went away
+    between registering and the alias, so `withdraw` could not reach it): deleted now. Only this workspace's: one
+    run at a time holds it, so none of them is in progress; a colleague's registration on a shared server is not
+    touched."""
+    if not client.search_registered_models(f"name = '{name}'"):
+        return []
+    here, removed = workspace_id(), []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(WORKSPACE_TAG) == here and PACKAGED_TAG not in version.tags and not version.aliases:
+            client.delete_model_version(name, version.version)
+            log.warning("removed %s version %s: registered by a package run of this workspace that did not finish",
+                        name, version.version)
+            removed.append(int(version.version))
+    return removed
 
 
 def withdraw(name: str, run_id: str) -> None:
@@ -236,6 +262,7 @@ def run(params, paths) -> dict:
     variant = report["candidate"]
     with stage_run("package", params, params.package.model_dump()) as _, atomic_dir(paths.package) as out:
         import mlflow
+        from mlflow import MlflowClient
 
         spec = variants(paths, selection, prompt, [m.value for m in params.align.methods])[variant]
         model, tokenizer = candidate_model(spec)
@@ -250,6 +277,7 @@ def run(params, paths) -> dict:
             "eval": report["variants"][variant],
             "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
         })
+        sweep_unfinished(MlflowClient(), params.project.name)
         try:
             record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
                       **build_bento(params, model_dir, report)}

@@ -147,3 +147,25 @@ def test_a_package_that_fails_after_registering_leaves_no_version(packaged, prep
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'")) == before
     assert client.get_model_version_by_alias(name, "champion").version == champion
     assert not (tmp_path / "package").exists()
+
+
+def test_a_version_an_unfinished_package_run_left_is_removed_by_the_next(packaged, prepared):
+    """A tracking outage between registering and the alias leaves a version `withdraw` could not reach: the next
+    package run of the same workspace removes it, and only it (not a colleague's registration in progress)."""
+    from mlflow import MlflowClient
+
+    from stages import package
+
+    client = MlflowClient()
+    name = prepared.project.name
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.tags[package.PACKAGED_TAG] == "true" and champion.tags[package.WORKSPACE_TAG]
+    ours = client.create_model_version(name, champion.source, tags={package.WORKSPACE_TAG: package.workspace_id()})
+    theirs = client.create_model_version(name, champion.source, tags={package.WORKSPACE_TAG: "elsewhere:/work/project"})
+    try:
+        assert package.sweep_unfinished(client, name) == [int(ours.version)]
+        left = {v.version for v in client.search_model_versions(f"name='{name}'")}
+        assert ours.version not in left and {theirs.version, champion.version} <= left
+        assert package.sweep_unfinished(client, name) == []
+    finally:
+        client.delete_model_version(name, theirs.version)
