@@ -99,8 +99,8 @@ def summary(root: Path, paths) -> str:
     uri = tracking_uri()
     review = (f"open {uri}" if uri.startswith(("http://", "https://")) else
               "mlflow ui --backend-store-uri sqlite:///mlflow.db")
-    lines += [f"next       {review:<48} # review runs and the registry",
-              "           lifecycle serve                                  # serve the bento on 127.0.0.1:3000",
+    lines += [f"next       {review:<50}# review runs and the registry",
+              f"           {'lifecycle serve':<50}# serve the bento on 127.0.0.1:3000",
               f"           open {paths.eval_report}"]
     return "\n".join(lines)
 
