@@ -301,15 +301,19 @@ def cmd_rollback(args) -> int:
 
 def scheduled_deployment(cron: str, name: str, root: str):
     """The lifecycle flow as a Prefect deployment on a cron schedule (Prefect's ordinary mechanism)."""
-    from prefect.schedules import Cron
-
     from flows.lifecycle import lifecycle
 
+    return lifecycle.to_deployment(name=name, schedules=[cron_schedule(cron)], parameters={"root": root})
+
+
+def cron_schedule(cron: str):
+    """A Prefect cron schedule, or ProjectError naming the bad --cron."""
+    from prefect.schedules import Cron
+
     try:
-        schedule = Cron(cron)
+        return Cron(cron)
     except ValueError as exc:
         raise ProjectError([f"--cron {cron!r} is not a valid cron expression ({exc}); e.g. \"0 3 * * *\""]) from None
-    return lifecycle.to_deployment(name=name, schedules=[schedule], parameters={"root": root})
 
 
 def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
@@ -362,14 +366,8 @@ def cmd_deploy_flow(args) -> int:
         raise ProjectError(["deploy-flow registers on a Prefect server: set PREFECT_API_URL (e.g. "
                             "http://prefect.internal:4200/api); `lifecycle schedule` serves without one"])
     servers.check_prefect()
-    if args.cron:
-        from prefect.schedules import Cron
-
-        try:
-            Cron(args.cron)
-        except ValueError as exc:
-            raise ProjectError([f"--cron {args.cron!r} is not a valid cron expression ({exc})"]) from None
-    deployment_id = servers.deploy_flow(args.source, args.pool, args.name, args.cron)
+    schedule = cron_schedule(args.cron) if args.cron else None
+    deployment_id = servers.deploy_flow(args.source, args.pool, args.name, schedule)
     print(f"deployment 'lifecycle/{args.name}' ({deployment_id}) on work pool '{args.pool}' at "
           f"{servers.prefect_api()}" + (f", cron '{args.cron}'" if args.cron else ""))
     print(f"start a worker where the project runs:  prefect worker start --pool {args.pool}\n"

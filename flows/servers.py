@@ -58,13 +58,11 @@ def check_prefect(timeout: float = 5.0) -> None:
             "start`), or unset PREFECT_API_URL to run on an ephemeral server.")
 
 
-def deploy_flow(source: str, pool: str, name: str = "lifecycle", cron: str | None = None):
+def deploy_flow(source: str, pool: str, name: str = "lifecycle", schedule=None):
     """Register the lifecycle flow as a deployment on `pool`; returns the deployment id. `source` is where a
     worker finds the project: this checkout's folder (a process worker on this machine) or the team's git URL (a
     worker that clones it, e.g. in a Kubernetes pod). Either way the flow runs with the project as its working
-    directory (the deployment's pull step), so its `root` is "."."""
-    from prefect.schedules import Cron
-
+    directory (the deployment's pull step), so its `root` is "."; `schedule`: a Prefect schedule, or None."""
     from flows.lifecycle import lifecycle
 
     if "://" not in source and not source.endswith(".git"):
@@ -74,7 +72,7 @@ def deploy_flow(source: str, pool: str, name: str = "lifecycle", cron: str | Non
                                 "root or pass the project's folder or git URL"])
     flow = lifecycle.from_source(source=source, entrypoint=ENTRYPOINT)
     return flow.deploy(name=name, work_pool_name=pool, parameters={"root": "."},
-                       schedules=[Cron(cron)] if cron else None, build=False, push=False, print_next_steps=False)
+                       schedules=[schedule] if schedule else None, build=False, push=False, print_next_steps=False)
 
 
 def kubernetes_base_job_template(image: str, gpus: int, gpu_resource: str = "nvidia.com/gpu",

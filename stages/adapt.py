@@ -218,7 +218,7 @@ def run(params: Params, paths: Paths) -> dict:
         import mlflow
 
         log_splits(paths.processed, ["sft"])
-        with output_dir(paths.sft, atomic_dir) as out:
+        with output_dir(paths.sft) as out:
             if trains:
                 ckpt = checkpoint_dir(params, paths, selection)
                 metrics = {**train_sft(params, paths, base_ref, device, out, ckpt), "trained": True}

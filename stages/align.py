@@ -216,7 +216,7 @@ def run(params: Params, paths: Paths, method: str) -> dict:
         import mlflow
 
         log_splits(paths.processed, ["preference"])
-        with output_dir(Path(paths.aligned) / method.value, atomic_dir) as out:
+        with output_dir(Path(paths.aligned) / method.value) as out:
             metrics, curve = TRAINERS[method](params, paths, device, out, ckpt)
             metrics["trained"] = True
             write_json(out / "lifecycle.json", {"method": method.value, "model": True})

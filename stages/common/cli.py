@@ -52,8 +52,7 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
     project_environment()
     try:
         params = load_params(args.params)
-        launch = params.orchestration.launch
-        if precision is not None and launch.launcher == "accelerate" and not launched():
+        if precision is not None and params.orchestration.launch.launcher == "accelerate" and not launched():
             return relaunch(name, params, precision(params), sys.argv[1:] if argv is None else argv)
         result = run(params, params.paths, **extra)
     except ProjectError as exc:
@@ -62,13 +61,10 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
     except GateRefused as exc:
         print(f"[{name}] {exc}", file=sys.stderr)
         return ExitStatus.GATE_REFUSED
-    except ServerUnreachable as exc:
-        print(f"[{name}] {exc}", file=sys.stderr)
-        return ExitStatus.SERVER_UNREACHABLE
-    except Exception as exc:
+    except Exception as exc:  # a server named by the environment that does not answer: say which, no traceback
         from stages.common.tracking import tracking_unreachable
 
-        unreachable = tracking_unreachable(exc)
+        unreachable = exc if isinstance(exc, ServerUnreachable) else tracking_unreachable(exc)
         if unreachable is None:
             raise
         print(f"[{name}] {unreachable}", file=sys.stderr)

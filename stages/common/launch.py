@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stages.common.errors import ProjectError
-
-MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16"}  # anything else (fp32): no mixed precision
+from stages.common.io import atomic_dir
 
 
 def launched() -> bool:
@@ -34,7 +33,7 @@ def is_main_process() -> bool:
 
 
 @contextmanager
-def output_dir(path: str | Path, atomic_dir):
+def output_dir(path: str | Path):
     """The stage's output folder in the main process (written atomically); a throwaway folder in the others,
     which train in step with it and would otherwise write the same files."""
     if is_main_process():
@@ -62,7 +61,7 @@ def accelerate_command(launch, device: str, precision: str, module: str, argv: l
                                 "(`pip install deepspeed`), or use fsdp"])
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     command = [accelerate, "launch", "--num_processes", str(launch.num_processes), "--num_machines", "1",
-               "--mixed_precision", MIXED_PRECISION.get(precision, "no") if device == "cuda" else "no",
+               "--mixed_precision", precision if device == "cuda" and precision in ("bf16", "fp16") else "no",
                "--dynamo_backend", "no"]
     if launch.strategy == "ddp":
         command.append("--multi_gpu")  # torchrun's launcher; on a CPU the Trainer picks gloo (use_cpu)
