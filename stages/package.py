@@ -202,9 +202,9 @@ def withdraw(name: str, run_id: str) -> None:
         for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             client.delete_model_version(name, version.version)
             log.warning("package failed: removed %s version %s, registered by this run", name, version.version)
-    except Exception as exc:  # the server is gone: the next run re-registers; this version stays without alias
-        log.error("package failed and the registry could not be cleaned (%s): %s versions of run %s have no alias "
-                  "and no bento; delete them in the MLflow UI", exc, name, run_id)
+    except Exception as exc:  # the server is gone: the next package run of this workspace sweeps the version
+        log.error("package failed and the registry could not be cleaned (%s): the %s versions of run %s have no "
+                  "alias and no bento; the next package run of this workspace removes them", exc, name, run_id)
 
 
 def ship_index(paths, model_dir: Path) -> dict:
