@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers clean
+.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ bench-serve: install
 
 bench-servers: install
 	$(BIN)/python bench/servers.py
+
+bench-scope: install
+	$(BIN)/python bench/scope.py
 
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml .lifecycle.lock dvc.lock data/processed models/pretrain models/sft models/reward \

@@ -128,9 +128,26 @@ def cmd_validate(args) -> int:
             print(f"{'':<32}{example}")
     for warning in report["warnings"]:
         print(f"\nwarning: {warning}")
-    print("\nplan (from the rows found):")
-    print(json.dumps(report["plan"], indent=2))
+    print("\n" + "\n".join(plan_lines(report)))
     return ExitStatus.OK
+
+
+def plan_lines(report: dict) -> list[str]:
+    """reports/scope.json's plan and phase rules, for people."""
+    plan, rules = report["plan"], report["phase_rules"]
+    lines = [f"phase {rules['phase']}: " + ("its rules" if rules["rules"] else "no rules beyond the checklist's")]
+    lines += [f"  {'ok  ' if r['passed'] else 'FAIL'} {r['rule']}" for r in rules["rules"]]
+    lines.append("\nplan (from the rows found):")
+    lines += [f"  {i}. {step['step']:<14} {step['why']}" for i, step in enumerate(plan["steps"], 1)]
+    where = plan["where"]
+    lines.append(f"\nwhere: training on {where['training']}; serving on {where['serving']}; deployment "
+                 f"{where['deployment'] or 'not decided'}; data stays in {where['residency']}"
+                 + (f" ({where['deployment_region']})" if where["deployment_region"] else "")
+                 + f"; candidate hosting allowed: {', '.join(plan['candidate_hosting'])}")
+    lines.append("candidates:")
+    lines += [f"  {name:<24} {verdict if isinstance(verdict, str) else 'excluded: ' + '; '.join(verdict)}"
+              for name, verdict in plan["candidates"].items()]
+    return lines
 
 
 def cmd_run(args) -> int:

@@ -13,10 +13,37 @@ import logging
 
 from stages.common.cli import stage_main
 from stages.common.io import write_json
-from stages.common.params import Params, Paths, allowed_techniques, technique_problems
+from stages.common import checklist
+from stages.common.checklist import in_region
+from stages.common.errors import ProjectError
+from stages.common.params import Candidate, DataInventory, Params, Paths, allowed_techniques, technique_problems
 from stages.common.sources import holdout_size, load_all
 
 log = logging.getLogger(__name__)
+
+
+def candidate_problems(c: Candidate, params: Params) -> list[str]:
+    """Why the scope forbids a candidate before anything is measured: licence, languages, hosting, residency,
+    commercial use in the phase, context length. Pure; select records these as the candidate's rejection."""
+    s = params.scope
+    reasons = []
+    if c.licence not in s.licences:
+        reasons.append(f"licence {c.licence} not in scope.licences {s.licences}")
+    missing = sorted(set(s.languages) - set(c.languages))
+    if missing:
+        reasons.append(f"does not cover languages {missing}")
+    if c.hosting == "saas" and s.privacy.personal_data:
+        reasons.append("SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)")
+    entry = c.entry
+    if entry and entry.api and c.hosting == "saas" and s.residency.region != "any" and not any(
+            in_region(r, s.residency.region) for r in entry.api.regions):
+        reasons.append(f"{entry.api.provider} processes data in {entry.api.regions}, "
+                       f"the residency region is {s.residency.region}")
+    if entry and not entry.commercial_use and s.phase.value in ("mvp", "release"):
+        reasons.append(f"licence {entry.licence} forbids commercial use (phase {s.phase.value})")
+    if entry and entry.context_length < params.data.max_length:
+        reasons.append(f"context {entry.context_length} tokens < data.max_length {params.data.max_length}")
+    return reasons
 
 
 def plan(params: Params, counts: dict | None = None) -> dict:
@@ -25,16 +52,41 @@ def plan(params: Params, counts: dict | None = None) -> dict:
     techniques = allowed_techniques(s, counts)
     hosting = ["self"] if s.privacy.personal_data else ["self", "saas"]
     knowledge = counts["knowledge_documents"] if counts else s.data.knowledge_documents
+    needs_rag = knowledge > 0 or s.live_data_source is not None
+    steps = [{"step": "prompt", "why": "zero- and few-shot on the dev split: the cheapest answer, and the baseline "
+                                       "every tuned variant must beat"}]
+    if needs_rag:
+        steps.append({"step": "rag", "why": f"{knowledge} knowledge documents"
+                      + (f" and the live source {s.live_data_source!r}" if s.live_data_source else "")
+                      + ": answers grounded in them, measured against the same model without retrieval"})
+    if params.adapt.technique.value != "prompt":
+        steps.append({"step": params.adapt.technique.value, "why": techniques["why"]})
+    steps += [{"step": m.value, "why": "preference pairs teach what a good answer is beyond the reference"}
+              for m in params.align.methods]
+    if s.deployment_target is not None:
+        steps.append({"step": "deploy", "why": f"to {s.deployment_target.value}"
+                      + (f" in {s.residency.deployment_region}" if s.residency.deployment_region else "")})
+    hw = s.hardware
+
+    def machine(m) -> str:
+        return f"{m.count} x {m.gpu or 'GPU'} ({m.gpu_memory_gib:g} GiB each)" if m.count else "CPU only"
+
     return {
+        "phase": s.phase.value,
+        "steps": steps,
         "adapt_techniques": techniques["adapt"],
         "align_methods": techniques["align"],
         "why": techniques["why"],
         "candidate_hosting": hosting,
+        "where": {"training": machine(hw.training), "serving": machine(hw.serving),
+                  "deployment": s.deployment_target.value if s.deployment_target else None,
+                  "residency": s.residency.region, "deployment_region": s.residency.deployment_region},
+        "candidates": {c.name: candidate_problems(c, params) or "admissible" for c in params.select.candidates},
         "licences": s.licences,
         "languages": s.languages,
-        "gpu_memory_gib": s.budget.gpu_memory_gib,
-        "deployment_target": s.deployment_target.value,
-        "needs_rag": knowledge > 0 or s.live_data_source is not None,
+        "gpu_memory_gib": hw.training.gpu_memory_gib,
+        "deployment_target": s.deployment_target.value if s.deployment_target else None,
+        "needs_rag": needs_rag,
     }
 
 
@@ -47,26 +99,29 @@ def inspect_data(params: Params) -> dict:
     for role in ("eval", "dev"):  # held out of sft later, by the data stage
         if role not in loaded:
             sft -= holdout_size(getattr(params.data.holdout, role), total)
-    counts = {"sft_pairs": max(sft, 0),
+    evals = (len(loaded["eval"].records) if "eval" in loaded
+             else holdout_size(params.data.holdout.eval, total) if "sft" in loaded else 0)
+    counts = {"sft_pairs": max(sft, 0), "eval_rows": evals,
               "preference_pairs": len(loaded["preference"].records) if "preference" in loaded else 0,
               "knowledge_documents": len(loaded["knowledge"].records) if "knowledge" in loaded else 0}
     declared = params.scope.data
     warnings = [f"`scope.data.{k}` declares {getattr(declared, k)}, the data has {n}"
-                for k, n in counts.items() if getattr(declared, k) > n]
+                for k, n in counts.items() if k in DataInventory.model_fields and getattr(declared, k) > n]
     return {"roles": roles, "counts": counts, "warnings": warnings}
 
 
 def check(params: Params) -> dict:
-    """The whole scope verdict: the data as found, the plan from it, and what the plan forbids."""
-    from stages.common.errors import ProjectError
-
+    """The whole scope verdict: the data as found, the plan from it, what the plan and the phase forbid; every
+    problem at once."""
     data = inspect_data(params)
     derived = plan(params, data["counts"])
     problems = technique_problems(params, allowed_techniques(params.scope, data["counts"]))
+    problems += [m for _, m, needs in checklist.phase_rules(params, data["counts"]) if m and needs]
     if problems:
         raise ProjectError(problems)
     return {"project": params.project.name, "verdict": "defined", "checklist": params.scope.model_dump(mode="json"),
-            "plan": derived, "data": data["roles"], "warnings": data["warnings"]}
+            "plan": derived, "phase_rules": checklist.phase_report(params, data["counts"]), "data": data["roles"],
+            "warnings": checklist.warnings(params) + data["warnings"]}
 
 
 def run(params: Params, paths: Paths) -> dict:

@@ -46,6 +46,7 @@ def tiny_params_dict(root: Path) -> dict:
     p["integrate"].update(chunk_tokens=24, overlap_tokens=0, top_k=2)
     p["scope"]["data"]["knowledge_documents"] = 1
     p["data"]["holdout"] = {"eval": 16, "dev": 8}
+    p["scope"]["phase"] = "poc"   # 16 eval rows: too few for an MVP's KPIs
     p["pretrain"].update(vocab_size=400, seq_len=64, batch_size=8, models=[
         {"name": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 30},
         {"name": "tinier", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "steps": 10},

@@ -111,6 +111,10 @@ class DataInventory(Strict):
 
 class Privacy(Strict):
     personal_data: bool
+    # What the data stage does with personal data it finds in any record (only when personal_data is true):
+    # redact it in place, fail naming file and line, or report counts and go on.
+    on_pii: Literal["redact", "fail", "report"] = "redact"
+    phone_region: str = "US"          # the region whose national phone format is recognised (+... always is)
 
 
 class Kpi(Strict):
@@ -124,20 +128,68 @@ class Kpi(Strict):
 
 
 class Budget(Strict):
-    gpu_memory_gib: Annotated[float, Field(ge=0)]
     training_hours: PosFloat             # wall hours of the training stages (pretrain, adapt, align) per run
     enforce: bool = False                # over budget: stop before the next training stage (exit 2), not just flag
+    monthly_serving_usd: NonNegFloat | None = None   # API candidates whose estimated month costs more are rejected
+
+
+class Phase(str, Enum):
+    """Where the project is in its lifecycle; each later phase adds rules (stages/common/checklist.py)."""
+    rnd = "rnd"
+    poc = "poc"
+    mvp = "mvp"
+    release = "release"
+
+
+class Ui(str, Enum):
+    none = "none"
+    chat = "chat"
+    form = "form"
+
+
+class OutputFormat(Strict):
+    type: Literal["plain", "markdown", "json"] = "plain"
+    json_schema: str | None = None       # json: the JSON Schema file every answer must follow
+
+
+class Residency(Strict):
+    region: str = "any"                  # where data may be stored and processed: any, or eu | us | apac | ...
+    deployment_region: str | None = None   # where a cloud or saas target runs, e.g. eu-west-1 (on-prem: your own)
+    retention_days: PosInt | None = None   # how long prompts and answers are kept (logs, traces, feedback)
+
+
+class Machine(Strict):
+    gpu: str | None = None               # e.g. nvidia-l4; null: CPU only
+    gpu_memory_gib: NonNegFloat = 0      # per GPU
+    count: NonNegInt = 0
+
+
+class Hardware(Strict):
+    training: Machine = Machine()        # its GPU memory is the budget select checks each technique against
+    serving: Machine = Machine()         # its GPU memory must hold the chosen model for inference
+
+
+class ServingLimits(Strict):
+    p95_latency_ms: PosFloat | None = None
+    max_cost_per_1k_requests_usd: NonNegFloat | None = None
+    requests_per_month: NonNegInt = 0    # expected traffic: an API candidate's cost against the monthly budget
 
 
 class Scope(Strict):
+    phase: Phase = Phase.rnd
     task: Task
     labels: list[str] = []            # classification: the answer set (an answer that is no label is invalid)
     interface: Interface
+    ui: Ui = Ui.none
+    output_format: OutputFormat = OutputFormat()
     data: DataInventory
     privacy: Privacy
+    residency: Residency = Residency()
     live_data_source: str | None
     languages: Annotated[list[str], Field(min_length=1)]
-    deployment_target: DeploymentTarget
+    deployment_target: DeploymentTarget | None   # null only before an MVP: nothing is deployed yet
+    hardware: Hardware = Hardware()
+    serving: ServingLimits = ServingLimits()
     licences: Annotated[list[str], Field(min_length=1)]
     kpis: Annotated[list[Kpi], Field(min_length=1)]
     budget: Budget
@@ -226,24 +278,66 @@ class Pretrain(Strict):
     models: list[PretrainModel] = []
 
 
+class Endpoint(Strict):
+    """An OpenAI-compatible API (`/chat/completions`): the candidate is prompted there, never tuned."""
+    base_url: str                        # e.g. https://api.openai.com/v1
+    api_key_env: str                     # the environment variable holding the key (never the key itself)
+    model: str                           # the name the endpoint expects in `model`
+
+
 class Candidate(Strict):
+    """A foundation model to consider: a local folder, a hub id, a catalog entry (`catalog: <id>`, see
+    `lifecycle catalog`), or an OpenAI-compatible endpoint. A catalog entry fills in what is not written."""
+
     name: str
     path: str | None = None
     hub_id: str | None = None
+    catalog: str | None = None
+    endpoint: Endpoint | None = None
     licence: str
     languages: Annotated[list[str], Field(min_length=1)]
-    hosting: Literal["self", "saas"] = "self"
+    hosting: Literal["self", "saas"] = "self"     # saas: the data leaves your infrastructure
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_catalog(cls, raw):
+        if not isinstance(raw, dict) or raw.get("catalog") is None:
+            return raw
+        from stages.common import catalog
+
+        entry = catalog.models().get(raw["catalog"])
+        if entry is None:
+            raise ValueError(f"unknown catalog id {raw['catalog']!r} (`lifecycle catalog` lists them)")
+        filled = {"licence": entry.licence, "languages": list(entry.languages), **raw}
+        if entry.api:
+            filled.setdefault("hosting", "saas")
+            filled.setdefault("endpoint", {"base_url": entry.api.base_url, "api_key_env": entry.api.api_key_env,
+                                           "model": entry.api.model})
+        elif raw.get("path") is None:
+            filled.setdefault("hub_id", entry.hub_id)
+        return filled
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.path is None) == (self.hub_id is None):
-            raise ValueError(f"candidate '{self.name}': give exactly one of `path` (local folder) or `hub_id`")
+        if self.endpoint is None and (self.path is None) == (self.hub_id is None):
+            raise ValueError(f"candidate '{self.name}': give exactly one of `path` (local folder), `hub_id`, "
+                             "`catalog` or `endpoint`")
+        if self.endpoint is not None and (self.path or self.hub_id):
+            raise ValueError(f"candidate '{self.name}': an `endpoint` candidate is prompted through its API; "
+                             "drop `path`/`hub_id`, or drop `endpoint` to run the weights here")
         return self
 
     @property
-    def ref(self) -> str:
-        """What from_pretrained receives: a local folder or a hub id, loaded the same way."""
+    def ref(self) -> str | None:
+        """What from_pretrained receives: a local folder or a hub id, loaded the same way (None: an API)."""
         return self.path or self.hub_id
+
+    @property
+    def entry(self):
+        """Its catalog entry, or None."""
+        from stages.common import catalog
+
+        return catalog.models().get(self.catalog) if self.catalog else None
 
 
 class Select(Strict):
@@ -526,7 +620,8 @@ class Params(Strict):
 
 MOVED = {"adapt.prompt_shots": "prompt_search.shots",  # keys an earlier version of this file had elsewhere
          "align.method": "align.methods",  # a list now: [dpo], [dpo, rlhf], or [] for none
-         "align.beta": "align.dpo.beta", "align.trainer": "align.dpo.trainer"}
+         "align.beta": "align.dpo.beta", "align.trainer": "align.dpo.trainer",
+         "scope.budget.gpu_memory_gib": "scope.hardware.training.gpu_memory_gib"}
 
 
 def _location(loc: tuple) -> str:
@@ -619,8 +714,9 @@ def contradictions(p: Params) -> list[str]:
         problems.append(f"`prompt.context_template` {p.prompt.context_template!r} is not a valid template ({exc}): "
                         "it may name only {text}, the retrieved chunk")
     problems += technique_problems(p, allowed_techniques(s))
-    if p.adapt.technique is Technique.qlora and s.budget.gpu_memory_gib == 0:
-        problems.append("`adapt.technique` is qlora, which needs a GPU, but `scope.budget.gpu_memory_gib` is 0")
+    if p.adapt.technique is Technique.qlora and s.hardware.training.gpu_memory_gib == 0:
+        problems.append("`adapt.technique` is qlora, which needs a GPU, but `scope.hardware.training.gpu_memory_gib` "
+                        "is 0: declare the training GPU, or use lora")
     if p.align.methods and p.adapt.technique is Technique.prompt:
         problems.append("`align.methods` needs a tuned model but `adapt.technique` is prompt: set `align.methods: []`")
     if p.align.methods and p.adapt.technique is Technique.prompt_tuning:
@@ -628,6 +724,9 @@ def contradictions(p: Params) -> list[str]:
                         "(`adapt.technique: prompt_tuning`) cannot be merged into the weights: set `align.methods: []`, "
                         "or tune with lora or full")
     problems += rlhf_problems(p)
+    from stages.common import checklist
+
+    problems += checklist.problems(p)
     if p.adapt.raft.enabled and p.data.sources.knowledge is None:
         problems.append("`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge` source to "
                         "retrieve from: declare one, or set adapt.raft: false")
