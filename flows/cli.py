@@ -3,6 +3,8 @@
     lifecycle run                       # the whole pipeline (Prefect flow over the DVC stages), then a summary
     lifecycle validate                  # check params.yaml (the scope stage's checks) and print the plan
     lifecycle status                    # which stages are out of date, and the last run's summary
+    lifecycle catalog [--json]          # the model catalog (real models, figures with their sources)
+    lifecycle select --explain          # the last selection: every candidate, each filter's verdict, the figures
     lifecycle serve [--port 3000]       # serve the champion's bento on 127.0.0.1 (deploy --target local)
     lifecycle deploy --target local|docker|bentocloud|k8s   # the champion's bento to where it runs
     lifecycle models                    # registered versions, their aliases and headline metrics
@@ -187,6 +189,36 @@ def cmd_run(args) -> int:
         print(f"\n{result.error}", file=sys.stderr)
     print(summary(root, params.paths))
     return result.exit_status
+
+
+def cmd_catalog(args) -> int:
+    """The model catalog: a table, or the entries as JSON (`--json`)."""
+    from stages.common import catalog
+
+    entries = list(catalog.models().values())
+    if args.kind:
+        entries = [m for m in entries if m.kind == args.kind]
+    if args.json:
+        print(json.dumps([m.model_dump(mode="json") for m in entries], indent=2))
+    else:
+        print(catalog.table(entries))
+        print(f"\n{len(entries)} models; figures as published (sources in {catalog.CATALOG.name}), checked "
+              f"{catalog.load().checked}. Use one: select.candidates: [{{name: NAME, catalog: ID}}]")
+    return ExitStatus.OK
+
+
+def cmd_select(args) -> int:
+    """The last selection (models/selection.json) as a table."""
+    from stages.common.params import load_params
+    from stages.select import explain
+
+    params = load_params(args.params)
+    selection = _read(Path(params.paths.selection))
+    if selection is None:
+        raise ProjectError([f"{params.paths.selection}: no selection yet; run `lifecycle run` (or dvc repro select)"])
+    print(explain(selection) if args.explain else f"selected {selection['selected']['name']}: "
+          f"{selection['selected']['why']}\n(--explain: every candidate, filter and figure)")
+    return ExitStatus.OK
 
 
 def cmd_status(args) -> int:
@@ -414,6 +446,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--params", default="params.yaml")
     v.set_defaults(func=cmd_validate)
     sub.add_parser("status", help="what is out of date, and the last run's summary").set_defaults(func=cmd_status)
+    cat = sub.add_parser("catalog", help="the model catalog candidates can name (`catalog: <id>`)")
+    cat.add_argument("--json", action="store_true", help="the entries as JSON, sources included")
+    cat.add_argument("--kind", choices=["open", "api"], help="only open-weight or only API models")
+    cat.set_defaults(func=cmd_catalog)
+    sel = sub.add_parser("select", help="the last model selection: --explain prints every candidate and filter")
+    sel.add_argument("--explain", action="store_true", help="the whole table: filters, figures, rank")
+    sel.add_argument("--params", default="params.yaml")
+    sel.set_defaults(func=cmd_select)
     s = sub.add_parser("serve", help="serve the champion's bento here (deploy --target local)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=3000)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections import Counter
 from itertools import chain
 from pathlib import Path
 
@@ -140,8 +141,67 @@ def declared_warnings(params: Params, splits: dict[str, list[dict]]) -> list[str
             for key, n in found.items() if getattr(declared, key) > n]
 
 
+PII_EXAMPLES = 3   # masked examples per role and type in the data card
+
+
+def _scan(value, region: str, redacting: bool):
+    """A record's value with its strings scanned (lists and message dicts walked): (value, findings)."""
+    from stages.common.pii import find_pii, redact
+
+    if isinstance(value, str):
+        found = find_pii(value, region)
+        return (redact(value, found) if redacting and found else value), found
+    if isinstance(value, list):
+        pairs = [_scan(v, region, redacting) for v in value]
+        return [v for v, _ in pairs], [f for _, fs in pairs for f in fs]
+    if isinstance(value, dict):
+        pairs = {k: _scan(v, region, redacting) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, [f for _, fs in pairs.values() for f in fs]
+    return value, []
+
+
+def scan_personal_data(loaded: dict[str, RoleData], params: Params) -> dict:
+    """Every record of every role scanned for personal data (stages/common/pii.py) when the scope declares it;
+    `scope.privacy.on_pii` says whether to redact in place, fail naming where, or report only. Returns counts
+    per role and type, records touched, and masked examples; raises before anything is written on `fail`."""
+    from stages.common.pii import TYPES, mask
+
+    privacy = params.scope.privacy
+    redacting = privacy.on_pii == "redact"
+    report = {"action": privacy.on_pii, "found": {}, "records": {}, "examples": {}}
+    where = []
+    for role, d in loaded.items():
+        counts = Counter({t: 0 for t in TYPES})
+        touched, examples = 0, {}
+        for n, record in enumerate(d.records):
+            scanned = {k: _scan(v, privacy.phone_region, redacting) for k, v in record.items()}
+            findings = [f for _, fs in scanned.values() for f in fs]
+            if not findings:
+                continue
+            touched += 1
+            for f in findings:
+                counts[f.type] += 1
+                if len(examples.setdefault(f.type, [])) < PII_EXAMPLES:
+                    examples[f.type].append(mask(f))
+            if len(where) < 10:
+                where.append(f"{d.source}: record {n + 1}: " + ", ".join(f"{f.type} {mask(f)}" for f in findings))
+            if redacting:
+                d.records[n] = {k: v for k, (v, _) in scanned.items()}
+        report["found"][role], report["records"][role], report["examples"][role] = dict(counts), touched, examples
+    total = sum(report["records"].values())
+    if total and privacy.on_pii == "fail":
+        raise ProjectError([f"personal data in {total} records (`scope.privacy.on_pii` is fail); the first:"] + where
+                           + ["remove it from the source files, or set `scope.privacy.on_pii: redact` to replace "
+                              "each value with its type ([EMAIL], [PHONE], ...)"])
+    if total:
+        log.warning("personal data in %d records: %s", total, "redacted" if redacting else
+                    "reported only (`scope.privacy.on_pii: report`): it stays in the training data")
+    return report
+
+
 def run(params: Params, paths: Paths) -> dict:
     loaded = load_all(params)  # every structural problem of every role, raised before anything is written
+    pii = scan_personal_data(loaded, params) if params.scope.privacy.personal_data else None
     splits = split(loaded, params)
     removed = remove_leaks(splits)
     # Prompts, the model's input, as for exact leaks: an eval input the model has nearly seen is contamination.
@@ -163,10 +223,12 @@ def run(params: Params, paths: Paths) -> dict:
         "near_duplicates": len(near),
         "held_out_from_sft": sorted(r for r in ("eval", "dev") if r not in loaded),
     }
+    if pii:
+        metrics["pii"] = {role: {**found, "records": pii["records"][role]} for role, found in pii["found"].items()}
     with atomic_dir(paths.processed) as out:
         for role in ROLES:
             write_jsonl(out / f"{role}.jsonl", splits[role])
-        write_text(out / "card.md", card(params, loaded, metrics, near, warnings))
+        write_text(out / "card.md", card(params, loaded, metrics, near, warnings, pii))
     write_json(Path(paths.metrics) / "data.json", metrics)
 
     from stages.common.tracking import log_splits, stage_run
@@ -174,16 +236,20 @@ def run(params: Params, paths: Paths) -> dict:
     with stage_run("data", params, params.data.model_dump(mode="json")) as _:
         import mlflow
 
-        mlflow.log_metrics({f"{k}.{role}": v for k, d in metrics.items() if isinstance(d, dict) for role, v in d.items()}
-                           | {"near_duplicates": len(near)})
+        mlflow.log_metrics({f"{k}.{role}": v for k, d in metrics.items() if isinstance(d, dict) and k != "pii"
+                            for role, v in d.items()} | {"near_duplicates": len(near)}
+                           | {f"pii.{role}.{t}": n for role, d in metrics.get("pii", {}).items() for t, n in d.items()})
         mlflow.log_artifact(str(Path(paths.processed) / "card.md"))
         log_splits(paths.processed, ROLES)
     counts = ", ".join(f"{r} {len(splits[r])}" for r in ROLES if splits[r])
+    found = sum(pii["records"].values()) if pii else 0
     return {"metrics": metrics, "summary": f"{counts}; {sum(removed.values())} leaked rows removed, "
-                                           f"{len(near)} near-duplicates reported"}
+                                           f"{len(near)} near-duplicates reported"
+                                           + (f"; personal data in {found} records ({pii['action']})" if pii else "")}
 
 
-def card(params: Params, loaded: dict[str, RoleData], metrics: dict, near: list[dict], warnings: list[str]) -> str:
+def card(params: Params, loaded: dict[str, RoleData], metrics: dict, near: list[dict], warnings: list[str],
+         pii: dict | None = None) -> str:
     lines = [f"# Data card: {params.project.name}", "", params.project.description, "",
              "| role | source | rows found | dropped | kept after split and leakage checks |", "|---|---|---:|---:|---:|"]
     for role in ROLES:
@@ -206,6 +272,19 @@ def card(params: Params, loaded: dict[str, RoleData], metrics: dict, near: list[
               f"Jaccard >= {params.data.near_duplicate_threshold}): **{len(near)}**, kept."]
     for pair in sorted(near, key=lambda p: -p["jaccard"])[:NEAR_EXAMPLES]:
         lines += [f"- {pair['jaccard']}: train `{pair['train'][:120]}` ~ eval `{pair['held_out'][:120]}`"]
+    if pii:
+        from stages.common.pii import TYPES
+
+        done = {"redact": "replaced by their type ([EMAIL], [PHONE], ...) before the split",
+                "report": "**reported only: they stay in the data** (`scope.privacy.on_pii: report`)"}[pii["action"]]
+        lines += ["", "## Personal data", "", f"Every record scanned (the scope declares personal data); values {done}.",
+                  "", "| role | records | " + " | ".join(TYPES) + " | examples (masked) |",
+                  "|---|---:|" + "---:|" * len(TYPES) + "---|"]
+        for role, found in pii["found"].items():
+            shown = "; ".join(f"{t}: {', '.join(e)}" for t, e in pii["examples"][role].items()) or "-"
+            lines.append(f"| {role} | {pii['records'][role]} | " + " | ".join(str(found[t]) for t in TYPES)
+                         + f" | {shown} |")
+        lines += ["", "Person names are not scanned: no name detector runs offline here (README, Personal data)."]
     if warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]
     return "\n".join(lines) + "\n"

@@ -22,28 +22,30 @@ from stages.common.sources import holdout_size, load_all
 log = logging.getLogger(__name__)
 
 
-def candidate_problems(c: Candidate, params: Params) -> list[str]:
-    """Why the scope forbids a candidate before anything is measured: licence, languages, hosting, residency,
-    commercial use in the phase, context length. Pure; select records these as the candidate's rejection."""
+def candidate_filters(c: Candidate, params: Params) -> dict[str, str | None]:
+    """Each scope filter's verdict on a candidate before anything is measured: None (passes) or why it fails.
+    Pure; select records these in its table, the plan lists the failures."""
     s = params.scope
-    reasons = []
-    if c.licence not in s.licences:
-        reasons.append(f"licence {c.licence} not in scope.licences {s.licences}")
-    missing = sorted(set(s.languages) - set(c.languages))
-    if missing:
-        reasons.append(f"does not cover languages {missing}")
-    if c.hosting == "saas" and s.privacy.personal_data:
-        reasons.append("SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)")
     entry = c.entry
-    if entry and entry.api and c.hosting == "saas" and s.residency.region != "any" and not any(
-            in_region(r, s.residency.region) for r in entry.api.regions):
-        reasons.append(f"{entry.api.provider} processes data in {entry.api.regions}, "
-                       f"the residency region is {s.residency.region}")
-    if entry and not entry.commercial_use and s.phase.value in ("mvp", "release"):
-        reasons.append(f"licence {entry.licence} forbids commercial use (phase {s.phase.value})")
-    if entry and entry.context_length < params.data.max_length:
-        reasons.append(f"context {entry.context_length} tokens < data.max_length {params.data.max_length}")
-    return reasons
+    missing = sorted(set(s.languages) - set(c.languages))
+    regions = entry.api.regions if entry and entry.api else None
+    return {
+        "licence": None if c.licence in s.licences else f"licence {c.licence} not in scope.licences {s.licences}",
+        "languages": f"does not cover languages {missing}" if missing else None,
+        "hosting": ("SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)"
+                    if c.hosting == "saas" and s.privacy.personal_data else None),
+        "residency": (f"processes data in {regions}, the residency region is {s.residency.region}"
+                      if regions and c.hosting == "saas" and not any(in_region(r, s.residency.region) for r in regions)
+                      else None),
+        "commercial_use": (f"licence {entry.licence} forbids commercial use (phase {s.phase.value})"
+                           if entry and not entry.commercial_use and s.phase.value in ("mvp", "release") else None),
+        "context": (f"context {entry.context_length} tokens < data.max_length {params.data.max_length}"
+                    if entry and entry.context_length < params.data.max_length else None),
+    }
+
+
+def candidate_problems(c: Candidate, params: Params) -> list[str]:
+    return [reason for reason in candidate_filters(c, params).values() if reason]
 
 
 def plan(params: Params, counts: dict | None = None) -> dict:

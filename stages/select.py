@@ -1,13 +1,21 @@
 """select: which foundation model? Filter the candidates by the scope's constraints, then measure and rank.
 
     python -m stages.select         # writes models/selection.json
+    lifecycle select --explain      # that selection as a table: every filter's verdict, the figures, the rank
 
-Filters (each rejection says why): licence, languages, hosting (personal data forbids SaaS), and the memory the
-planned technique needs (estimated from the parameter count, read from the config alone) against the GPU
-budget, or half the host's RAM on a CPU-only budget. Survivors answer the dev split zero-shot and few-shot;
-they are ranked by `select.rank_by` (best of the two prompts), smaller model first on a tie. The default,
-answer_perplexity, ranks by what a model knows: greedy answers of small base models mostly measure whether
-they already follow the answer format, which is exactly what tuning fixes.
+A candidate is a local folder, a hub id, a catalog entry (`lifecycle catalog`) or an OpenAI-compatible endpoint.
+Filters (each verdict recorded, each rejection says why): licence, languages, hosting (personal data forbids
+SaaS), residency (where an API processes data), commercial use from the MVP on, context length, and the memory
+the planned technique needs (stages/common/memory.py, in parts) against the training GPU, or half the host's RAM
+on a CPU-only project, and inference memory against the serving GPU when one is declared. Survivors answer the dev
+split zero-shot and few-shot; an API candidate's cost per 1000 requests (catalog price x the tokens its endpoint
+counted) is then held against `scope.serving.max_cost_per_1k_requests_usd` and the monthly budget. They are ranked
+by `select.rank_by` (best of the two prompts), smaller model first on a tie. The default, answer_perplexity, ranks
+by what a model knows: greedy answers of small base models mostly measure whether they already follow the answer
+format, which is exactly what tuning fixes.
+
+An API candidate is measured and ranked for the record but never tuned here: the selected model is the best
+local one, and `api_alternative` names an API model that ranked above it, with its cost.
 """
 
 from __future__ import annotations
@@ -19,54 +27,62 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import read_jsonl, write_json
+from stages.common.memory import GIB, Shape, estimate, shape_of
 from stages.common.metrics import REGISTRY, best_of
 from stages.common.params import Candidate, Params, Paths
-from stages.scope import plan as scope_plan
+from stages.scope import candidate_filters
 
 log = logging.getLogger(__name__)
 
-GIB = 1024 ** 3
-
-# Bytes per parameter while tuning, by technique (weights + gradients + Adam states), and the share of
-# parameters a LoRA adapter trains. Activations and CUDA context are covered by OVERHEAD.
-BYTES_PER_PARAM = {
-    "prompt": lambda dtype_bytes: dtype_bytes,                      # inference only
-    "lora": lambda dtype_bytes: dtype_bytes + 0.02 * 16,            # frozen weights + ~2% trainable in fp32 Adam
-    "qlora": lambda dtype_bytes: 0.55 + 0.02 * 16,                  # 4-bit weights (+ quantization constants)
-    "prompt_tuning": lambda dtype_bytes: dtype_bytes,               # frozen weights; a few virtual tokens train
-    "full": lambda dtype_bytes: 16,                                 # mixed precision: weights, grads, fp32 master + Adam
-}
-OVERHEAD = 1.3
-
-
-def memory_estimate_gib(n_params: int, technique: str, precision: str) -> float:
-    dtype_bytes = {"fp32": 4, "bf16": 2, "fp16": 2}[precision]
-    return n_params * BYTES_PER_PARAM[technique](dtype_bytes) * OVERHEAD / GIB
+PROMPTS = ("zero_shot", "few_shot")
 
 
 def host_memory_gib() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
 
 
-def constraint_problems(c: Candidate, plan: dict) -> list[str]:
-    """Why a candidate may not be used at all, from the scope's plan. Pure."""
-    reasons = []
-    if c.licence not in plan["licences"]:
-        reasons.append(f"licence {c.licence} not in {plan['licences']}")
-    missing = sorted(set(plan["languages"]) - set(c.languages))
-    if missing:
-        reasons.append(f"does not cover languages {missing}")
-    if c.hosting not in plan["candidate_hosting"]:
-        reasons.append(f"{c.hosting}-hosted, the scope allows {plan['candidate_hosting']}")
-    if c.hosting == "saas":
-        reasons.append("SaaS candidates are not measured by this version (no API client): self-host it or remove it")
-    return reasons
+def budgets(params: Params) -> dict:
+    """GiB available (and how to say it) for training and for serving; serving None: not checked (CPU)."""
+    hw = params.scope.hardware
+    training = hw.training.gpu_memory_gib or host_memory_gib() / 2
+    return {"training": (training, f"the training GPU's {training:g} GiB" if hw.training.gpu_memory_gib
+                         else f"half the host RAM ({training:.1f} GiB)"),
+            "serving": (hw.serving.gpu_memory_gib or None, f"the serving GPU's {hw.serving.gpu_memory_gib:g} GiB"
+                        if hw.serving.gpu_memory_gib else "not checked (no serving GPU declared)")}
 
 
 def check_exists(c: Candidate) -> None:
     if c.path and not Path(c.path).is_dir():
         raise ProjectError([f"params.yaml `select.candidates.{c.name}.path`: {c.path} does not exist "
                             "(did the pretrain stage build it? is the path right?)"])
+
+
+def shape(c: Candidate) -> Shape:
+    """Parameters and architecture from the candidate's config (no weights loaded); a catalog entry's parameter
+    count when its config cannot be read here (a hub id offline)."""
+    from transformers import AutoConfig
+
+    from stages.common.models import count_parameters
+
+    try:
+        return shape_of(AutoConfig.from_pretrained(c.ref), count_parameters(c.ref))
+    except OSError as exc:
+        if c.entry and c.entry.parameters:
+            log.warning("%s: config not readable (%s); memory from the catalog's parameter count", c.name, exc)
+            return Shape(parameters=c.entry.parameters)
+        raise ProjectError([f"`select.candidates.{c.name}`: cannot read the config of {c.ref} ({exc}); offline, "
+                            "give a local `path`"]) from None
+
+
+def memory(s: Shape, params: Params) -> dict:
+    """The planned technique's estimate with the adapt settings, and inference at the serving batch."""
+    a = params.adapt
+    technique = a.technique.value
+    train = estimate(s, "inference" if technique == "prompt" else technique, a.precision.value,
+                     a.trainer.per_device_train_batch_size, a.trainer.max_length, a.lora.r,
+                     virtual_tokens=a.prompt_tuning.num_virtual_tokens)
+    serve = estimate(s, "inference", a.precision.value, params.serve.max_batch_size, params.data.max_length)
+    return {"training": train.gib(), "serving": serve.gib()}
 
 
 def measure_prompts(model, renderer, records: list[dict], prompts: list[str], params: Params, max_new_tokens: int,
@@ -102,63 +118,174 @@ def measure(c: Candidate, dev: list[dict], shots: list[dict], params: Params, de
     return out
 
 
+def measure_api(c: Candidate, dev: list[dict], shots: list[dict], params: Params) -> dict:
+    """The same dev split and metrics through the endpoint (no answer perplexity: an API gives no log-probabilities
+    of the reference), and the cost per 1000 requests from the catalog price and the tokens it counted."""
+    from stages.common import api
+    from stages.common.metrics import context, score, text_metrics
+
+    out = {}
+    for label, examples in (("zero_shot", []), ("few_shot", shots)):
+        got = api.ask(c, params, dev, examples, f"select {c.name} {label}")
+        out[label] = {**score(text_metrics(params), got.answers, [r["references"] for r in dev], **context(params),
+                              questions=[r["prompt"] for r in dev]),
+                      "latency_ms": round(got.seconds_per_answer * 1000, 2)}
+        out[label]["cost_per_1k_requests_usd"] = api.cost_per_1k_requests(c.entry, got, len(dev))
+        out[label]["tokens"] = {"prompt": got.prompt_tokens, "completion": got.completion_tokens}
+    return out
+
+
+def cost_verdicts(params: Params, cost: float | None) -> dict:
+    """An API candidate's measured cost against the serving limits and the monthly budget."""
+    s = params.scope
+    limit, monthly = s.serving.max_cost_per_1k_requests_usd, s.budget.monthly_serving_usd
+    per_month = cost * s.serving.requests_per_month / 1000 if cost is not None else None
+    return {"cost_per_request": (f"${cost:g} per 1k requests, over the ${limit:g} limit"
+                                 if cost is not None and limit is not None and cost > limit else None),
+            "monthly_budget": (f"~${per_month:,.2f} a month at {s.serving.requests_per_month:,} requests, over the "
+                               f"${monthly:,.2f} budget" if per_month is not None and monthly is not None
+                               and per_month > monthly else None)}
+
+
+def judge(c: Candidate, params: Params, budget: dict) -> dict:
+    """Every filter's verdict on one candidate (None passes), memory included; no model is loaded."""
+    row = {"name": c.name, "ref": c.ref, "kind": "api" if c.endpoint else "local", "catalog": c.catalog,
+           "licence": c.licence, "hosting": c.hosting, "filters": candidate_filters(c, params)}
+    if c.endpoint:
+        row["endpoint"] = {"base_url": c.endpoint.base_url, "model": c.endpoint.model}
+        row["parameters"] = c.entry.parameters if c.entry else None
+        return row
+    check_exists(c)
+    if any(row["filters"].values()):
+        return row
+    s = shape(c)
+    row["parameters"] = s.parameters
+    row["memory_gib"] = memory(s, params)
+    need = row["memory_gib"]["training"]
+    technique = params.adapt.technique.value
+    (train_budget, train_label), (serve_budget, serve_label) = budget["training"], budget["serving"]
+    row["filters"]["memory_training"] = (f"{technique} needs ~{need['total']:.3g} GiB, over {train_label}"
+                                         if need["total"] > train_budget else None)
+    serving = row["memory_gib"]["serving"]["total"]
+    row["filters"]["memory_serving"] = (f"inference needs ~{serving:.3g} GiB, over {serve_label}"
+                                        if serve_budget and serving > serve_budget else None)
+    return row
+
+
 def run(params: Params, paths: Paths) -> dict:
-    from stages.common.models import count_parameters, resolve_device
+    from stages.common import api
+    from stages.common.models import resolve_device
     from stages.common.tracking import stage_run
 
-    plan = scope_plan(params)  # from the params keys dvc.yaml declares, so a KPI edit does not re-select
     device = resolve_device(params.project.device)
-    technique, precision = params.adapt.technique.value, params.adapt.precision.value
-    budget = plan["gpu_memory_gib"] or host_memory_gib() / 2
-    budget_label = f"GPU budget {plan['gpu_memory_gib']} GiB" if plan["gpu_memory_gib"] else f"half the host RAM ({budget:.1f} GiB)"
+    technique = params.adapt.technique.value
+    budget = budgets(params)
+    rows = [judge(c, params, budget) for c in params.select.candidates]
+    by_name = {c.name: c for c in params.select.candidates}
+    admissible = [by_name[r["name"]] for r in rows if not any(r["filters"].values())]
+    missing = api.missing_keys(admissible)   # before any record is sent anywhere
+    if missing:
+        raise ProjectError(missing)
     dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
     shots = read_jsonl(Path(paths.processed) / "sft.jsonl")[:params.select.few_shot]
     rank_by = params.select.rank_by
     lower_is_better = REGISTRY[rank_by].higher_is_better is False
 
-    rows = []
     with stage_run("select", params, params.select.model_dump()) as _:
         import mlflow
 
-        for c in params.select.candidates:
-            check_exists(c)
-            row = {"name": c.name, "ref": c.ref, "licence": c.licence, "hosting": c.hosting}
-            reasons = constraint_problems(c, plan)
-            if not reasons:
-                row["parameters"] = count_parameters(c.ref)
-                need = memory_estimate_gib(row["parameters"], technique, precision)
-                row["memory_gib"] = float(f"{need:.3g}")
-                if need > budget:
-                    reasons.append(f"{technique} needs ~{row['memory_gib']} GiB, over the {budget_label}")
+        for row in rows:
+            c = by_name[row["name"]]
+            if not any(row["filters"].values()):
+                if c.endpoint:
+                    row["metrics"] = measure_api(c, dev, shots, params)
+                    best = best_of({p: row["metrics"][p][rank_by] for p in PROMPTS}, rank_by)
+                    row["cost_per_1k_requests_usd"] = row["metrics"][best]["cost_per_1k_requests_usd"]
+                    row["filters"].update(cost_verdicts(params, row["cost_per_1k_requests_usd"]))
+                else:
+                    row["metrics"] = measure(c, dev, shots, params, device)
+                scores = {p: row["metrics"][p][rank_by] for p in PROMPTS}
+                row["score"] = scores[best_of(scores, rank_by)]
+                mlflow.log_metrics({f"{c.name}.{p}.{k}": v for p in PROMPTS for k, v in row["metrics"][p].items()
+                                    if isinstance(v, (int, float)) and v is not None})
+            reasons = [r for r in row["filters"].values() if r]
             if reasons:
                 row.update(status="rejected", reasons=reasons)
                 log.info("%s rejected: %s", c.name, "; ".join(reasons))
             else:
-                row["metrics"] = measure(c, dev, shots, params, device)
-                prompts = {p: row["metrics"][p][rank_by] for p in ("zero_shot", "few_shot")}
-                row.update(status="ranked", score=prompts[best_of(prompts, rank_by)])
-                mlflow.log_metrics({f"{c.name}.{p}.{k}": v for p in ("zero_shot", "few_shot")
-                                    for k, v in row["metrics"][p].items()})
-            rows.append(row)
+                row["status"] = "ranked"
 
-        ranked = [r for r in rows if r["status"] == "ranked"]
-        if not ranked:
-            raise ProjectError(["no candidate survives the scope's constraints: "
-                                + "; ".join(f"{r['name']}: {', '.join(r['reasons'])}" for r in rows)])
         sign = 1 if lower_is_better else -1
-        ranked.sort(key=lambda r: (sign * r["score"], r["parameters"]))
-        chosen = ranked[0]
+        ranked = sorted((r for r in rows if r["status"] == "ranked"),
+                        key=lambda r: (sign * r["score"], r["parameters"] or float("inf")))
+        for i, r in enumerate(ranked, 1):
+            r["rank"] = i
+        local = [r for r in ranked if r["kind"] == "local"]
+        if not local:
+            raise ProjectError(["no local candidate survives the scope's constraints (an API candidate is measured "
+                                "but never tuned or served here): " + "; ".join(
+                                    f"{r['name']}: {', '.join(r.get('reasons', ['ranked (API)']))}" for r in rows)])
+        chosen = local[0]
         chosen["status"] = "selected"
-        runner_up = ranked[1] if len(ranked) > 1 else None
+        runner_up = local[1] if len(local) > 1 else None
+        need = chosen["memory_gib"]["training"]["total"]
         why = (f"best {rank_by} on the dev split ({chosen['score']:.4f}"
-               + (f" vs {runner_up['name']} {runner_up['score']:.4f}" if runner_up else ", the only survivor")
-               + f"), {chosen['parameters']:,} parameters, {technique} needs ~{chosen['memory_gib']} GiB")
+               + (f" vs {runner_up['name']} {runner_up['score']:.4f}" if runner_up else ", the only local survivor")
+               + f"), {chosen['parameters']:,} parameters, {technique} needs ~{need:.3g} GiB")
         selection = {"selected": {"name": chosen["name"], "ref": chosen["ref"], "why": why},
-                     "technique": technique, "rank_by": rank_by, "candidates": rows}
+                     "technique": technique, "rank_by": rank_by, "budgets": {k: v[1] for k, v in budget.items()},
+                     "candidates": rows}
+        above = [r for r in ranked if r["kind"] == "api" and r["rank"] < chosen["rank"]]
+        if above:
+            a = above[0]
+            selection["api_alternative"] = {
+                "name": a["name"], "score": a["score"], "cost_per_1k_requests_usd": a.get("cost_per_1k_requests_usd"),
+                "why": f"ranks above {chosen['name']} on {rank_by} ({a['score']:.4f} vs {chosen['score']:.4f}) as a "
+                       "prompt-only solution through its API; it is not tuned or served by this pipeline"}
         write_json(paths.selection, selection)
         mlflow.set_tag("selected", chosen["name"])
         mlflow.log_artifact(paths.selection)
-    return {"selection": selection, "summary": f"selected {chosen['name']}: {why}"}
+    summary = f"selected {chosen['name']}: {why}"
+    if "api_alternative" in selection:
+        summary += f"; API alternative {selection['api_alternative']['name']} ranks above it"
+    return {"selection": selection, "summary": summary}
+
+
+FILTERS = ("licence", "languages", "hosting", "residency", "commercial_use", "context", "memory_training",
+           "memory_serving", "cost_per_request", "monthly_budget")
+
+
+def explain(selection: dict) -> str:
+    """models/selection.json as a table a project lead reads: each candidate, each filter's verdict, the figures."""
+    rank_by = selection["rank_by"]
+    head = (f"{'rank':<5}{'candidate':<22}{'kind':<6}{'params':>9}{'train GiB':>10}{'serve GiB':>10}"
+            f"{rank_by + ' 0/few-shot':>30}{'latency ms':>11}{'$/1k req':>9}  status")
+    lines = [f"technique {selection['technique']}; ranked by {rank_by}; memory budgets: training "
+             f"{selection['budgets']['training']}, serving {selection['budgets']['serving']}", "", head, "-" * len(head)]
+
+    def number(v, fmt="{:.4g}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    for r in sorted(selection["candidates"], key=lambda r: (r.get("rank") or 10 ** 6, r["name"])):
+        m = r.get("metrics") or {}
+        scores = "/".join(number(m[p][rank_by]) for p in PROMPTS) if m else "-"
+        latency = min(m[p]["latency_ms"] for p in PROMPTS) if m else None
+        mem = r.get("memory_gib") or {}
+        params = r.get("parameters")
+        size = "-" if params is None else f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.2f}M"
+        lines.append(f"{number(r.get('rank'), '{}'):<5}{r['name']:<22}{r['kind']:<6}{size:>9}"
+                     f"{number(mem.get('training', {}).get('total'), '{:.3g}'):>10}"
+                     f"{number(mem.get('serving', {}).get('total'), '{:.3g}'):>10}{scores:>30}"
+                     f"{number(latency, '{:.1f}'):>11}{number(r.get('cost_per_1k_requests_usd'), '{:.3g}'):>9}  "
+                     f"{r['status']}")
+        verdicts = ", ".join(f"{f} {'ok' if r['filters'].get(f) is None else 'FAIL'}" for f in FILTERS
+                             if f in r["filters"])
+        lines.append(f"{'':<5}  filters: {verdicts}")
+        lines += [f"{'':<5}  - {reason}" for reason in r.get("reasons", [])]
+    lines += ["", f"selected {selection['selected']['name']}: {selection['selected']['why']}"]
+    if "api_alternative" in selection:
+        lines.append(f"API alternative {selection['api_alternative']['name']}: {selection['api_alternative']['why']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

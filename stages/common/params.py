@@ -283,6 +283,7 @@ class Endpoint(Strict):
     base_url: str                        # e.g. https://api.openai.com/v1
     api_key_env: str                     # the environment variable holding the key (never the key itself)
     model: str                           # the name the endpoint expects in `model`
+    render: bool = True                  # false: send the bare prompt (the endpoint applies its own template)
 
 
 class Candidate(Strict):

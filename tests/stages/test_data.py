@@ -327,3 +327,74 @@ def test_source_outside_the_sources_folder_is_named(tmp_path):
     f = write_jsonl(tmp_path / "elsewhere" / "sft.jsonl", qa_rows(10))
     with pytest.raises(ProjectError, match="outside `paths.sources`"):
         project(tmp_path, {"sft": {"path": str(f)}})
+
+
+# --- personal data ---------------------------------------------------------------------------------------------
+
+PII = {"email": "jane.doe@example.org", "phone": "+44 20 7946 0958", "iban": "DE89 3704 0044 0532 0130 00",
+       "card": "4111 1111 1111 1111", "ip": "203.0.113.42"}
+
+
+def personal_project(root: Path, on_pii: str):
+    d = root / "data"
+    rows = qa_rows(60)
+    rows[3]["prompt"] = f"My card {PII['card']} was charged twice, mail me at {PII['email']}?"
+    rows[7]["completion"] = f"Call {PII['phone']} and quote IBAN {PII['iban']}."
+    evals = [{"prompt": f"Login from {PII['ip']} failed, why?", "completion": "Check the firewall."}] + qa_rows(9, 500)
+    write_jsonl(d / "sft.jsonl", rows)
+    write_jsonl(d / "eval.jsonl", evals)
+    write_jsonl(d / "dev.jsonl", qa_rows(5, offset=900))
+    (d / "kb").mkdir(parents=True)
+    (d / "kb" / "contacts.md").write_text(f"# Contacts\n\nEscalations go to {PII['email']}.\n")
+    params = project(root, {"sft": {"path": str(d / "sft.jsonl")}, "eval": {"path": str(d / "eval.jsonl")},
+                            "dev": {"path": str(d / "dev.jsonl")}, "knowledge": {"path": str(d / "kb")}})
+    scope = params.scope.model_copy(update={"privacy": params.scope.privacy.model_copy(
+        update={"personal_data": True, "on_pii": on_pii})})
+    return params.model_copy(update={"scope": scope})
+
+
+def processed_text(params) -> str:
+    return "".join(p.read_text() for p in Path(params.paths.processed).glob("*.jsonl"))
+
+
+def test_personal_data_is_redacted_in_every_role_and_counted_by_type(tmp_path):
+    from stages import data
+    from stages.common.pii import find_pii
+
+    params = personal_project(tmp_path, "redact")
+    data.run(params, params.paths)
+    text = processed_text(params)
+    assert not any(value in text for value in PII.values()) and not find_pii(text, "US")
+    assert all(f"[{t.upper()}]" in text for t in PII), "each value replaced by its type"
+    found = read_json(Path(params.paths.metrics) / "data.json")["pii"]
+    assert found["sft"] == {"email": 1, "phone": 1, "iban": 1, "card": 1, "ip": 0, "records": 2}
+    assert found["eval"]["ip"] == 1 and found["knowledge"]["email"] == 1 and found["dev"]["records"] == 0
+    card = (Path(params.paths.processed) / "card.md").read_text()
+    assert "## Personal data" in card and "**** **** **** 1111" in card
+    assert not any(value in card for value in PII.values()), "the card shows masked examples only"
+
+
+def test_personal_data_fails_naming_the_file_and_record_and_writes_nothing(tmp_path):
+    message = fails_cleanly(personal_project(tmp_path, "fail"), tmp_path)
+    assert "`scope.privacy.on_pii` is fail" in message and "sft.jsonl: record 4: card **** **** **** 1111" in message
+    assert PII["card"] not in message and PII["email"] not in message
+
+
+def test_personal_data_reported_only_stays_and_is_counted(tmp_path):
+    from stages import data
+
+    params = personal_project(tmp_path, "report")
+    data.run(params, params.paths)
+    assert PII["iban"] in processed_text(params)
+    assert read_json(Path(params.paths.metrics) / "data.json")["pii"]["sft"]["records"] == 2
+    assert "reported only" in (Path(params.paths.processed) / "card.md").read_text()
+
+
+def test_no_scan_when_the_scope_declares_no_personal_data(tmp_path):
+    from stages import data
+
+    params = personal_project(tmp_path, "fail")
+    params = params.model_copy(update={"scope": params.scope.model_copy(update={"privacy": params.scope.privacy.model_copy(
+        update={"personal_data": False})})})
+    data.run(params, params.paths)
+    assert "pii" not in read_json(Path(params.paths.metrics) / "data.json")

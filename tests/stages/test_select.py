@@ -2,12 +2,16 @@ import pytest
 
 from stages.common.errors import ProjectError
 from stages.common.io import read_json
-from stages.common.params import Candidate
-from stages.select import constraint_problems, memory_estimate_gib
+from stages.common.params import Candidate, Phase
+from stages.scope import candidate_filters
+from stages.select import explain
 
 
 def test_selection_ranks_survivors_with_reasons(selected, prepared):
     selection = read_json(prepared.paths.selection)
+    table = explain(selection)
+    assert "filters: licence ok, languages ok" in table and "memory_training ok" in table
+    assert f"selected {selection['selected']['name']}" in table
     ranked = [c for c in selection["candidates"] if c["status"] in ("selected", "ranked")]
     assert len(ranked) == 2
     chosen = next(c for c in ranked if c["status"] == "selected")
@@ -18,31 +22,50 @@ def test_selection_ranks_survivors_with_reasons(selected, prepared):
         assert set(c["metrics"]["few_shot"]) == {"exact_match", "token_f1", "rougeL", "latency_ms", "answer_perplexity"}
         assert c["score"] == min(c["metrics"][p]["answer_perplexity"] for p in ("zero_shot", "few_shot"))
     assert selection["selected"]["name"] == chosen["name"] and "dev split" in selection["selected"]["why"]
+    assert chosen["rank"] == 1 and other["rank"] == 2
+    parts = chosen["memory_gib"]["training"]
+    assert parts["technique"] == "lora" and parts["activations"] > 0 and parts["total"] == pytest.approx(
+        parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["activations"], abs=1e-3)
 
 
-def test_constraints_reject_with_reasons():
-    plan = {"licences": ["apache-2.0"], "languages": ["en", "de"], "candidate_hosting": ["self"]}
-    c = Candidate(name="x", hub_id="org/x", licence="llama3", languages=["en"], hosting="saas")
-    reasons = constraint_problems(c, plan)
-    assert any("licence llama3" in r for r in reasons)
-    assert any("['de']" in r for r in reasons)
-    assert any("saas-hosted" in r for r in reasons)
+def scoped(prepared, **scope):
+    """The tiny project with scope keys replaced (nested models by dotted path: `privacy.personal_data`)."""
+    s = prepared.scope
+    for key, value in scope.items():
+        section, _, field = key.partition("__")
+        if field:
+            value = getattr(s, section).model_copy(update={field: value})
+        s = s.model_copy(update={section: value})
+    return prepared.model_copy(update={"scope": s})
 
 
-def test_memory_estimate_orders_techniques():
-    n = 500_000_000
-    assert memory_estimate_gib(n, "qlora", "bf16") < memory_estimate_gib(n, "lora", "bf16") \
-        < memory_estimate_gib(n, "full", "bf16")
-    assert 7 < memory_estimate_gib(n, "full", "bf16") < 11  # 16 bytes/param * 1.3 = ~9.7 GiB
+def test_filters_give_each_verdict_with_its_reason(prepared):
+    params = scoped(prepared, languages=["en", "de"], privacy__personal_data=True, phase=Phase.mvp,
+                    residency=prepared.scope.residency.model_copy(update={"region": "apac"}))
+    saas = Candidate(name="x", hub_id="org/x", licence="llama3", languages=["en"], hosting="saas")
+    f = candidate_filters(saas, params)
+    assert "licence llama3" in f["licence"] and "['de']" in f["languages"] and "personal data" in f["hosting"]
+    gpt = Candidate(name="g", catalog="gpt-4o-mini", licence="apache-2.0")
+    assert gpt.hosting == "saas" and gpt.endpoint.model == "gpt-4o-mini" and gpt.endpoint.api_key_env == "OPENAI_API_KEY"
+    assert "residency region is apac" in candidate_filters(gpt, params)["residency"]
+    nc = Candidate(name="nc", catalog="c4ai-command-r-v01", licence="apache-2.0")
+    assert nc.hub_id == "CohereForAI/c4ai-command-r-v01"
+    assert "forbids commercial use" in candidate_filters(nc, params)["commercial_use"]
+    assert candidate_filters(nc, scoped(prepared, phase=Phase.poc))["commercial_use"] is None, "fine before an MVP"
+    t5 = Candidate(name="t5", catalog="flan-t5-base")
+    assert t5.licence == "apache-2.0" and candidate_filters(t5, prepared)["context"] is None
+    long = prepared.model_copy(update={"data": prepared.data.model_copy(update={"max_length": 4096})})
+    assert "context 512 tokens" in candidate_filters(t5, long)["context"]
 
 
 def test_over_budget_and_missing_path(prepared, tmp_path):
     from stages import select
 
-    budget = prepared.scope.budget.model_copy(update={"gpu_memory_gib": 1e-9})
-    params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"budget": budget})})
+    hardware = prepared.scope.hardware.model_copy(update={"training": prepared.scope.hardware.training.model_copy(
+        update={"gpu": "tiny-gpu", "gpu_memory_gib": 1e-9, "count": 1})})
+    params = scoped(prepared, hardware=hardware)
     paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
-    with pytest.raises(ProjectError, match="no candidate survives.*over the GPU budget"):
+    with pytest.raises(ProjectError, match="no local candidate survives.*over the training GPU's 1e-09 GiB"):
         select.run(params, paths)
     assert not (tmp_path / "selection.json").exists()
 
