@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope clean
+.PHONY: install run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,9 @@ bench-servers: install
 
 bench-scope: install
 	$(BIN)/python bench/scope.py
+
+bench-pii: install
+	$(BIN)/python bench/pii.py
 
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml .lifecycle.lock dvc.lock data/processed models/pretrain models/sft models/reward \
