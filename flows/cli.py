@@ -42,14 +42,20 @@ def summary(root: Path, paths) -> str:
     lines = []
     scope = _read(root / paths.scope_report)
     if scope:
-        lines.append(f"scope      {scope['verdict']}: allowed techniques {scope['plan']['adapt_techniques']}, "
-                     f"alignment {scope['plan']['align_methods']}")
+        lines.append(f"scope      {scope['verdict']} ({scope['plan'].get('phase', 'rnd')} rules): allowed techniques "
+                     f"{scope['plan']['adapt_techniques']}, alignment {scope['plan']['align_methods']}")
     selection = _read(root / paths.selection)
     if selection:
         lines.append(f"select     {selection['selected']['name']}: {selection['selected']['why']}")
         for c in selection["candidates"]:
             if c["status"] == "rejected":
                 lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
+        if "api_alternative" in selection:
+            alt = selection["api_alternative"]
+            lines.append(f"           API alternative {alt['name']}: {alt['why']}"
+                         + (f" (${alt['cost_per_1k_requests_usd']:g} per 1k requests)"
+                            if alt.get("cost_per_1k_requests_usd") is not None else ""))
+        lines.append("           (lifecycle select --explain: every candidate, filter and figure)")
     retrieval = _read(root / paths.metrics / "integrate.json")
     if retrieval and retrieval.get("retrieval_eval_rows"):
         lines.append(f"integrate  {retrieval['chunks']} chunks from {retrieval['documents']} documents; on "

@@ -54,6 +54,7 @@ _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:(?:\.\d{1,3}){3})?(?![\w:]|\.\d)")
 _SEVEN_DIGITS = re.compile(r"(?:\d\D*){7}")  # linear: \d and \D never compete, so no backtracking
 _DIGIT = re.compile(r"\d")
+_DECIMAL = re.compile(r"\d+\.\d+")
 _SEPARATORS = re.compile(r"[ -]")
 
 
@@ -95,7 +96,9 @@ def find_pii(text: str, phone_region: str = "US", types: tuple[str, ...] = TYPES
         rest = _blank(text, found)
         if _SEVEN_DIGITS.search(rest):
             matcher = phonenumbers.PhoneNumberMatcher(rest, phone_region, leniency=phonenumbers.Leniency.VALID)
-            found += (Finding("phone", m.start, m.end, text[m.start:m.end]) for m in matcher)
+            # A decimal number (31.01875) is a measurement, not a phone: libphonenumber takes the dot as a separator.
+            found += (Finding("phone", m.start, m.end, text[m.start:m.end]) for m in matcher
+                      if not _DECIMAL.fullmatch(m.raw_string))
     return _resolve(found)
 
 

@@ -320,13 +320,6 @@ def test_a_retrieval_bento_answers_with_its_sources(packaged_rag):
     assert status_v1 == 200 and chat["sources"] == body["sources"]
 
 
-def _chat_requests(base: str) -> float:
-    """How many chat completions the server has answered (its Prometheus counter), any status."""
-    _, text = _get(f"{base}/metrics")
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("lifecycle_requests_total") and 'endpoint="/v1/chat/completions"' in line)
-
-
 def test_an_api_candidate_is_measured_through_an_openai_compatible_server(server, prepared, tmp_path, monkeypatch):
     """select's API candidates against this project's own service: the key variable checked before anything is
     sent, the dev split answered zero- and few-shot, the cost priced from the catalog, ranked with the local ones."""
@@ -335,34 +328,43 @@ def test_an_api_candidate_is_measured_through_an_openai_compatible_server(server
     from stages.common.io import read_json, read_jsonl
     from stages.common.params import Candidate
 
-    api = Candidate(name="served", catalog="gpt-4o-mini", hosting="self",  # priced as gpt-4o-mini, hosted here
-                    endpoint={"base_url": f"{server}/v1", "api_key_env": "LIFECYCLE_TEST_API_KEY",
-                              "model": _model_id(server), "render": False})
-    local = prepared.select.candidates[0]
-    params = prepared.model_copy(update={
-        "select": prepared.select.model_copy(update={"candidates": [local, api], "rank_by": "token_f1"}),
-        "scope": prepared.scope.model_copy(update={"licences": [*prepared.scope.licences, "proprietary"]})})
-    paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
+    def params_with(base_url: str):
+        api = Candidate(name="served", catalog="gpt-4o-mini", hosting="self",  # priced as gpt-4o-mini, hosted here
+                        endpoint={"base_url": base_url, "api_key_env": "LIFECYCLE_TEST_API_KEY",
+                                  "model": _model_id(server), "render": False})
+        return prepared.model_copy(update={
+            "select": prepared.select.model_copy(update={"candidates": [prepared.select.candidates[0], api],
+                                                         "rank_by": "token_f1"}),
+            "scope": prepared.scope.model_copy(update={"licences": [*prepared.scope.licences, "proprietary"]})})
 
+    paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
     monkeypatch.delenv("LIFECYCLE_TEST_API_KEY", raising=False)
-    before = _chat_requests(server)
-    with pytest.raises(ProjectError, match="LIFECYCLE_TEST_API_KEY is not set"):
-        select.run(params, paths)
-    assert _chat_requests(server) == before, "no request left before the key was checked"
+    with socket.socket() as listener:  # an endpoint that would see any connection
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        with pytest.raises(ProjectError, match="the environment variable LIFECYCLE_TEST_API_KEY is not set"):
+            select.run(params_with(f"http://127.0.0.1:{listener.getsockname()[1]}/v1"), paths)
+        with pytest.raises(BlockingIOError):
+            listener.accept()   # nobody connected: nothing was sent
     assert not (tmp_path / "selection.json").exists()
 
     monkeypatch.setenv("LIFECYCLE_TEST_API_KEY", "unused-by-an-open-server")
-    select.run(params, paths)
-    dev = len(read_jsonl(Path(prepared.paths.processed) / "dev.jsonl"))
-    assert _chat_requests(server) == before + 2 * dev, "the dev split, zero- and few-shot"
-    row = next(r for r in read_json(paths.selection)["candidates"] if r["name"] == "served")
+    select.run(params_with(f"{server}/v1"), paths)
+    dev = read_jsonl(Path(prepared.paths.processed) / "dev.jsonl")
+    selection = read_json(paths.selection)
+    row = next(r for r in selection["candidates"] if r["name"] == "served")
     assert row["kind"] == "api" and row["status"] == "ranked" and row["rank"] in (1, 2)
     for prompt in ("zero_shot", "few_shot"):
         m = row["metrics"][prompt]
         assert set(m) >= {"token_f1", "rougeL", "latency_ms", "cost_per_1k_requests_usd"} and "answer_perplexity" not in m
         tokens = m["tokens"]
-        assert tokens["prompt"] > 0 and tokens["completion"] > 0
+        assert tokens["prompt"] > 0 and tokens["completion"] >= len(dev), "the server counted every answer"
         assert m["cost_per_1k_requests_usd"] == pytest.approx(
-            (tokens["prompt"] * 0.15 + tokens["completion"] * 0.60) / 1e6 / dev * 1000, abs=1e-4)
-    assert row["metrics"]["few_shot"]["tokens"]["prompt"] > row["metrics"]["zero_shot"]["tokens"]["prompt"]
-    assert read_json(paths.selection)["selected"]["name"] == local.name, "an API candidate is never the one tuned"
+            (tokens["prompt"] * 0.15 + tokens["completion"] * 0.60) / 1e6 / len(dev) * 1000, abs=1e-4)
+    assert row["metrics"]["few_shot"]["tokens"]["prompt"] > row["metrics"]["zero_shot"]["tokens"]["prompt"], \
+        "the few-shot examples went as earlier turns"
+    assert selection["selected"]["name"] == prepared.select.candidates[0].name, "an API candidate is never tuned"
+    from stages.select import explain
+
+    assert "served" in explain(selection) and "api" in explain(selection)

@@ -176,6 +176,7 @@ def test_precision_is_one_on_the_planted_set():
     "at 12:30:45 the MAC 00:1a:2b:3c:4d:5e went down",
     "write to a@b or to c@d.1",
     "999.1.1.1 is not an address and neither is 01.2.3.4",
+    "the float 31.01875 rounds to 31.02",  # a decimal that libphonenumber would read as a US number
 ])
 def test_negatives_are_not_found(text):
     assert find_pii(text) == []
