@@ -41,6 +41,9 @@ def candidate_filters(c: Candidate, params: Params) -> dict[str, str | None]:
                            if entry and not entry.commercial_use and s.phase.value in ("mvp", "release") else None),
         "context": (f"context {entry.context_length} tokens < data.max_length {params.data.max_length}"
                     if entry and entry.context_length < params.data.max_length else None),
+        # The stages tune and serve causal LMs: an encoder-only or encoder-decoder model is listed, not used.
+        "architecture": (f"{entry.architecture}: this pipeline tunes and serves decoder-only (causal) models"
+                         if entry and entry.kind == "open" and entry.architecture != "decoder-only" else None),
     }
 
 

@@ -251,8 +251,8 @@ def run(params: Params, paths: Paths) -> dict:
     return {"selection": selection, "summary": summary}
 
 
-FILTERS = ("licence", "languages", "hosting", "residency", "commercial_use", "context", "memory_training",
-           "memory_serving", "cost_per_request", "monthly_budget")
+FILTERS = ("licence", "languages", "hosting", "residency", "commercial_use", "context", "architecture",
+           "memory_training", "memory_serving", "cost_per_request", "monthly_budget")
 
 
 def explain(selection: dict) -> str:

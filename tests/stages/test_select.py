@@ -54,6 +54,8 @@ def test_filters_give_each_verdict_with_its_reason(prepared):
     assert candidate_filters(nc, scoped(prepared, phase=Phase.poc))["commercial_use"] is None, "fine before an MVP"
     t5 = Candidate(name="t5", catalog="flan-t5-base")
     assert t5.licence == "apache-2.0" and candidate_filters(t5, prepared)["context"] is None
+    assert "encoder-decoder: this pipeline tunes and serves decoder-only" in candidate_filters(t5, prepared)["architecture"]
+    assert candidate_filters(Candidate(name="q", catalog="qwen2.5-0.5b-instruct"), prepared)["architecture"] is None
     long = prepared.model_copy(update={"data": prepared.data.model_copy(update={"max_length": 4096})})
     assert "context 512 tokens" in candidate_filters(t5, long)["context"]
 
