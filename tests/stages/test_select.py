@@ -75,3 +75,27 @@ def test_over_budget_and_missing_path(prepared, tmp_path):
     params = prepared.model_copy(update={"select": prepared.select.model_copy(update={"candidates": [gone]})})
     with pytest.raises(ProjectError, match="gone does not exist"):
         select.run(params, paths)
+
+
+def test_serving_memory_and_api_cost_are_held_against_the_scope(prepared):
+    from stages.select import budgets, cost_verdicts, judge
+
+    hw = prepared.scope.hardware
+    tiny_gpu = hw.serving.model_copy(update={"gpu": "tiny-gpu", "gpu_memory_gib": 1e-6, "count": 1})
+    params = scoped(prepared, hardware=hw.model_copy(update={"serving": tiny_gpu}))
+    row = judge(prepared.select.candidates[0], params, budgets(params))
+    assert row["filters"]["memory_training"] is None
+    assert "inference needs ~" in row["filters"]["memory_serving"] and "the serving GPU's 1e-06 GiB" in \
+        row["filters"]["memory_serving"]
+    parts = row["memory_gib"]["serving"]
+    assert parts["technique"] == "inference" and parts["gradients"] == 0 and parts["activations"] > 0
+
+    limits = prepared.scope.serving.model_copy(update={"max_cost_per_1k_requests_usd": 0.5,
+                                                       "requests_per_month": 200_000})
+    params = scoped(prepared, serving=limits,
+                    budget=prepared.scope.budget.model_copy(update={"monthly_serving_usd": 50}))
+    assert cost_verdicts(params, 0.2) == {"cost_per_request": None, "monthly_budget": None}   # $40 a month
+    over = cost_verdicts(params, 0.6)
+    assert "$0.6 per 1k requests, over the $0.5 limit" in over["cost_per_request"]
+    assert "~$120.00 a month at 200,000 requests, over the $50.00 budget" in over["monthly_budget"]
+    assert cost_verdicts(params, None) == {"cost_per_request": None, "monthly_budget": None}, "no price: no verdict"
