@@ -19,6 +19,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 # The answer a classification metric gives a prediction that is none of the declared labels.
 INVALID_LABEL = "<invalid>"
@@ -207,10 +208,18 @@ def guardrail_breaches(answer: str, guardrails: dict, labels=()) -> list[str]:
     fmt = guardrails.get("format")
     if (fmt == "json" and _json_object(answer) is None) or (fmt == "label" and as_label(answer, labels) == INVALID_LABEL):
         broken.append(f"format: {fmt}")
+    elif fmt == "json" and guardrails.get("json_schema") and not _follows(answer, guardrails["json_schema"]):
+        broken.append("format: json schema")
     words = len(answer.split())
     if words < (guardrails.get("min_words") or 0) or words > (guardrails.get("max_words") or INF):
         broken.append("length")
     return broken
+
+
+def _follows(answer: str, schema: dict) -> bool:
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema)(schema).is_valid(json.loads(answer))
 
 
 def guardrail_rows(predictions, references, guardrails=None, labels=(), **_) -> list[float]:
@@ -294,13 +303,18 @@ MODEL_METRICS = ("answer_perplexity", "latency_ms")
 
 
 def guardrails(params) -> dict:
-    """`evaluate.guardrails` resolved: format `auto` is json for extraction, a label for classification."""
+    """`evaluate.guardrails` resolved: format `auto` is json for extraction and for `scope.output_format: json`, a
+    label for classification; a JSON answer must also follow `scope.output_format.json_schema` when one is given."""
     g = params.evaluate.guardrails
+    out = params.scope.output_format
     fmt = g.format
     if fmt == "auto":
-        fmt = {"extraction": "json", "classification": "label"}.get(params.scope.task.value, "none")
+        fmt = {"extraction": "json", "classification": "label"}.get(
+            params.scope.task.value, "json" if out.type == "json" else "none")
+    schema = (json.loads(Path(out.json_schema).read_text(encoding="utf-8"))
+              if fmt == "json" and out.type == "json" and out.json_schema else None)
     return {"forbidden_terms": list(g.forbidden_terms), "min_words": g.min_words, "max_words": g.max_words,
-            "format": None if fmt == "none" else fmt}
+            "format": None if fmt == "none" else fmt, "json_schema": schema}
 
 
 def context(params) -> dict:

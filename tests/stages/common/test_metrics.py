@@ -152,3 +152,27 @@ def test_a_saas_judge_is_refused_for_personal_data(tmp_path):
     p["evaluate"]["judge"]["hosting"] = "self"
     params = load_params(write_params(tmp_path, p))
     assert "judge_score" in metrics.project_metrics(params) and "judge_score" not in metrics.selection_metrics(params)
+
+
+def test_json_output_with_a_schema_is_a_guardrail(tmp_path):
+    """`scope.output_format: json` with a schema: an answer that is JSON but breaks the schema is a violation."""
+    import json
+
+    from stages.common.params import load_params
+    from tests.conftest import default_params, write_params
+
+    schema = {"type": "object", "required": ["module", "summary"],
+              "properties": {"module": {"type": "string"}, "summary": {"type": "string", "maxLength": 40}}}
+    (tmp_path / "answer.schema.json").write_text(json.dumps(schema))
+    p = default_params()
+    p["scope"]["output_format"] = {"type": "json", "json_schema": str(tmp_path / "answer.schema.json")}
+    rules = metrics.guardrails(load_params(write_params(tmp_path, p)))
+    assert rules["format"] == "json" and rules["json_schema"] == schema
+    good = '{"module": "json", "summary": "Serialize an object to JSON."}'
+    assert metrics.guardrail_breaches(good, rules) == []
+    assert metrics.guardrail_breaches('{"module": "json"}', rules) == ["format: json schema"]
+    assert metrics.guardrail_breaches("Serialize an object.", rules) == ["format: json"]
+    assert metrics.score(["guardrail_violations"], [good, '{"module": 1, "summary": "x"}'], [["x"]] * 2,
+                         guardrails=rules) == {"guardrail_violations": 50.0}
+    p["scope"]["output_format"] = {"type": "plain", "json_schema": None}
+    assert metrics.guardrails(load_params(write_params(tmp_path, p)))["format"] is None, "plain text: no format rule"
