@@ -311,8 +311,12 @@ def guardrails(params) -> dict:
     if fmt == "auto":
         fmt = {"extraction": "json", "classification": "label"}.get(
             params.scope.task.value, "json" if out.type == "json" else "none")
-    schema = (json.loads(Path(out.json_schema).read_text(encoding="utf-8"))
-              if fmt == "json" and out.type == "json" and out.json_schema else None)
+    schema = None
+    if fmt == "json" and out.type == "json" and out.json_schema:
+        try:
+            schema = json.loads(Path(out.json_schema).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass   # params validation names the file (stages/common/checklist.py): nothing runs with it unread
     return {"forbidden_terms": list(g.forbidden_terms), "min_words": g.min_words, "max_words": g.max_words,
             "format": None if fmt == "none" else fmt, "json_schema": schema}
 
