@@ -124,17 +124,17 @@ def phase_rules(p, counts: dict | None = None) -> list[tuple[str, str | None, bo
 
     if phase >= PHASES.index("mvp"):
         rule("a deployment target", s.deployment_target is None,
-             f"`scope.deployment_target` is null but a {s.phase.value} ships: set saas, cloud or on-prem")
+             f"`scope.deployment_target` is null but phase {s.phase.value} ships a model: set saas, cloud or on-prem")
         eval_rows = counts.get("eval_rows") if counts else None
         rule(f"KPIs on a held-out eval split of at least {MVP_MIN_EVAL_ROWS} rows",
              eval_rows is not None and eval_rows < MVP_MIN_EVAL_ROWS,
-             f"`data.holdout.eval` (or `data.sources.eval`): the eval split has {eval_rows} rows, a "
+             f"`data.holdout.eval` (or `data.sources.eval`): the eval split has {eval_rows} rows; phase "
              f"{s.phase.value} needs at least {MVP_MIN_EVAL_ROWS} for its KPIs to mean anything", needs_counts=True)
         for c in p.select.candidates:
             entry = c.entry
             rule(f"candidate {c.name} may be used commercially", bool(entry) and not entry.commercial_use,
                  f"`select.candidates.{c.name}`: its licence {entry.licence if entry else ''} forbids commercial "
-                 f"use, which a {s.phase.value} is: remove it")
+                 f"use, which phase {s.phase.value} is: remove it")
     if phase >= PHASES.index("release"):
         with_ci = any(k.confidence == "ci" for k in s.kpis)
         eval_rows = counts.get("eval_rows") if counts else None

@@ -93,7 +93,7 @@ BROKEN = [
                                                                           "api_key_env": "K", "model": "m"}})],
      "an `endpoint` candidate is prompted through its API"),
     ("an MVP without a deployment target", [setting("scope.phase", "mvp"), setting("scope.deployment_target", None)],
-     "`scope.deployment_target` is null but a mvp ships"),
+     "`scope.deployment_target` is null but phase mvp ships a model"),
     ("a non-commercial licence in an MVP", [setting("scope.phase", "mvp"),
                                             add_candidate(NON_COMMERCIAL, "cc-by-nc-4.0")],
      "`select.candidates.nc`: its licence cc-by-nc-4.0 forbids commercial use"),
