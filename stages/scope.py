@@ -121,7 +121,7 @@ def check(params: Params) -> dict:
     data = inspect_data(params)
     derived = plan(params, data["counts"])
     problems = technique_problems(params, allowed_techniques(params.scope, data["counts"]))
-    problems += [m for _, m, needs in checklist.phase_rules(params, data["counts"]) if m and needs]
+    problems += checklist.phase_problems(params, data["counts"])
     if problems:
         raise ProjectError(problems)
     return {"project": params.project.name, "verdict": "defined", "checklist": params.scope.model_dump(mode="json"),

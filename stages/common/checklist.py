@@ -64,8 +64,7 @@ def problems(p) -> list[str]:
     if any(c.endpoint for c in p.select.candidates) and p.select.rank_by == "answer_perplexity":
         out.append("`select.rank_by` answer_perplexity needs the log-probabilities of the reference answers, which "
                    "an API candidate (`endpoint:`) does not return: rank by a text metric, e.g. rougeL")
-    out += [message for _, message, needs_counts in phase_rules(p) if message and not needs_counts]
-    return out
+    return out + phase_problems(p)
 
 
 def _json_schema_problems(path: str | None) -> list[str]:
@@ -152,6 +151,13 @@ def phase_rules(p, counts: dict | None = None) -> list[tuple[str, str | None, bo
                  "`scope.residency.retention_days`: a release holding personal data declares how long it keeps "
                  "prompts and answers")
     return rules
+
+
+def phase_problems(p, counts: dict | None = None) -> list[str]:
+    """The phase's broken rules: without counts those params.yaml alone decides, with counts those that needed
+    the data's rows (so the two calls never report a rule twice)."""
+    return [message for _, message, needs_counts in phase_rules(p, counts)
+            if message and needs_counts == (counts is not None)]
 
 
 def phase_report(p, counts: dict | None = None) -> dict:
