@@ -51,11 +51,25 @@ def bare_sft(params, paths, base_ref: str, out: Path) -> float:
     tok = load_tokenizer(base_ref)
     model = AutoModelForCausalLM.from_pretrained(base_ref)
     rows = sft_rows(renderer_for(params, tok, model), read_jsonl(Path(paths.processed) / "sft.jsonl"))
-    config = SFTConfig(output_dir=str(out), **p.trainer.model_dump(), completion_only_loss=True, packing=p.packing,
-                       bf16=False, use_cpu=True, save_strategy="no", report_to=[], seed=params.project.seed,
-                       disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump()))
+    config = SFTConfig(
+        output_dir=str(out),
+        **p.trainer.model_dump(),
+        completion_only_loss=True,
+        packing=p.packing,
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        seed=params.project.seed,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump()),
+    )
     result = trainer.train()
     return trainer._total_train_tokens / result.metrics["train_runtime"]
 
@@ -81,8 +95,11 @@ def lora_formula(base_ref: str, r: int) -> int:
 
     model = AutoModelForCausalLM.from_pretrained(base_ref)
     head = model.get_output_embeddings()
-    return sum(r * (m.in_features + m.out_features) for m in model.modules()
-               if isinstance(m, torch.nn.Linear) and m is not head)
+    return sum(
+        r * (m.in_features + m.out_features)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and m is not head
+    )
 
 
 def header_bytes(path: Path) -> int:
@@ -104,8 +121,11 @@ def main() -> None:
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "-q", "select"], cwd=ROOT, check=True)
     torch.set_num_threads(2)  # training: 2 threads beat 1 on this machine (FIELD-NOTES)
     params = load_params(ROOT / "params.yaml")
-    params = with_adapt(params, raft=params.adapt.raft.model_copy(update={"enabled": False}),
-                        trainer=params.adapt.trainer.model_copy(update={"max_steps": args.steps, "save_steps": 10**6}))
+    params = with_adapt(
+        params,
+        raft=params.adapt.raft.model_copy(update={"enabled": False}),
+        trainer=params.adapt.trainer.model_copy(update={"max_steps": args.steps, "save_steps": 10**6}),
+    )
     paths = params.paths.model_copy(update={k: str(ROOT / v) for k, v in params.paths.model_dump().items()})
     base_ref = str(ROOT / read_json(paths.selection)["selected"]["ref"])
     mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/bench.db")  # the stage reports to MLflow; not to ours
@@ -130,27 +150,46 @@ def main() -> None:
         s, b, pk = statistics.median(stage), statistics.median(bare), statistics.median(packed)
         r = params.adapt.lora.r
         formula = lora_formula(base_ref, r)
-    print(f"\nmodel {read_json(paths.selection)['selected']['name']}, {args.steps} steps x batch "
-          f"{params.adapt.trainer.per_device_train_batch_size}, LoRA r {r}, CPU, {args.rounds} rounds (medians)")
-    print(f"1. SFT non-padding tokens/s: adapt stage {s:,.0f}, bare SFTTrainer {b:,.0f}; stage/bare {s / b:.3f} "
-          f"(target >= 0.95)  [rounds: stage {[round(x) for x in stage]}, bare {[round(x) for x in bare]}]")
-    print(f"2. effective tokens/s: packing off {s:,.0f}, on {pk:,.0f}; on/off {pk / s:.3f} -> default "
-          f"`adapt.packing: {str(pk > s).lower()}`  [on: {[round(x) for x in packed]}]")
-    print(f"3. LoRA trainable parameters: stage {unpacked['trainable_parameters']:,}, formula r*sum(d_in+d_out) "
-          f"{formula:,}: {'equal' if unpacked['trainable_parameters'] == formula else 'DIFFERENT'}")
+    print(
+        f"\nmodel {read_json(paths.selection)['selected']['name']}, {args.steps} steps x batch "
+        f"{params.adapt.trainer.per_device_train_batch_size}, LoRA r {r}, CPU, {args.rounds} rounds (medians)"
+    )
+    print(
+        f"1. SFT non-padding tokens/s: adapt stage {s:,.0f}, bare SFTTrainer {b:,.0f}; stage/bare {s / b:.3f} "
+        f"(target >= 0.95)  [rounds: stage {[round(x) for x in stage]}, bare {[round(x) for x in bare]}]"
+    )
+    print(
+        f"2. effective tokens/s: packing off {s:,.0f}, on {pk:,.0f}; on/off {pk / s:.3f} -> default "
+        f"`adapt.packing: {str(pk > s).lower()}`  [on: {[round(x) for x in packed]}]"
+    )
+    print(
+        f"3. LoRA trainable parameters: stage {unpacked['trainable_parameters']:,}, formula r*sum(d_in+d_out) "
+        f"{formula:,}: {'equal' if unpacked['trainable_parameters'] == formula else 'DIFFERENT'}"
+    )
     techniques = {}
     for technique in ("lora", "prompt_tuning", "full"):
-        out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--technique", technique],
-                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--steps", str(args.steps), "--technique", technique],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         techniques[technique] = json.loads(out.strip().splitlines()[-1])
     data = unpacked["adapter_file_bytes"] - unpacked["adapter_header_bytes"]
-    print(f"   adapter file {unpacked['adapter_file_bytes']:,} bytes = header {unpacked['adapter_header_bytes']:,} + "
-          f"tensors {data:,}; 4 bytes (fp32) x formula = {4 * formula:,}: {'equal' if data == 4 * formula else 'DIFFERENT'}")
-    print(f"4. {'technique':<14}{'trainable':>12}{'share':>9}{'output bytes':>14}{'tokens/s':>10}{'peak RSS MiB':>14}"
-          f"{'last loss':>11}")
+    print(
+        f"   adapter file {unpacked['adapter_file_bytes']:,} bytes = header {unpacked['adapter_header_bytes']:,} + "
+        f"tensors {data:,}; 4 bytes (fp32) x formula = {4 * formula:,}: {'equal' if data == 4 * formula else 'DIFFERENT'}"
+    )
+    print(
+        f"4. {'technique':<14}{'trainable':>12}{'share':>9}{'output bytes':>14}{'tokens/s':>10}{'peak RSS MiB':>14}"
+        f"{'last loss':>11}"
+    )
     for name, m in techniques.items():
-        print(f"   {name:<14}{m['trainable_parameters']:>12,}{m['trainable_percent']:>8}%{m['output_bytes']:>14,}"
-              f"{m['tokens_per_second']:>10,.0f}{m['peak_memory_mib']:>14,.0f}{m['last_logged_loss']:>11}")
+        print(
+            f"   {name:<14}{m['trainable_parameters']:>12,}{m['trainable_percent']:>8}%{m['output_bytes']:>14,}"
+            f"{m['tokens_per_second']:>10,.0f}{m['peak_memory_mib']:>14,.0f}{m['last_logged_loss']:>11}"
+        )
 
 
 if __name__ == "__main__":

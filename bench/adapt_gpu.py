@@ -27,16 +27,25 @@ def peak_flops(name: str) -> float | None:
 def config():
     from transformers import Qwen2Config
 
-    return Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                       num_key_value_heads=2, max_position_embeddings=32768, vocab_size=151936,
-                       tie_word_embeddings=True, rope_theta=1_000_000.0)
+    return Qwen2Config(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+    )
 
 
 def lora(model):
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05,
-                                            target_modules="all-linear"))
+    return get_peft_model(
+        model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+    )
 
 
 def measure(model, n_params: int, steps: int, batch: int, seq: int, vocab: int) -> dict:
@@ -67,10 +76,14 @@ def measure(model, n_params: int, steps: int, batch: int, seq: int, vocab: int) 
     tokens = steps * batch * seq
     name = torch.cuda.get_device_name()
     peak = peak_flops(name)
-    return {"tokens_per_s": tokens / seconds, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "weights_gib": model.get_memory_footprint() / 2**30,
-            "mfu": 6 * n_params * tokens / seconds / peak if peak else float("nan"), "loss": loss.item(),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "tokens_per_s": tokens / seconds,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "weights_gib": model.get_memory_footprint() / 2**30,
+        "mfu": 6 * n_params * tokens / seconds / peak if peak else float("nan"),
+        "loss": loss.item(),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def main() -> None:
@@ -97,23 +110,36 @@ def main() -> None:
         torch.cuda.empty_cache()
         from peft import prepare_model_for_kbit_training
 
-        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16), device_map={"": 0})
+        quantized = AutoModelForCausalLM.from_pretrained(
+            tmp,
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            ),
+            device_map={"": 0},
+        )
         # As TRL's trainers do for a k-bit model: the parameters left unquantised (embeddings, norms) to fp32.
         model = lora(prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False))
         for batch in args.batch:
             results["qlora", batch] = measure(model, n_params, args.steps, batch, args.seq, cfg.vocab_size)
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}; Qwen2.5-0.5B shape, "
-          f"{n_params / 1e6:.0f}M parameters; {args.seq}-token rows, {args.steps} steps, bf16")
-    print(f"{'technique':<10}{'batch':>6}{'trainable':>12}{'tokens/s':>12}{'weights GiB':>13}{'peak GiB':>10}"
-          f"{'MFU':>8}{'last loss':>11}")
+    print(
+        f"device {torch.cuda.get_device_name()}, torch {torch.__version__}; Qwen2.5-0.5B shape, "
+        f"{n_params / 1e6:.0f}M parameters; {args.seq}-token rows, {args.steps} steps, bf16"
+    )
+    print(
+        f"{'technique':<10}{'batch':>6}{'trainable':>12}{'tokens/s':>12}{'weights GiB':>13}{'peak GiB':>10}"
+        f"{'MFU':>8}{'last loss':>11}"
+    )
     for (name, batch), r in results.items():
-        print(f"{name:<10}{batch:>6}{r['trainable']:>12,}{r['tokens_per_s']:>12,.0f}{r['weights_gib']:>13.2f}"
-              f"{r['peak_memory_gib']:>10.2f}{r['mfu']:>8.1%}{r['loss']:>11.3f}")
+        print(
+            f"{name:<10}{batch:>6}{r['trainable']:>12,}{r['tokens_per_s']:>12,.0f}{r['weights_gib']:>13.2f}"
+            f"{r['peak_memory_gib']:>10.2f}{r['mfu']:>8.1%}{r['loss']:>11.3f}"
+        )
     for batch in args.batch:
         lo, q = results["lora", batch], results["qlora", batch]
-        print(f"batch {batch}: qlora/lora tokens/s {q['tokens_per_s'] / lo['tokens_per_s']:.2f}x, peak memory "
-              f"{q['peak_memory_gib'] / lo['peak_memory_gib']:.2f}x, weights {q['weights_gib'] / lo['weights_gib']:.2f}x")
+        print(
+            f"batch {batch}: qlora/lora tokens/s {q['tokens_per_s'] / lo['tokens_per_s']:.2f}x, peak memory "
+            f"{q['peak_memory_gib'] / lo['peak_memory_gib']:.2f}x, weights {q['weights_gib'] / lo['weights_gib']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

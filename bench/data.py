@@ -51,8 +51,10 @@ def make_files(folder: Path, n_sft: int, n_pref: int) -> None:
     rng = random.Random(0)
     sft = [{"prompt": f"#{i}: " + sentence(rng, 8, 50), "completion": sentence(rng, 4, 30)} for i in range(n_sft)]
     sft += rng.sample(sft, n_sft // 100)  # 1% exact duplicates, as real exports have
-    pref = [{"prompt": f"#{i}: " + sentence(rng, 8, 50), "chosen": sentence(rng, 4, 30),
-             "rejected": sentence(rng, 4, 30)} for i in range(n_pref)]
+    pref = [
+        {"prompt": f"#{i}: " + sentence(rng, 8, 50), "chosen": sentence(rng, 4, 30), "rejected": sentence(rng, 4, 30)}
+        for i in range(n_pref)
+    ]
     for name, rows in (("sft.jsonl", sft), ("preference.jsonl", pref)):
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
@@ -104,15 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     p = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     p["paths"] = {k: str(work / v) for k, v in p["paths"].items()}
     p["paths"]["sources"] = str(data_dir)
-    p["data"]["sources"] = {"sft": {"path": str(data_dir / "sft.jsonl")},
-                            "preference": {"path": str(data_dir / "preference.jsonl")}}
+    p["data"]["sources"] = {
+        "sft": {"path": str(data_dir / "sft.jsonl")},
+        "preference": {"path": str(data_dir / "preference.jsonl")},
+    }
     p["data"]["holdout"] = {"eval": 1000, "dev": 500}
     p["pretrain"]["models"] = []
     p["select"]["candidates"] = [{"name": "any", "path": str(work), "licence": "apache-2.0", "languages": ["en"]}]
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(p, sort_keys=False), encoding="utf-8")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
     measure(STAGE, str(params_file), env)  # warm-up: creates the MLflow store once, as a project's first run does
 
     stage, bare = [], []
@@ -124,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     t_stage = statistics.median(r["seconds"] for r in stage)
     t_bare = statistics.median(r["seconds"] for r in bare)
     rows = args.sft + args.sft // 100 + args.preference
-    print(f"rows: {args.sft} sft (+{args.sft // 100} duplicates) + {args.preference} preference = {rows}; "
-          f"{args.repeats} alternating runs, medians")
+    print(
+        f"rows: {args.sft} sft (+{args.sft // 100} duplicates) + {args.preference} preference = {rows}; "
+        f"{args.repeats} alternating runs, medians"
+    )
     print(f"{'':<10}{'seconds':>10}{'rows/s':>12}{'peak MiB':>11}")
     for name, runs, t in (("stage", stage, t_stage), ("datasets", bare, t_bare)):
         print(f"{name:<10}{t:>10.2f}{rows / t:>12,.0f}{max(r['peak_mib'] for r in runs):>11.0f}")

@@ -36,8 +36,11 @@ def main() -> int:
     ap.add_argument("--batching-rows", type=int, default=96)
     args = ap.parse_args()
     if not (Path(args.model) / "config.json").is_file():
-        print(f"{args.model}: no trained model there; run `make run` first (it builds models/pretrain/tiny-m) "
-              "or pass --model", file=sys.stderr)
+        print(
+            f"{args.model}: no trained model there; run `make run` first (it builds models/pretrain/tiny-m) "
+            "or pass --model",
+            file=sys.stderr,
+        )
         return 2
 
     import torch
@@ -53,16 +56,17 @@ def main() -> int:
     renderer = renderer_for(params, tokenizer, model, max_new_tokens=n_new)
     sft = [json.loads(line) for line in (REPO / "data/stdlib/sft.jsonl").read_text().splitlines()]
     rows = [{"prompt": r["prompt"], "references": [r["completion"]]} for r in sft * (args.rows // len(sft) + 1)]
-    rows = rows[:args.rows]
+    rows = rows[: args.rows]
     refs = [r["references"] for r in rows]
     names = ["exact_match", "token_f1", "rougeL"]
 
-    sample = rows[:args.sample]
+    sample = rows[: args.sample]
     start = time.perf_counter()
-    sampled = generate(model, renderer, render_all(renderer, sample, "eval"), n_new, params.evaluate.batch_size,
-                       progress="generate").answers
+    sampled = generate(
+        model, renderer, render_all(renderer, sample, "eval"), n_new, params.evaluate.batch_size, progress="generate"
+    ).answers
     generated = (time.perf_counter() - start) * args.rows / len(sample)
-    answers = (sampled * (args.rows // len(sampled) + 1))[:args.rows]
+    answers = (sampled * (args.rows // len(sampled) + 1))[: args.rows]
     start = time.perf_counter()
     score(names, answers, refs)
     scoring = time.perf_counter() - start
@@ -80,15 +84,21 @@ def main() -> int:
     confidence = time.perf_counter() - start
 
     words = sum(len(a.split()) for a in sampled) / len(sampled)
-    print(f"model {args.model}; rows {args.rows} (generated {len(sample)}, {words:.1f} words per answer); "
-          f"resamples {args.resamples}; torch threads {torch.get_num_threads()}")
-    print(f"evaluation of one variant: {evaluation:8.1f} s (generation {generated:.1f} s scaled from "
-          f"{len(sample)} rows, scoring {scoring:.1f} s)")
-    print(f"confidence for it:         {confidence:8.1f} s (per-row scores {scored:.1f} s, 3 intervals "
-          f"{intervals - scored:.1f} s, 1 paired comparison {confidence - intervals:.1f} s)")
+    print(
+        f"model {args.model}; rows {args.rows} (generated {len(sample)}, {words:.1f} words per answer); "
+        f"resamples {args.resamples}; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"evaluation of one variant: {evaluation:8.1f} s (generation {generated:.1f} s scaled from "
+        f"{len(sample)} rows, scoring {scoring:.1f} s)"
+    )
+    print(
+        f"confidence for it:         {confidence:8.1f} s (per-row scores {scored:.1f} s, 3 intervals "
+        f"{intervals - scored:.1f} s, 1 paired comparison {confidence - intervals:.1f} s)"
+    )
     print(f"ratio confidence / evaluation: {confidence / evaluation:.3f} (goal < 0.10)")
 
-    prompts = render_all(renderer, rows[:args.batching_rows], "eval")
+    prompts = render_all(renderer, rows[: args.batching_rows], "eval")
     speed = {}
     for batch in (1, params.evaluate.batch_size):
         start = time.perf_counter()
@@ -99,9 +109,11 @@ def main() -> int:
         speed[batch] = (tokens / seconds, out)
     one, many = speed[1], speed[params.evaluate.batch_size]
     same = sum(a == b for a, b in zip(one[1], many[1]))
-    print(f"generation, {len(prompts)} prompts: one at a time {one[0]:.0f} tokens/s, batches of "
-          f"{params.evaluate.batch_size} {many[0]:.0f} tokens/s: ratio {many[0] / one[0]:.1f}x (goal >= 4); "
-          f"{same}/{len(prompts)} answers identical")
+    print(
+        f"generation, {len(prompts)} prompts: one at a time {one[0]:.0f} tokens/s, batches of "
+        f"{params.evaluate.batch_size} {many[0]:.0f} tokens/s: ratio {many[0] / one[0]:.1f}x (goal >= 4); "
+        f"{same}/{len(prompts)} answers identical"
+    )
     return 0
 
 

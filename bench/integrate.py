@@ -88,7 +88,7 @@ def measure_size(n: int, rng, clustered: bool) -> dict:
         step = client.get_max_batch_size()
         ids = [f"v{i}" for i in range(n)]
         for i in range(0, n, step):
-            collection.add(ids=ids[i:i + step], embeddings=vectors[i:i + step])
+            collection.add(ids=ids[i : i + step], embeddings=vectors[i : i + step])
         for q in queries[:10]:  # warm-up: the index loads on first query
             collection.query(query_embeddings=[q], n_results=10, include=[])
         store, found = [], []
@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--chunks", type=int, default=512, help="chunks embedded for the throughput figure")
     args = parser.parse_args(argv)
-    print(f"embedding: MiniLM, {embedding_throughput(args.chunks):.1f} chunks/s ({args.chunks} chunks of <= 128 "
-          "tokens, batch 64, CPU)")
+    print(
+        f"embedding: MiniLM, {embedding_throughput(args.chunks):.1f} chunks/s ({args.chunks} chunks of <= 128 "
+        "tokens, batch 64, CPU)"
+    )
     for clustered in (False, True):
         report(args.sizes, np.random.default_rng(17), clustered)
     return 0
@@ -119,16 +121,22 @@ def main(argv: list[str] | None = None) -> int:
 def report(sizes: list[int], rng, clustered: bool) -> None:
     rows = [measure_size(n, rng, clustered) for n in sizes]
     print(f"\n{'clustered' if clustered else 'uniform random'} unit vectors, {DIM} dimensions, {QUERIES} queries")
-    print(f"{'vectors':>9} {'store p50 ms':>13} {'store p95 ms':>13} {'numpy p50 ms':>13} {'numpy p95 ms':>13} "
-          f"{'recall@10':>10}")
+    print(
+        f"{'vectors':>9} {'store p50 ms':>13} {'store p95 ms':>13} {'numpy p50 ms':>13} {'numpy p95 ms':>13} "
+        f"{'recall@10':>10}"
+    )
     for r in rows:
-        print(f"{r['n']:>9} {r['store'][0]:>13.3f} {r['store'][1]:>13.3f} {r['brute'][0]:>13.3f} "
-              f"{r['brute'][1]:>13.3f} {r['recall@10']:>10.3f}")
+        print(
+            f"{r['n']:>9} {r['store'][0]:>13.3f} {r['store'][1]:>13.3f} {r['brute'][0]:>13.3f} "
+            f"{r['brute'][1]:>13.3f} {r['recall@10']:>10.3f}"
+        )
     first, last = rows[0], rows[-1]
     scale = last["n"] / first["n"]
-    print(f"\ngrowth of p50 from {first['n']} to {last['n']} vectors ({scale:.0f}x the data): "
-          f"store {last['store'][0] / first['store'][0]:.2f}x, numpy brute force "
-          f"{last['brute'][0] / first['brute'][0]:.2f}x")
+    print(
+        f"\ngrowth of p50 from {first['n']} to {last['n']} vectors ({scale:.0f}x the data): "
+        f"store {last['store'][0] / first['store'][0]:.2f}x, numpy brute force "
+        f"{last['brute'][0] / first['brute'][0]:.2f}x"
+    )
     print(f"recall@10 of the store's approximate search vs exact search at {last['n']}: {last['recall@10']:.3f}")
 
 

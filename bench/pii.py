@@ -32,7 +32,7 @@ def timed(texts: list[str], work, label: str) -> float:
     bar = tqdm(total=len(texts), desc=label, unit="rec", leave=False) if tqdm else None
     start = time.perf_counter()
     for i in range(0, len(texts), CHUNK):
-        for text in texts[i:i + CHUNK]:
+        for text in texts[i : i + CHUNK]:
             work(text)
         if bar is not None:
             bar.update(min(CHUNK, len(texts) - i))
@@ -65,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(timed(texts, work, f"{name} {i + 1}/{args.repeats}"))
     medians = {name: statistics.median(runs) for name, (_, runs) in sides.items()}
 
-    print(f"records: {args.records} help-desk tickets, {megabytes:.1f} MB, 1-3 planted PII values each "
-          f"(seed {args.seed}); {args.repeats} alternating runs, medians")
+    print(
+        f"records: {args.records} help-desk tickets, {megabytes:.1f} MB, 1-3 planted PII values each "
+        f"(seed {args.seed}); {args.repeats} alternating runs, medians"
+    )
     print(f"{'':<10}{'seconds':>10}{'records/s':>14}{'MB/s':>10}")
     for name, t in medians.items():
         print(f"{name:<10}{t:>10.3f}{args.records / t:>14,.0f}{megabytes / t:>10.2f}")
-    print(f"throughput ratio find_pii / lower: {medians['lower'] / medians['find_pii']:.4f}  "
-          f"(lower is {medians['find_pii'] / medians['lower']:,.0f}x faster)")
+    print(
+        f"throughput ratio find_pii / lower: {medians['lower'] / medians['find_pii']:.4f}  "
+        f"(lower is {medians['find_pii'] / medians['lower']:,.0f}x faster)"
+    )
     return 0
 
 

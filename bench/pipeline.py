@@ -39,8 +39,11 @@ def fresh_copy(parent: Path, name: str) -> Path:
 
 
 def environment() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")
+    }
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     env["HF_HUB_OFFLINE"] = "1"
     return env
@@ -67,7 +70,11 @@ def main() -> int:
         tmp = Path(tmp)
         by_hand_root = fresh_copy(tmp, "by-hand")
         # Every tool's state inside the copy, as `lifecycle` sets it up.
-        hand_env = {**env, "BENTOML_HOME": str(by_hand_root / ".bentoml"), "PREFECT_HOME": str(by_hand_root / ".prefect")}
+        hand_env = {
+            **env,
+            "BENTOML_HOME": str(by_hand_root / ".bentoml"),
+            "PREFECT_HOME": str(by_hand_root / ".prefect"),
+        }
         by_hand = {s: timed([sys.executable, "-m", f"stages.{s}"], by_hand_root, hand_env) for s in stages()}
         print("by hand   " + ", ".join(f"{k} {v:.1f}" for k, v in by_hand.items()), flush=True)
 
@@ -78,8 +85,12 @@ def main() -> int:
         noop_record = json.loads((root / "reports" / "last_run.json").read_text())
         assert noop_record["ran"] == [], noop_record
         dvc_noop = timed([str(BIN / "dvc"), "repro"], root, env)
-        prefect_env = {**env, "PREFECT_HOME": str(root / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+        prefect_env = {
+            **env,
+            "PREFECT_HOME": str(root / ".prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        }
         empty_flow = "from prefect import flow\n@flow\ndef empty():\n    pass\nempty()\n"
         prefect_start = timed([sys.executable, "-c", empty_flow], root, prefect_env)
         imports = timed([sys.executable, "-c", "import flows.lifecycle, dvc.repo, mlflow"], root, env)
@@ -91,8 +102,10 @@ def main() -> int:
     for s in stages():
         print(f"{s:<10}{by_hand[s]:>12.1f}{record['seconds'].get(s, float('nan')):>20.1f}")
     print(f"{'total':<10}{hand_total:>12.1f}{full:>20.1f}")
-    print(f"orchestration overhead (Prefect + MLflow parent run + DVC): {full - hand_total:+.1f} s = "
-          f"{100 * (full / hand_total - 1):+.1f}% of the by-hand run")
+    print(
+        f"orchestration overhead (Prefect + MLflow parent run + DVC): {full - hand_total:+.1f} s = "
+        f"{100 * (full / hand_total - 1):+.1f}% of the by-hand run"
+    )
     print()
     print(f"no-op lifecycle run: {noop:.1f} s wall (target <= 20 s)")
     print(f"  of which Prefect ephemeral server start + empty flow (new process): {prefect_start:.1f} s")

@@ -37,8 +37,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     bin_dir = Path(sys.executable).parent
-    commands = {"python -c pass": [sys.executable, "-c", "pass"],
-                "lifecycle validate": [str(bin_dir / "lifecycle"), "validate"]}
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "lifecycle validate": [str(bin_dir / "lifecycle"), "validate"],
+    }
     times = {name: [] for name in commands}
     for _ in range(args.repeats):
         for name, command in commands.items():

@@ -63,9 +63,14 @@ def load(url: str, bodies: list[dict], clients: int) -> dict:
         results = list(pool.map(lambda b: post(url, b), bodies))
     elapsed = time.perf_counter() - start
     latencies = [s for _, s in results]
-    return {"clients": clients, "requests": len(bodies), "rps": len(bodies) / elapsed,
-            "p50_ms": float(np.percentile(latencies, 50)) * 1000, "p95_ms": float(np.percentile(latencies, 95)) * 1000,
-            "errors": sum(1 for status, _ in results if status != 200)}
+    return {
+        "clients": clients,
+        "requests": len(bodies),
+        "rps": len(bodies) / elapsed,
+        "p50_ms": float(np.percentile(latencies, 50)) * 1000,
+        "p95_ms": float(np.percentile(latencies, 95)) * 1000,
+        "errors": sum(1 for status, _ in results if status != 200),
+    }
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, seconds: int = 120) -> None:
@@ -96,12 +101,21 @@ def naive_server(model_dir: Path, port: int) -> HTTPServer:
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             n = body.get("max_tokens") or renderer.fmt.max_new_tokens
-            ids = tokenizer(renderer.prompt({"prompt": body["prompt"]}, max_new_tokens=n), return_tensors="pt",
-                            add_special_tokens=not renderer.chat)
+            ids = tokenizer(
+                renderer.prompt({"prompt": body["prompt"]}, max_new_tokens=n),
+                return_tensors="pt",
+                add_special_tokens=not renderer.chat,
+            )
             with torch.no_grad():
-                out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.eos_token_id,
-                                     stop_strings=stops or None, tokenizer=tokenizer)
-            text = renderer.cut(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=tokenizer.eos_token_id,
+                    stop_strings=stops or None,
+                    tokenizer=tokenizer,
+                )
+            text = renderer.cut(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
             data = json.dumps({"choices": [{"text": text}]}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -137,8 +151,14 @@ def engine_alone(model_dir: Path, questions: list[str], batch: int) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     renderer = Renderer.load(model_dir, tokenizer)
     ids = [renderer.encode(renderer.prompt({"prompt": q})) for q in questions]
-    eng = engine.Engine(model, tokenizer, renderer.cut, [] if renderer.chat else renderer.fmt.stop,
-                        max_batch_size=batch, max_queue=len(ids))
+    eng = engine.Engine(
+        model,
+        tokenizer,
+        renderer.cut,
+        [] if renderer.chat else renderer.fmt.stop,
+        max_batch_size=batch,
+        max_queue=len(ids),
+    )
 
     async def answer_all():
         await asyncio.gather(*[eng.enqueue(engine.Job(i, renderer.fmt.max_new_tokens), 600) for i in ids])
@@ -169,8 +189,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=96, help="requests per measurement")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
-                        help="override one of the bento's `serve:` settings, e.g. --set max_batch_size=16")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="override one of the bento's `serve:` settings, e.g. --set max_batch_size=16",
+    )
     parser.add_argument("--bento", help="a bento of the project other than the champion's (e.g. a challenger)")
     args = parser.parse_args()
     os.chdir(REPO)
@@ -179,17 +204,23 @@ def main() -> None:
     bento, model_dir = champion_bento(args.bento)
     questions = [r["prompt"] for r in read_jsonl(REPO / "data/processed/eval.jsonl")]
     bodies = [{"prompt": questions[i % len(questions)]} for i in range(args.requests)]
-    print(f"bento {bento}; {args.requests} requests per run (eval questions, greedy, the packaged max_new_tokens)"
-          + (f"; settings {', '.join(args.set)}" if args.set else ""))
+    print(
+        f"bento {bento}; {args.requests} requests per run (eval questions, greedy, the packaged max_new_tokens)"
+        + (f"; settings {', '.join(args.set)}" if args.set else "")
+    )
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
     for setting in args.set:
         key, value = setting.split("=", 1)
         env[f"LIFECYCLE_SERVE_{key.upper()}"] = value
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", bento, "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
     rows = {}
     try:
         base = f"http://127.0.0.1:{port}"
@@ -223,8 +254,10 @@ def main() -> None:
     print(f"\n{args.clients} concurrent / 1 sequential (ours): {many['rps'] / one['rps']:.2f}x (target >= 4)")
     print(f"ours / naive at {args.clients} concurrent clients: {many['rps'] / base_naive['rps']:.2f}x (target >= 1.5)")
     print(f"errors: ours {one['errors'] + many['errors']} (target 0), naive {base_naive['errors']}")
-    print(f"the engine alone, no HTTP: {alone[1]:.1f} requests/s one at a time, {alone[args.clients]:.1f} in batches "
-          f"of up to {args.clients}: {alone[args.clients] / alone[1]:.2f}x")
+    print(
+        f"the engine alone, no HTTP: {alone[1]:.1f} requests/s one at a time, {alone[args.clients]:.1f} in batches "
+        f"of up to {args.clients}: {alone[args.clients] / alone[1]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

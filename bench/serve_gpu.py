@@ -28,9 +28,17 @@ def build(tokenizer, dtype):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     # Qwen2.5-0.5B's published shape; the vocabulary is the tokenizer's (the one embedding the demo has).
-    config = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, max_position_embeddings=32768, vocab_size=len(tokenizer),
-                         tie_word_embeddings=True, rope_theta=1_000_000.0)
+    config = Qwen2Config(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        rope_theta=1_000_000.0,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to("cuda").eval()
     model.generation_config.eos_token_id = None  # random weights: decode to max_new_tokens every time
@@ -42,6 +50,7 @@ def run(eng: engine.Engine, prompts: list[list[int]], n_new: int, concurrent: bo
         if concurrent:
             return await asyncio.gather(*[eng.enqueue(engine.Job(p, n_new), 600) for p in prompts])
         return [await eng.enqueue(engine.Job(p, n_new), 600) for p in prompts]
+
     start = time.perf_counter()
     results = asyncio.run(go())
     return results, time.perf_counter() - start
@@ -58,12 +67,24 @@ def main() -> None:
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    questions = [f"What does `{name}` do in the standard library, and when would I use it?" for name in
-                 ("json.dumps", "heapq.heappush", "os.path.join", "re.sub", "itertools.chain", "functools.partial",
-                  "pathlib.Path.glob", "collections.Counter")]
+    questions = [
+        f"What does `{name}` do in the standard library, and when would I use it?"
+        for name in (
+            "json.dumps",
+            "heapq.heappush",
+            "os.path.join",
+            "re.sub",
+            "itertools.chain",
+            "functools.partial",
+            "pathlib.Path.glob",
+            "collections.Counter",
+        )
+    ]
     prompts = [tokenizer(questions[i % len(questions)] + " " * (i % 5))["input_ids"] for i in range(args.requests)]
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.requests} requests of "
-          f"{args.max_new_tokens} new tokens")
+    print(
+        f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.requests} requests of "
+        f"{args.max_new_tokens} new tokens"
+    )
     for dtype in (torch.bfloat16, torch.float32):
         model = build(tokenizer, dtype)
         n = sum(p.numel() for p in model.parameters())
@@ -75,13 +96,16 @@ def main() -> None:
         many, t_many = run(batched, prompts, args.max_new_tokens, True)
         tokens = sum(r.completion_tokens for r in many)
         differ = sum(a.text != b.text for a, b in zip(one, many))
-        print(f"\n{str(dtype).removeprefix('torch.')}: {n / 1e6:.0f}M parameters, peak "
-              f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        print(
+            f"\n{str(dtype).removeprefix('torch.')}: {n / 1e6:.0f}M parameters, peak "
+            f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+        )
         print(f"  1 client, sequential : {len(prompts) / t_one:7.1f} req/s {tokens / t_one:8.0f} tokens/s")
-        print(f"  16 concurrent clients: {len(prompts) / t_many:7.1f} req/s {tokens / t_many:8.0f} tokens/s "
-              f"(mean batch {sum(r.batch_size for r in many) / len(many):.1f})")
-        print(f"  speed-up {t_one / t_many:.2f}x; greedy answers that differ batched vs alone: "
-              f"{differ}/{len(prompts)}")
+        print(
+            f"  16 concurrent clients: {len(prompts) / t_many:7.1f} req/s {tokens / t_many:8.0f} tokens/s "
+            f"(mean batch {sum(r.batch_size for r in many) / len(many):.1f})"
+        )
+        print(f"  speed-up {t_one / t_many:.2f}x; greedy answers that differ batched vs alone: {differ}/{len(prompts)}")
         del model, alone, batched
         torch.cuda.empty_cache()
 

@@ -57,21 +57,28 @@ def main() -> None:
         print(f"   tracking server / SQLite:                             {server / sqlite:7.3f}")
 
         api_port = free_port()
-        orchestrator = prefect_server(prefect_db, work / "prefect-server", api_port,
-                                      log=work / "prefect.log").wait_healthy()
+        orchestrator = prefect_server(
+            prefect_db, work / "prefect-server", api_port, log=work / "prefect.log"
+        ).wait_healthy()
         try:
             project = work / "sqlite"  # up to date after its full run
             ephemeral = [run(project, environment()) for _ in range(args.repeats)]
             api = f"http://127.0.0.1:{api_port}/api"
-            served = [run(project, environment(PREFECT_API_URL=api, PREFECT_HOME=str(work / "prefect-client")))
-                      for _ in range(args.repeats)]
+            served = [
+                run(project, environment(PREFECT_API_URL=api, PREFECT_HOME=str(work / "prefect-client")))
+                for _ in range(args.repeats)
+            ]
         finally:
             orchestrator.stop()
         e, s = statistics.median(ephemeral), statistics.median(served)
-        print(f"\n2. no-op run, Prefect ephemeral server (median of {args.repeats}): {e:6.1f} s  "
-              f"{[round(x, 1) for x in ephemeral]}")
-        print(f"   no-op run, running Prefect server  (median of {args.repeats}): {s:6.1f} s  "
-              f"{[round(x, 1) for x in served]}")
+        print(
+            f"\n2. no-op run, Prefect ephemeral server (median of {args.repeats}): {e:6.1f} s  "
+            f"{[round(x, 1) for x in ephemeral]}"
+        )
+        print(
+            f"   no-op run, running Prefect server  (median of {args.repeats}): {s:6.1f} s  "
+            f"{[round(x, 1) for x in served]}"
+        )
         print(f"   running server / ephemeral:                          {s / e:7.3f}")
 
 

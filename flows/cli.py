@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from stages.common.cli import project_environment
 from flows.workspace import WorkspaceBusy
+from stages.common.cli import project_environment
 from stages.common.errors import ExitStatus, ProjectError, ServerUnreachable
 
 
@@ -42,8 +42,10 @@ def summary(root: Path, paths) -> str:
     lines = []
     scope = _read(root / paths.scope_report)
     if scope:
-        lines.append(f"scope      {scope['verdict']} ({scope['plan'].get('phase', 'rnd')} rules): allowed techniques "
-                     f"{scope['plan']['adapt_techniques']}, alignment {scope['plan']['align_methods']}")
+        lines.append(
+            f"scope      {scope['verdict']} ({scope['plan'].get('phase', 'rnd')} rules): allowed techniques "
+            f"{scope['plan']['adapt_techniques']}, alignment {scope['plan']['align_methods']}"
+        )
     selection = _read(root / paths.selection)
     if selection:
         lines.append(f"select     {selection['selected']['name']}: {selection['selected']['why']}")
@@ -52,20 +54,32 @@ def summary(root: Path, paths) -> str:
                 lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
         if "api_alternative" in selection:
             alt = selection["api_alternative"]
-            lines.append(f"           API alternative {alt['name']}: {alt['why']}"
-                         + (f" (${alt['cost_per_1k_requests_usd']:g} per 1k requests)"
-                            if alt.get("cost_per_1k_requests_usd") is not None else ""))
+            lines.append(
+                f"           API alternative {alt['name']}: {alt['why']}"
+                + (
+                    f" (${alt['cost_per_1k_requests_usd']:g} per 1k requests)"
+                    if alt.get("cost_per_1k_requests_usd") is not None
+                    else ""
+                )
+            )
         lines.append("           (lifecycle select --explain: every candidate, filter and figure)")
     retrieval = _read(root / paths.metrics / "integrate.json")
     if retrieval and retrieval.get("retrieval_eval_rows"):
-        lines.append(f"integrate  {retrieval['chunks']} chunks from {retrieval['documents']} documents; on "
-                     f"{retrieval['retrieval_eval_rows']} eval questions " + "; ".join(
-                         f"{how} recall@1 {m['recall@1']} @10 {m['recall@10']} MRR {m['mrr']}"
-                         for how, m in retrieval.items() if isinstance(m, dict)))
+        lines.append(
+            f"integrate  {retrieval['chunks']} chunks from {retrieval['documents']} documents; on "
+            f"{retrieval['retrieval_eval_rows']} eval questions "
+            + "; ".join(
+                f"{how} recall@1 {m['recall@1']} @10 {m['recall@10']} MRR {m['mrr']}"
+                for how, m in retrieval.items()
+                if isinstance(m, dict)
+            )
+        )
     reward = _read(root / paths.metrics / "reward.json")
     if reward and reward.get("trained"):
-        lines.append(f"reward     held-out pairwise accuracy {reward['heldout_accuracy']} on {reward['heldout_pairs']} "
-                     f"pairs (chance {reward['chance_accuracy']}, untrained {reward['heldout_accuracy_untrained']})")
+        lines.append(
+            f"reward     held-out pairwise accuracy {reward['heldout_accuracy']} on {reward['heldout_pairs']} "
+            f"pairs (chance {reward['chance_accuracy']}, untrained {reward['heldout_accuracy_untrained']})"
+        )
     report = _read(root / paths.eval_metrics)
     if report:
         from stages.evaluate import cell
@@ -79,12 +93,19 @@ def summary(root: Path, paths) -> str:
         lines.append(f"           [{report['confidence_level']:.0%} bootstrap confidence intervals]")
         pays = report.get("retrieval_pays")
         if pays:  # the best variant retrieved: did retrieval beat the same model without it?
-            lines.append(f"retrieval  {pays['rag']} vs {pays['model']} on {pays['metric']} {pays['difference']:+} "
-                         f"[{pays['ci_low']:+}, {pays['ci_high']:+}]: " + (
-                             "better with confidence, ships with its index" if pays["pays"] else
-                             f"not better with confidence, {pays['model']} ships"))
+            lines.append(
+                f"retrieval  {pays['rag']} vs {pays['model']} on {pays['metric']} {pays['difference']:+} "
+                f"[{pays['ci_low']:+}, {pays['ci_high']:+}]: "
+                + (
+                    "better with confidence, ships with its index"
+                    if pays["pays"]
+                    else f"not better with confidence, {pays['model']} ships"
+                )
+            )
         verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
-        lines.append(f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})")
+        lines.append(
+            f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})"
+        )
         lines += [f"           {r}" for r in report["gates"]["reasons"]]
     from flows.lifecycle import LAST_RUN
 
@@ -94,22 +115,31 @@ def summary(root: Path, paths) -> str:
     spent = last.get("cost")
     if spent:
         flag = "OVER BUDGET" if spent["over_budget"] else "within budget"
-        lines.append(f"cost       {spent['wall_hours']:.3f} h wall, training stages {spent['training_hours']:.3f} h of "
-                     f"{spent['budget_training_hours']} h ({flag}), {spent['gpu_hours']:.3f} GPU-hours")
+        lines.append(
+            f"cost       {spent['wall_hours']:.3f} h wall, training stages {spent['training_hours']:.3f} h of "
+            f"{spent['budget_training_hours']} h ({flag}), {spent['gpu_hours']:.3f} GPU-hours"
+        )
     package = _read(root / paths.package / "package.json")
     if package and report and report["gates"]["passed"]:
-        lines.append(f"package    MLflow model {package['registered_model']} version {package['version']} "
-                     f"(@{package['alias']}), bento {package['bento']}")
+        lines.append(
+            f"package    MLflow model {package['registered_model']} version {package['version']} "
+            f"(@{package['alias']}), bento {package['bento']}"
+        )
         if package.get("why"):
             lines.append(f"           {package['alias']}: {package['why']}")
     from stages.common.tracking import tracking_uri
 
     uri = tracking_uri()
-    review = (f"open {uri}" if uri.startswith(("http://", "https://")) else
-              "mlflow ui --backend-store-uri sqlite:///mlflow.db")
-    lines += [f"next       {review:<50}# review runs and the registry",
-              f"           {'lifecycle serve':<50}# serve the bento on 127.0.0.1:3000",
-              f"           open {paths.eval_report}"]
+    review = (
+        f"open {uri}"
+        if uri.startswith(("http://", "https://"))
+        else "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    )
+    lines += [
+        f"next       {review:<50}# review runs and the registry",
+        f"           {'lifecycle serve':<50}# serve the bento on 127.0.0.1:3000",
+        f"           open {paths.eval_report}",
+    ]
     return "\n".join(lines)
 
 
@@ -148,13 +178,17 @@ def plan_lines(report: dict) -> list[str]:
     lines.append("\nplan (from the rows found):")
     lines += [f"  {i}. {step['step']:<14} {step['why']}" for i, step in enumerate(plan["steps"], 1)]
     where = plan["where"]
-    lines.append(f"\nwhere: training on {where['training']}; serving on {where['serving']}; deployment "
-                 f"{where['deployment'] or 'not decided'}; data stays in {where['residency']}"
-                 + (f" ({where['deployment_region']})" if where["deployment_region"] else "")
-                 + f"; candidate hosting allowed: {', '.join(plan['candidate_hosting'])}")
+    lines.append(
+        f"\nwhere: training on {where['training']}; serving on {where['serving']}; deployment "
+        f"{where['deployment'] or 'not decided'}; data stays in {where['residency']}"
+        + (f" ({where['deployment_region']})" if where["deployment_region"] else "")
+        + f"; candidate hosting allowed: {', '.join(plan['candidate_hosting'])}"
+    )
     lines.append("candidates:")
-    lines += [f"  {name:<24} {verdict if isinstance(verdict, str) else 'excluded: ' + '; '.join(verdict)}"
-              for name, verdict in plan["candidates"].items()]
+    lines += [
+        f"  {name:<24} {verdict if isinstance(verdict, str) else 'excluded: ' + '; '.join(verdict)}"
+        for name, verdict in plan["candidates"].items()
+    ]
     return lines
 
 
@@ -183,10 +217,15 @@ def cmd_run(args) -> int:
     else:
         result = outcome
     print()
-    print(f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
-          f"up to date {result.skipped or 'none'}"
-          + (f"; not run (escalation ladder) {result.ladder['stages_not_run']}"
-             if result.ladder and result.ladder["stages_not_run"] else ""))
+    print(
+        f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
+        f"up to date {result.skipped or 'none'}"
+        + (
+            f"; not run (escalation ladder) {result.ladder['stages_not_run']}"
+            if result.ladder and result.ladder["stages_not_run"]
+            else ""
+        )
+    )
     if result.seconds:
         print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
     if result.exit_status == ExitStatus.GATE_REFUSED:
@@ -208,8 +247,10 @@ def cmd_catalog(args) -> int:
         print(json.dumps([m.model_dump(mode="json") for m in entries], indent=2))
     else:
         print(catalog.table(entries))
-        print(f"\n{len(entries)} models; figures as published (sources in {catalog.CATALOG.name}), checked "
-              f"{catalog.load().checked}. Use one: select.candidates: [{{name: NAME, catalog: ID}}]")
+        print(
+            f"\n{len(entries)} models; figures as published (sources in {catalog.CATALOG.name}), checked "
+            f"{catalog.load().checked}. Use one: select.candidates: [{{name: NAME, catalog: ID}}]"
+        )
     return ExitStatus.OK
 
 
@@ -222,8 +263,12 @@ def cmd_select(args) -> int:
     selection = _read(Path(params.paths.selection))
     if selection is None:
         raise ProjectError([f"{params.paths.selection}: no selection yet; run `lifecycle run` (or dvc repro select)"])
-    print(explain(selection) if args.explain else f"selected {selection['selected']['name']}: "
-          f"{selection['selected']['why']}\n(--explain: every candidate, filter and figure)")
+    print(
+        explain(selection)
+        if args.explain
+        else f"selected {selection['selected']['name']}: "
+        f"{selection['selected']['why']}\n(--explain: every candidate, filter and figure)"
+    )
     return ExitStatus.OK
 
 
@@ -247,8 +292,10 @@ def cmd_status(args) -> int:
         print(f"{tool:<10} {where}")
     last = _read(root / LAST_RUN)
     if last:
-        print(f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
-              f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})")
+        print(
+            f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
+            f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})"
+        )
     print()
     print(summary(root, params.paths))
     return ExitStatus.OK
@@ -292,11 +339,15 @@ def cmd_deploy(args) -> int:
         print(f"deploy --target {args.target} refused: {exc}", file=sys.stderr)
         return ExitStatus.ERROR
     deploy.record(client, name, version, args.target, {"bento": bento, **detail})
-    print(f"{name} v{version.version} (@champion) deployed to {args.target}: "
-          + ", ".join(f"{k} {v}" for k, v in detail.items()))
+    print(
+        f"{name} v{version.version} (@champion) deployed to {args.target}: "
+        + ", ".join(f"{k} {v}" for k, v in detail.items())
+    )
     if args.target == "k8s":
-        print(f"apply with: kubectl apply -f {args.out}  (image {detail['image']}: build it with "
-              f"`lifecycle deploy --target docker` and push it to your registry)")
+        print(
+            f"apply with: kubectl apply -f {args.out}  (image {detail['image']}: build it with "
+            f"`lifecycle deploy --target docker` and push it to your registry)"
+        )
     return ExitStatus.OK
 
 
@@ -311,16 +362,21 @@ def cmd_models(args) -> int:
 
     params = load_params("params.yaml")
     client = _registry(params)
-    rows = versions(client, params.project.name) if client.search_registered_models(
-        f"name = '{params.project.name}'") else []
+    rows = (
+        versions(client, params.project.name)
+        if client.search_registered_models(f"name = '{params.project.name}'")
+        else []
+    )
     if not rows:
         print(f"no registered versions of {params.project.name!r} yet; run `lifecycle run`")
         return ExitStatus.OK
     print(f"{'version':>7}  {'aliases':<22} {'created':<17} {'variant':<20} headline metric")
     for r in rows:
         metric = r["tags"].get("lifecycle.primary_metric", "")
-        print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['created']:<17} "
-              f"{r['tags'].get('lifecycle.variant', '-'):<20} {metric} {r['tags'].get('eval.' + metric, '')}")
+        print(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['created']:<17} "
+            f"{r['tags'].get('lifecycle.variant', '-'):<20} {metric} {r['tags'].get('eval.' + metric, '')}"
+        )
     return ExitStatus.OK
 
 
@@ -368,7 +424,7 @@ def cron_schedule(cron: str):
     try:
         return Cron(cron)
     except ValueError as exc:
-        raise ProjectError([f"--cron {cron!r} is not a valid cron expression ({exc}); e.g. \"0 3 * * *\""]) from None
+        raise ProjectError([f'--cron {cron!r} is not a valid cron expression ({exc}); e.g. "0 3 * * *"']) from None
 
 
 def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
@@ -377,9 +433,12 @@ def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
     import urllib.request
 
     url = f"http://127.0.0.1:{port}/api"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     for _ in range(240):  # bounded: up to ~2 min for the first start (it migrates the database)
         if proc.poll() is not None:
             raise RuntimeError(f"`prefect server start` exited with {proc.returncode}; is port {port} free?")
@@ -400,8 +459,10 @@ def cmd_schedule(args) -> int:
     server, url = None, os.environ.get("PREFECT_API_URL")
     if not url:
         server, url = start_prefect_server(args.port)
-        print(f"started a local Prefect server on {url} (UI: {url.removesuffix('/api')}); "
-              "set PREFECT_API_URL to use your own")
+        print(
+            f"started a local Prefect server on {url} (UI: {url.removesuffix('/api')}); "
+            "set PREFECT_API_URL to use your own"
+        )
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             print(f"serving deployment 'lifecycle/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
@@ -418,15 +479,23 @@ def cmd_deploy_flow(args) -> int:
     from flows import servers
 
     if not servers.prefect_api():
-        raise ProjectError(["deploy-flow registers on a Prefect server: set PREFECT_API_URL (e.g. "
-                            "http://prefect.internal:4200/api); `lifecycle schedule` serves without one"])
+        raise ProjectError(
+            [
+                "deploy-flow registers on a Prefect server: set PREFECT_API_URL (e.g. "
+                "http://prefect.internal:4200/api); `lifecycle schedule` serves without one"
+            ]
+        )
     servers.check_prefect()
     schedule = cron_schedule(args.cron) if args.cron else None
     deployment_id = servers.deploy_flow(args.source, args.pool, args.name, schedule)
-    print(f"deployment 'lifecycle/{args.name}' ({deployment_id}) on work pool '{args.pool}' at "
-          f"{servers.prefect_api()}" + (f", cron '{args.cron}'" if args.cron else ""))
-    print(f"start a worker where the project runs:  prefect worker start --pool {args.pool}\n"
-          f"trigger a run:                          prefect deployment run 'lifecycle/{args.name}'")
+    print(
+        f"deployment 'lifecycle/{args.name}' ({deployment_id}) on work pool '{args.pool}' at "
+        f"{servers.prefect_api()}" + (f", cron '{args.cron}'" if args.cron else "")
+    )
+    print(
+        f"start a worker where the project runs:  prefect worker start --pool {args.pool}\n"
+        f"trigger a run:                          prefect deployment run 'lifecycle/{args.name}'"
+    )
     return ExitStatus.OK
 
 
@@ -436,16 +505,19 @@ def cmd_work_pool_template(args) -> int:
 
     template = servers.kubernetes_base_job_template(args.image, args.gpus, args.gpu_resource, args.namespace)
     write_json(args.out, template)
-    print(f"wrote {args.out}: Prefect's Kubernetes job template, image {args.image}, {args.gpus} x "
-          f"{args.gpu_resource} per flow run\n"
-          f"create the pool:  prefect work-pool create {args.pool} --type kubernetes --base-job-template {args.out}\n"
-          f"then:             lifecycle deploy-flow --pool {args.pool} --source <your git URL>")
+    print(
+        f"wrote {args.out}: Prefect's Kubernetes job template, image {args.image}, {args.gpus} x "
+        f"{args.gpu_resource} per flow run\n"
+        f"create the pool:  prefect work-pool create {args.pool} --type kubernetes --base-job-template {args.out}\n"
+        f"then:             lifecycle deploy-flow --pool {args.pool} --source <your git URL>"
+    )
     return ExitStatus.OK
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lifecycle", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="lifecycle", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the whole pipeline (Prefect flow over the DVC stages)").set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check params.yaml and print the derived plan")
@@ -481,14 +553,19 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("schedule", help="serve the flow on a cron schedule")
     c.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     c.add_argument("--name", default="scheduled")
-    c.add_argument("--port", type=int, default=4200, help="port of the local Prefect server started when "
-                                                        "PREFECT_API_URL is unset (default 4200)")
+    c.add_argument(
+        "--port",
+        type=int,
+        default=4200,
+        help="port of the local Prefect server started when PREFECT_API_URL is unset (default 4200)",
+    )
     c.set_defaults(func=cmd_schedule)
     df = sub.add_parser("deploy-flow", help="register the lifecycle as a deployment on a Prefect work pool")
     df.add_argument("--pool", required=True, help="the work pool whose workers run it")
     df.add_argument("--name", default="lifecycle", help="deployment name (default: lifecycle)")
-    df.add_argument("--source", default=".", help="where workers find the project: this folder (default) or "
-                                                  "the team's git URL")
+    df.add_argument(
+        "--source", default=".", help="where workers find the project: this folder (default) or the team's git URL"
+    )
     df.add_argument("--cron", help='optional schedule, e.g. "0 3 * * *"')
     df.set_defaults(func=cmd_deploy_flow)
     wp = sub.add_parser("work-pool-template", help="a Kubernetes work pool's base job template with GPU requests")

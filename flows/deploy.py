@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 TARGETS = ("local", "docker", "bentocloud", "k8s")
-SAAS_TARGETS = {"bentocloud"}   # the model and every request leave the team's infrastructure
+SAAS_TARGETS = {"bentocloud"}  # the model and every request leave the team's infrastructure
 
 
 class DeployRefused(Exception):
@@ -40,11 +40,15 @@ def check_scope(params, target: str) -> None:
 
     scope = params.scope
     if target in SAAS_TARGETS and scope.privacy.personal_data:
-        raise DeployRefused(f"`scope.privacy.personal_data` is true: --target {target} is a SaaS platform and personal "
-                            "data may not leave your infrastructure; deploy with --target k8s or docker")
+        raise DeployRefused(
+            f"`scope.privacy.personal_data` is true: --target {target} is a SaaS platform and personal "
+            "data may not leave your infrastructure; deploy with --target k8s or docker"
+        )
     if target in SAAS_TARGETS and scope.deployment_target is DeploymentTarget.on_prem:
-        raise DeployRefused(f"`scope.deployment_target` is on-prem: --target {target} runs in BentoML's cloud; "
-                            "deploy with --target k8s (manifests for your cluster) or docker")
+        raise DeployRefused(
+            f"`scope.deployment_target` is on-prem: --target {target} runs in BentoML's cloud; "
+            "deploy with --target k8s (manifests for your cluster) or docker"
+        )
 
 
 def champion(client, name: str):
@@ -56,14 +60,18 @@ def champion(client, name: str):
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        raise DeployRefused(f"nothing to deploy: model {name!r} has no {CHAMPION} in the MLflow registry; run "
-                            "`lifecycle run` first (a model that failed its gates is never registered) or "
-                            "`lifecycle promote VERSION`") from None
+        raise DeployRefused(
+            f"nothing to deploy: model {name!r} has no {CHAMPION} in the MLflow registry; run "
+            "`lifecycle run` first (a model that failed its gates is never registered) or "
+            "`lifecycle promote VERSION`"
+        ) from None
     bento = version.tags.get("lifecycle.bento")
     if not bento:
-        raise DeployRefused(f"{name} v{version.version} (champion) has no `lifecycle.bento` tag: it was registered "
-                            "outside `lifecycle run` or by an older version of it; `lifecycle models` lists the "
-                            "versions, `lifecycle promote VERSION` picks another")
+        raise DeployRefused(
+            f"{name} v{version.version} (champion) has no `lifecycle.bento` tag: it was registered "
+            "outside `lifecycle run` or by an older version of it; `lifecycle models` lists the "
+            "versions, `lifecycle promote VERSION` picks another"
+        )
     return version, bento
 
 
@@ -80,6 +88,7 @@ def record(client, name: str, version, target: str, detail: dict) -> dict:
 
 # --- targets --------------------------------------------------------------------------------------------------
 
+
 def local_command(bento: str, host: str, port: int) -> list[str]:
     return [bentoml_cli(), "serve", bento, "--host", host, "--port", str(port)]
 
@@ -94,12 +103,15 @@ def docker(params, bento: str, version) -> dict:
     image = image_name(params, bento, version)
     command = [bentoml_cli(), "containerize", bento, "-t", image]
     if not docker_engine_running():
-        raise DeployRefused("no Docker engine answers here (`docker info` failed): build the image where one runs, "
-                            f"from this bento (`bentoml export {bento} bento.bentomodel` here, "
-                            "`bentoml import bento.bentomodel` there):\n  bentoml " + " ".join(command[1:]))
+        raise DeployRefused(
+            "no Docker engine answers here (`docker info` failed): build the image where one runs, "
+            f"from this bento (`bentoml export {bento} bento.bentomodel` here, "
+            "`bentoml import bento.bentomodel` there):\n  bentoml " + " ".join(command[1:])
+        )
     subprocess.run(command, check=True)
-    digest = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
-                            text=True, check=True).stdout.strip()
+    digest = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return {"image": image, "digest": digest}
 
 
@@ -117,9 +129,19 @@ def bentocloud_credentials() -> bool:
 
 def bentocloud_command(params, bento: str, version) -> list[str]:
     cloud = params.deploy.bentocloud
-    command = [bentoml_cli(), "deploy", bento, "--name", k8s_name(f"{params.project.name}-v{version.version}"),
-               "--scaling-min", str(cloud.scaling_min), "--scaling-max", str(cloud.scaling_max),
-               "--label", f"registry-version={version.version}"]
+    command = [
+        bentoml_cli(),
+        "deploy",
+        bento,
+        "--name",
+        k8s_name(f"{params.project.name}-v{version.version}"),
+        "--scaling-min",
+        str(cloud.scaling_min),
+        "--scaling-max",
+        str(cloud.scaling_max),
+        "--label",
+        f"registry-version={version.version}",
+    ]
     if cloud.instance_type:  # else BentoCloud picks one by the bento's resources (serve.resources)
         command += ["--instance-type", cloud.instance_type]
     return command
@@ -128,8 +150,10 @@ def bentocloud_command(params, bento: str, version) -> list[str]:
 def bentocloud(params, bento: str, version) -> dict:
     command = bentocloud_command(params, bento, version)
     if not bentocloud_credentials():
-        raise DeployRefused("no BentoCloud credentials: run `bentoml cloud login` or set BENTO_CLOUD_API_KEY "
-                            "(and BENTO_CLOUD_API_ENDPOINT); nothing was uploaded")
+        raise DeployRefused(
+            "no BentoCloud credentials: run `bentoml cloud login` or set BENTO_CLOUD_API_KEY "
+            "(and BENTO_CLOUD_API_ENDPOINT); nothing was uploaded"
+        )
     subprocess.run(command, check=True)
     return {"deployment": command[command.index("--name") + 1]}
 
@@ -144,42 +168,88 @@ def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
     from a Secret by reference), Service and HorizontalPodAutoscaler for an on-prem cluster."""
     k, resources = params.deploy.k8s, params.serve.resources
     name = k8s_name(params.project.name)
-    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/version": f"v{version.version}",
-              "app.kubernetes.io/managed-by": "genai-lifecycle"}
-    meta = {"name": name, "namespace": k.namespace, "labels": labels,
-            "annotations": {"genai-lifecycle/bento": bento, "genai-lifecycle/registry-version": str(version.version)}}
+    labels = {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/version": f"v{version.version}",
+        "app.kubernetes.io/managed-by": "genai-lifecycle",
+    }
+    meta = {
+        "name": name,
+        "namespace": k.namespace,
+        "labels": labels,
+        "annotations": {"genai-lifecycle/bento": bento, "genai-lifecycle/registry-version": str(version.version)},
+    }
     requests = {"cpu": resources.cpu, **({"memory": resources.memory} if resources.memory else {})}
-    limits = {**({"memory": resources.memory} if resources.memory else {}),
-              **({"nvidia.com/gpu": resources.gpu} if resources.gpu else {})}
+    limits = {
+        **({"memory": resources.memory} if resources.memory else {}),
+        **({"nvidia.com/gpu": resources.gpu} if resources.gpu else {}),
+    }
     container = {
-        "name": "lifecycle", "image": image_name(params, bento, version),
+        "name": "lifecycle",
+        "image": image_name(params, bento, version),
         "ports": [{"name": "http", "containerPort": k.port}],
         "args": ["--port", str(k.port)],
         "resources": {"requests": requests, "limits": limits},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "initialDelaySeconds": 10,
-                           "periodSeconds": 5, "failureThreshold": 6},
-        "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "initialDelaySeconds": 30,
-                          "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", "port": "http"},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
     }
     if k.api_key_secret:
-        container["env"] = [{"name": "LIFECYCLE_API_KEYS",
-                             "valueFrom": {"secretKeyRef": {"name": k.api_key_secret, "key": "api-keys"}}}]
+        container["env"] = [
+            {"name": "LIFECYCLE_API_KEYS", "valueFrom": {"secretKeyRef": {"name": k.api_key_secret, "key": "api-keys"}}}
+        ]
     pod = {"containers": [container]}
     if resources.gpu:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         if resources.gpu_type:
             pod["nodeSelector"] = {"nvidia.com/gpu.product": resources.gpu_type}
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-                  "spec": {"replicas": k.replicas, "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-                           "template": {"metadata": {"labels": labels}, "spec": pod}}}
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-               "spec": {"selector": {"app.kubernetes.io/name": name},
-                        "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
-           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                    "minReplicas": k.replicas, "maxReplicas": max(k.max_replicas, k.replicas),
-                    "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                        "type": "Utilization", "averageUtilization": k.target_cpu_percent}}}]}}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": k.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": k.replicas,
+            "maxReplicas": max(k.max_replicas, k.replicas),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": k.target_cpu_percent},
+                    },
+                }
+            ],
+        },
+    }
     return {"deployment.yaml": deployment, "service.yaml": service, "hpa.yaml": hpa}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from stages.common.params import Params, Technique
 
 RUNGS = (("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align"))  # cheapest first
-RUNG_STAGES = {"align": ("reward", "align")}   # the stages a rung's last stage needs that no lower rung does
+RUNG_STAGES = {"align": ("reward", "align")}  # the stages a rung's last stage needs that no lower rung does
 
 
 def stage_name(addressed: str) -> str:
@@ -49,26 +49,28 @@ def checked_after(params: Params) -> dict[str, str]:
 def above(params: Params, rung: str) -> list[tuple[str, str]]:
     """The rungs above `rung`, as (rung, stage)."""
     climbed = rungs(params)
-    return climbed[[r for r, _ in climbed].index(rung) + 1:]
+    return climbed[[r for r, _ in climbed].index(rung) + 1 :]
 
 
 def not_reached_reason(rung: str, stage: str) -> str:
     """What the outputs of a stage above the rung under evaluation say (the same words every run: DVC hashes them)."""
-    return (f"not run: `ladder.stop_when_passed` evaluates the {rung} rung first; `{stage}` runs only if {rung} "
-            "fails its gates")
+    return (
+        f"not run: `ladder.stop_when_passed` evaluates the {rung} rung first; `{stage}` runs only if {rung} "
+        "fails its gates"
+    )
 
 
 @dataclass(frozen=True)
 class Step:
-    stop: bool             # stop climbing: this rung ships (passed) or it was the top one
-    not_run: list[str]     # the rungs above that stay unclimbed
+    stop: bool  # stop climbing: this rung ships (passed) or it was the top one
+    not_run: list[str]  # the rungs above that stay unclimbed
     why: str
 
 
 def after_rung(climbed: list[str], rung: str, passed: bool, failed: list[str]) -> Step:
     """What the ladder does once `rung` has been evaluated: stop at the first rung whose gates pass; climb on
     after a failure while a rung is left."""
-    higher = climbed[climbed.index(rung) + 1:]
+    higher = climbed[climbed.index(rung) + 1 :]
     if passed:
         rest = f"; {', '.join(higher)} not run" if higher else ""
         return Step(True, higher, f"{rung} passed the gates, the cheapest rung that does{rest}")

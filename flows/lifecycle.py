@@ -37,7 +37,7 @@ class StageFailed(Exception):
         super().__init__(f"stage `{stage}` failed (exit status {exit_status}): {message}")
 
     @classmethod
-    def of_run(cls, result: "RunResult") -> "StageFailed":
+    def of_run(cls, result: RunResult) -> StageFailed:
         """The flow's failure: the run's own error text (already naming the stage), the RunResult for the CLI."""
         error = cls.__new__(cls)
         error.stage, error.exit_status, error.result = result.failed_stage, result.exit_status, result
@@ -59,22 +59,28 @@ class RunResult:
     ladder: dict | None = None  # with ladder.stop_when_passed: each rung's verdict, the winner, what did not run
 
 
-TRAINING_STAGES = ("pretrain", "adapt", "reward", "align")   # DVC addresses without a foreach item
+TRAINING_STAGES = ("pretrain", "adapt", "reward", "align")  # DVC addresses without a foreach item
 
 
 def cost(seconds: dict[str, float], training_budget_hours: float, gpus: int = 0) -> dict:
     """What a run spent against `scope.budget`: wall hours in all, in the training stages, and GPU-hours (the
     training hours times the GPUs the stages see; 0 on a CPU)."""
     training = sum(v for k, v in seconds.items() if k.split("@")[0] in TRAINING_STAGES) / 3600
-    return {"wall_hours": round(sum(seconds.values()) / 3600, 6), "training_hours": round(training, 6),
-            "gpu_hours": round(training * gpus, 6), "budget_training_hours": training_budget_hours,
-            "over_budget": training > training_budget_hours}
+    return {
+        "wall_hours": round(sum(seconds.values()) / 3600, 6),
+        "training_hours": round(training, 6),
+        "gpu_hours": round(training * gpus, 6),
+        "budget_training_hours": training_budget_hours,
+        "over_budget": training > training_budget_hours,
+    }
 
 
 def over_budget_message(spent: dict, stage: str) -> str:
-    return (f"over budget: the training stages took {spent['training_hours']:.4g} h of the "
-            f"{spent['budget_training_hours']} h in `scope.budget.training_hours`; `{stage}` was not started "
-            "(`scope.budget.enforce: true`). Raise the budget or shrink the training steps.")
+    return (
+        f"over budget: the training stages took {spent['training_hours']:.4g} h of the "
+        f"{spent['budget_training_hours']} h in `scope.budget.training_hours`; `{stage}` was not started "
+        "(`scope.budget.enforce: true`). Raise the budget or shrink the training steps."
+    )
 
 
 def stage_order(root: str | Path = ".") -> list[str]:
@@ -244,8 +250,9 @@ def verdict(root: Path, params, result: RunResult) -> str:
     package = root / params.paths.package / "package.json"
     shipped = json.loads(package.read_text(encoding="utf-8")) if package.is_file() else None
     rung = f" (ladder: {result.ladder['winner']})" if result.ladder and result.ladder["winner"] else ""
-    return (f"gates PASSED: {report['candidate']}{rung}"
-            + (f" v{shipped['version']} @{shipped['alias']}" if shipped else ""))
+    return f"gates PASSED: {report['candidate']}{rung}" + (
+        f" v{shipped['version']} @{shipped['alias']}" if shipped else ""
+    )
 
 
 def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
@@ -256,26 +263,37 @@ def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
 
     ran = ", ".join(result.ran) if result.ran else "nothing ran"
     outcome = verdict(root, params, result)
-    mlflow.set_tags({
-        "mlflow.runName": f"{time.strftime('%m-%d %H:%M')} {ran}: {outcome}",
-        "mlflow.note.content": f"```\n{summary(root, params.paths)}\n```",
-        "lifecycle.verdict": outcome,
-        "lifecycle.git_commit": git_commit(root),
-        "lifecycle.params_sha256": sha256(root / "params.yaml"),
-    })
+    mlflow.set_tags(
+        {
+            "mlflow.runName": f"{time.strftime('%m-%d %H:%M')} {ran}: {outcome}",
+            "mlflow.note.content": f"```\n{summary(root, params.paths)}\n```",
+            "lifecycle.verdict": outcome,
+            "lifecycle.git_commit": git_commit(root),
+            "lifecycle.params_sha256": sha256(root / "params.yaml"),
+        }
+    )
     if result.ladder:
-        mlflow.set_tags({"lifecycle.ladder.winner": result.ladder["winner"] or "none",
-                         "lifecycle.ladder.not_run": ",".join(result.ladder["not_run"]) or "none",
-                         "lifecycle.ladder.why": result.ladder["why"]})
+        mlflow.set_tags(
+            {
+                "lifecycle.ladder.winner": result.ladder["winner"] or "none",
+                "lifecycle.ladder.not_run": ",".join(result.ladder["not_run"]) or "none",
+                "lifecycle.ladder.why": result.ladder["why"],
+            }
+        )
     log_splits(root / params.paths.processed, ["sft", "preference", "dev", "eval"])
 
 
 def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResult, rung: str | None = None) -> None:
     """One stage as a Prefect task, its time and whether it ran recorded under `name` (evaluate@<rung> for a
     ladder check); a rung under evaluation is a tag on the stage's MLflow run."""
-    options = dict(name=stage, task_run_name=name, retries=orchestration.retries,
-                   retry_delay_seconds=orchestration.retry_delay_seconds,
-                   timeout_seconds=orchestration.timeout_seconds, retry_condition_fn=_retry_unless_user_error)
+    options = dict(
+        name=stage,
+        task_run_name=name,
+        retries=orchestration.retries,
+        retry_delay_seconds=orchestration.retry_delay_seconds,
+        timeout_seconds=orchestration.timeout_seconds,
+        retry_condition_fn=_retry_unless_user_error,
+    )
     start = time.perf_counter()
     if rung:
         os.environ[RUNG_ENV] = rung
@@ -375,15 +393,15 @@ def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
                 result.ladder["why"] = step.why
                 if step.stop:
                     stopped = True
-                    result.ladder.update(winner=rung if verdict_["passed"] else None, not_run=step.not_run,
-                                         stages_not_run=higher)
+                    result.ladder.update(
+                        winner=rung if verdict_["passed"] else None, not_run=step.not_run, stages_not_run=higher
+                    )
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
             result.total_seconds = round(time.perf_counter() - flow_start, 2)
             result.cost = cost(result.seconds, budget.training_hours, gpus)
             write_json(Path(root) / LAST_RUN, asdict(result))  # first: the record survives a tracking outage
-            mlflow.set_tags({"stages.ran": ",".join(result.ran) or "none",
-                             "exit_status": int(result.exit_status)})
+            mlflow.set_tags({"stages.ran": ",".join(result.ran) or "none", "exit_status": int(result.exit_status)})
             # MLflow metric names allow no "@": evaluate@prompting is logged as seconds.evaluate.prompting
             mlflow.log_metrics({f"seconds.{k.replace('@', '.')}": v for k, v in result.seconds.items()})
             if result.exit_status != ExitStatus.OK:

@@ -42,9 +42,11 @@ def in_use(root: str | Path = ".") -> list[tuple[str, str]]:
     """(tool, what it uses) for `lifecycle status`."""
     api = prefect_api()
     remote = dvc_remote(root)
-    return [("MLflow", tracking_uri() + ("" if os.environ.get("MLFLOW_TRACKING_URI") else "  (embedded default)")),
-            ("Prefect", api or "ephemeral server started by each `lifecycle run`  (embedded default)"),
-            ("DVC", f"remote '{remote[0]}' {remote[1]}" if remote else "no remote: the local cache .dvc/cache only")]
+    return [
+        ("MLflow", tracking_uri() + ("" if os.environ.get("MLFLOW_TRACKING_URI") else "  (embedded default)")),
+        ("Prefect", api or "ephemeral server started by each `lifecycle run`  (embedded default)"),
+        ("DVC", f"remote '{remote[0]}' {remote[1]}" if remote else "no remote: the local cache .dvc/cache only"),
+    ]
 
 
 def check_prefect(timeout: float = 5.0) -> None:
@@ -55,7 +57,8 @@ def check_prefect(timeout: float = 5.0) -> None:
     if why:
         raise ServerUnreachable(
             f"the Prefect server {api} (PREFECT_API_URL) is not reachable: {why}. Start it (`prefect server "
-            "start`), or unset PREFECT_API_URL to run on an ephemeral server.")
+            "start`), or unset PREFECT_API_URL to run on an ephemeral server."
+        )
 
 
 def deploy_flow(source: str, pool: str, name: str = "lifecycle", schedule=None):
@@ -68,15 +71,27 @@ def deploy_flow(source: str, pool: str, name: str = "lifecycle", schedule=None):
     if "://" not in source and not source.endswith(".git"):
         source = str(Path(source).resolve())
         if not (Path(source) / ENTRYPOINT.split(":")[0]).is_file():
-            raise ProjectError([f"--source {source}: no {ENTRYPOINT.split(':')[0]} there; run from the project "
-                                "root or pass the project's folder or git URL"])
+            raise ProjectError(
+                [
+                    f"--source {source}: no {ENTRYPOINT.split(':')[0]} there; run from the project "
+                    "root or pass the project's folder or git URL"
+                ]
+            )
     flow = lifecycle.from_source(source=source, entrypoint=ENTRYPOINT)
-    return flow.deploy(name=name, work_pool_name=pool, parameters={"root": "."},
-                       schedules=[schedule] if schedule else None, build=False, push=False, print_next_steps=False)
+    return flow.deploy(
+        name=name,
+        work_pool_name=pool,
+        parameters={"root": "."},
+        schedules=[schedule] if schedule else None,
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
 
 
-def kubernetes_base_job_template(image: str, gpus: int, gpu_resource: str = "nvidia.com/gpu",
-                                 namespace: str = "default") -> dict:
+def kubernetes_base_job_template(
+    image: str, gpus: int, gpu_resource: str = "nvidia.com/gpu", namespace: str = "default"
+) -> dict:
     """Prefect's Kubernetes worker template (from prefect-kubernetes) with the team's image and GPU requests:
     `prefect work-pool create gpu --type kubernetes --base-job-template FILE`. GPU pods also tolerate the
     usual GPU-node taint, so they schedule on the GPU nodes of a cluster that reserves them."""
@@ -86,8 +101,13 @@ def kubernetes_base_job_template(image: str, gpus: int, gpu_resource: str = "nvi
     variables = template["variables"]["properties"]
     variables["image"]["default"] = image
     variables["namespace"]["default"] = namespace
-    variables["gpu_count"] = {"title": "GPUs", "type": "integer", "minimum": 0, "default": gpus,
-                              "description": f"`{gpu_resource}` requested and limited per flow-run pod"}
+    variables["gpu_count"] = {
+        "title": "GPUs",
+        "type": "integer",
+        "minimum": 0,
+        "default": gpus,
+        "description": f"`{gpu_resource}` requested and limited per flow-run pod",
+    }
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     if gpus:

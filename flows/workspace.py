@@ -32,15 +32,20 @@ class WorkspaceBusy(Exception):
 
     def __init__(self, root: Path, holder: dict, waited: float | None = None):
         self.holder = holder
-        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-               + (f", command: {holder['command']}" if holder.get("command") else ""))
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}" + (
+            f", command: {holder['command']}" if holder.get("command") else ""
+        )
         if waited is None:
-            hint = ("wait for it to finish, stop that process, or set `orchestration.on_busy: wait` in params.yaml "
-                    "to queue behind it")
+            hint = (
+                "wait for it to finish, stop that process, or set `orchestration.on_busy: wait` in params.yaml "
+                "to queue behind it"
+            )
             super().__init__(f"the workspace {root} is in use by another lifecycle run ({who}); {hint}")
         else:
-            super().__init__(f"the workspace {root} was still in use after waiting {waited:.0f} s "
-                             f"(`orchestration.wait_timeout_seconds`) by another lifecycle run ({who})")
+            super().__init__(
+                f"the workspace {root} was still in use after waiting {waited:.0f} s "
+                f"(`orchestration.wait_timeout_seconds`) by another lifecycle run ({who})"
+            )
 
 
 def holder(root: str | Path) -> dict:
@@ -87,12 +92,22 @@ def workspace_lock(root: str | Path, wait: bool = False, timeout: float = 3600.0
                     raise WorkspaceBusy(root, holder(root), waited) from None
                 if not said:  # once: the run is queued, not hung
                     said, who = True, holder(root)
-                    log.warning("waiting for the workspace %s, held by pid %s on %s since %s "
-                                "(orchestration.on_busy: wait, up to %.0f s)", root, who.get("pid", "?"),
-                                who.get("host", "?"), who.get("started", "?"), timeout)
+                    log.warning(
+                        "waiting for the workspace %s, held by pid %s on %s since %s "
+                        "(orchestration.on_busy: wait, up to %.0f s)",
+                        root,
+                        who.get("pid", "?"),
+                        who.get("host", "?"),
+                        who.get("started", "?"),
+                        timeout,
+                    )
                 time.sleep(poll)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-              "command": " ".join(sys.argv)[:200]}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": " ".join(sys.argv)[:200],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         try:

@@ -54,13 +54,13 @@ class Sampling:
 
 @dataclass
 class Job:
-    ids: list[int]                          # the rendered prompt's tokens
+    ids: list[int]  # the rendered prompt's tokens
     max_new_tokens: int
     sampling: Sampling = Sampling()
-    stop: tuple[str, ...] = ()              # the request's own stop sequences (OpenAI's `stop`)
-    stream: asyncio.Queue | None = None     # text deltas are put here as they are generated
+    stop: tuple[str, ...] = ()  # the request's own stop sequences (OpenAI's `stop`)
+    stream: asyncio.Queue | None = None  # text deltas are put here as they are generated
     future: asyncio.Future | None = None
-    sent: str = ""                          # what was streamed so far
+    sent: str = ""  # what was streamed so far
 
     @property
     def batch_key(self):
@@ -73,7 +73,7 @@ class Result:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str                      # stop | length
+    finish_reason: str  # stop | length
     batch_size: int
 
 
@@ -93,9 +93,17 @@ def truncate_at(text: str, stops) -> tuple[str, bool]:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, finish: Callable[[str], str], renderer_stops: list[str] | tuple = (),
-                 max_batch_size: int = 16, batch_wait_ms: float = 5, max_queue: int = 64,
-                 counters: Counters | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        finish: Callable[[str], str],
+        renderer_stops: list[str] | tuple = (),
+        max_batch_size: int = 16,
+        batch_wait_ms: float = 5,
+        max_queue: int = 64,
+        counters: Counters | None = None,
+    ):
         self.model, self.tokenizer, self.finish = model, tokenizer, finish
         self.renderer_stops = tuple(s for s in renderer_stops if s)
         self.max_batch_size, self.batch_wait, self.max_queue = max_batch_size, batch_wait_ms / 1000, max_queue
@@ -106,8 +114,11 @@ class Engine:
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        eos = (
+            model.generation_config.eos_token_id
+            if model.generation_config.eos_token_id is not None
             else tokenizer.eos_token_id
+        )
         self.eos = set(eos if isinstance(eos, list) else [eos])
 
     # --- the asyncio side ---------------------------------------------------------------------------------------
@@ -196,8 +207,14 @@ class Engine:
         no greedy answer; the model's own repetition penalty (generation_config.json) applies as in `generate`,
         its other generation defaults do not."""
         import torch
-        from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, \
-            TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        from transformers import (
+            DynamicCache,
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
@@ -223,15 +240,25 @@ class Engine:
         live = list(range(len(jobs)))
         cache = DynamicCache(config=model.config)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+            logits = (
+                model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                .logits[:, -1, :]
+                .float()
+            )
             while True:
                 scores = warpers(ids, logits) if warpers else logits
                 if sampling.greedy:
                     chosen = scores.argmax(-1)
                 else:
                     chosen = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
-                ids = torch.cat([ids, chosen[:, None]], dim=1)   # what a repetition penalty looks back on
+                ids = torch.cat([ids, chosen[:, None]], dim=1)  # what a repetition penalty looks back on
                 keep = []
                 for k, (row, token) in enumerate(zip(live, chosen.tolist())):
                     job = jobs[row]
@@ -257,8 +284,17 @@ class Engine:
                     live = [live[k] for k in keep]
                 mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
                 positions = positions[:, -1:] + 1
-                logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions,
-                               past_key_values=cache, use_cache=True).logits[:, -1, :].float()
+                logits = (
+                    model(
+                        input_ids=chosen[:, None],
+                        attention_mask=mask,
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                    .logits[:, -1, :]
+                    .float()
+                )
         results = []
         for i, job in enumerate(jobs):
             self.counters.tokens(len(new[i]))
@@ -270,8 +306,8 @@ class Engine:
         stripped), not the last characters a stop sequence may still claim, not a half-decoded character."""
         if not finished:
             hold = max((len(s) for s in job.stop + self.renderer_stops), default=1) - 1
-            text = text[:len(text) - hold] if hold else text
+            text = text[: len(text) - hold] if hold else text
             text = text.rstrip().removesuffix("\ufffd")
         if len(text) > len(job.sent) and text.startswith(job.sent):
-            delta, job.sent = text[len(job.sent):], text
+            delta, job.sent = text[len(job.sent) :], text
             loop.call_soon_threadsafe(job.stream.put_nowait, delta)

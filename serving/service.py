@@ -44,9 +44,15 @@ MODEL_TAG_ENV = "LIFECYCLE_MODEL_TAG"
 PACKAGED_MODEL = Path(__file__).with_name("packaged_model.json")
 MAX_PROMPT_CHARS = 4000
 # params `serve:` defaults, for the service run from the repository with LIFECYCLE_MODEL_TAG (no packaged_model.json).
-DEFAULTS = {"max_batch_size": 16, "batch_wait_ms": 5, "max_queue": 64, "request_timeout_s": 60,
-            "max_new_tokens": 256, "resources": {"cpu": "1"}}
-OPEN_PATHS = {"/readyz", "/livez", "/healthz", "/metrics"}   # probes and scrapers need no key
+DEFAULTS = {
+    "max_batch_size": 16,
+    "batch_wait_ms": 5,
+    "max_queue": 64,
+    "request_timeout_s": 60,
+    "max_new_tokens": 256,
+    "resources": {"cpu": "1"},
+}
+OPEN_PATHS = {"/readyz", "/livez", "/healthz", "/metrics"}  # probes and scrapers need no key
 
 
 def packaged() -> dict:
@@ -54,8 +60,10 @@ def packaged() -> dict:
     info = json.loads(PACKAGED_MODEL.read_text(encoding="utf-8")) if PACKAGED_MODEL.is_file() else {}
     tag = os.environ.get(MODEL_TAG_ENV) or info.get("tag")
     if not tag:
-        raise RuntimeError(f"no packaged model: {PACKAGED_MODEL.name} is missing and {MODEL_TAG_ENV} is not set; "
-                           "serve the bento that `lifecycle run` built (`lifecycle serve`)")
+        raise RuntimeError(
+            f"no packaged model: {PACKAGED_MODEL.name} is missing and {MODEL_TAG_ENV} is not set; "
+            "serve the bento that `lifecycle run` built (`lifecycle serve`)"
+        )
     settings = {**DEFAULTS, **info.get("serve", {})}
     for key, value in settings.items():
         override = os.environ.get(f"LIFECYCLE_SERVE_{key.upper()}")
@@ -94,39 +102,50 @@ with bentoml.importing():
 
 # --- metrics (Prometheus, on BentoML's /metrics beside its own request metrics) ---------------------------------
 
-REQUESTS = bentoml.metrics.Counter(name="lifecycle_requests", documentation="requests answered, by endpoint and status",
-                                   labelnames=["endpoint", "status"])
-LATENCY = bentoml.metrics.Histogram(name="lifecycle_request_seconds", documentation="request latency",
-                                    labelnames=["endpoint"],
-                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+REQUESTS = bentoml.metrics.Counter(
+    name="lifecycle_requests",
+    documentation="requests answered, by endpoint and status",
+    labelnames=["endpoint", "status"],
+)
+LATENCY = bentoml.metrics.Histogram(
+    name="lifecycle_request_seconds",
+    documentation="request latency",
+    labelnames=["endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 TOKENS = bentoml.metrics.Counter(name="lifecycle_generated_tokens", documentation="tokens generated")
-BATCH = bentoml.metrics.Histogram(name="lifecycle_batch_size", documentation="requests generated together",
-                                  buckets=(1, 2, 4, 8, 16, 32, 64))
-REJECTED = bentoml.metrics.Counter(name="lifecycle_rejected_requests",
-                                   documentation="requests refused: queue_full (429), timeout (504), "
-                                                 "unauthorized (401), invalid (400)", labelnames=["reason"])
+BATCH = bentoml.metrics.Histogram(
+    name="lifecycle_batch_size", documentation="requests generated together", buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+REJECTED = bentoml.metrics.Counter(
+    name="lifecycle_rejected_requests",
+    documentation="requests refused: queue_full (429), timeout (504), unauthorized (401), invalid (400)",
+    labelnames=["reason"],
+)
 WAITING = bentoml.metrics.Gauge(name="lifecycle_queue_waiting", documentation="requests waiting to be generated")
 
 
 # --- the OpenAI protocol --------------------------------------------------------------------------------------
 
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")   # an unknown field is a 400 naming it, never silently ignored
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 400 naming it, never silently ignored
 
 
 class Decoding(Strict):
     model: str | None = None
     max_tokens: Annotated[int, Ge(1), Le(MAX_NEW_TOKENS)] | None = None
-    temperature: Annotated[float, Ge(0), Le(2)] = 0.0      # 0: greedy, as evaluate measured
+    temperature: Annotated[float, Ge(0), Le(2)] = 0.0  # 0: greedy, as evaluate measured
     top_p: Annotated[float, Field(gt=0), Le(1)] = 1.0
-    top_k: Annotated[int, Ge(0), Le(1000)] = 0            # 0: off
+    top_k: Annotated[int, Ge(0), Le(1000)] = 0  # 0: off
     seed: int | None = None
-    stop: Annotated[str, MinLen(1), MaxLen(64)] | Annotated[list[Annotated[str, MinLen(1), MaxLen(64)]],
-                                                            MaxLen(4)] | None = None
+    stop: (
+        Annotated[str, MinLen(1), MaxLen(64)] | Annotated[list[Annotated[str, MinLen(1), MaxLen(64)]], MaxLen(4)] | None
+    ) = None
     n: Literal[1] = 1
     stream: bool = False
     stream_options: dict[Literal["include_usage"], bool] | None = None
-    presence_penalty: Annotated[float, Ge(0), Le(0)] = 0   # accepted for clients that always send them; only 0
+    presence_penalty: Annotated[float, Ge(0), Le(0)] = 0  # accepted for clients that always send them; only 0
     frequency_penalty: Annotated[float, Ge(0), Le(0)] = 0
     user: str | None = None
     # Extensions: the prompt template's other fields; cutting an over-long prompt instead of refusing it.
@@ -155,8 +174,10 @@ class ChatRequest(Decoding):
 
 
 class CompletionRequest(Decoding):
-    prompt: Annotated[str, MinLen(1), MaxLen(MAX_PROMPT_CHARS)] | Annotated[
-        list[Annotated[str, MinLen(1), MaxLen(MAX_PROMPT_CHARS)]], MinLen(1), MaxLen(1)]
+    prompt: (
+        Annotated[str, MinLen(1), MaxLen(MAX_PROMPT_CHARS)]
+        | Annotated[list[Annotated[str, MinLen(1), MaxLen(MAX_PROMPT_CHARS)]], MinLen(1), MaxLen(1)]
+    )
 
 
 class BadRequest(Exception):
@@ -165,10 +186,12 @@ class BadRequest(Exception):
         super().__init__(message)
 
 
-def error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
-          headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+def error(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers
+    )
 
 
 openai_api = FastAPI(title="OpenAI-compatible API")
@@ -188,14 +211,25 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     REJECTED.labels(reason="invalid").inc()
     REQUESTS.labels(endpoint=request.url.path, status="400").inc()
     if errors[0]["type"] == "json_invalid":
-        return error(400, f"the request body is not valid JSON: {errors[0].get('ctx', {}).get('error', '')}",
-                     "invalid_request_error", None, "json_invalid")
+        return error(
+            400,
+            f"the request body is not valid JSON: {errors[0].get('ctx', {}).get('error', '')}",
+            "invalid_request_error",
+            None,
+            "json_invalid",
+        )
     param = _field(errors[0]["loc"])
-    same = [e for e in errors if _field(e["loc"]) == param]   # a union field fails once per alternative
-    reasons = dict.fromkeys("unknown field (this server does not support it)" if e["type"] == "extra_forbidden"
-                            else e["msg"] for e in same)
-    return error(400, f"{param}: {'; '.join(reasons)}" if param else "; ".join(reasons), "invalid_request_error",
-                 param, errors[0]["type"])
+    same = [e for e in errors if _field(e["loc"]) == param]  # a union field fails once per alternative
+    reasons = dict.fromkeys(
+        "unknown field (this server does not support it)" if e["type"] == "extra_forbidden" else e["msg"] for e in same
+    )
+    return error(
+        400,
+        f"{param}: {'; '.join(reasons)}" if param else "; ".join(reasons),
+        "invalid_request_error",
+        param,
+        errors[0]["type"],
+    )
 
 
 class Source(BaseModel):
@@ -231,9 +265,13 @@ class ApiKeys:
         if token and any(hmac.compare_digest(token, k) for k in self.keys):
             return await self.app(scope, receive, send)
         REJECTED.labels(reason="unauthorized").inc()
-        response = error(401, "a valid API key is required: send `Authorization: Bearer <key>`",
-                         "authentication_error", code="invalid_api_key" if token else "missing_api_key",
-                         headers={"WWW-Authenticate": "Bearer"})
+        response = error(
+            401,
+            "a valid API key is required: send `Authorization: Bearer <key>`",
+            "authentication_error",
+            code="invalid_api_key" if token else "missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
         await response(scope, receive, send)
 
 
@@ -242,9 +280,13 @@ def _resources(settings: dict) -> dict:
     return {k: v for k, v in settings.get("resources", {}).items() if v not in (None, 0, "")}
 
 
-@bentoml.service(name="lifecycle", workers=1, resources=_resources(SETTINGS),
-                 # Our queue bounds the load (429) and our timeout answers 504 first; BentoML's are the backstop.
-                 traffic={"timeout": SETTINGS["request_timeout_s"] + 30})
+@bentoml.service(
+    name="lifecycle",
+    workers=1,
+    resources=_resources(SETTINGS),
+    # Our queue bounds the load (429) and our timeout answers 504 first; BentoML's are the backstop.
+    traffic={"timeout": SETTINGS["request_timeout_s"] + 30},
+)
 @bentoml.asgi_app(openai_api, path="/v1")
 class Lifecycle:
     model_ref = bentoml.models.BentoModel(PACKAGED["tag"])
@@ -262,18 +304,28 @@ class Lifecycle:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if cuda else torch.float32)
         self.model = self.model.to("cuda" if cuda else "cpu").eval()
         self.renderer = prompting.Renderer.load(path, self.tokenizer)
-        info = json.loads((path / "lifecycle.json").read_text(encoding="utf-8")) \
-            if (path / "lifecycle.json").is_file() else {}
+        info = (
+            json.loads((path / "lifecycle.json").read_text(encoding="utf-8"))
+            if (path / "lifecycle.json").is_file()
+            else {}
+        )
         self.model_id = info.get("project") or self.model_ref.tag.name
         # The shipped index (a _rag variant): searched on a working copy, the model store's stays as packaged.
-        self.retriever = retrieval.Retriever.open(path / "index") if (path / "index" / retrieval.CARD).is_file() else None
+        self.retriever = (
+            retrieval.Retriever.open(path / "index") if (path / "index" / retrieval.CARD).is_file() else None
+        )
         self.retrieval_thread = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
         stops = [] if self.renderer.chat else self.renderer.fmt.stop
         self.engine = engine.Engine(
-            self.model, self.tokenizer, self.renderer.cut, stops,
-            max_batch_size=SETTINGS["max_batch_size"], batch_wait_ms=SETTINGS["batch_wait_ms"],
+            self.model,
+            self.tokenizer,
+            self.renderer.cut,
+            stops,
+            max_batch_size=SETTINGS["max_batch_size"],
+            batch_wait_ms=SETTINGS["batch_wait_ms"],
             max_queue=SETTINGS["max_queue"],
-            counters=engine.Counters(batch=BATCH.observe, tokens=TOKENS.inc, waiting=WAITING.set))
+            counters=engine.Counters(batch=BATCH.observe, tokens=TOKENS.inc, waiting=WAITING.set),
+        )
 
     @bentoml.on_shutdown
     def remove_index_copy(self) -> None:
@@ -295,28 +347,39 @@ class Lifecycle:
             raise BadRequest("fields", f"the prompt template needs the field {exc} (send it in `fields`)") from None
         except prompting.PromptTooLong as exc:
             if not truncate:
-                raise BadRequest(param, f"{exc}; or send `truncate_prompt: true` to keep its last tokens",
-                                 code="context_length_exceeded") from None
+                raise BadRequest(
+                    param,
+                    f"{exc}; or send `truncate_prompt: true` to keep its last tokens",
+                    code="context_length_exceeded",
+                ) from None
             # The question is at the end: keep the last tokens that fit beside the answer.
             text = self.renderer.render({**record, "context": []}, [])
-            return self.renderer.encode(text)[-(self.renderer.context - max_new_tokens):], []
+            return self.renderer.encode(text)[-(self.renderer.context - max_new_tokens) :], []
         # Only the passages that fit into the prompt were used (the renderer drops the least relevant first).
         used = [c for c in found if " ".join(c["text"].split()) in text]
         return self.renderer.encode(text), used
 
     def job(self, ids: list[int], req: Decoding, max_new_tokens: int, stream: bool) -> engine.Job:
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        sampling = engine.Sampling(req.temperature, req.top_p, req.top_k, req.seed) if req.temperature > 0 \
+        sampling = (
+            engine.Sampling(req.temperature, req.top_p, req.top_k, req.seed)
+            if req.temperature > 0
             else engine.Sampling(seed=req.seed)
+        )
         return engine.Job(ids, max_new_tokens, sampling, stop, asyncio.Queue() if stream else None)
 
     def check_model(self, name: str | None) -> None:
         if name not in (None, "", self.model_id, str(self.model_ref.tag)):
-            raise BadRequest("model", f"model {name!r} is not served here; this server serves {self.model_id!r} "
-                                      "(GET /v1/models)", status=404, code="model_not_found")
+            raise BadRequest(
+                "model",
+                f"model {name!r} is not served here; this server serves {self.model_id!r} (GET /v1/models)",
+                status=404,
+                code="model_not_found",
+            )
 
-    async def openai_answer(self, endpoint: str, req: Decoding, make_record, max_new_tokens: int | None,
-                            param: str, shape):
+    async def openai_answer(
+        self, endpoint: str, req: Decoding, make_record, max_new_tokens: int | None, param: str, shape
+    ):
         """Run one OpenAI request (`make_record()` gives the renderer's record): the JSON answer, or the event
         stream; errors in OpenAI's shape."""
         start = time.perf_counter()
@@ -328,12 +391,13 @@ class Lifecycle:
             ids, used = await self.prepare(record, n_new, req.truncate_prompt, param)
             job = self.job(ids, req, n_new, req.stream)
             timeout = SETTINGS["request_timeout_s"]
-            waiter = self.engine.enqueue(job, timeout)   # raises QueueFull before a stream begins
+            waiter = self.engine.enqueue(job, timeout)  # raises QueueFull before a stream begins
             sources = [Source.of(c).model_dump() for c in used]
             if req.stream:
                 include_usage = bool((req.stream_options or {}).get("include_usage"))
-                return StreamingResponse(self.events(job, waiter, shape, sources, include_usage),
-                                         media_type="text/event-stream")
+                return StreamingResponse(
+                    self.events(job, waiter, shape, sources, include_usage), media_type="text/event-stream"
+                )
             result = await waiter
             return JSONResponse(shape.whole(self, result, sources))
         except BadRequest as exc:
@@ -343,8 +407,9 @@ class Lifecycle:
         except engine.QueueFull as exc:
             status = "429"
             REJECTED.labels(reason="queue_full").inc()
-            return error(429, str(exc), "rate_limit_error", code="queue_full",
-                         headers={"Retry-After": str(exc.retry_after)})
+            return error(
+                429, str(exc), "rate_limit_error", code="queue_full", headers={"Retry-After": str(exc.retry_after)}
+            )
         except engine.Timeout as exc:
             status = "504"
             REJECTED.labels(reason="timeout").inc()
@@ -379,7 +444,7 @@ class Lifecycle:
                 REJECTED.labels(reason="timeout").inc()
                 yield sse({"error": {"message": str(exc), "type": "timeout", "param": None, "code": "timeout"}})
                 return
-            rest = result.text[len(job.sent):] if result.text.startswith(job.sent) else ""
+            rest = result.text[len(job.sent) :] if result.text.startswith(job.sent) else ""
             if rest:
                 yield sse(shape.chunk(self, rest, None))
             yield sse(shape.chunk(self, None, result.finish_reason))
@@ -387,25 +452,42 @@ class Lifecycle:
                 yield sse({**shape.chunk(self, None, None), "choices": [], "usage": usage(result)})
             yield "data: [DONE]\n\n"
         finally:
-            waiter.cancel()   # a client that went away stops its generation
+            waiter.cancel()  # a client that went away stops its generation
 
     # --- endpoints ----------------------------------------------------------------------------------------------
 
     @openai_api.get("/models")
     async def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": int(time.time()),
-                                            "owned_by": "genai-lifecycle", "bento_model": str(self.model_ref.tag)}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.model_id,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "genai-lifecycle",
+                    "bento_model": str(self.model_ref.tag),
+                }
+            ],
+        }
 
     @openai_api.post("/chat/completions")
     async def chat_completions(self, req: ChatRequest):
-        return await self.openai_answer("/v1/chat/completions", req, lambda: chat_record(req),
-                                        req.max_completion_tokens or req.max_tokens, "messages", Chat)
+        return await self.openai_answer(
+            "/v1/chat/completions",
+            req,
+            lambda: chat_record(req),
+            req.max_completion_tokens or req.max_tokens,
+            "messages",
+            Chat,
+        )
 
     @openai_api.post("/completions")
     async def completions(self, req: CompletionRequest):
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        return await self.openai_answer("/v1/completions", req, lambda: {**req.fields, "prompt": prompt},
-                                        req.max_tokens, "prompt", Completion)
+        return await self.openai_answer(
+            "/v1/completions", req, lambda: {**req.fields, "prompt": prompt}, req.max_tokens, "prompt", Completion
+        )
 
     @bentoml.api
     async def generate(
@@ -418,8 +500,9 @@ class Lifecycle:
         start, status = time.perf_counter(), "200"
         try:
             ids, used = await self.prepare({**fields, "prompt": prompt}, max_new_tokens, False, "prompt")
-            result = await self.engine.enqueue(self.job(ids, Decoding(), max_new_tokens, False),
-                                               SETTINGS["request_timeout_s"])
+            result = await self.engine.enqueue(
+                self.job(ids, Decoding(), max_new_tokens, False), SETTINGS["request_timeout_s"]
+            )
         except BadRequest as exc:
             status = "400"
             REJECTED.labels(reason="invalid").inc()
@@ -435,9 +518,13 @@ class Lifecycle:
         finally:
             REQUESTS.labels(endpoint="/generate", status=status).inc()
             LATENCY.labels(endpoint="/generate").observe(time.perf_counter() - start)
-        return Answer(answer=result.text, model=str(self.model_ref.tag), finish_reason=result.finish_reason,
-                      latency_ms=round((time.perf_counter() - start) * 1000, 2),
-                      sources=[Source.of(c) for c in used])
+        return Answer(
+            answer=result.text,
+            model=str(self.model_ref.tag),
+            finish_reason=result.finish_reason,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2),
+            sources=[Source.of(c) for c in used],
+        )
 
 
 Lifecycle.add_asgi_middleware(ApiKeys)
@@ -452,15 +539,20 @@ def chat_record(req: ChatRequest) -> dict:
         raise BadRequest("messages", "the last message must be the user's")
     for i, m in enumerate(turns[:-1]):
         if m.role != ("user" if i % 2 == 0 else "assistant"):
-            raise BadRequest(f"messages.{req.messages.index(m)}",
-                             "turns before the last must alternate user, assistant (starting with user)")
+            raise BadRequest(
+                f"messages.{req.messages.index(m)}",
+                "turns before the last must alternate user, assistant (starting with user)",
+            )
     history = [{"role": m.role, "content": m.text} for m in turns[:-1]]
     return {**req.fields, "prompt": turns[-1].text, "system": system, "history": history}
 
 
 def usage(result) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
 class Chat:
@@ -468,29 +560,53 @@ class Chat:
 
     @staticmethod
     def whole(svc, result, sources) -> dict:
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": svc.model_id, "choices": [{"index": 0, "finish_reason": result.finish_reason,
-                                                    "message": {"role": "assistant", "content": result.text}}],
-                "usage": usage(result), "sources": sources}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": svc.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": result.finish_reason,
+                    "message": {"role": "assistant", "content": result.text},
+                }
+            ],
+            "usage": usage(result),
+            "sources": sources,
+        }
 
     @staticmethod
     def chunk(svc, delta: str | None, finish: str | None, sources: list | None = None) -> dict:
         body = {"role": "assistant", "content": ""} if sources is not None else ({"content": delta} if delta else {})
-        out = {"object": "chat.completion.chunk", "created": int(time.time()),
-               "model": svc.model_id, "choices": [{"index": 0, "delta": body, "finish_reason": finish}]}
+        out = {
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": svc.model_id,
+            "choices": [{"index": 0, "delta": body, "finish_reason": finish}],
+        }
         return {**out, "sources": sources} if sources is not None else out
 
 
 class Completion:
     @staticmethod
     def whole(svc, result, sources) -> dict:
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": svc.model_id, "choices": [{"index": 0, "text": result.text, "logprobs": None,
-                                                    "finish_reason": result.finish_reason}],
-                "usage": usage(result), "sources": sources}
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": svc.model_id,
+            "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
+            "usage": usage(result),
+            "sources": sources,
+        }
 
     @staticmethod
     def chunk(svc, delta: str | None, finish: str | None, sources: list | None = None) -> dict:
-        out = {"object": "text_completion", "created": int(time.time()), "model": svc.model_id,
-               "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]}
+        out = {
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": svc.model_id,
+            "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}],
+        }
         return {**out, "sources": sources} if sources is not None else out

@@ -64,7 +64,7 @@ def raft_rows(rows: list[dict], retriever, oracle_fraction: float, seed: int) ->
         oracle = next((c for c in sources if answer and answer in " ".join(c["text"].split())), sources[0])
         distractors = [c for c in ranked if c["id"] not in {s["id"] for s in sources}]
         with_oracle = rng.random() < oracle_fraction
-        context = distractors[:k - 1] if with_oracle else distractors[:k]
+        context = distractors[: k - 1] if with_oracle else distractors[:k]
         if with_oracle:
             context.insert(rng.randrange(len(context) + 1), oracle)
         out.append({**row, "context": [c["text"] for c in context], "oracle": with_oracle})
@@ -78,13 +78,22 @@ def check_lengths(renderer, rows: list[dict], max_length: int, raft: bool) -> No
     lengths = [renderer.count(r["prompt"] + r["completion"]) for r in rows]
     over = sum(n > max_length for n in lengths)
     if over and raft:
-        raise ProjectError([f"`adapt.trainer.max_length` {max_length}: {over} RAFT training rows are longer, the "
-                            f"longest {max(lengths)} tokens with its retrieved chunks, so their answers would be cut "
-                            f"off: raise max_length to at least {max(lengths)}, or lower integrate.top_k or "
-                            "integrate.chunk_tokens"])
+        raise ProjectError(
+            [
+                f"`adapt.trainer.max_length` {max_length}: {over} RAFT training rows are longer, the "
+                f"longest {max(lengths)} tokens with its retrieved chunks, so their answers would be cut "
+                f"off: raise max_length to at least {max(lengths)}, or lower integrate.top_k or "
+                "integrate.chunk_tokens"
+            ]
+        )
     if over:
-        log.warning("%d training rows are longer than adapt.trainer.max_length %d (the longest %d tokens): their "
-                    "answers are truncated", over, max_length, max(lengths))
+        log.warning(
+            "%d training rows are longer than adapt.trainer.max_length %d (the longest %d tokens): their "
+            "answers are truncated",
+            over,
+            max_length,
+            max(lengths),
+        )
 
 
 def sft_config(params: Params, output_dir: Path, device: str):
@@ -94,14 +103,14 @@ def sft_config(params: Params, output_dir: Path, device: str):
     return SFTConfig(
         output_dir=str(output_dir),
         **p.trainer.model_dump(),
-        completion_only_loss=True,        # learn the answer, not the question
-        packing=p.packing,                # rows share sequences (best-fit), attention kept within each row
+        completion_only_loss=True,  # learn the answer, not the question
+        packing=p.packing,  # rows share sequences (best-fit), attention kept within each row
         bf16=p.precision is Precision.bf16,  # bf16 on CPU is emulated (~10x slower): fp32 there
         fp16=p.precision is Precision.fp16,
         use_cpu=device == "cpu",
         save_strategy="steps",
         save_total_limit=1,
-        report_to=["mlflow"],             # into the active (nested) MLflow run of this stage
+        report_to=["mlflow"],  # into the active (nested) MLflow run of this stage
         seed=params.project.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -110,8 +119,14 @@ def sft_config(params: Params, output_dir: Path, device: str):
 
 def checkpoint_dir(params: Params, paths: Paths, selection: dict) -> Path:
     """Unique per configuration: resuming is only safe with the same model, data and hyperparameters."""
-    key = json.dumps({"adapt": params.adapt.model_dump(mode="json"), "base": selection["selected"]["ref"],
-                      "seed": params.project.seed}, sort_keys=True)
+    key = json.dumps(
+        {
+            "adapt": params.adapt.model_dump(mode="json"),
+            "base": selection["selected"]["ref"],
+            "seed": params.project.seed,
+        },
+        sort_keys=True,
+    )
     return Path(paths.sft).parent / ".checkpoints" / f"adapt-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -124,9 +139,15 @@ def peft_config(params: Params, tok):
         return None
     if p.technique is Technique.prompt_tuning:
         pt = p.prompt_tuning
-        init = ({"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": pt.init_text,
-                 "tokenizer_name_or_path": tok.name_or_path} if pt.init_text else
-                {"prompt_tuning_init": PromptTuningInit.RANDOM})
+        init = (
+            {
+                "prompt_tuning_init": PromptTuningInit.TEXT,
+                "prompt_tuning_init_text": pt.init_text,
+                "tokenizer_name_or_path": tok.name_or_path,
+            }
+            if pt.init_text
+            else {"prompt_tuning_init": PromptTuningInit.RANDOM}
+        )
         return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=pt.num_virtual_tokens, **init)
     return LoraConfig(task_type="CAUSAL_LM", **p.lora.model_dump())
 
@@ -136,8 +157,8 @@ def folder_bytes(path: Path, pattern: str = "*.safetensors") -> int:
 
 
 def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Path, ckpt: Path) -> dict:
-    from datasets import Dataset
     import torch
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTTrainer
 
@@ -150,11 +171,16 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         import importlib.util
 
         if device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
-            raise ProjectError(["`adapt.technique` qlora needs a CUDA GPU and the bitsandbytes package "
-                                f"(device here: {device}; `pip install bitsandbytes`), or use lora"])
+            raise ProjectError(
+                [
+                    "`adapt.technique` qlora needs a CUDA GPU and the bitsandbytes package "
+                    f"(device here: {device}; `pip install bitsandbytes`), or use lora"
+                ]
+            )
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
@@ -165,14 +191,21 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
         from stages.common.retrieval import Retriever
 
         rows = raft_rows(rows, Retriever.open(paths.index), p.raft.oracle_fraction, params.project.seed)
-        raft = {"raft_rows_with_oracle": sum(r["oracle"] is True for r in rows),
-                "raft_rows_without_oracle": sum(r["oracle"] is False for r in rows),
-                "raft_rows_without_source": sum(r["oracle"] is None for r in rows)}
+        raft = {
+            "raft_rows_with_oracle": sum(r["oracle"] is True for r in rows),
+            "raft_rows_without_oracle": sum(r["oracle"] is False for r in rows),
+            "raft_rows_without_source": sum(r["oracle"] is None for r in rows),
+        }
     rendered = sft_rows(renderer, rows)
     check_lengths(renderer, rendered, p.trainer.max_length, p.raft.enabled)
     train = Dataset.from_list(rendered)
-    trainer = SFTTrainer(model=model, args=sft_config(params, ckpt, device), train_dataset=train,
-                         processing_class=tok, peft_config=peft_config(params, tok))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(params, ckpt, device),
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=peft_config(params, tok),
+    )
     result, resumed = train_resumable(trainer, ckpt)
     trainer.model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -231,14 +264,21 @@ def run(params: Params, paths: Paths) -> dict:
                 shutil.rmtree(ckpt, ignore_errors=True)  # done: the adapter is the result, checkpoints are not
             write_json(Path(paths.metrics) / "adapt.json", metrics)
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-    return {"metrics": metrics, "summary": f"{params.adapt.technique.value} on {selection['selected']['name']}: "
-                                           + ", ".join(f"{k} {v}" for k, v in metrics.items())}
+    return {
+        "metrics": metrics,
+        "summary": f"{params.adapt.technique.value} on {selection['selected']['name']}: "
+        + ", ".join(f"{k} {v}" for k, v in metrics.items()),
+    }
 
 
 def model_info(params: Params, base_ref: str, trained: bool, not_reached: str | None = None) -> dict:
     """models/sft/lifecycle.json: what align, evaluate and package need to load the result."""
-    info = {"base": base_ref, "technique": params.adapt.technique.value, "trained": trained,
-            "adapter": trained and params.adapt.technique in ADAPTERS}
+    info = {
+        "base": base_ref,
+        "technique": params.adapt.technique.value,
+        "trained": trained,
+        "adapter": trained and params.adapt.technique in ADAPTERS,
+    }
     return {**info, "not_reached": not_reached} if not_reached else info
 
 

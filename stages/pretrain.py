@@ -28,20 +28,28 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS, PAD],
-                            show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, pad_token=PAD,
-                                   model_max_length=2048)
+    bpe.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, pad_token=PAD, model_max_length=2048
+    )
 
 
 def build_model(spec: PretrainModel, vocab_size: int, seq_len: int, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
         max_position_embeddings=4 * seq_len,  # room for few-shot prompts longer than the training windows
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
@@ -67,7 +75,7 @@ def train(model, tokens, spec: PretrainModel, p, seed: int, device: str, log_met
     bar = tqdm(range(spec.steps), desc=f"pretrain {spec.name}", unit="step")
     for step in bar:
         starts = torch.randint(0, len(tokens) - p.seq_len - 1, (p.batch_size,), generator=generator)
-        batch = torch.stack([tokens[s:s + p.seq_len] for s in starts]).to(device)
+        batch = torch.stack([tokens[s : s + p.seq_len] for s in starts]).to(device)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -113,14 +121,21 @@ def run(params: Params, paths: Paths) -> dict:
                 torch.manual_seed(params.project.seed)
                 model = build_model(spec, len(tokenizer), p.seq_len, tokenizer)
                 n_params = sum(t.numel() for t in model.parameters())
-                result = train(model, tokens, spec, p, params.project.seed, device,
-                               lambda k, v, s: mlflow.log_metric(k, v, step=s))
+                result = train(
+                    model, tokens, spec, p, params.project.seed, device, lambda k, v, s: mlflow.log_metric(k, v, step=s)
+                )
                 result["parameters"] = n_params
                 model.save_pretrained(out / spec.name)
                 tokenizer.save_pretrained(out / spec.name)
                 metrics[spec.name] = result
-                log.info("%s: %d parameters, loss %.2f -> %.2f in %.0f s", spec.name, n_params,
-                         result["first_loss"], result["final_loss"], result["seconds"])
+                log.info(
+                    "%s: %d parameters, loss %.2f -> %.2f in %.0f s",
+                    spec.name,
+                    n_params,
+                    result["first_loss"],
+                    result["final_loss"],
+                    result["seconds"],
+                )
                 mlflow.log_metrics({f"{spec.name}.{k}": v for k, v in result.items()})
         write_json(Path(paths.metrics) / "pretrain.json", metrics)
     names = ", ".join(m.name for m in p.models) or "nothing to build"

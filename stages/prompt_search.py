@@ -44,8 +44,12 @@ def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts
         measured, _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"prompt search {k}-shot")
         results[k] = measured[metric]
     best = best_of(results, metric)
-    return {"shots": best, "examples": examples[:best], "dev_scores": {str(k): v for k, v in results.items()},
-            "metric": metric}
+    return {
+        "shots": best,
+        "examples": examples[:best],
+        "dev_scores": {str(k): v for k, v in results.items()},
+        "metric": metric,
+    }
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -56,7 +60,7 @@ def run(params: Params, paths: Paths) -> dict:
     base_ref = selection["selected"]["ref"]
     shots = params.prompt_search.shots
     dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
-    examples = read_jsonl(Path(paths.processed) / "sft.jsonl")[:max(shots)]
+    examples = read_jsonl(Path(paths.processed) / "sft.jsonl")[: max(shots)]
     with stage_run("prompt_search", params, params.prompt_search.model_dump()) as _:
         import mlflow
 
@@ -64,12 +68,17 @@ def run(params: Params, paths: Paths) -> dict:
         model = load_model(base_ref, resolve_device(params.project.device))
         prompt = search_prompt(model, load_tokenizer(base_ref), dev, examples, shots, params)
         write_json(paths.prompt, prompt)
-        metrics = {"shots": prompt["shots"], **{f"{k}_shot.{prompt['metric']}": v
-                                                for k, v in prompt["dev_scores"].items()}}
+        metrics = {
+            "shots": prompt["shots"],
+            **{f"{k}_shot.{prompt['metric']}": v for k, v in prompt["dev_scores"].items()},
+        }
         write_json(Path(paths.metrics) / "prompt_search.json", metrics)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    return {"metrics": metrics, "summary": f"{prompt['shots']}-shot on {selection['selected']['name']} "
-                                           f"({prompt['metric']} on dev by shots: {prompt['dev_scores']})"}
+    return {
+        "metrics": metrics,
+        "summary": f"{prompt['shots']}-shot on {selection['selected']['name']} "
+        f"({prompt['metric']} on dev by shots: {prompt['dev_scores']})",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

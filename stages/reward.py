@@ -24,7 +24,7 @@ from stages.common.training import preference_rows, sft_model
 log = logging.getLogger(__name__)
 
 CARD = "lifecycle.json"
-CHANCE = 0.5   # a reward model that ranks a pair at random is right half the time
+CHANCE = 0.5  # a reward model that ranks a pair at random is right half the time
 
 
 def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -51,7 +51,9 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     set_seed(params.project.seed)  # the new scalar head's random start: the same reward model every run
     with tempfile.TemporaryDirectory() as tmp:  # the SFT model as one folder, loaded again with a scalar head
         policy.save_pretrained(tmp)
-        model = AutoModelForSequenceClassification.from_pretrained(tmp, num_labels=1, dtype=torch_dtype(precision.value))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            tmp, num_labels=1, dtype=torch_dtype(precision.value)
+        )
     model.config.pad_token_id = tok.pad_token_id
     del policy
     config = RewardConfig(
@@ -66,15 +68,28 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
         seed=params.project.seed,
         disable_tqdm=False,
     )
-    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
-                            eval_dataset=Dataset.from_list(held_out), processing_class=tok)
+    trainer = RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(held_out),
+        processing_class=tok,
+    )
     used = len(trainer.train_dataset)  # RewardTrainer drops pairs longer than max_length
     if used < len(train):
-        log.warning("%d of %d training pairs are longer than align.rlhf.reward_model.trainer.max_length %d and were "
-                    "left out", len(train) - used, len(train), p.trainer.max_length)
+        log.warning(
+            "%d of %d training pairs are longer than align.rlhf.reward_model.trainer.max_length %d and were left out",
+            len(train) - used,
+            len(train),
+            p.trainer.max_length,
+        )
     if not used:
-        raise ProjectError([f"`align.rlhf.reward_model.trainer.max_length` {p.trainer.max_length}: every preference "
-                            "pair is longer, so none is left to train on; raise it"])
+        raise ProjectError(
+            [
+                f"`align.rlhf.reward_model.trainer.max_length` {p.trainer.max_length}: every preference "
+                "pair is longer, so none is left to train on; raise it"
+            ]
+        )
     trainer.evaluate()  # RewardTrainer adds its accuracy and margin to the logged metrics, not the returned ones
     before = trainer.state.log_history[-1]
     result = trainer.train()
@@ -82,8 +97,11 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     after = trainer.state.log_history[-1]
     trainer.model.save_pretrained(out)
     tok.save_pretrained(out)
-    curve = [{"step": h["step"], "loss": round(h["loss"], 5), "accuracy": round(h["accuracy"], 4)}
-             for h in trainer.state.log_history if "loss" in h and "accuracy" in h]  # training batches
+    curve = [
+        {"step": h["step"], "loss": round(h["loss"], 5), "accuracy": round(h["accuracy"], 4)}
+        for h in trainer.state.log_history
+        if "loss" in h and "accuracy" in h
+    ]  # training batches
     write_csv(Path(paths.metrics) / "reward_curve.csv", curve, ["step", "loss", "accuracy"])
     return {
         "heldout_accuracy": round(after["eval_accuracy"], 4),
@@ -109,14 +127,20 @@ def register(params: Params, out: Path, metrics: dict) -> dict:
     from stages.package import SERVING_PACKAGES, pinned
 
     name = f"{params.project.name}-reward"
-    card = ModelCard(f"---\nlicense: {params.scope.licences[0]}\n---\n# {name}\n\nReward model of "
-                     f"{params.project.name}: held-out pairwise accuracy {metrics['heldout_accuracy']} "
-                     f"(chance {CHANCE}).\n")
+    card = ModelCard(
+        f"---\nlicense: {params.scope.licences[0]}\n---\n# {name}\n\nReward model of "
+        f"{params.project.name}: held-out pairwise accuracy {metrics['heldout_accuracy']} "
+        f"(chance {CHANCE}).\n"
+    )
     info = mlflow.transformers.log_model(
         model_card=card,
-        transformers_model={"model": AutoModelForSequenceClassification.from_pretrained(out),
-                            "tokenizer": load_tokenizer(str(out))},
-        name="reward_model", task="text-classification", pip_requirements=pinned(SERVING_PACKAGES),
+        transformers_model={
+            "model": AutoModelForSequenceClassification.from_pretrained(out),
+            "tokenizer": load_tokenizer(str(out)),
+        },
+        name="reward_model",
+        task="text-classification",
+        pip_requirements=pinned(SERVING_PACKAGES),
         registered_model_name=name,
     )
     version = int(info.registered_model_version)
@@ -141,16 +165,23 @@ def run(params: Params, paths: Paths) -> dict:
                 log_splits(paths.processed, ["preference"])
                 metrics = {**train_reward_model(params, paths, device, out), "trained": True}
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-                card = {"trained": True, **register(params, out, metrics), "heldout_accuracy": metrics["heldout_accuracy"]}
+                card = {
+                    "trained": True,
+                    **register(params, out, metrics),
+                    "heldout_accuracy": metrics["heldout_accuracy"],
+                }
             else:
                 why = "no preference pairs" if not has_pairs else "no tuned model to start from"
                 metrics, card = {"trained": False, "why": why}, {"trained": False, "why": why}
                 write_csv(Path(paths.metrics) / "reward_curve.csv", [], ["step", "loss", "accuracy"])
             write_json(out / CARD, card)
         write_json(Path(paths.metrics) / "reward.json", metrics)
-    summary = (f"held-out pairwise accuracy {metrics['heldout_accuracy']} (chance {CHANCE}, untrained "
-               f"{metrics['heldout_accuracy_untrained']}), MLflow {card['registered_model']} v{card['version']}"
-               if metrics["trained"] else f"not trained: {metrics['why']}")
+    summary = (
+        f"held-out pairwise accuracy {metrics['heldout_accuracy']} (chance {CHANCE}, untrained "
+        f"{metrics['heldout_accuracy_untrained']}), MLflow {card['registered_model']} v{card['version']}"
+        if metrics["trained"]
+        else f"not trained: {metrics['why']}"
+    )
     return {"metrics": metrics, "summary": summary}
 
 

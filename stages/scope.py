@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from stages.common.cli import stage_main
-from stages.common.io import write_json
 from stages.common import checklist
 from stages.common.checklist import in_region
+from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
+from stages.common.io import write_json
 from stages.common.params import Candidate, DataInventory, Params, Paths, allowed_techniques, technique_problems
 from stages.common.sources import holdout_size, load_all
 
@@ -32,18 +32,32 @@ def candidate_filters(c: Candidate, params: Params) -> dict[str, str | None]:
     return {
         "licence": None if c.licence in s.licences else f"licence {c.licence} not in scope.licences {s.licences}",
         "languages": f"does not cover languages {missing}" if missing else None,
-        "hosting": ("SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)"
-                    if c.hosting == "saas" and s.privacy.personal_data else None),
-        "residency": (f"processes data in {regions}, the residency region is {s.residency.region}"
-                      if regions and c.hosting == "saas" and not any(in_region(r, s.residency.region) for r in regions)
-                      else None),
-        "commercial_use": (f"licence {entry.licence} forbids commercial use (phase {s.phase.value})"
-                           if entry and not entry.commercial_use and s.phase.value in ("mvp", "release") else None),
-        "context": (f"context {entry.context_length} tokens < data.max_length {params.data.max_length}"
-                    if entry and entry.context_length < params.data.max_length else None),
+        "hosting": (
+            "SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)"
+            if c.hosting == "saas" and s.privacy.personal_data
+            else None
+        ),
+        "residency": (
+            f"processes data in {regions}, the residency region is {s.residency.region}"
+            if regions and c.hosting == "saas" and not any(in_region(r, s.residency.region) for r in regions)
+            else None
+        ),
+        "commercial_use": (
+            f"licence {entry.licence} forbids commercial use (phase {s.phase.value})"
+            if entry and not entry.commercial_use and s.phase.value in ("mvp", "release")
+            else None
+        ),
+        "context": (
+            f"context {entry.context_length} tokens < data.max_length {params.data.max_length}"
+            if entry and entry.context_length < params.data.max_length
+            else None
+        ),
         # The stages tune and serve causal LMs: an encoder-only or encoder-decoder model is listed, not used.
-        "architecture": (f"{entry.architecture}: this pipeline tunes and serves decoder-only (causal) models"
-                         if entry and entry.kind == "open" and entry.architecture != "decoder-only" else None),
+        "architecture": (
+            f"{entry.architecture}: this pipeline tunes and serves decoder-only (causal) models"
+            if entry and entry.kind == "open" and entry.architecture != "decoder-only"
+            else None
+        ),
     }
 
 
@@ -58,19 +72,36 @@ def plan(params: Params, counts: dict | None = None) -> dict:
     hosting = ["self"] if s.privacy.personal_data else ["self", "saas"]
     knowledge = counts["knowledge_documents"] if counts else s.data.knowledge_documents
     needs_rag = knowledge > 0 or s.live_data_source is not None
-    steps = [{"step": "prompt", "why": "zero- and few-shot on the dev split: the cheapest answer, and the baseline "
-                                       "every tuned variant must beat"}]
+    steps = [
+        {
+            "step": "prompt",
+            "why": "zero- and few-shot on the dev split: the cheapest answer, and the baseline "
+            "every tuned variant must beat",
+        }
+    ]
     if needs_rag:
-        steps.append({"step": "rag", "why": f"{knowledge} knowledge documents"
-                      + (f" and the live source {s.live_data_source!r}" if s.live_data_source else "")
-                      + ": answers grounded in them, measured against the same model without retrieval"})
+        steps.append(
+            {
+                "step": "rag",
+                "why": f"{knowledge} knowledge documents"
+                + (f" and the live source {s.live_data_source!r}" if s.live_data_source else "")
+                + ": answers grounded in them, measured against the same model without retrieval",
+            }
+        )
     if params.adapt.technique.value != "prompt":
         steps.append({"step": params.adapt.technique.value, "why": techniques["why"]})
-    steps += [{"step": m.value, "why": "preference pairs teach what a good answer is beyond the reference"}
-              for m in params.align.methods]
+    steps += [
+        {"step": m.value, "why": "preference pairs teach what a good answer is beyond the reference"}
+        for m in params.align.methods
+    ]
     if s.deployment_target is not None:
-        steps.append({"step": "deploy", "why": f"to {s.deployment_target.value}"
-                      + (f" in {s.residency.deployment_region}" if s.residency.deployment_region else "")})
+        steps.append(
+            {
+                "step": "deploy",
+                "why": f"to {s.deployment_target.value}"
+                + (f" in {s.residency.deployment_region}" if s.residency.deployment_region else ""),
+            }
+        )
     hw = s.hardware
 
     def machine(m) -> str:
@@ -83,9 +114,13 @@ def plan(params: Params, counts: dict | None = None) -> dict:
         "align_methods": techniques["align"],
         "why": techniques["why"],
         "candidate_hosting": hosting,
-        "where": {"training": machine(hw.training), "serving": machine(hw.serving),
-                  "deployment": s.deployment_target.value if s.deployment_target else None,
-                  "residency": s.residency.region, "deployment_region": s.residency.deployment_region},
+        "where": {
+            "training": machine(hw.training),
+            "serving": machine(hw.serving),
+            "deployment": s.deployment_target.value if s.deployment_target else None,
+            "residency": s.residency.region,
+            "deployment_region": s.residency.deployment_region,
+        },
         "candidates": {c.name: candidate_problems(c, params) or "admissible" for c in params.select.candidates},
         "licences": s.licences,
         "languages": s.languages,
@@ -104,14 +139,25 @@ def inspect_data(params: Params) -> dict:
     for role in ("eval", "dev"):  # held out of sft later, by the data stage
         if role not in loaded:
             sft -= holdout_size(getattr(params.data.holdout, role), total)
-    evals = (len(loaded["eval"].records) if "eval" in loaded
-             else holdout_size(params.data.holdout.eval, total) if "sft" in loaded else 0)
-    counts = {"sft_pairs": max(sft, 0), "eval_rows": evals,
-              "preference_pairs": len(loaded["preference"].records) if "preference" in loaded else 0,
-              "knowledge_documents": len(loaded["knowledge"].records) if "knowledge" in loaded else 0}
+    evals = (
+        len(loaded["eval"].records)
+        if "eval" in loaded
+        else holdout_size(params.data.holdout.eval, total)
+        if "sft" in loaded
+        else 0
+    )
+    counts = {
+        "sft_pairs": max(sft, 0),
+        "eval_rows": evals,
+        "preference_pairs": len(loaded["preference"].records) if "preference" in loaded else 0,
+        "knowledge_documents": len(loaded["knowledge"].records) if "knowledge" in loaded else 0,
+    }
     declared = params.scope.data
-    warnings = [f"`scope.data.{k}` declares {getattr(declared, k)}, the data has {n}"
-                for k, n in counts.items() if k in DataInventory.model_fields and getattr(declared, k) > n]
+    warnings = [
+        f"`scope.data.{k}` declares {getattr(declared, k)}, the data has {n}"
+        for k, n in counts.items()
+        if k in DataInventory.model_fields and getattr(declared, k) > n
+    ]
     return {"roles": roles, "counts": counts, "warnings": warnings}
 
 
@@ -124,9 +170,15 @@ def check(params: Params) -> dict:
     problems += checklist.phase_problems(params, data["counts"])
     if problems:
         raise ProjectError(problems)
-    return {"project": params.project.name, "verdict": "defined", "checklist": params.scope.model_dump(mode="json"),
-            "plan": derived, "phase_rules": checklist.phase_report(params, data["counts"]), "data": data["roles"],
-            "warnings": checklist.warnings(params) + data["warnings"]}
+    return {
+        "project": params.project.name,
+        "verdict": "defined",
+        "checklist": params.scope.model_dump(mode="json"),
+        "plan": derived,
+        "phase_rules": checklist.phase_report(params, data["counts"]),
+        "data": data["roles"],
+        "warnings": checklist.warnings(params) + data["warnings"],
+    }
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -142,9 +194,11 @@ def run(params: Params, paths: Paths) -> dict:
         mlflow.log_artifact(paths.scope_report)
         mlflow.set_tag("scope.verdict", "defined")
         mlflow.log_metrics({f"data.{role}.rows_kept": r["rows_kept"] for role, r in report["data"].items()})
-    report["summary"] = (f"project '{params.project.name}' is defined; techniques allowed: "
-                         f"{report['plan']['adapt_techniques']}" + (f"; {len(report['warnings'])} warnings"
-                                                                   if report["warnings"] else ""))
+    report["summary"] = (
+        f"project '{params.project.name}' is defined; techniques allowed: "
+        f"{report['plan']['adapt_techniques']}"
+        + (f"; {len(report['warnings'])} warnings" if report["warnings"] else "")
+    )
     return report
 
 

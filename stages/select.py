@@ -45,16 +45,30 @@ def budgets(params: Params) -> dict:
     """GiB available (and how to say it) for training and for serving; serving None: not checked (CPU)."""
     hw = params.scope.hardware
     training = hw.training.gpu_memory_gib or host_memory_gib() / 2
-    return {"training": (training, f"the training GPU's {training:g} GiB" if hw.training.gpu_memory_gib
-                         else f"half the host RAM ({training:.1f} GiB)"),
-            "serving": (hw.serving.gpu_memory_gib or None, f"the serving GPU's {hw.serving.gpu_memory_gib:g} GiB"
-                        if hw.serving.gpu_memory_gib else "not checked (no serving GPU declared)")}
+    return {
+        "training": (
+            training,
+            f"the training GPU's {training:g} GiB"
+            if hw.training.gpu_memory_gib
+            else f"half the host RAM ({training:.1f} GiB)",
+        ),
+        "serving": (
+            hw.serving.gpu_memory_gib or None,
+            f"the serving GPU's {hw.serving.gpu_memory_gib:g} GiB"
+            if hw.serving.gpu_memory_gib
+            else "not checked (no serving GPU declared)",
+        ),
+    }
 
 
 def check_exists(c: Candidate) -> None:
     if c.path and not Path(c.path).is_dir():
-        raise ProjectError([f"params.yaml `select.candidates.{c.name}.path`: {c.path} does not exist "
-                            "(did the pretrain stage build it? is the path right?)"])
+        raise ProjectError(
+            [
+                f"params.yaml `select.candidates.{c.name}.path`: {c.path} does not exist "
+                "(did the pretrain stage build it? is the path right?)"
+            ]
+        )
 
 
 def shape(c: Candidate) -> Shape:
@@ -70,36 +84,59 @@ def shape(c: Candidate) -> Shape:
         if c.entry and c.entry.parameters:
             log.warning("%s: config not readable (%s); memory from the catalog's parameter count", c.name, exc)
             return Shape(parameters=c.entry.parameters)
-        raise ProjectError([f"`select.candidates.{c.name}`: cannot read the config of {c.ref} ({exc}); offline, "
-                            "give a local `path`"]) from None
+        raise ProjectError(
+            [f"`select.candidates.{c.name}`: cannot read the config of {c.ref} ({exc}); offline, give a local `path`"]
+        ) from None
 
 
 def memory(s: Shape, params: Params) -> dict:
     """The planned technique's estimate with the adapt settings, and inference at the serving batch."""
     a = params.adapt
     technique = a.technique.value
-    train = estimate(s, "inference" if technique == "prompt" else technique, a.precision.value,
-                     a.trainer.per_device_train_batch_size, a.trainer.max_length, a.lora.r,
-                     virtual_tokens=a.prompt_tuning.num_virtual_tokens)
+    train = estimate(
+        s,
+        "inference" if technique == "prompt" else technique,
+        a.precision.value,
+        a.trainer.per_device_train_batch_size,
+        a.trainer.max_length,
+        a.lora.r,
+        virtual_tokens=a.prompt_tuning.num_virtual_tokens,
+    )
     serve = estimate(s, "inference", a.precision.value, params.serve.max_batch_size, params.data.max_length)
     return {"training": train.gib(), "serving": serve.gib()}
 
 
-def measure_prompts(model, renderer, records: list[dict], prompts: list[str], params: Params, max_new_tokens: int,
-                    progress: str, names: list[str] | None = None,
-                    decoding: dict | None = None) -> tuple[dict, list[str]]:
+def measure_prompts(
+    model,
+    renderer,
+    records: list[dict],
+    prompts: list[str],
+    params: Params,
+    max_new_tokens: int,
+    progress: str,
+    names: list[str] | None = None,
+    decoding: dict | None = None,
+) -> tuple[dict, list[str]]:
     """The project's text metrics, latency and answer perplexity of one model and one way of prompting it, and
     its answers. Select, the prompt search and evaluate all measure with this."""
     from stages.common.metrics import context, score, text_metrics
     from stages.common.models import answer_perplexity, generate
 
-    gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress,
-                   decoding=decoding)
+    gen = generate(
+        model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress, decoding=decoding
+    )
     refs = [r["references"] for r in records]
-    metrics = {**score(names or text_metrics(params), gen.answers, refs, **context(params),
-                       questions=[r["prompt"] for r in records]),
-               "latency_ms": round(gen.seconds_per_answer * 1000, 2),
-               "answer_perplexity": round(answer_perplexity(model, renderer, records, prompts), 3)}
+    metrics = {
+        **score(
+            names or text_metrics(params),
+            gen.answers,
+            refs,
+            **context(params),
+            questions=[r["prompt"] for r in records],
+        ),
+        "latency_ms": round(gen.seconds_per_answer * 1000, 2),
+        "answer_perplexity": round(answer_perplexity(model, renderer, records, prompts), 3),
+    }
     return metrics, gen.answers
 
 
@@ -127,9 +164,16 @@ def measure_api(c: Candidate, dev: list[dict], shots: list[dict], params: Params
     out = {}
     for label, examples in (("zero_shot", []), ("few_shot", shots)):
         got = api.ask(c, params, dev, examples, f"select {c.name} {label}")
-        out[label] = {**score(text_metrics(params), got.answers, [r["references"] for r in dev], **context(params),
-                              questions=[r["prompt"] for r in dev]),
-                      "latency_ms": round(got.seconds_per_answer * 1000, 2)}
+        out[label] = {
+            **score(
+                text_metrics(params),
+                got.answers,
+                [r["references"] for r in dev],
+                **context(params),
+                questions=[r["prompt"] for r in dev],
+            ),
+            "latency_ms": round(got.seconds_per_answer * 1000, 2),
+        }
         out[label]["cost_per_1k_requests_usd"] = api.cost_per_1k_requests(c.entry, got, len(dev))
         out[label]["tokens"] = {"prompt": got.prompt_tokens, "completion": got.completion_tokens}
     return out
@@ -140,17 +184,31 @@ def cost_verdicts(params: Params, cost: float | None) -> dict:
     s = params.scope
     limit, monthly = s.serving.max_cost_per_1k_requests_usd, s.budget.monthly_serving_usd
     per_month = cost * s.serving.requests_per_month / 1000 if cost is not None else None
-    return {"cost_per_request": (f"${cost:g} per 1k requests, over the ${limit:g} limit"
-                                 if cost is not None and limit is not None and cost > limit else None),
-            "monthly_budget": (f"~${per_month:,.2f} a month at {s.serving.requests_per_month:,} requests, over the "
-                               f"${monthly:,.2f} budget" if per_month is not None and monthly is not None
-                               and per_month > monthly else None)}
+    return {
+        "cost_per_request": (
+            f"${cost:g} per 1k requests, over the ${limit:g} limit"
+            if cost is not None and limit is not None and cost > limit
+            else None
+        ),
+        "monthly_budget": (
+            f"~${per_month:,.2f} a month at {s.serving.requests_per_month:,} requests, over the ${monthly:,.2f} budget"
+            if per_month is not None and monthly is not None and per_month > monthly
+            else None
+        ),
+    }
 
 
 def judge(c: Candidate, params: Params, budget: dict) -> dict:
     """Every filter's verdict on one candidate (None passes), memory included; no model is loaded."""
-    row = {"name": c.name, "ref": c.ref, "kind": "api" if c.endpoint else "local", "catalog": c.catalog,
-           "licence": c.licence, "hosting": c.hosting, "filters": candidate_filters(c, params)}
+    row = {
+        "name": c.name,
+        "ref": c.ref,
+        "kind": "api" if c.endpoint else "local",
+        "catalog": c.catalog,
+        "licence": c.licence,
+        "hosting": c.hosting,
+        "filters": candidate_filters(c, params),
+    }
     if c.endpoint:
         row["endpoint"] = {"base_url": c.endpoint.base_url, "model": c.endpoint.model}
         row["parameters"] = c.entry.parameters if c.entry else None
@@ -164,11 +222,13 @@ def judge(c: Candidate, params: Params, budget: dict) -> dict:
     need = row["memory_gib"]["training"]
     technique = params.adapt.technique.value
     (train_budget, train_label), (serve_budget, serve_label) = budget["training"], budget["serving"]
-    row["filters"]["memory_training"] = (f"{technique} needs ~{need['total']:.3g} GiB, over {train_label}"
-                                         if need["total"] > train_budget else None)
+    row["filters"]["memory_training"] = (
+        f"{technique} needs ~{need['total']:.3g} GiB, over {train_label}" if need["total"] > train_budget else None
+    )
     serving = row["memory_gib"]["serving"]["total"]
-    row["filters"]["memory_serving"] = (f"inference needs ~{serving:.3g} GiB, over {serve_label}"
-                                        if serve_budget and serving > serve_budget else None)
+    row["filters"]["memory_serving"] = (
+        f"inference needs ~{serving:.3g} GiB, over {serve_label}" if serve_budget and serving > serve_budget else None
+    )
     return row
 
 
@@ -183,11 +243,11 @@ def run(params: Params, paths: Paths) -> dict:
     rows = [judge(c, params, budget) for c in params.select.candidates]
     by_name = {c.name: c for c in params.select.candidates}
     admissible = [by_name[r["name"]] for r in rows if not any(r["filters"].values())]
-    missing = api.missing_keys(admissible)   # before any record is sent anywhere
+    missing = api.missing_keys(admissible)  # before any record is sent anywhere
     if missing:
         raise ProjectError(missing)
     dev = read_jsonl(Path(paths.processed) / "dev.jsonl")
-    shots = read_jsonl(Path(paths.processed) / "sft.jsonl")[:params.select.few_shot]
+    shots = read_jsonl(Path(paths.processed) / "sft.jsonl")[: params.select.few_shot]
     rank_by = params.select.rank_by
     lower_is_better = REGISTRY[rank_by].higher_is_better is False
 
@@ -206,8 +266,14 @@ def run(params: Params, paths: Paths) -> dict:
                     row["metrics"] = measure(c, dev, shots, params, device)
                 scores = {p: row["metrics"][p][rank_by] for p in PROMPTS}
                 row["score"] = scores[best_of(scores, rank_by)]
-                mlflow.log_metrics({f"{c.name}.{p}.{k}": v for p in PROMPTS for k, v in row["metrics"][p].items()
-                                    if isinstance(v, (int, float)) and v is not None})
+                mlflow.log_metrics(
+                    {
+                        f"{c.name}.{p}.{k}": v
+                        for p in PROMPTS
+                        for k, v in row["metrics"][p].items()
+                        if isinstance(v, (int, float)) and v is not None
+                    }
+                )
             reasons = [r for r in row["filters"].values() if r]
             if reasons:
                 row.update(status="rejected", reasons=reasons)
@@ -216,32 +282,47 @@ def run(params: Params, paths: Paths) -> dict:
                 row["status"] = "ranked"
 
         sign = 1 if lower_is_better else -1
-        ranked = sorted((r for r in rows if r["status"] == "ranked"),
-                        key=lambda r: (sign * r["score"], r["parameters"] or float("inf")))
+        ranked = sorted(
+            (r for r in rows if r["status"] == "ranked"),
+            key=lambda r: (sign * r["score"], r["parameters"] or float("inf")),
+        )
         for i, r in enumerate(ranked, 1):
             r["rank"] = i
         local = [r for r in ranked if r["kind"] == "local"]
         if not local:
-            raise ProjectError(["no local candidate survives the scope's constraints (an API candidate is measured "
-                                "but never tuned or served here): " + "; ".join(
-                                    f"{r['name']}: {', '.join(r.get('reasons', ['ranked (API)']))}" for r in rows)])
+            raise ProjectError(
+                [
+                    "no local candidate survives the scope's constraints (an API candidate is measured "
+                    "but never tuned or served here): "
+                    + "; ".join(f"{r['name']}: {', '.join(r.get('reasons', ['ranked (API)']))}" for r in rows)
+                ]
+            )
         chosen = local[0]
         chosen["status"] = "selected"
         runner_up = local[1] if len(local) > 1 else None
         need = chosen["memory_gib"]["training"]["total"]
-        why = (f"best {rank_by} on the dev split ({chosen['score']:.4f}"
-               + (f" vs {runner_up['name']} {runner_up['score']:.4f}" if runner_up else ", the only local survivor")
-               + f"), {chosen['parameters']:,} parameters, {technique} needs ~{need:.3g} GiB")
-        selection = {"selected": {"name": chosen["name"], "ref": chosen["ref"], "why": why},
-                     "technique": technique, "rank_by": rank_by, "budgets": {k: v[1] for k, v in budget.items()},
-                     "candidates": rows}
+        why = (
+            f"best {rank_by} on the dev split ({chosen['score']:.4f}"
+            + (f" vs {runner_up['name']} {runner_up['score']:.4f}" if runner_up else ", the only local survivor")
+            + f"), {chosen['parameters']:,} parameters, {technique} needs ~{need:.3g} GiB"
+        )
+        selection = {
+            "selected": {"name": chosen["name"], "ref": chosen["ref"], "why": why},
+            "technique": technique,
+            "rank_by": rank_by,
+            "budgets": {k: v[1] for k, v in budget.items()},
+            "candidates": rows,
+        }
         above = [r for r in ranked if r["kind"] == "api" and r["rank"] < chosen["rank"]]
         if above:
             a = above[0]
             selection["api_alternative"] = {
-                "name": a["name"], "score": a["score"], "cost_per_1k_requests_usd": a.get("cost_per_1k_requests_usd"),
+                "name": a["name"],
+                "score": a["score"],
+                "cost_per_1k_requests_usd": a.get("cost_per_1k_requests_usd"),
                 "why": f"ranks above {chosen['name']} on {rank_by} ({a['score']:.4f} vs {chosen['score']:.4f}) as a "
-                       "prompt-only solution through its API; it is not tuned or served by this pipeline"}
+                "prompt-only solution through its API; it is not tuned or served by this pipeline",
+            }
         write_json(paths.selection, selection)
         mlflow.set_tag("selected", chosen["name"])
         mlflow.log_artifact(paths.selection)
@@ -251,35 +332,56 @@ def run(params: Params, paths: Paths) -> dict:
     return {"selection": selection, "summary": summary}
 
 
-FILTERS = ("licence", "languages", "hosting", "residency", "commercial_use", "context", "architecture",
-           "memory_training", "memory_serving", "cost_per_request", "monthly_budget")
+FILTERS = (
+    "licence",
+    "languages",
+    "hosting",
+    "residency",
+    "commercial_use",
+    "context",
+    "architecture",
+    "memory_training",
+    "memory_serving",
+    "cost_per_request",
+    "monthly_budget",
+)
 
 
 def explain(selection: dict) -> str:
     """models/selection.json as a table a project lead reads: each candidate, each filter's verdict, the figures."""
     rank_by = selection["rank_by"]
-    head = (f"{'rank':<5}{'candidate':<22}{'kind':<6}{'params':>9}{'train GiB':>10}{'serve GiB':>10}"
-            f"{rank_by + ' 0/few-shot':>30}{'latency ms':>11}{'$/1k req':>9}  status")
-    lines = [f"technique {selection['technique']}; ranked by {rank_by}; memory budgets: training "
-             f"{selection['budgets']['training']}, serving {selection['budgets']['serving']}", "", head, "-" * len(head)]
+    head = (
+        f"{'rank':<5}{'candidate':<22}{'kind':<6}{'params':>9}{'train GiB':>10}{'serve GiB':>10}"
+        f"{rank_by + ' 0/few-shot':>30}{'latency ms':>11}{'$/1k req':>9}  status"
+    )
+    lines = [
+        f"technique {selection['technique']}; ranked by {rank_by}; memory budgets: training "
+        f"{selection['budgets']['training']}, serving {selection['budgets']['serving']}",
+        "",
+        head,
+        "-" * len(head),
+    ]
 
     def number(v, fmt="{:.4g}") -> str:
         return "-" if v is None else fmt.format(v)
 
-    for r in sorted(selection["candidates"], key=lambda r: (r.get("rank") or 10 ** 6, r["name"])):
+    for r in sorted(selection["candidates"], key=lambda r: (r.get("rank") or 10**6, r["name"])):
         m = r.get("metrics") or {}
         scores = "/".join(number(m[p][rank_by]) for p in PROMPTS) if m else "-"
         latency = min(m[p]["latency_ms"] for p in PROMPTS) if m else None
         mem = r.get("memory_gib") or {}
         params = r.get("parameters")
         size = "-" if params is None else f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.2f}M"
-        lines.append(f"{number(r.get('rank'), '{}'):<5}{r['name']:<22}{r['kind']:<6}{size:>9}"
-                     f"{number(mem.get('training', {}).get('total'), '{:.3g}'):>10}"
-                     f"{number(mem.get('serving', {}).get('total'), '{:.3g}'):>10}{scores:>30}"
-                     f"{number(latency, '{:.1f}'):>11}{number(r.get('cost_per_1k_requests_usd'), '{:.3g}'):>9}  "
-                     f"{r['status']}")
-        verdicts = ", ".join(f"{f} {'ok' if r['filters'].get(f) is None else 'FAIL'}" for f in FILTERS
-                             if f in r["filters"])
+        lines.append(
+            f"{number(r.get('rank'), '{}'):<5}{r['name']:<22}{r['kind']:<6}{size:>9}"
+            f"{number(mem.get('training', {}).get('total'), '{:.3g}'):>10}"
+            f"{number(mem.get('serving', {}).get('total'), '{:.3g}'):>10}{scores:>30}"
+            f"{number(latency, '{:.1f}'):>11}{number(r.get('cost_per_1k_requests_usd'), '{:.3g}'):>9}  "
+            f"{r['status']}"
+        )
+        verdicts = ", ".join(
+            f"{f} {'ok' if r['filters'].get(f) is None else 'FAIL'}" for f in FILTERS if f in r["filters"]
+        )
         lines.append(f"{'':<5}  filters: {verdicts}")
         lines += [f"{'':<5}  - {reason}" for reason in r.get("reasons", [])]
     lines += ["", f"selected {selection['selected']['name']}: {selection['selected']['why']}"]

@@ -17,17 +17,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
-os.environ.update({
-    "MLFLOW_TRACKING_URI": f"sqlite:///{STATE / 'mlflow.db'}",
-    "BENTOML_HOME": str(STATE / "bentoml"),
-    "PREFECT_HOME": str(STATE / "prefect"),
-    "HF_HOME": str(STATE / "hf"),
-    "HF_HUB_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-})
+os.environ.update(
+    {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{STATE / 'mlflow.db'}",
+        "BENTOML_HOME": str(STATE / "bentoml"),
+        "PREFECT_HOME": str(STATE / "prefect"),
+        "HF_HOME": str(STATE / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
 
 
 def default_params() -> dict:
@@ -46,23 +48,38 @@ def tiny_params_dict(root: Path) -> dict:
     p["integrate"].update(chunk_tokens=24, overlap_tokens=0, top_k=2)
     p["scope"]["data"]["knowledge_documents"] = 1
     p["data"]["holdout"] = {"eval": 16, "dev": 8}
-    p["scope"]["phase"] = "poc"   # 16 eval rows: too few for an MVP's KPIs
-    p["pretrain"].update(vocab_size=400, seq_len=64, batch_size=8, models=[
-        {"name": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 30},
-        {"name": "tinier", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "steps": 10},
-    ])
+    p["scope"]["phase"] = "poc"  # 16 eval rows: too few for an MVP's KPIs
+    p["pretrain"].update(
+        vocab_size=400,
+        seq_len=64,
+        batch_size=8,
+        models=[
+            {"name": "tiny", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 30},
+            {
+                "name": "tinier",
+                "hidden_size": 16,
+                "num_layers": 1,
+                "num_heads": 2,
+                "intermediate_size": 32,
+                "steps": 10,
+            },
+        ],
+    )
     p["select"]["candidates"] = [
         {"name": n, "path": str(root / "models" / "pretrain" / n), "licence": "apache-2.0", "languages": ["en"]}
-        for n in ("tiny", "tinier")]
+        for n in ("tiny", "tinier")
+    ]
     p["select"]["max_new_tokens"] = 8
     p["prompt_search"]["shots"] = [0, 1]
-    p["adapt"]["trainer"].update(max_steps=8, per_device_train_batch_size=8, logging_steps=2, save_steps=4,
-                                 learning_rate=1e-2, max_length=256)  # RAFT rows carry two chunks
+    p["adapt"]["trainer"].update(
+        max_steps=8, per_device_train_batch_size=8, logging_steps=2, save_steps=4, learning_rate=1e-2, max_length=256
+    )  # RAFT rows carry two chunks
     p["adapt"]["raft"] = {"enabled": True, "oracle_fraction": 0.8}  # the tiny project trains with RAFT
     p["align"]["dpo"]["trainer"].update(max_steps=3, per_device_train_batch_size=4, logging_steps=1, max_length=64)
     p["align"]["rlhf"].update(max_completion_length=8, num_generations=4)
-    p["align"]["rlhf"]["reward_model"]["trainer"].update(max_steps=4, per_device_train_batch_size=8, logging_steps=1,
-                                                         max_length=64)
+    p["align"]["rlhf"]["reward_model"]["trainer"].update(
+        max_steps=4, per_device_train_batch_size=8, logging_steps=1, max_length=64
+    )
     p["align"]["rlhf"]["trainer"].update(max_steps=2, per_device_train_batch_size=8, logging_steps=1)
     p["evaluate"].update(max_new_tokens=8, batch_size=16)
     p["scope"]["kpis"] = [{"metric": "latency_ms", "threshold": 60000, "direction": "lower", "versus": "absolute"}]
@@ -163,8 +180,9 @@ def packaged_rag(packaged, prepared, tiny_root):
     report = read_json(prepared.paths.eval_metrics)
     twin = report["candidate"] if report["candidate"].endswith("_rag") else report["candidate"] + "_rag"
     write_json(tiny_root / "eval-rag.json", {**report, "candidate": twin})
-    paths = prepared.paths.model_copy(update={"eval_metrics": str(tiny_root / "eval-rag.json"),
-                                              "package": str(tiny_root / "models" / "package-rag")})
+    paths = prepared.paths.model_copy(
+        update={"eval_metrics": str(tiny_root / "eval-rag.json"), "package": str(tiny_root / "models" / "package-rag")}
+    )
     return {**package.run(prepared, paths), "paths": paths}
 
 
@@ -181,20 +199,36 @@ def separable(prepared, adapted, tmp_path_factory):
     root = tmp_path_factory.mktemp("separable")
     shutil.copytree(prepared.paths.processed, root / "processed")
     rows = read_jsonl(root / "processed" / "preference.jsonl")
-    write_jsonl(root / "processed" / "preference.jsonl",
-                [{**r, "chosen": " ".join(r["chosen"].split()[:2]), "rejected": r["chosen"]} for r in rows])
-    paths = prepared.paths.model_copy(update={
-        "processed": str(root / "processed"), "reward": str(root / "reward"), "aligned": str(root / "aligned"),
-        "metrics": str(root / "metrics")})
+    write_jsonl(
+        root / "processed" / "preference.jsonl",
+        [{**r, "chosen": " ".join(r["chosen"].split()[:2]), "rejected": r["chosen"]} for r in rows],
+    )
+    paths = prepared.paths.model_copy(
+        update={
+            "processed": str(root / "processed"),
+            "reward": str(root / "reward"),
+            "aligned": str(root / "aligned"),
+            "metrics": str(root / "metrics"),
+        }
+    )
     rlhf = prepared.align.rlhf
-    reward_model = rlhf.reward_model.model_copy(update={"trainer": rlhf.reward_model.trainer.model_copy(
-        update={"max_steps": 30, "learning_rate": 3e-3, "max_length": 96})})
-    params = prepared.model_copy(update={"align": prepared.align.model_copy(update={
-        "rlhf": rlhf.model_copy(update={"reward_model": reward_model})})})
+    reward_model = rlhf.reward_model.model_copy(
+        update={
+            "trainer": rlhf.reward_model.trainer.model_copy(
+                update={"max_steps": 30, "learning_rate": 3e-3, "max_length": 96}
+            )
+        }
+    )
+    params = prepared.model_copy(
+        update={
+            "align": prepared.align.model_copy(update={"rlhf": rlhf.model_copy(update={"reward_model": reward_model})})
+        }
+    )
     return {"params": params, "paths": paths, "reward": reward.run(params, paths)}
 
 
 # --- real server processes on 127.0.0.1, started and stopped (by PID) by the tests that need them ---------------
+
 
 def free_port() -> int:
     import socket
@@ -222,10 +256,16 @@ class Server:
 
         self.command, self.health = command, health
         self.log = open(log, "ab") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
-    def wait_healthy(self, tries: int = 240) -> "Server":
+    def wait_healthy(self, tries: int = 240) -> Server:
         import time
 
         for _ in range(tries):  # bounded: 0.5 s apart (a first start migrates its database)
@@ -285,15 +325,34 @@ def new_postgres_database(prefix: str = "lifecycle_test"):
 def mlflow_server(database: str, artifacts: Path, port: int, log: Path | None = None) -> Server:
     """`mlflow server` on PostgreSQL, artifacts proxied by the server into a local folder (as a team runs it:
     clients never write to the server's disk themselves)."""
-    return Server([venv_bin("mlflow"), "server", "--backend-store-uri",
-                   f"postgresql://postgres@127.0.0.1:5432/{database}", "--artifacts-destination", str(artifacts),
-                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                  f"http://127.0.0.1:{port}/health", log=log)
+    return Server(
+        [
+            venv_bin("mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"postgresql://postgres@127.0.0.1:5432/{database}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        f"http://127.0.0.1:{port}/health",
+        log=log,
+    )
 
 
 def prefect_server(database: str, home: Path, port: int, log: Path | None = None) -> Server:
-    return Server([venv_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                  f"http://127.0.0.1:{port}/api/health", log=log,
-                  env={"PREFECT_HOME": str(home), "PREFECT_API_URL": "",
-                       "PREFECT_SERVER_DATABASE_CONNECTION_URL":
-                           f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"})
+    return Server(
+        [venv_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/api/health",
+        log=log,
+        env={
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": "",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        },
+    )

@@ -23,9 +23,30 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
-_IGNORE_NAMES = shutil.ignore_patterns(".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".prefect", ".bentoml",
-                                       "dvc.lock", "processed", "pretrain", "sft", "reward", "aligned", "package", "metrics",
-                                       "reports", ".checkpoints", ".cache", "index", "__pycache__", ".pytest_cache", "*.egg-info")
+_IGNORE_NAMES = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "mlflow.db",
+    "mlartifacts",
+    "mlruns",
+    ".prefect",
+    ".bentoml",
+    "dvc.lock",
+    "processed",
+    "pretrain",
+    "sft",
+    "reward",
+    "aligned",
+    "package",
+    "metrics",
+    "reports",
+    ".checkpoints",
+    ".cache",
+    "index",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+)
 
 
 def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
@@ -47,12 +68,22 @@ def project(tmp_path_factory) -> Path:
 
 
 def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     # Its own process group, so that a hang is stopped with everything it started (Prefect's temporary server).
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "lifecycle"), *args], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "lifecycle"), *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=2400)  # a hang guard: ~6 min normally, slower on a loaded machine
     except subprocess.TimeoutExpired:
@@ -69,7 +100,9 @@ def last_run(project: Path) -> dict:
 def mlflow_client(project: Path):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    return MlflowClient(
+        tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}"
+    )
 
 
 def child_stages(client, parent_run_id: str) -> set[str]:
@@ -101,12 +134,29 @@ def first_run(project):
 
 
 def test_full_run_builds_tracks_and_packages(project, first_run):
-    stages = ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "reward", "align@dpo",
-              "align@rlhf", "evaluate", "package"]
+    stages = [
+        "scope",
+        "data",
+        "pretrain",
+        "select",
+        "integrate",
+        "prompt_search",
+        "adapt",
+        "reward",
+        "align@dpo",
+        "align@rlhf",
+        "evaluate",
+        "package",
+    ]
     record = last_run(project)
     assert record["ran"] == stages
-    for f in ("reports/scope.json", "models/selection.json", "metrics/eval.json", "reports/eval.md",
-              "models/package/package.json"):
+    for f in (
+        "reports/scope.json",
+        "models/selection.json",
+        "metrics/eval.json",
+        "reports/eval.md",
+        "models/package/package.json",
+    ):
         assert (project / f).is_file(), f
     report = json.loads((project / "metrics/eval.json").read_text())
     assert report["gates"]["passed"], report["gates"]
@@ -115,8 +165,9 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     assert retrieval["retrieval_eval_rows"] == report["eval_rows"] and retrieval["embedded"] == retrieval["chunks"]
     assert 0 < retrieval["dense"]["recall@1"] <= retrieval["dense"]["recall@10"] <= 1
     # the default KPIs are earned: the tuned model beats the best baseline by the stated margin
-    margin = next(k for k in yaml.safe_load((project / "params.yaml").read_text())["scope"]["kpis"]
-                  if k["versus"] == "baseline")
+    margin = next(
+        k for k in yaml.safe_load((project / "params.yaml").read_text())["scope"]["kpis"] if k["versus"] == "baseline"
+    )
     values = {n: {m: v["value"] for m, v in metrics.items()} for n, metrics in report["variants"].items()}
     best_baseline = max(values[b][margin["metric"]] for b in report["baselines"])
     assert values[report["candidate"]][margin["metric"]] >= best_baseline + margin["threshold"]
@@ -132,28 +183,53 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     champion = client.get_model_version_by_alias("stdlib-helpdesk", "champion")
     assert int(champion.version) == package["version"]
     assert (project / ".bentoml" / "bentos" / package["bento"].replace(":", "/")).is_dir()
-    for line in ("scope ", "select ", f"integrate  {retrieval['chunks']} chunks", "gates      PASSED",
-                 "package    MLflow model stdlib-helpdesk", "mlflow ui", "lifecycle serve",
-                 "bootstrap confidence intervals", "champion: no champion yet", "cost       "):
+    for line in (
+        "scope ",
+        "select ",
+        f"integrate  {retrieval['chunks']} chunks",
+        "gates      PASSED",
+        "package    MLflow model stdlib-helpdesk",
+        "mlflow ui",
+        "lifecycle serve",
+        "bootstrap confidence intervals",
+        "champion: no champion yet",
+        "cost       ",
+    ):
         assert line in first_run.stdout, line
     assert record["cost"]["training_hours"] > 0 and record["cost"]["gpu_hours"] == 0  # CPU only
     # The training curves and the variant comparison render with `dvc plots show`.
-    plots = subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], cwd=project,
-                           capture_output=True, text=True, timeout=300)
+    plots = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plots.returncode == 0, plots.stderr[-2000:]
-    for f in ("metrics/adapt_loss.csv", "metrics/reward_curve.csv", "metrics/align_dpo_curve.csv",
-              "metrics/align_rlhf_curve.csv", "metrics/eval_variants.csv", "reports/eval.png"):
+    for f in (
+        "metrics/adapt_loss.csv",
+        "metrics/reward_curve.csv",
+        "metrics/align_dpo_curve.csv",
+        "metrics/align_rlhf_curve.csv",
+        "metrics/eval_variants.csv",
+        "reports/eval.png",
+    ):
         assert f in plots.stdout, f
 
     # Readable from the MLflow runs table: name, description, verdict, lineage, datasets, the training view.
     parent = client.get_run(record["parent_run_id"])
-    assert parent.info.run_name.endswith(f"{', '.join(stages)}: gates "
-                                         f"PASSED: {report['candidate']} v{package['version']} @champion")
+    assert parent.info.run_name.endswith(
+        f"{', '.join(stages)}: gates PASSED: {report['candidate']} v{package['version']} @champion"
+    )
     assert "gates      PASSED" in parent.data.tags["mlflow.note.content"]
-    assert parent.data.tags["lifecycle.params_sha256"] == hashlib.sha256((project / "params.yaml").read_bytes()).hexdigest()
+    assert (
+        parent.data.tags["lifecycle.params_sha256"]
+        == hashlib.sha256((project / "params.yaml").read_bytes()).hexdigest()
+    )
     assert parent.data.tags["lifecycle.git_commit"]
-    inputs = {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
-              for d in parent.inputs.dataset_inputs}
+    inputs = {
+        (d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"]) for d in parent.inputs.dataset_inputs
+    }
     assert {("sft", "training"), ("eval", "evaluation"), ("dev", "validation")} <= inputs
     assert client.get_experiment_by_name("stdlib-helpdesk").tags["mlflow.experimentKind"] == "custom_model_development"
     assert "Registry: champion" in champion.description and "bootstrap" in champion.description
@@ -182,9 +258,14 @@ def test_schedule_fires_a_real_flow_run(project, first_run):
         port = s.getsockname()[1]
     before = last_run(project)["parent_run_id"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME")}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "lifecycle"), "schedule", "--cron", "* * * * *",
-                             "--port", str(port)], cwd=project, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "lifecycle"), "schedule", "--cron", "* * * * *", "--port", str(port)],
+        cwd=project,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):  # bounded: a cron minute, the scheduler's 60 s loop and a no-op run fit in 200 s
             time.sleep(2)
@@ -225,8 +306,12 @@ def test_refused_gate_promotes_nothing(project, first_run):
     champion_before = client.get_model_version_by_alias("stdlib-helpdesk", "champion").version
     versions_before = len(client.search_model_versions("name='stdlib-helpdesk'"))
     bentos_before = sorted(p.name for p in (project / ".bentoml" / "bentos" / "stdlib-helpdesk").iterdir())
-    edit_params(project, lambda p: p["scope"]["kpis"].append(
-        {"metric": "exact_match", "threshold": 0.99, "direction": "higher", "versus": "absolute"}))
+    edit_params(
+        project,
+        lambda p: p["scope"]["kpis"].append(
+            {"metric": "exact_match", "threshold": 0.99, "direction": "higher", "versus": "absolute"}
+        ),
+    )
     # (the KPIs change: scope and the prompt search, which optimises the primary KPI, re-run; training does not)
     out = lifecycle(project, "run")
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-3000:]
@@ -273,8 +358,12 @@ def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run)
     fine-tuning meets it, so alignment is never run and the SFT model ships."""
     default = yaml.safe_load((REPO / "params.yaml").read_text())
     # The tests above left their edits (a KPI, a DPO beta, a typo): back to the default, ladder on.
-    edit_params(project, lambda p: p.update(scope=default["scope"], adapt=default["adapt"], align=default["align"],
-                                            ladder={"stop_when_passed": True}))
+    edit_params(
+        project,
+        lambda p: p.update(
+            scope=default["scope"], adapt=default["adapt"], align=default["align"], ladder={"stop_when_passed": True}
+        ),
+    )
     out = lifecycle(project, "run")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     record = last_run(project)
@@ -287,13 +376,18 @@ def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run)
     report = json.loads((project / "metrics/eval.json").read_text())
     assert report["candidate"] == "sft" and not [v for v in report["variants"] if v.startswith("aligned")]
     assert "align@dpo" in report["not_reached"] and "## Not run" in (project / "reports/eval.md").read_text()
-    assert "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" \
-        in out.stdout
+    assert (
+        "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" in out.stdout
+    )
     assert json.loads((project / "models/package/package.json").read_text())["variant"] == "sft"
     client = mlflow_client(project)
-    runs = client.search_runs([client.get_run(record["parent_run_id"]).info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{record['parent_run_id']}'")
-    assert {r.data.tags.get("lifecycle.ladder_rung") for r in runs if r.info.run_name.startswith("evaluate@")} == \
-        {"prompting", "fine-tuning"}
+    runs = client.search_runs(
+        [client.get_run(record["parent_run_id"]).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{record['parent_run_id']}'",
+    )
+    assert {r.data.tags.get("lifecycle.ladder_rung") for r in runs if r.info.run_name.startswith("evaluate@")} == {
+        "prompting",
+        "fine-tuning",
+    }
     status = lifecycle(project, "status")
     assert "align@dpo  changed" in status.stdout, "dvc repro alone would still run alignment"

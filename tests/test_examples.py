@@ -19,20 +19,25 @@ pytestmark = pytest.mark.e2e
 def shrink(p: dict) -> dict:
     """The example's own params, with models, steps and splits cut to seconds."""
     p["pretrain"].update(batch_size=8)  # vocabulary and context as shipped: the example's prompts must still fit
-    p["pretrain"]["models"] = [{"name": "tiny-s", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
-                                "intermediate_size": 64, "steps": 20}]
+    p["pretrain"]["models"] = [
+        {"name": "tiny-s", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "steps": 20}
+    ]
     p["select"]["candidates"] = p["select"]["candidates"][:1]
     p["data"]["holdout"].update(eval=16, dev=8)
     p["prompt_search"]["shots"] = [0, 1]
     p["adapt"]["trainer"].update(max_steps=6, per_device_train_batch_size=8, logging_steps=2)
     p["select"]["max_new_tokens"] = p["evaluate"]["max_new_tokens"] = 8
     # Tiny models earn no real margin: gate on what any run meets, keep the task's metrics.
-    p["scope"]["kpis"] = [{"metric": "rouge1", "threshold": 0.0, "direction": "higher", "versus": "absolute"},
-                          {"metric": "length_words", "threshold": 100, "direction": "lower", "versus": "absolute"}]
+    p["scope"]["kpis"] = [
+        {"metric": "rouge1", "threshold": 0.0, "direction": "higher", "versus": "absolute"},
+        {"metric": "length_words", "threshold": 100, "direction": "lower", "versus": "absolute"},
+    ]
     return p
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").iterdir() if (p / "params.yaml").is_file()))
+@pytest.mark.parametrize(
+    "example", sorted(p.name for p in (REPO / "examples").iterdir() if (p / "params.yaml").is_file())
+)
 def test_example_runs_end_to_end(example, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(REPO, root, ignore=COPY_IGNORE)

@@ -50,8 +50,12 @@ def tiny_project(root: Path) -> Path:
 
 
 def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=root, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
 
 
 def environment(**extra: str) -> dict:
@@ -61,8 +65,15 @@ def environment(**extra: str) -> dict:
 
 
 def start(root: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([venv_bin("lifecycle"), *args], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [venv_bin("lifecycle"), *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: int = 1800) -> subprocess.CompletedProcess:
@@ -112,8 +123,9 @@ def test_a_team_on_servers(postgres_database, tmp_path):
         assert not client.search_registered_models(), "nothing was half-registered by the cut run"
         run = start(project, env, "run")
         wait_for(lambda: holder(project).get("pid") == run.pid, "the run taking the workspace", run)
-        second = subprocess.run([venv_bin("lifecycle"), "run"], cwd=project, env=env, capture_output=True, text=True,
-                                timeout=300)
+        second = subprocess.run(
+            [venv_bin("lifecycle"), "run"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+        )
         assert second.returncode == ExitStatus.WORKSPACE_BUSY, second.stdout[-2000:] + second.stderr[-2000:]
         assert f"in use by another lifecycle run (pid {run.pid} on" in second.stderr
         full = finish(run)
@@ -127,8 +139,9 @@ def test_a_team_on_servers(postgres_database, tmp_path):
         # 3. Everything is on the server: parent and nested runs, metrics, artifacts, the version and its alias.
         parent = client.get_run(record["parent_run_id"])
         assert parent.info.status == "FINISHED" and parent.data.tags["lifecycle.verdict"].startswith("gates PASSED")
-        children = client.search_runs([parent.info.experiment_id],
-                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        children = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
         by_stage = {r.data.tags["lifecycle.stage"]: r for r in children}
         assert set(by_stage) == set(record["ran"])
         assert "latency_ms" in json.dumps(by_stage["evaluate"].data.metrics)
@@ -149,8 +162,12 @@ def test_a_team_on_servers(postgres_database, tmp_path):
 
     # 4. A DVC remote on an S3 endpoint: push every output; a colleague's clone pulls them and re-runs nothing.
     s3_port = free_port()
-    s3 = Server([venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-                f"http://127.0.0.1:{s3_port}/moto-api/", env=AWS, log=tmp_path / "moto.log").wait_healthy()
+    s3 = Server(
+        [venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+        f"http://127.0.0.1:{s3_port}/moto-api/",
+        env=AWS,
+        log=tmp_path / "moto.log",
+    ).wait_healthy()
     try:
         import boto3
 
@@ -158,11 +175,14 @@ def test_a_team_on_servers(postgres_database, tmp_path):
         bucket = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
         bucket.create_bucket(Bucket="team-outputs")
         dvc = venv_bin("dvc")
-        for args in (["remote", "add", "-d", "team", "s3://team-outputs/helpdesk"],
-                     ["remote", "modify", "team", "endpointurl", endpoint]):
+        for args in (
+            ["remote", "add", "-d", "team", "s3://team-outputs/helpdesk"],
+            ["remote", "modify", "team", "endpointurl", endpoint],
+        ):
             subprocess.run([dvc, *args], cwd=project, env=environment(), check=True, capture_output=True)
-        push = subprocess.run([dvc, "push"], cwd=project, env=environment(), capture_output=True, text=True,
-                              timeout=600)
+        push = subprocess.run(
+            [dvc, "push"], cwd=project, env=environment(), capture_output=True, text=True, timeout=600
+        )
         assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-2000:]
         stored = bucket.list_objects_v2(Bucket="team-outputs").get("KeyCount", 0)
         assert stored > 0, "the outputs are in the remote"
@@ -178,13 +198,17 @@ def test_a_team_on_servers(postgres_database, tmp_path):
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         again = json.loads((clone / "reports" / "last_run.json").read_text())
         assert again["ran"] == [] and again["skipped"] == stages, again
-        status = subprocess.run([venv_bin("lifecycle"), "status"], cwd=clone, env=environment(), capture_output=True,
-                                text=True, timeout=300)
+        status = subprocess.run(
+            [venv_bin("lifecycle"), "status"], cwd=clone, env=environment(), capture_output=True, text=True, timeout=300
+        )
         assert "DVC        remote 'team' s3://team-outputs/helpdesk" in status.stdout, status.stdout[-2000:]
     finally:
         s3.stop()
 
 
 def _boto_credentials() -> dict:
-    return {"aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
-            "region_name": AWS["AWS_DEFAULT_REGION"]}
+    return {
+        "aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS["AWS_DEFAULT_REGION"],
+    }

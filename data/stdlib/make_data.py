@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 SEED = 2026  # not the pipeline's seed (17): the same seed would draw the same indices as its split
 MAX_ANSWER_CHARS = 140
 PREFERENCE_PAIRS = 600
-GENERAL_FRACTION = 0.1   # reference topics whose paragraphs are the general text of the forgetting check
+GENERAL_FRACTION = 0.1  # reference topics whose paragraphs are the general text of the forgetting check
 
 # Pure-Python, always-importable modules with well-written docstrings. No platform-specific modules
 # (winreg, fcntl) so that the snapshot is the same wherever it is taken.
@@ -138,7 +138,7 @@ def general_text(reference: list[dict], corpus: str, rng: random.Random) -> list
     Any paragraph the pretraining corpus also holds (topics quote docstrings) is left out."""
     topics = reference[:]
     rng.shuffle(topics)
-    held = topics[:max(1, round(len(topics) * GENERAL_FRACTION))]
+    held = topics[: max(1, round(len(topics) * GENERAL_FRACTION))]
     seen, out = set(), []
     for t in held:
         for para in re.split(r"\n\s*\n", t["text"]):
@@ -179,11 +179,15 @@ def build(raw: Path, out: Path) -> None:
     # (what retrieval has to find; the questions name the function, the section heading is its name).
     modules: dict[str, list[dict]] = {}
     for d in docstrings:
-        module = next((m for m in sorted(MODULES, key=len, reverse=True) if d["name"].startswith(m + ".")),
-                      d["name"].split(".")[0])  # os.path's functions are posixpath's
+        module = next(
+            (m for m in sorted(MODULES, key=len, reverse=True) if d["name"].startswith(m + ".")),
+            d["name"].split(".")[0],
+        )  # os.path's functions are posixpath's
         modules.setdefault(module, []).append(d)
     for module, members in sorted(modules.items()):
-        page = [f"# {module}", ""] + [f"## {d['name']}\n\n`{d['name']}{d['signature']}`\n\n{d['doc']}\n" for d in members]
+        page = [f"# {module}", ""] + [
+            f"## {d['name']}\n\n`{d['name']}{d['signature']}`\n\n{d['doc']}\n" for d in members
+        ]
         (knowledge / f"api-{module}.md").write_text("\n".join(page), encoding="utf-8")
     print(f"{knowledge.relative_to(HERE.parents[1])}/: {len(unique)} reference topics, {len(modules)} API pages")
 

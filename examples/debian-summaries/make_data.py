@@ -40,8 +40,15 @@ def packages(status: Path) -> list[dict]:
         if len(body) < 80 or len(synopsis) < 10 or any(s in (synopsis + body).lower() for s in SKIP):
             continue
         source = (fields.get("Source") or fields["Package"]).split(" ")[0]  # "Source: name (version)"
-        rows.append({"package": fields["Package"], "source": source, "section": fields.get("Section", ""),
-                     "synopsis": synopsis, "description": body})
+        rows.append(
+            {
+                "package": fields["Package"],
+                "source": source,
+                "section": fields.get("Section", ""),
+                "synopsis": synopsis,
+                "description": body,
+            }
+        )
     return sorted(rows, key=lambda r: r["package"])
 
 

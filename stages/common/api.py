@@ -18,9 +18,12 @@ from stages.common.errors import ProjectError
 
 def missing_keys(candidates) -> list[str]:
     """A problem for each API candidate whose key variable is unset or empty."""
-    return [f"`select.candidates.{c.name}.endpoint.api_key_env`: the environment variable {c.endpoint.api_key_env} "
-            f"is not set; export the key for {c.endpoint.base_url} in it (nothing was sent)"
-            for c in candidates if c.endpoint and not os.environ.get(c.endpoint.api_key_env)]
+    return [
+        f"`select.candidates.{c.name}.endpoint.api_key_env`: the environment variable {c.endpoint.api_key_env} "
+        f"is not set; export the key for {c.endpoint.base_url} in it (nothing was sent)"
+        for c in candidates
+        if c.endpoint and not os.environ.get(c.endpoint.api_key_env)
+    ]
 
 
 @dataclass
@@ -53,14 +56,26 @@ def ask(candidate, params, records: list[dict], shots: list[dict], progress: str
     for record in tqdm(records, desc=progress, unit="answer", leave=False):
         try:
             reply = client.chat.completions.create(
-                model=e.model, messages=messages(params, record, shots, e.render), temperature=0,
-                max_tokens=params.select.max_new_tokens, stop=list(params.prompt.stop)[:4] or None)
+                model=e.model,
+                messages=messages(params, record, shots, e.render),
+                temperature=0,
+                max_tokens=params.select.max_new_tokens,
+                stop=list(params.prompt.stop)[:4] or None,
+            )
         except openai.APIConnectionError as exc:
-            raise ProjectError([f"`select.candidates.{candidate.name}.endpoint.base_url`: {e.base_url} did not "
-                                f"answer ({exc.__cause__ or exc}); is the server up and the URL right?"]) from None
+            raise ProjectError(
+                [
+                    f"`select.candidates.{candidate.name}.endpoint.base_url`: {e.base_url} did not "
+                    f"answer ({exc.__cause__ or exc}); is the server up and the URL right?"
+                ]
+            ) from None
         except openai.APIStatusError as exc:
-            raise ProjectError([f"`select.candidates.{candidate.name}`: {e.base_url} refused the request with "
-                                f"{exc.status_code}: {exc.message}"]) from None
+            raise ProjectError(
+                [
+                    f"`select.candidates.{candidate.name}`: {e.base_url} refused the request with "
+                    f"{exc.status_code}: {exc.message}"
+                ]
+            ) from None
         answers.append((reply.choices[0].message.content or "").strip())
         if reply.usage:
             prompt_tokens += reply.usage.prompt_tokens
@@ -73,6 +88,8 @@ def cost_per_1k_requests(entry, answers: Answers, n: int) -> float | None:
     """USD per 1000 requests like the measured ones, at the catalog's list price (None: no price known)."""
     if entry is None or entry.api is None or not n:
         return None
-    usd = (answers.prompt_tokens * entry.api.price_per_1m_input_usd
-           + answers.completion_tokens * entry.api.price_per_1m_output_usd) / 1e6
+    usd = (
+        answers.prompt_tokens * entry.api.price_per_1m_input_usd
+        + answers.completion_tokens * entry.api.price_per_1m_output_usd
+    ) / 1e6
     return round(usd / n * 1000, 4)

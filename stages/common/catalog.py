@@ -24,16 +24,16 @@ class Entry(BaseModel):
 
 class Api(Entry):
     provider: Literal["openai", "anthropic-bedrock", "google-vertex"]
-    model: str                                   # the name the endpoint expects in `model`
-    base_url: str                                # OpenAI-compatible; {region} / {project} are the user's to fill
-    api_key_env: str                             # the environment variable holding the key
+    model: str  # the name the endpoint expects in `model`
+    base_url: str  # OpenAI-compatible; {region} / {project} are the user's to fill
+    api_key_env: str  # the environment variable holding the key
     price_per_1m_input_usd: Annotated[float, Field(ge=0)]
     price_per_1m_output_usd: Annotated[float, Field(ge=0)]
-    regions: Annotated[list[str], Field(min_length=1)]   # where the provider can process the data (us, eu, ...)
+    regions: Annotated[list[str], Field(min_length=1)]  # where the provider can process the data (us, eu, ...)
 
 
 class Sources(Entry):
-    card: HttpUrl                                # the publisher's model card or documentation
+    card: HttpUrl  # the publisher's model card or documentation
     licence: HttpUrl | None = None
     pricing: HttpUrl | None = None
 
@@ -73,7 +73,7 @@ class Model(Entry):
 
 
 class Catalog(Entry):
-    checked: str                                 # the month the figures were last compared with their sources
+    checked: str  # the month the figures were last compared with their sources
     models: Annotated[list[Model], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -89,8 +89,9 @@ def load(path: Path = CATALOG) -> Catalog:
     try:
         return Catalog.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except ValidationError as exc:
-        raise ValueError(f"{path}: " + "; ".join(
-            f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors())) from None
+        raise ValueError(
+            f"{path}: " + "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors())
+        ) from None
 
 
 def _where(loc: tuple) -> str:
@@ -104,16 +105,24 @@ def models() -> dict[str, Model]:
 
 def table(entries: list[Model]) -> str:
     """The catalog as a text table, one model a line."""
+
     def size(n: int | None) -> str:
         return "-" if n is None else f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
-    head = (f"{'id':<28}{'kind':<6}{'architecture':<17}{'params':>8}{'context':>9}  {'licence':<16}{'commercial':<11}"
-            f"{'$/1M in':>8}{'$/1M out':>9}  languages")
+    head = (
+        f"{'id':<28}{'kind':<6}{'architecture':<17}{'params':>8}{'context':>9}  {'licence':<16}{'commercial':<11}"
+        f"{'$/1M in':>8}{'$/1M out':>9}  languages"
+    )
     lines = [head, "-" * len(head)]
     for m in entries:
-        price = (f"{m.api.price_per_1m_input_usd:>8.3g}{m.api.price_per_1m_output_usd:>9.3g}" if m.api
-                 else f"{'-':>8}{'-':>9}")
+        price = (
+            f"{m.api.price_per_1m_input_usd:>8.3g}{m.api.price_per_1m_output_usd:>9.3g}"
+            if m.api
+            else f"{'-':>8}{'-':>9}"
+        )
         langs = ",".join(m.languages[:8]) + (f",+{len(m.languages) - 8}" if len(m.languages) > 8 else "")
-        lines.append(f"{m.id:<28}{m.kind:<6}{m.architecture:<17}{size(m.parameters):>8}{m.context_length:>9}  "
-                     f"{m.licence:<16}{'yes' if m.commercial_use else 'no':<11}{price}  {langs}")
+        lines.append(
+            f"{m.id:<28}{m.kind:<6}{m.architecture:<17}{size(m.parameters):>8}{m.context_length:>9}  "
+            f"{m.licence:<16}{'yes' if m.commercial_use else 'no':<11}{price}  {langs}"
+        )
     return "\n".join(lines)

@@ -34,8 +34,7 @@ def project_environment(root: str | Path = ".") -> None:
         os.environ.setdefault(key, value)
 
 
-def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] | None = None,
-               precision=None) -> int:
+def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] | None = None, precision=None) -> int:
     """`method`: the stage is a DVC foreach (one stage per method, `name@method`); its choices. `precision`
     (params -> precision) marks a training stage that params `orchestration.launch` may start through
     `accelerate launch`."""
@@ -83,7 +82,8 @@ def relaunch(name: str, params, precision: str, argv: list[str]) -> int:
     from stages.common.models import resolve_device
 
     module = f"stages.{name.split('@')[0]}"
-    command = accelerate_command(params.orchestration.launch, resolve_device(params.project.device), precision,
-                                 module, argv)
+    command = accelerate_command(
+        params.orchestration.launch, resolve_device(params.project.device), precision, module, argv
+    )
     print(f"[{name}] {' '.join(command)}", flush=True)
     return subprocess.run(command).returncode

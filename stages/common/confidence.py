@@ -41,11 +41,13 @@ def _statistic(metric: str, predictions: list[str], references: list[list[str]],
 
     def corpus(index):
         return compute(_subset(predictions, index), [references[i % n] for i in index], **kwargs)
+
     return corpus, False
 
 
-def interval(metric: str, predictions: list[str], references: list[list[str]], how: Resampling,
-             rows=None, **kwargs) -> dict:
+def interval(
+    metric: str, predictions: list[str], references: list[list[str]], how: Resampling, rows=None, **kwargs
+) -> dict:
     """{"value", "ci_low", "ci_high"} of one variant's metric. `rows` are its per-row scores when the metric has
     them (metrics.REGISTRY[metric].rows), computed once by the caller."""
     from scipy.stats import bootstrap
@@ -55,14 +57,29 @@ def interval(metric: str, predictions: list[str], references: list[list[str]], h
     value = float(statistic(index))
     if len(index) < 2:
         return {"value": value, "ci_low": value, "ci_high": value}
-    res = bootstrap((index,), statistic, vectorized=vectorized, n_resamples=how.resamples,
-                    confidence_level=how.level, method="percentile", rng=np.random.default_rng(how.seed))
+    res = bootstrap(
+        (index,),
+        statistic,
+        vectorized=vectorized,
+        n_resamples=how.resamples,
+        confidence_level=how.level,
+        method="percentile",
+        rng=np.random.default_rng(how.seed),
+    )
     ci = res.confidence_interval
     return {"value": value, "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
-def paired(metric: str, candidate: list[str], baseline: list[str], references: list[list[str]], how: Resampling,
-           candidate_rows=None, baseline_rows=None, **kwargs) -> dict:
+def paired(
+    metric: str,
+    candidate: list[str],
+    baseline: list[str],
+    references: list[list[str]],
+    how: Resampling,
+    candidate_rows=None,
+    baseline_rows=None,
+    **kwargs,
+) -> dict:
     """Candidate minus baseline on the same rows: {"difference", "ci_low", "ci_high", "p_value"}."""
     from scipy.stats import bootstrap, permutation_test
 
@@ -70,19 +87,34 @@ def paired(metric: str, candidate: list[str], baseline: list[str], references: l
     rows = None if candidate_rows is None else list(candidate_rows) + list(baseline_rows)
     one, vectorized = _statistic(metric, list(candidate) + list(baseline), references, rows, kwargs)
     if vectorized:
+
         def difference(x, y, axis=-1):
             return one(x, axis=axis) - one(y, axis=axis)
     else:
+
         def difference(x, y):
             return one(x) - one(y)
+
     x, y = np.arange(n), np.arange(n) + n  # candidate's rows, baseline's rows (indices into both answer lists)
     value = float(difference(x, y))
     if n < 2:
         return {"difference": value, "ci_low": value, "ci_high": value, "p_value": 1.0}
-    ci = bootstrap((x, y), difference, paired=True, vectorized=vectorized, n_resamples=how.resamples,
-                   confidence_level=how.level, method="percentile",
-                   rng=np.random.default_rng(how.seed)).confidence_interval
-    test = permutation_test((x, y), difference, permutation_type="samples", vectorized=vectorized,
-                            n_resamples=how.resamples, rng=np.random.default_rng(how.seed + 1))
-    return {"difference": value, "ci_low": float(ci.low), "ci_high": float(ci.high),
-            "p_value": float(test.pvalue)}
+    ci = bootstrap(
+        (x, y),
+        difference,
+        paired=True,
+        vectorized=vectorized,
+        n_resamples=how.resamples,
+        confidence_level=how.level,
+        method="percentile",
+        rng=np.random.default_rng(how.seed),
+    ).confidence_interval
+    test = permutation_test(
+        (x, y),
+        difference,
+        permutation_type="samples",
+        vectorized=vectorized,
+        n_resamples=how.resamples,
+        rng=np.random.default_rng(how.seed + 1),
+    )
+    return {"difference": value, "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(test.pvalue)}

@@ -7,11 +7,11 @@ from enum import IntEnum
 
 class ExitStatus(IntEnum):
     OK = 0
-    ERROR = 1              # unexpected failure: the traceback is in the log
-    INVALID_PROJECT = 2    # params.yaml is invalid or contradictory
-    GATE_REFUSED = 3       # a KPI gate refused the model: nothing was promoted
+    ERROR = 1  # unexpected failure: the traceback is in the log
+    INVALID_PROJECT = 2  # params.yaml is invalid or contradictory
+    GATE_REFUSED = 3  # a KPI gate refused the model: nothing was promoted
     SERVER_UNREACHABLE = 4  # a server the environment points at (MLflow tracking, Prefect API) did not answer
-    WORKSPACE_BUSY = 5     # another lifecycle run holds this workspace: nothing was run
+    WORKSPACE_BUSY = 5  # another lifecycle run holds this workspace: nothing was run
 
 
 class ProjectError(Exception):

@@ -10,7 +10,7 @@ from stages.common.params import Kpi
 @dataclass
 class Decision:
     passed: bool
-    reasons: list[str] = field(default_factory=list)   # one line per KPI, passed or not
+    reasons: list[str] = field(default_factory=list)  # one line per KPI, passed or not
     failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -33,9 +33,14 @@ def _ci(low: float, high: float, signed: bool = False) -> str:
     return f"[CI {f.format(low)}, {f.format(high)}]"
 
 
-def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, float]], kpis: list[Kpi],
-                   intervals: dict[str, dict] | None = None, comparisons: dict[str, dict] | None = None,
-                   forgetting: dict | None = None) -> Decision:
+def should_promote(
+    candidate: dict[str, float],
+    baselines: dict[str, dict[str, float]],
+    kpis: list[Kpi],
+    intervals: dict[str, dict] | None = None,
+    comparisons: dict[str, dict] | None = None,
+    forgetting: dict | None = None,
+) -> Decision:
     """Does `candidate` meet every KPI? A `versus: baseline` KPI needs a margin of `threshold` over the best
     baseline for its metric, an absolute KPI the threshold itself. With `confidence: ci` the confidence interval
     must clear the threshold (`intervals[metric]` of the candidate; `comparisons[metric]`, the paired difference
@@ -51,13 +56,14 @@ def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, f
             name = best_baseline(baselines, kpi.metric, higher)
             reference = baselines[name][kpi.metric]
             point_ok = _at_least(sign * (value - reference), kpi.threshold)
-            what = (f"{kpi.metric} {value:.4f} vs {name} {reference:.4f} "
-                    f"({'+' if higher else '-'}{kpi.threshold} needed")
+            what = f"{kpi.metric} {value:.4f} vs {name} {reference:.4f} ({'+' if higher else '-'}{kpi.threshold} needed"
             c = comparisons.get(kpi.metric)
             ci_ok = None
             if c is not None:
                 ci_ok = _at_least(c["ci_low"] if higher else -c["ci_high"], kpi.threshold)
-                what += f"; difference {c['difference']:+.4f} {_ci(c['ci_low'], c['ci_high'], True)}, p={c['p_value']:.3g}"
+                what += (
+                    f"; difference {c['difference']:+.4f} {_ci(c['ci_low'], c['ci_high'], True)}, p={c['p_value']:.3g}"
+                )
         else:
             point_ok = _at_least(sign * (value - kpi.threshold), 0)
             what = f"{kpi.metric} {value:.4f} ({'>=' if higher else '<='} {kpi.threshold} needed"
@@ -71,8 +77,11 @@ def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, f
             what += ", with confidence)" if ci_ok is not None else ", with confidence, but no interval was computed)"
         else:
             ok = point_ok
-            what += ")" if ci_ok is None else (", met with confidence)" if ci_ok else
-                                                ", met on the point estimate only)" if point_ok else ")")
+            what += (
+                ")"
+                if ci_ok is None
+                else (", met with confidence)" if ci_ok else ", met on the point estimate only)" if point_ok else ")")
+            )
         reasons.append(f"{'PASS' if ok else 'FAIL'}: {what}")
         if not ok:
             failed.append(what)
@@ -80,8 +89,10 @@ def should_promote(candidate: dict[str, float], baselines: dict[str, dict[str, f
         rise = forgetting["after"] / forgetting["before"] - 1
         ok = forgetting["limit"] is None or _at_least(forgetting["limit"], rise)
         limit = "no limit set" if forgetting["limit"] is None else f"<= +{forgetting['limit']:.0%} allowed"
-        what = (f"forgetting: general-text perplexity {forgetting['before']:.1f} -> {forgetting['after']:.1f} "
-                f"({rise:+.0%}; {limit})")
+        what = (
+            f"forgetting: general-text perplexity {forgetting['before']:.1f} -> {forgetting['after']:.1f} "
+            f"({rise:+.0%}; {limit})"
+        )
         reasons.append(f"{'NOTE' if forgetting['limit'] is None else 'PASS' if ok else 'FAIL'}: {what}")
         if not ok:
             failed.append(what)

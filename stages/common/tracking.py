@@ -47,7 +47,8 @@ def check_tracking(timeout: float = 5.0) -> None:
         raise ServerUnreachable(
             f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {why}. Start it "
             "(`mlflow server --backend-store-uri postgresql://... --host ...`), or unset MLFLOW_TRACKING_URI to "
-            "track into sqlite:///mlflow.db in the project.")
+            "track into sqlite:///mlflow.db in the project."
+        )
 
 
 def tracking_unreachable(exc: BaseException) -> ServerUnreachable | None:
@@ -87,8 +88,15 @@ def configure(experiment: str):
 
 
 # Which split a stage trained, tuned or evaluated on, as MLflow's dataset contexts.
-SPLIT_CONTEXT = {"sft": "training", "preference": "training", "corpus": "training", "dev": "validation",
-                 "eval": "evaluation", "general": "evaluation", "knowledge": "retrieval"}
+SPLIT_CONTEXT = {
+    "sft": "training",
+    "preference": "training",
+    "corpus": "training",
+    "dev": "validation",
+    "eval": "evaluation",
+    "general": "evaluation",
+    "knowledge": "retrieval",
+}
 
 
 def log_splits(processed: str | Path, roles) -> None:
@@ -125,8 +133,9 @@ def sha256(path: Path) -> str:
 def git_commit(root: str | Path = ".") -> str:
     """The checkout's commit, marked when the working tree has uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"

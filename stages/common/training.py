@@ -28,7 +28,8 @@ def train_resumable(trainer, ckpt: Path) -> tuple:
     if latest:
         log.info("resuming from %s", latest)
     return trainer.train(resume_from_checkpoint=str(latest) if latest else None), (
-        int(latest.name.split("-")[1]) if latest else 0)
+        int(latest.name.split("-")[1]) if latest else 0
+    )
 
 
 def peak_memory(device: str) -> tuple[float, str]:
@@ -65,5 +66,11 @@ def preference_rows(renderer, rows: list[dict]) -> list[dict]:
     from stages.common.models import render_all
 
     prompts = render_all(renderer, rows, "preference", examples=[], max_new_tokens=0)
-    return [{"prompt": prompt, "chosen": renderer.completion(r, r["chosen"]),
-             "rejected": renderer.completion(r, r["rejected"])} for prompt, r in zip(prompts, rows, strict=True)]
+    return [
+        {
+            "prompt": prompt,
+            "chosen": renderer.completion(r, r["chosen"]),
+            "rejected": renderer.completion(r, r["rejected"]),
+        }
+        for prompt, r in zip(prompts, rows, strict=True)
+    ]

@@ -49,8 +49,9 @@ def test_k8s_manifests_are_written_parsed_and_recorded(packaged, tiny, tiny_root
     assert dep["metadata"]["annotations"]["genai-lifecycle/bento"] == packaged["package"]["bento"]
     assert docs["service.yaml"]["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert docs["hpa.yaml"]["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
-    recorded = json.loads(MlflowClient().get_model_version(tiny.project.name, version.version).tags[
-        "lifecycle.deploy.k8s"])
+    recorded = json.loads(
+        MlflowClient().get_model_version(tiny.project.name, version.version).tags["lifecycle.deploy.k8s"]
+    )
     assert recorded["digest"].startswith("sha256:") and recorded["manifests"] == str(out) and recorded["time"]
     assert "kubectl apply -f" in capsys.readouterr().out
 
@@ -73,22 +74,21 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
 
 
 @pytest.mark.skipif(deploy.docker_engine_running(), reason="a Docker engine runs here: containerize would build")
-def test_docker_without_an_engine_says_the_command_to_run_where_there_is_one(packaged, tiny_root, monkeypatch,
-                                                                              capsys):
+def test_docker_without_an_engine_says_the_command_to_run_where_there_is_one(packaged, tiny_root, monkeypatch, capsys):
     assert _deploy(monkeypatch, tiny_root, "--target", "docker") == 1
     err = capsys.readouterr().err
     assert "no Docker engine" in err and f"bentoml containerize {packaged['package']['bento']} -t" in err
 
 
-def test_bentocloud_is_refused_by_the_scope_or_without_credentials(packaged, tiny_root, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_bentocloud_is_refused_by_the_scope_or_without_credentials(packaged, tiny_root, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("BENTO_CLOUD_API_KEY", raising=False)
     # The tiny project is on-prem (as the default project).
     assert _deploy(monkeypatch, tiny_root, "--target", "bentocloud") == 1
     assert "`scope.deployment_target` is on-prem" in capsys.readouterr().err
 
-    personal = _project(tmp_path / "personal", tiny_root, **{"scope.deployment_target": "cloud",
-                                                             "scope.privacy.personal_data": True})
+    personal = _project(
+        tmp_path / "personal", tiny_root, **{"scope.deployment_target": "cloud", "scope.privacy.personal_data": True}
+    )
     assert _deploy(monkeypatch, personal, "--target", "bentocloud") == 1
     assert "`scope.privacy.personal_data` is true" in capsys.readouterr().err
 

@@ -25,7 +25,9 @@ def test_a_failing_rung_climbs_on_and_names_what_failed():
 def test_the_top_rung_ends_the_climb_passed_or_not():
     assert after_rung(CLIMBED, "alignment", True, []) == after_rung(CLIMBED, "alignment", True, [])
     passed = after_rung(CLIMBED, "alignment", True, [])
-    assert passed.stop and passed.not_run == [] and passed.why == "alignment passed the gates, the cheapest rung that does"
+    assert (
+        passed.stop and passed.not_run == [] and passed.why == "alignment passed the gates, the cheapest rung that does"
+    )
     failed = after_rung(CLIMBED, "alignment", False, ["latency"])
     assert failed.stop and failed.not_run == [] and failed.why.startswith("no rung passed the gates")
     only = after_rung(["prompting"], "prompting", False, ["x"])
@@ -48,6 +50,8 @@ def test_rungs_follow_the_project_and_the_top_one_is_left_to_evaluate(tiny):
     assert checked_after(params) == {"prompt_search": "prompting", "adapt": "fine-tuning"}
     assert above(params, "prompting") == [("fine-tuning", "adapt"), ("alignment", "align")]
     no_dpo = _with(tiny, methods=[])
-    assert checked_after(no_dpo) == {"prompt_search": "prompting"} and above(no_dpo, "prompting") == [("fine-tuning", "adapt")]
+    assert checked_after(no_dpo) == {"prompt_search": "prompting"} and above(no_dpo, "prompting") == [
+        ("fine-tuning", "adapt")
+    ]
     prompting_only = _with(tiny, technique=Technique.prompt, methods=[])
     assert rungs(prompting_only) == [("prompting", "prompt_search")] and checked_after(prompting_only) == {}

@@ -15,11 +15,24 @@ from tests.conftest import REPO, default_params, write_params
 
 def test_stage_order_is_dvc_yaml(monkeypatch):
     declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-    assert declared == ["scope", "data", "pretrain", "select", "integrate", "prompt_search", "adapt", "reward", "align",
-                        "evaluate", "package"]
+    assert declared == [
+        "scope",
+        "data",
+        "pretrain",
+        "select",
+        "integrate",
+        "prompt_search",
+        "adapt",
+        "reward",
+        "align",
+        "evaluate",
+        "package",
+    ]
     methods = default_params()["align"]["methods"]
     assert stage_order(REPO) == [s for s in declared if s != "align"][:8] + [f"align@{m}" for m in methods] + [
-        "evaluate", "package"], "one align stage per align.methods entry (a DVC foreach), before evaluate"
+        "evaluate",
+        "package",
+    ], "one align stage per align.methods entry (a DVC foreach), before evaluate"
 
 
 def test_exit_status_is_read_from_dvc_error():
@@ -74,18 +87,29 @@ def test_a_failed_stage_leaves_its_last_good_outputs(tmp_path, monkeypatch):
     import sys
 
     import pytest
-
     from dvc.repo import Repo
 
     from flows.lifecycle import restored_on_failure
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
-        "cmd": f"{sys.executable} step.py", "deps": ["step.py"],
-        "outs": ["out", {"metrics.json": {"cache": False}}]}}}))
-    (tmp_path / "step.py").write_text("import os\nos.makedirs('out', exist_ok=True)\n"
-                                      "open('out/model.bin', 'w').write('good')\nopen('metrics.json', 'w').write('{\"v\": 1}')\n")
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "make": {
+                        "cmd": f"{sys.executable} step.py",
+                        "deps": ["step.py"],
+                        "outs": ["out", {"metrics.json": {"cache": False}}],
+                    }
+                }
+            }
+        )
+    )
+    (tmp_path / "step.py").write_text(
+        "import os\nos.makedirs('out', exist_ok=True)\n"
+        "open('out/model.bin', 'w').write('good')\nopen('metrics.json', 'w').write('{\"v\": 1}')\n"
+    )
     monkeypatch.chdir(tmp_path)
     with Repo(str(tmp_path)) as repo, restored_on_failure(repo, "make"):
         assert repo.reproduce("make", single_item=True)
@@ -101,8 +125,13 @@ def test_cost_is_summed_against_the_training_budget():
     from flows.lifecycle import cost
 
     spent = cost({"scope": 0.0, "pretrain": 1800.0, "adapt": 1800.0, "evaluate": 360.0}, 0.5, gpus=2)
-    assert spent == {"wall_hours": 1.1, "training_hours": 1.0, "gpu_hours": 2.0, "budget_training_hours": 0.5,
-                     "over_budget": True}
+    assert spent == {
+        "wall_hours": 1.1,
+        "training_hours": 1.0,
+        "gpu_hours": 2.0,
+        "budget_training_hours": 0.5,
+        "over_budget": True,
+    }
     assert not cost({"adapt": 1800.0}, 0.5)["over_budget"], "exactly the budget is within it"
 
 
@@ -120,13 +149,25 @@ def test_an_enforced_budget_stops_before_the_next_training_stage(tmp_path, monke
     p["scope"]["budget"].update(training_hours=0.0002, enforce=True)  # 0.72 s
     write_params(tmp_path, p)
     python = sys.executable
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "scope": {"cmd": f"{python} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]},
-        "pretrain": {"cmd": f"{python} -c \"import time; time.sleep(1.5); open('pretrained', 'w').write('x')\"",
-                     "deps": ["scoped"], "outs": ["pretrained"]},
-        "adapt": {"cmd": f"{python} -c \"open('adapted', 'w').write('x')\"", "deps": ["pretrained"],
-                  "outs": ["adapted"]},
-    }}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "scope": {"cmd": f"{python} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]},
+                    "pretrain": {
+                        "cmd": f"{python} -c \"import time; time.sleep(1.5); open('pretrained', 'w').write('x')\"",
+                        "deps": ["scoped"],
+                        "outs": ["pretrained"],
+                    },
+                    "adapt": {
+                        "cmd": f"{python} -c \"open('adapted', 'w').write('x')\"",
+                        "deps": ["pretrained"],
+                        "outs": ["adapted"],
+                    },
+                }
+            }
+        )
+    )
     monkeypatch.chdir(tmp_path)
     state = lifecycle(str(tmp_path), return_state=True)
     error = state.result(raise_on_failure=False)
@@ -138,7 +179,7 @@ def test_an_enforced_budget_stops_before_the_next_training_stage(tmp_path, monke
     assert result.cost["over_budget"] and result.cost["training_hours"] >= 1.5 / 3600
 
 
-TOY_STAGES = '''import json, pathlib, sys
+TOY_STAGES = """import json, pathlib, sys
 def write(path, obj):
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(path).write_text(json.dumps(obj))
@@ -165,7 +206,7 @@ elif stage == "evaluate":  # the gates pass once a fine-tuned model exists
 elif stage == "package":
     write("models/package/package.json", {"variant": read("metrics/eval.json")["candidate"], "version": 1,
                                           "alias": "champion", "registered_model": "toy", "bento": "toy:1"})
-'''
+"""
 
 
 def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
@@ -186,25 +227,46 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     write_params(tmp_path, p)
     (tmp_path / "toy.py").write_text(TOY_STAGES)
     step = f"{sys.executable} toy.py"
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "select": {"cmd": f"{step} select", "deps": ["toy.py"], "outs": ["models/selection.json"]},
-        "prompt_search": {"cmd": f"{step} prompt_search", "deps": ["models/selection.json"],
-                          "outs": ["models/prompt.json"]},
-        "adapt": {"cmd": f"{step} adapt", "deps": ["models/selection.json"], "outs": ["models/sft"]},
-        "reward": {"cmd": f"{step} reward", "deps": ["models/sft"], "outs": ["models/reward"]},
-        "align": {"foreach": ["dpo", "rlhf"], "do": {"cmd": f"{step} align ${{item}}", "deps": ["models/sft", "models/reward"],
-                                                     "outs": ["models/aligned/${item}"]}},
-        "evaluate": {"cmd": f"{step} evaluate", "deps": ["models/prompt.json", "models/sft", "models/aligned"],
-                     "outs": ["metrics/eval.json"]},
-        "package": {"cmd": f"{step} package", "deps": ["metrics/eval.json"], "outs": ["models/package"]},
-    }}, sort_keys=False))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "select": {"cmd": f"{step} select", "deps": ["toy.py"], "outs": ["models/selection.json"]},
+                    "prompt_search": {
+                        "cmd": f"{step} prompt_search",
+                        "deps": ["models/selection.json"],
+                        "outs": ["models/prompt.json"],
+                    },
+                    "adapt": {"cmd": f"{step} adapt", "deps": ["models/selection.json"], "outs": ["models/sft"]},
+                    "reward": {"cmd": f"{step} reward", "deps": ["models/sft"], "outs": ["models/reward"]},
+                    "align": {
+                        "foreach": ["dpo", "rlhf"],
+                        "do": {
+                            "cmd": f"{step} align ${{item}}",
+                            "deps": ["models/sft", "models/reward"],
+                            "outs": ["models/aligned/${item}"],
+                        },
+                    },
+                    "evaluate": {
+                        "cmd": f"{step} evaluate",
+                        "deps": ["models/prompt.json", "models/sft", "models/aligned"],
+                        "outs": ["metrics/eval.json"],
+                    },
+                    "package": {"cmd": f"{step} package", "deps": ["metrics/eval.json"], "outs": ["models/package"]},
+                }
+            },
+            sort_keys=False,
+        )
+    )
     monkeypatch.chdir(tmp_path)
     result = lifecycle(str(tmp_path))
     assert result.ran == ["select", "prompt_search", "evaluate@prompting", "adapt", "evaluate@fine-tuning", "package"]
     assert result.skipped == ["evaluate"], "the pipeline's own evaluate: nothing changed since the fine-tuning check"
     ladder = result.ladder
     assert [(r["rung"], r["passed"], r["candidate"]) for r in ladder["rungs"]] == [
-        ("prompting", False, "baseline_prompted"), ("fine-tuning", True, "sft")]
+        ("prompting", False, "baseline_prompted"),
+        ("fine-tuning", True, "sft"),
+    ]
     assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
     assert ladder["stages_not_run"] == ["reward", "align"]
     assert json.loads((tmp_path / "models/package/package.json").read_text())["variant"] == "sft"
@@ -220,8 +282,10 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     tags = MlflowClient().get_run(result.parent_run_id).data.tags
     assert tags["lifecycle.ladder.winner"] == "fine-tuning" and tags["lifecycle.ladder.not_run"] == "alignment"
     assert "(ladder: fine-tuning)" in tags["mlflow.runName"]
-    assert "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" in \
-        tags["mlflow.note.content"]
+    assert (
+        "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run"
+        in tags["mlflow.note.content"]
+    )
 
 
 def test_each_dvc_line_is_logged_once_and_no_git_hint(tmp_path):
@@ -236,10 +300,20 @@ def test_each_dvc_line_is_logged_once_and_no_git_hint(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     write_params(tmp_path, tiny_params_dict(tmp_path))
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "scope": {"cmd": f"{sys.executable} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]},
-        "data": {"cmd": f"{sys.executable} -c \"open('data', 'w').write('x')\"", "deps": ["scoped"], "outs": ["data"]},
-    }}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "scope": {"cmd": f"{sys.executable} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]},
+                    "data": {
+                        "cmd": f"{sys.executable} -c \"open('data', 'w').write('x')\"",
+                        "deps": ["scoped"],
+                        "outs": ["data"],
+                    },
+                }
+            }
+        )
+    )
     lifecycle = os.path.join(os.path.dirname(sys.executable), "lifecycle")
     out = subprocess.run([lifecycle, "run"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -23,8 +23,10 @@ from tests.flows.test_workspace import holding
 pytestmark = pytest.mark.servers
 
 # A stage that crashes on its first attempt and succeeds on the retry (a real process exit, not a mock).
-CRASH_ONCE = ("import os, sys; first = not os.path.exists('attempted'); open('attempted', 'a').close(); "
-              "sys.exit(1) if first else open('scoped', 'w').write('x')")
+CRASH_ONCE = (
+    "import os, sys; first = not os.path.exists('attempted'); open('attempted', 'a').close(); "
+    "sys.exit(1) if first else open('scoped', 'w').write('x')"
+)
 
 
 def toy_project(root: Path) -> Path:
@@ -35,16 +37,32 @@ def toy_project(root: Path) -> Path:
     p = tiny_params_dict(root)
     p["orchestration"].update(retries=1, retry_delay_seconds=[1])
     write_params(root, p)
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "scope": {"cmd": f'{sys.executable} -c "{CRASH_ONCE}"', "outs": ["scoped"]},
-        "data": {"cmd": f"{sys.executable} -c \"open('data', 'w').write('x')\"", "deps": ["scoped"], "outs": ["data"]},
-    }}))
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "scope": {"cmd": f'{sys.executable} -c "{CRASH_ONCE}"', "outs": ["scoped"]},
+                    "data": {
+                        "cmd": f"{sys.executable} -c \"open('data', 'w').write('x')\"",
+                        "deps": ["scoped"],
+                        "outs": ["data"],
+                    },
+                }
+            }
+        )
+    )
     return root
 
 
 def cli(root: Path, env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([venv_bin("lifecycle"), *args], cwd=root, env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [venv_bin("lifecycle"), *args],
+        cwd=root,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -65,20 +83,37 @@ def test_a_worker_runs_the_deployment_retries_a_crash_and_honours_the_workspace_
 
     project = toy_project(tmp_path / "project")
     shutil.copytree(REPO / "flows", project / "flows")  # a checkout of this repository: the flow's source is there
-    env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect-client"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    pool = subprocess.run([venv_bin("prefect"), "work-pool", "create", "lifecycle-test", "--type", "process"],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    env = {
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    pool = subprocess.run(
+        [venv_bin("prefect"), "work-pool", "create", "lifecycle-test", "--type", "process"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pool.returncode == 0, pool.stdout + pool.stderr
     deployed = cli(project, env, "deploy-flow", "--pool", "lifecycle-test")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "deployment 'lifecycle/lifecycle'" in deployed.stdout and prefect_api in deployed.stdout
 
     health = free_port()
-    worker = Server([venv_bin("prefect"), "worker", "start", "--pool", "lifecycle-test", "--with-healthcheck"],
-                    f"http://127.0.0.1:{health}/health", cwd=project, log=tmp_path / "worker.log",
-                    env={**env, "PREFECT_HOME": str(tmp_path / "prefect-worker"), "PREFECT_WORKER_QUERY_SECONDS": "1",
-                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(health)})
+    worker = Server(
+        [venv_bin("prefect"), "worker", "start", "--pool", "lifecycle-test", "--with-healthcheck"],
+        f"http://127.0.0.1:{health}/health",
+        cwd=project,
+        log=tmp_path / "worker.log",
+        env={
+            **env,
+            "PREFECT_HOME": str(tmp_path / "prefect-worker"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+            "PREFECT_WORKER_WEBSERVER_PORT": str(health),
+        },
+    )
     try:
         worker.wait_healthy()
         with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
@@ -132,20 +167,28 @@ def test_the_kubernetes_work_pool_template(prefect_api, tmp_path):
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     out = tmp_path / "template.json"
-    made = cli(tmp_path, {}, "work-pool-template", "--image", "registry.example/helpdesk:1", "--gpus", "2",
-               "--out", str(out))
+    made = cli(
+        tmp_path, {}, "work-pool-template", "--image", "registry.example/helpdesk:1", "--gpus", "2", "--out", str(out)
+    )
     assert made.returncode == 0, made.stderr
     template = json.loads(out.read_text())
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect-client")}
-    created = subprocess.run([venv_bin("prefect"), "work-pool", "create", "gpu", "--type", "kubernetes",
-                              "--base-job-template", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    created = subprocess.run(
+        [venv_bin("prefect"), "work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert created.returncode == 0, created.stdout + created.stderr
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         with get_client(sync_client=True) as client:
             assert client.read_work_pool("gpu").base_job_template == template
         # What the Kubernetes worker does with it per flow run: the pool's defaults, then a deployment's override.
-        configs = [(asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values)), gpus)
-                   for values, gpus in (({}, 2), ({"gpu_count": 4}, 4))]
+        configs = [
+            (asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values)), gpus)
+            for values, gpus in (({}, 2), ({"gpu_count": 4}, 4))
+        ]
     for config, gpus in configs:
         pod = config.job_manifest["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -168,14 +211,17 @@ def test_a_prefect_server_that_does_not_answer_is_named(tmp_path):
     project = toy_project(tmp_path / "project")
     api = f"http://127.0.0.1:{free_port()}/api"
     out = cli(project, {"PREFECT_API_URL": api}, "run")
-    assert out.returncode == ExitStatus.SERVER_UNREACHABLE and f"the Prefect server {api} (PREFECT_API_URL)" in out.stderr
+    assert (
+        out.returncode == ExitStatus.SERVER_UNREACHABLE and f"the Prefect server {api} (PREFECT_API_URL)" in out.stderr
+    )
     assert not (project / "attempted").exists()
 
 
 def test_status_names_the_servers_in_use(tmp_path):
     project = toy_project(tmp_path / "project")
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "team", "s3://bucket/lifecycle"], cwd=project,
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "team", "s3://bucket/lifecycle"], cwd=project, check=True
+    )
     env = {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000", "PREFECT_API_URL": "http://prefect.internal:4200/api"}
     out = cli(project, env, "status")
     assert out.returncode == 0, out.stderr[-2000:]

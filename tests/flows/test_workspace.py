@@ -93,8 +93,15 @@ def test_a_second_lifecycle_run_is_refused_before_any_stage(tmp_path, held):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     write_params(tmp_path, tiny_params_dict(tmp_path))
-    (tmp_path / "dvc.yaml").write_text(json.dumps({"stages": {"scope": {
-        "cmd": f"{sys.executable} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        json.dumps(
+            {
+                "stages": {
+                    "scope": {"cmd": f"{sys.executable} -c \"open('scoped', 'w').write('x')\"", "outs": ["scoped"]}
+                }
+            }
+        )
+    )
     lifecycle = os.path.join(os.path.dirname(sys.executable), "lifecycle")
     out = subprocess.run([lifecycle, "run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == ExitStatus.WORKSPACE_BUSY, out.stdout[-2000:] + out.stderr[-2000:]

@@ -39,15 +39,21 @@ def make(loaded, raw: bool = False, **kw) -> tuple[engine.Engine, list[int]]:
     answers run on (random weights start new lines early)."""
     model, tokenizer, renderer, _ = loaded
     sizes: list[int] = []
-    eng = engine.Engine(model, tokenizer, str.strip if raw else renderer.cut,
-                        [] if raw or renderer.chat else renderer.fmt.stop,
-                        counters=engine.Counters(batch=sizes.append), **kw)
+    eng = engine.Engine(
+        model,
+        tokenizer,
+        str.strip if raw else renderer.cut,
+        [] if raw or renderer.chat else renderer.fmt.stop,
+        counters=engine.Counters(batch=sizes.append),
+        **kw,
+    )
     return eng, sizes
 
 
 def answer_all(eng: engine.Engine, jobs: list[engine.Job], timeout: float = 120):
     async def go():
         return await asyncio.gather(*[eng.enqueue(j, timeout) for j in jobs], return_exceptions=True)
+
     return asyncio.run(go())
 
 
@@ -116,7 +122,7 @@ def test_a_stop_sequence_ends_the_answer_where_it_appears(loaded):
     prompt, whole = talkative(eng, ids)
     stop = whole.text[2:4]
     cut = answer_all(eng, [engine.Job(prompt, 20, stop=(stop,))])[0]
-    assert cut.text == whole.text[:whole.text.index(stop)].strip() and cut.finish_reason == "stop"
+    assert cut.text == whole.text[: whole.text.index(stop)].strip() and cut.finish_reason == "stop"
 
 
 def test_streamed_deltas_add_up_to_the_whole_answer(loaded):

@@ -57,8 +57,11 @@ def serving(bento: str, env: dict | None = None, command: list[str] | None = Non
     bentoml = str(Path(sys.executable).parent / "bentoml")
     # The bento alone says what to load and how to serve; `env` adds an operator's settings.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("LIFECYCLE_", "BENTO_CLOUD"))}, **(env or {})}
-    command = command + ["--port", str(port)] if command else [bentoml, "serve", bento, "--host", "127.0.0.1",
-                                                              "--port", str(port)]
+    command = (
+        command + ["--port", str(port)]
+        if command
+        else [bentoml, "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    )
     log = tempfile.TemporaryFile()  # a file, not a pipe: a busy server's access log would fill a pipe and block
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
     base = f"http://127.0.0.1:{port}"
@@ -66,8 +69,9 @@ def serving(bento: str, env: dict | None = None, command: list[str] | None = Non
         for _ in range(120):  # bounded: up to ~60 s to become ready
             if proc.poll() is not None:
                 log.seek(0)
-                pytest.fail(f"{Path(command[0]).name} {command[1]} exited with {proc.returncode}: "
-                            f"{log.read().decode()[-3000:]}")
+                pytest.fail(
+                    f"{Path(command[0]).name} {command[1]} exited with {proc.returncode}: {log.read().decode()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
                     if resp.status == 200:
@@ -123,8 +127,9 @@ def test_the_openai_client_chats_completes_and_streams_unchanged(server, package
     client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
     [model] = client.models.list().data
     question = "What does `json.dumps` do?"
-    chat = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": question}],
-                                          max_tokens=8)
+    chat = client.chat.completions.create(
+        model=model.id, messages=[{"role": "user", "content": question}], max_tokens=8
+    )
     answer = chat.choices[0].message.content
     assert isinstance(answer, str) and chat.choices[0].finish_reason in ("stop", "length")
     assert chat.usage.completion_tokens >= 1 and chat.usage.prompt_tokens > 0
@@ -133,21 +138,34 @@ def test_the_openai_client_chats_completes_and_streams_unchanged(server, package
     completion = client.completions.create(model=model.id, prompt=question, max_tokens=8)
     assert completion.choices[0].text == answer, "one renderer: a chat's user turn is a completion's prompt"
 
-    stream = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": question}],
-                                            max_tokens=8, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=model.id,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
-        chat.choices[0].finish_reason]
+        chat.choices[0].finish_reason
+    ]
     assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
     assert len({c.id for c in chunks}) == 1
 
     streamed = client.completions.create(model=model.id, prompt=question, max_tokens=8, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == answer
 
-    history = client.chat.completions.create(model=model.id, max_tokens=8, messages=[
-        {"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": question}])
+    history = client.chat.completions.create(
+        model=model.id,
+        max_tokens=8,
+        messages=[
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": question},
+        ],
+    )
     assert isinstance(history.choices[0].message.content, str)
 
 
@@ -155,18 +173,27 @@ def test_bad_requests_are_refused_naming_the_field(server, prepared):
     chat = f"{server}/v1/chat/completions"
     model = _model_id(server)
     ok = {"model": model, "messages": [{"role": "user", "content": "What does `json.dumps` do?"}], "max_tokens": 4}
-    for change, param in [({"temperature": 9}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": -1}, "top_k"),
-                          ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 100_000}, "max_tokens"),
-                          ({"n": 2}, "n"), ({"logit_bias": {"1": 5}}, "logit_bias"), ({"stop": ["a"] * 5}, "stop"),
-                          ({"frequency_penalty": 0.5}, "frequency_penalty"), ({"messages": []}, "messages"),
-                          ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role")]:
+    for change, param in [
+        ({"temperature": 9}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 100_000}, "max_tokens"),
+        ({"n": 2}, "n"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"stop": ["a"] * 5}, "stop"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+    ]:
         status, body = _post(chat, {**ok, **change})
         assert status == 400, (change, body)
         assert body["error"]["param"] == param and param in body["error"]["message"], (change, body)
         assert body["error"]["type"] == "invalid_request_error"
 
-    status, body = _post(chat, {**ok, "messages": [{"role": "user", "content": "hi"},
-                                                   {"role": "assistant", "content": "hello"}]})
+    status, body = _post(
+        chat, {**ok, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    )
     assert status == 400 and body["error"]["param"] == "messages" and "last message" in body["error"]["message"]
     status, body = _post(chat, {**ok, "model": "gpt-4o"})
     assert status == 404 and body["error"]["code"] == "model_not_found" and model in body["error"]["message"]
@@ -191,8 +218,10 @@ def test_served_greedy_answers_equal_what_evaluate_recorded(server, packaged, pr
     from stages.common.io import read_jsonl
 
     rows = read_jsonl(Path(prepared.paths.processed) / "eval.jsonl")
-    recorded = [r[packaged["package"]["variant"]] for r in
-                read_jsonl(Path(prepared.paths.eval_report).with_name("eval_answers.jsonl"))]
+    recorded = [
+        r[packaged["package"]["variant"]]
+        for r in read_jsonl(Path(prepared.paths.eval_report).with_name("eval_answers.jsonl"))
+    ]
     model = _model_id(server)
 
     def ask(row):
@@ -214,21 +243,34 @@ def test_metrics_count_requests_tokens_batches_and_refusals(server):
     _post(f"{server}/v1/completions", {"prompt": "What does `heapq.heappush` do?", "max_tokens": 4})
     status, text = _get(f"{server}/metrics")
     assert status == 200
-    for name in ("lifecycle_requests_total", "lifecycle_request_seconds_bucket", "lifecycle_generated_tokens_total",
-                 "lifecycle_batch_size_bucket", 'lifecycle_rejected_requests_total{reason="invalid"}',
-                 "lifecycle_queue_waiting"):
+    for name in (
+        "lifecycle_requests_total",
+        "lifecycle_request_seconds_bucket",
+        "lifecycle_generated_tokens_total",
+        "lifecycle_batch_size_bucket",
+        'lifecycle_rejected_requests_total{reason="invalid"}',
+        "lifecycle_queue_waiting",
+    ):
         assert name in text, name
-    served = [line for line in text.splitlines()
-              if line.startswith("lifecycle_requests_total") and 'endpoint="/v1/completions"' in line
-              and 'status="200"' in line]
+    served = [
+        line
+        for line in text.splitlines()
+        if line.startswith("lifecycle_requests_total")
+        and 'endpoint="/v1/completions"' in line
+        and 'status="200"' in line
+    ]
     assert served and float(served[0].split()[-1]) >= 1
 
 
 def test_api_keys_and_load_past_the_queue(packaged):
     """With keys: 401 without the right one. Past a queue of 2: 429 with Retry-After, never a 5xx, and the server
     is healthy and answering afterwards."""
-    env = {"LIFECYCLE_API_KEYS": "k-one, k-two", "LIFECYCLE_SERVE_MAX_QUEUE": "2",
-           "LIFECYCLE_SERVE_MAX_BATCH_SIZE": "2", "LIFECYCLE_SERVE_BATCH_WAIT_MS": "300"}
+    env = {
+        "LIFECYCLE_API_KEYS": "k-one, k-two",
+        "LIFECYCLE_SERVE_MAX_QUEUE": "2",
+        "LIFECYCLE_SERVE_MAX_BATCH_SIZE": "2",
+        "LIFECYCLE_SERVE_BATCH_WAIT_MS": "300",
+    }
     with serving(packaged["package"]["bento"], env=env) as (base, _):
         url = f"{base}/v1/completions"
         body = {"prompt": "What does `heapq.heappush` do?", "max_tokens": 64}
@@ -244,8 +286,9 @@ def test_api_keys_and_load_past_the_queue(packaged):
 
         def client(k: int):  # the OpenAI endpoint and the typed one, alternately
             start.wait()
-            target, payload = (url, body) if k % 2 else (f"{base}/generate", {"prompt": body["prompt"],
-                                                                              "max_new_tokens": 64})
+            target, payload = (
+                (url, body) if k % 2 else (f"{base}/generate", {"prompt": body["prompt"], "max_new_tokens": 64})
+            )
             results.append((target, *_post(target, payload, {"Authorization": "Bearer k-one"}, full=True)))
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(48)]
@@ -256,8 +299,11 @@ def test_api_keys_and_load_past_the_queue(packaged):
         statuses = [r[1] for r in results]
         assert len(statuses) == 48 and set(statuses) <= {200, 429}, statuses
         assert statuses.count(429) >= 1 and statuses.count(200) >= 2, statuses
-        assert all(int(head["Retry-After"]) >= 1 and answer["error"]["code"] == "queue_full"
-                   for target, status, answer, head in results if status == 429 and target == url)
+        assert all(
+            int(head["Retry-After"]) >= 1 and answer["error"]["code"] == "queue_full"
+            for target, status, answer, head in results
+            if status == 429 and target == url
+        )
         assert _get(f"{base}/readyz")[0] == 200 and _get(f"{base}/livez")[0] == 200
         assert _post(url, body, {"Authorization": "Bearer k-one"})[0] == 200
         assert 'lifecycle_rejected_requests_total{reason="queue_full"}' in _get(f"{base}/metrics")[1]
@@ -300,10 +346,11 @@ def test_sigterm_to_lifecycle_serve_stops_the_server_and_frees_the_port(packaged
 
 def test_service_refuses_to_start_without_a_packaged_model(monkeypatch):
     monkeypatch.delenv("LIFECYCLE_MODEL_TAG", raising=False)
-    code = ("import sys; sys.path.insert(0, 'serving'); import service")
+    code = "import sys; sys.path.insert(0, 'serving'); import service"
     env = {k: v for k, v in os.environ.items() if k != "LIFECYCLE_MODEL_TAG"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2]
+    )
     assert out.returncode != 0 and "no packaged model" in out.stderr
 
 
@@ -311,8 +358,10 @@ def test_a_retrieval_bento_answers_with_its_sources(packaged_rag):
     """The +rag variant's bento retrieves from the index it ships, for each request, and names what it used."""
     with serving(packaged_rag["package"]["bento"]) as (base, _):
         status, body = _post(f"{base}/generate", {"prompt": "What does `heapq.heappush` do?", "max_new_tokens": 8})
-        status_v1, chat = _post(f"{base}/v1/chat/completions", {
-            "messages": [{"role": "user", "content": "What does `heapq.heappush` do?"}], "max_tokens": 8})
+        status_v1, chat = _post(
+            f"{base}/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "What does `heapq.heappush` do?"}], "max_tokens": 8},
+        )
     assert status == 200, body
     assert len(body["sources"]) == 2, "integrate.top_k passages"
     assert body["sources"][0]["section"] == "heapq.heappush", "the best passage is the function's own section"
@@ -329,13 +378,25 @@ def test_an_api_candidate_is_measured_through_an_openai_compatible_server(server
     from stages.common.params import Candidate
 
     def params_with(base_url: str):
-        api = Candidate(name="served", catalog="gpt-4o-mini", hosting="self",  # priced as gpt-4o-mini, hosted here
-                        endpoint={"base_url": base_url, "api_key_env": "LIFECYCLE_TEST_API_KEY",
-                                  "model": _model_id(server), "render": False})
-        return prepared.model_copy(update={
-            "select": prepared.select.model_copy(update={"candidates": [prepared.select.candidates[0], api],
-                                                         "rank_by": "token_f1"}),
-            "scope": prepared.scope.model_copy(update={"licences": [*prepared.scope.licences, "proprietary"]})})
+        api = Candidate(
+            name="served",
+            catalog="gpt-4o-mini",
+            hosting="self",  # priced as gpt-4o-mini, hosted here
+            endpoint={
+                "base_url": base_url,
+                "api_key_env": "LIFECYCLE_TEST_API_KEY",
+                "model": _model_id(server),
+                "render": False,
+            },
+        )
+        return prepared.model_copy(
+            update={
+                "select": prepared.select.model_copy(
+                    update={"candidates": [prepared.select.candidates[0], api], "rank_by": "token_f1"}
+                ),
+                "scope": prepared.scope.model_copy(update={"licences": [*prepared.scope.licences, "proprietary"]}),
+            }
+        )
 
     paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
     monkeypatch.delenv("LIFECYCLE_TEST_API_KEY", raising=False)
@@ -346,7 +407,7 @@ def test_an_api_candidate_is_measured_through_an_openai_compatible_server(server
         with pytest.raises(ProjectError, match="the environment variable LIFECYCLE_TEST_API_KEY is not set"):
             select.run(params_with(f"http://127.0.0.1:{listener.getsockname()[1]}/v1"), paths)
         with pytest.raises(BlockingIOError):
-            listener.accept()   # nobody connected: nothing was sent
+            listener.accept()  # nobody connected: nothing was sent
     assert not (tmp_path / "selection.json").exists()
 
     monkeypatch.setenv("LIFECYCLE_TEST_API_KEY", "unused-by-an-open-server")
@@ -357,13 +418,17 @@ def test_an_api_candidate_is_measured_through_an_openai_compatible_server(server
     assert row["kind"] == "api" and row["status"] == "ranked" and row["rank"] in (1, 2)
     for prompt in ("zero_shot", "few_shot"):
         m = row["metrics"][prompt]
-        assert set(m) >= {"token_f1", "rougeL", "latency_ms", "cost_per_1k_requests_usd"} and "answer_perplexity" not in m
+        assert (
+            set(m) >= {"token_f1", "rougeL", "latency_ms", "cost_per_1k_requests_usd"} and "answer_perplexity" not in m
+        )
         tokens = m["tokens"]
         assert tokens["prompt"] > 0 and tokens["completion"] >= len(dev), "the server counted every answer"
         assert m["cost_per_1k_requests_usd"] == pytest.approx(
-            (tokens["prompt"] * 0.15 + tokens["completion"] * 0.60) / 1e6 / len(dev) * 1000, abs=1e-4)
-    assert row["metrics"]["few_shot"]["tokens"]["prompt"] > row["metrics"]["zero_shot"]["tokens"]["prompt"], \
+            (tokens["prompt"] * 0.15 + tokens["completion"] * 0.60) / 1e6 / len(dev) * 1000, abs=1e-4
+        )
+    assert row["metrics"]["few_shot"]["tokens"]["prompt"] > row["metrics"]["zero_shot"]["tokens"]["prompt"], (
         "the few-shot examples went as earlier turns"
+    )
     assert selection["selected"]["name"] == prepared.select.candidates[0].name, "an API candidate is never tuned"
     from stages.select import explain
 

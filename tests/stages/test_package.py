@@ -16,15 +16,18 @@ def test_failed_gate_promotes_nothing(prepared, aligned, tmp_path):
 
     report = {"gates": {"passed": False, "failed": ["rougeL 0.1 (>= 0.9 needed)"], "reasons": []}}
     write_json(tmp_path / "eval.json", report)
-    paths = prepared.paths.model_copy(update={"eval_metrics": str(tmp_path / "eval.json"),
-                                              "package": str(tmp_path / "package")})
+    paths = prepared.paths.model_copy(
+        update={"eval_metrics": str(tmp_path / "eval.json"), "package": str(tmp_path / "package")}
+    )
     bentos_before = len(bentoml.list())
     with pytest.raises(GateRefused, match="rougeL 0.1"):
         package.run(prepared, paths)
     assert not (tmp_path / "package").exists()
     assert len(bentoml.list()) == bentos_before
     client = MlflowClient()
-    versions = client.search_model_versions(f"name='{prepared.project.name}'") if client.search_registered_models() else []
+    versions = (
+        client.search_model_versions(f"name='{prepared.project.name}'") if client.search_registered_models() else []
+    )
     for v in versions:  # any version present was registered by a passing package run, never this one
         assert v.tags.get("eval.rougeL") is not None
 
@@ -50,8 +53,9 @@ def test_passing_model_is_registered_champion_and_bento(packaged, prepared):
     assert not list(model_dir.glob("adapter_*")), "merged: one plain model folder"
 
 
-def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollback(packaged, prepared, tiny_root,
-                                                                                     monkeypatch):
+def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollback(
+    packaged, prepared, tiny_root, monkeypatch
+):
     from mlflow import MlflowClient
 
     from flows.cli import main as lifecycle
@@ -74,8 +78,14 @@ def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollb
     client = MlflowClient()
     assert int(client.get_model_version_by_alias(name, "champion").version) == first
     v2 = client.get_model_version(name, str(second["version"]))
-    for tag in ("lifecycle.git_commit", "lifecycle.params_sha256", "lifecycle.dvc_lock_sha256",
-                "lifecycle.data.eval_sha256", "lifecycle.bento", "eval.latency_ms"):
+    for tag in (
+        "lifecycle.git_commit",
+        "lifecycle.params_sha256",
+        "lifecycle.dvc_lock_sha256",
+        "lifecycle.data.eval_sha256",
+        "lifecycle.bento",
+        "eval.latency_ms",
+    ):
         assert v2.tags.get(tag), tag
     assert v2.tags["lifecycle.verdict"].startswith("challenger: does not beat champion")
     assert "Registry: challenger" in v2.description and "bootstrap intervals" in v2.description
@@ -84,15 +94,21 @@ def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollb
     assert lifecycle(["promote", str(second["version"]), "--reason", "reviewed by hand"]) == 0
     assert int(client.get_model_version_by_alias(name, "champion").version) == second["version"]
     assert "challenger" not in client.get_registered_model(name).aliases
-    assert client.get_model_version(name, str(second["version"])).tags["lifecycle.champion_since"].endswith(
-        "promoted by hand: reviewed by hand")
+    assert (
+        client.get_model_version(name, str(second["version"]))
+        .tags["lifecycle.champion_since"]
+        .endswith("promoted by hand: reviewed by hand")
+    )
     assert history(client, name)[-2:] == [first, second["version"]]
     assert lifecycle(["promote", str(second["version"]), "--reason", "again"]) == 0
     assert history(client, name)[-2:] == [first, second["version"]], "the champion promoted again: no new entry"
     assert lifecycle(["rollback", "--reason", "latency regression"]) == 0
     assert int(client.get_model_version_by_alias(name, "champion").version) == first
-    assert client.get_model_version(name, str(second["version"])).tags["lifecycle.rolled_back"].endswith(
-        "latency regression")
+    assert (
+        client.get_model_version(name, str(second["version"]))
+        .tags["lifecycle.rolled_back"]
+        .endswith("latency regression")
+    )
     assert lifecycle(["promote", "999", "--reason", "typo"]) == 1, "a version that does not exist"
     assert lifecycle(["rollback", "--reason", "again"]) == 1, "nothing earlier than the first champion"
 
@@ -139,9 +155,14 @@ def test_a_package_that_fails_after_registering_leaves_no_version(packaged, prep
     p["paths"]["package"] = str(tmp_path / "package")
     params_file = write_params(tmp_path / "project", p)
     (tmp_path / "not-a-folder").write_text("")
-    out = subprocess.run([sys.executable, "-m", "stages.package", "--params", str(params_file)], cwd=tmp_path,
-                         env={**os.environ, "BENTOML_HOME": str(tmp_path / "not-a-folder")}, capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "stages.package", "--params", str(params_file)],
+        cwd=tmp_path,
+        env={**os.environ, "BENTOML_HOME": str(tmp_path / "not-a-folder")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode != 0
     assert f"removed {name} version" in out.stderr, out.stderr[-3000:]
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'")) == before

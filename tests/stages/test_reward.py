@@ -33,8 +33,13 @@ def test_the_reward_model_is_versioned_and_registered(separable):
 def test_no_preference_pairs_no_reward_model(prepared, adapted, tmp_path):
     from stages import reward
 
-    params = prepared.model_copy(update={"data": prepared.data.model_copy(update={
-        "sources": prepared.data.sources.model_copy(update={"preference": None})})})
+    params = prepared.model_copy(
+        update={
+            "data": prepared.data.model_copy(
+                update={"sources": prepared.data.sources.model_copy(update={"preference": None})}
+            )
+        }
+    )
     paths = prepared.paths.model_copy(update={"reward": str(tmp_path / "reward"), "metrics": str(tmp_path)})
     reward.run(params, paths)
     assert read_json(tmp_path / "reward" / "lifecycle.json") == {"trained": False, "why": "no preference pairs"}

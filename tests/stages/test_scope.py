@@ -25,6 +25,11 @@ def test_declared_counts_above_the_data_are_warnings_and_the_plan_uses_real_coun
 def test_personal_data_restricts_hosting(prepared):
     from stages.scope import plan
 
-    private = prepared.model_copy(update={"scope": prepared.scope.model_copy(
-        update={"privacy": prepared.scope.privacy.model_copy(update={"personal_data": True})})})
+    private = prepared.model_copy(
+        update={
+            "scope": prepared.scope.model_copy(
+                update={"privacy": prepared.scope.privacy.model_copy(update={"personal_data": True})}
+            )
+        }
+    )
     assert plan(private)["candidate_hosting"] == ["self"]

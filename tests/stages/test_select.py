@@ -24,8 +24,12 @@ def test_selection_ranks_survivors_with_reasons(selected, prepared):
     assert selection["selected"]["name"] == chosen["name"] and "dev split" in selection["selected"]["why"]
     assert chosen["rank"] == 1 and other["rank"] == 2
     parts = chosen["memory_gib"]["training"]
-    assert parts["technique"] == "lora" and parts["activations"] > 0 and parts["total"] == pytest.approx(
-        parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["activations"], abs=1e-3)
+    assert (
+        parts["technique"] == "lora"
+        and parts["activations"] > 0
+        and parts["total"]
+        == pytest.approx(parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["activations"], abs=1e-3)
+    )
 
 
 def scoped(prepared, **scope):
@@ -40,13 +44,20 @@ def scoped(prepared, **scope):
 
 
 def test_filters_give_each_verdict_with_its_reason(prepared):
-    params = scoped(prepared, languages=["en", "de"], privacy__personal_data=True, phase=Phase.mvp,
-                    residency=prepared.scope.residency.model_copy(update={"region": "apac"}))
+    params = scoped(
+        prepared,
+        languages=["en", "de"],
+        privacy__personal_data=True,
+        phase=Phase.mvp,
+        residency=prepared.scope.residency.model_copy(update={"region": "apac"}),
+    )
     saas = Candidate(name="x", hub_id="org/x", licence="llama3", languages=["en"], hosting="saas")
     f = candidate_filters(saas, params)
     assert "licence llama3" in f["licence"] and "['de']" in f["languages"] and "personal data" in f["hosting"]
     gpt = Candidate(name="g", catalog="gpt-4o-mini", licence="apache-2.0")
-    assert gpt.hosting == "saas" and gpt.endpoint.model == "gpt-4o-mini" and gpt.endpoint.api_key_env == "OPENAI_API_KEY"
+    assert (
+        gpt.hosting == "saas" and gpt.endpoint.model == "gpt-4o-mini" and gpt.endpoint.api_key_env == "OPENAI_API_KEY"
+    )
     assert "residency region is apac" in candidate_filters(gpt, params)["residency"]
     nc = Candidate(name="nc", catalog="c4ai-command-r-v01", licence="apache-2.0")
     assert nc.hub_id == "CohereForAI/c4ai-command-r-v01"
@@ -54,7 +65,10 @@ def test_filters_give_each_verdict_with_its_reason(prepared):
     assert candidate_filters(nc, scoped(prepared, phase=Phase.poc))["commercial_use"] is None, "fine before an MVP"
     t5 = Candidate(name="t5", catalog="flan-t5-base")
     assert t5.licence == "apache-2.0" and candidate_filters(t5, prepared)["context"] is None
-    assert "encoder-decoder: this pipeline tunes and serves decoder-only" in candidate_filters(t5, prepared)["architecture"]
+    assert (
+        "encoder-decoder: this pipeline tunes and serves decoder-only"
+        in candidate_filters(t5, prepared)["architecture"]
+    )
     assert candidate_filters(Candidate(name="q", catalog="qwen2.5-0.5b-instruct"), prepared)["architecture"] is None
     long = prepared.model_copy(update={"data": prepared.data.model_copy(update={"max_length": 4096})})
     assert "context 512 tokens" in candidate_filters(t5, long)["context"]
@@ -63,8 +77,13 @@ def test_filters_give_each_verdict_with_its_reason(prepared):
 def test_over_budget_and_missing_path(prepared, tmp_path):
     from stages import select
 
-    hardware = prepared.scope.hardware.model_copy(update={"training": prepared.scope.hardware.training.model_copy(
-        update={"gpu": "tiny-gpu", "gpu_memory_gib": 1e-9, "count": 1})})
+    hardware = prepared.scope.hardware.model_copy(
+        update={
+            "training": prepared.scope.hardware.training.model_copy(
+                update={"gpu": "tiny-gpu", "gpu_memory_gib": 1e-9, "count": 1}
+            )
+        }
+    )
     params = scoped(prepared, hardware=hardware)
     paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
     with pytest.raises(ProjectError, match="no local candidate survives.*over the training GPU's 1e-09 GiB"):
@@ -85,16 +104,20 @@ def test_serving_memory_and_api_cost_are_held_against_the_scope(prepared):
     params = scoped(prepared, hardware=hw.model_copy(update={"serving": tiny_gpu}))
     row = judge(prepared.select.candidates[0], params, budgets(params))
     assert row["filters"]["memory_training"] is None
-    assert "inference needs ~" in row["filters"]["memory_serving"] and "the serving GPU's 1e-06 GiB" in \
-        row["filters"]["memory_serving"]
+    assert (
+        "inference needs ~" in row["filters"]["memory_serving"]
+        and "the serving GPU's 1e-06 GiB" in row["filters"]["memory_serving"]
+    )
     parts = row["memory_gib"]["serving"]
     assert parts["technique"] == "inference" and parts["gradients"] == 0 and parts["activations"] > 0
 
-    limits = prepared.scope.serving.model_copy(update={"max_cost_per_1k_requests_usd": 0.5,
-                                                       "requests_per_month": 200_000})
-    params = scoped(prepared, serving=limits,
-                    budget=prepared.scope.budget.model_copy(update={"monthly_serving_usd": 50}))
-    assert cost_verdicts(params, 0.2) == {"cost_per_request": None, "monthly_budget": None}   # $40 a month
+    limits = prepared.scope.serving.model_copy(
+        update={"max_cost_per_1k_requests_usd": 0.5, "requests_per_month": 200_000}
+    )
+    params = scoped(
+        prepared, serving=limits, budget=prepared.scope.budget.model_copy(update={"monthly_serving_usd": 50})
+    )
+    assert cost_verdicts(params, 0.2) == {"cost_per_request": None, "monthly_budget": None}  # $40 a month
     over = cost_verdicts(params, 0.6)
     assert "$0.6 per 1k requests, over the $0.5 limit" in over["cost_per_request"]
     assert "~$120.00 a month at 200,000 requests, over the $50.00 budget" in over["monthly_budget"]

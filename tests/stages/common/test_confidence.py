@@ -37,8 +37,15 @@ def test_identical_systems_do_not_differ(metric):
     refs = [[f"word {i} and more words here"] for i in range(25)]
     answers = [f"word {i} and words" for i in range(25)]
     rows = REGISTRY[metric].rows
-    result = paired(metric, answers, answers, refs, Resampling(200, 0.95, 5),
-                    rows and rows(answers, refs), rows and rows(answers, refs))
+    result = paired(
+        metric,
+        answers,
+        answers,
+        refs,
+        Resampling(200, 0.95, 5),
+        rows and rows(answers, refs),
+        rows and rows(answers, refs),
+    )
     assert result == {"difference": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
 
 

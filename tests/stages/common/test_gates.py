@@ -18,15 +18,25 @@ def test_lower_is_better_margin_uses_the_fastest_baseline():
 
 
 def test_absolute_and_lower_is_better():
-    kpis = [Kpi(metric="latency_ms", threshold=10, direction="lower"),
-            Kpi(metric="rougeL", threshold=0.3, direction="higher")]
+    kpis = [
+        Kpi(metric="latency_ms", threshold=10, direction="lower"),
+        Kpi(metric="rougeL", threshold=0.3, direction="higher"),
+    ]
     decision = should_promote({"rougeL": 0.31, "latency_ms": 12}, BASES, kpis)
     assert not decision.passed and len(decision.failed) == 1 and decision.failed[0].startswith("latency_ms")
     assert [r[:4] for r in decision.reasons] == ["FAIL", "PASS"]
 
 
-COMPARED = {"rougeL": {"candidate": "sft", "baseline": "prompted", "difference": 0.06, "ci_low": 0.01,
-                       "ci_high": 0.11, "p_value": 0.02}}
+COMPARED = {
+    "rougeL": {
+        "candidate": "sft",
+        "baseline": "prompted",
+        "difference": 0.06,
+        "ci_low": 0.01,
+        "ci_high": 0.11,
+        "p_value": 0.02,
+    }
+}
 
 
 def test_a_margin_met_on_the_point_estimate_only_is_said_so_and_fails_when_confidence_is_required():
@@ -47,7 +57,9 @@ def test_an_absolute_kpi_with_confidence_needs_the_whole_interval():
     assert not should_promote({"rougeL": 0.32}, BASES, ci, intervals=inside).passed
     assert should_promote({"rougeL": 0.32}, BASES, ci, intervals={"rougeL": {"ci_low": 0.3, "ci_high": 0.36}}).passed
     lower = [Kpi(metric="rougeL", threshold=0.3, direction="lower", confidence="ci")]
-    assert not should_promote({"rougeL": 0.25}, BASES, lower, intervals={"rougeL": {"ci_low": 0.2, "ci_high": 0.31}}).passed
+    assert not should_promote(
+        {"rougeL": 0.25}, BASES, lower, intervals={"rougeL": {"ci_low": 0.2, "ci_high": 0.31}}
+    ).passed
 
 
 def test_a_ci_kpi_without_an_interval_fails():
@@ -61,8 +73,12 @@ def test_forgetting_beyond_the_limit_fails_with_the_figures():
     decision = should_promote({"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 240.0, "limit": 0.5})
     assert not decision.passed
     assert decision.failed == ["forgetting: general-text perplexity 150.0 -> 240.0 (+60%; <= +50% allowed)"]
-    assert should_promote({"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 240.0, "limit": 0.6}).passed
-    unlimited = should_promote({"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 900.0, "limit": None})
+    assert should_promote(
+        {"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 240.0, "limit": 0.6}
+    ).passed
+    unlimited = should_promote(
+        {"rougeL": 0.2}, BASES, kpis, forgetting={"before": 150.0, "after": 900.0, "limit": None}
+    )
     assert unlimited.passed and unlimited.reasons[-1].startswith("NOTE: forgetting")
 
 

@@ -20,8 +20,9 @@ def test_command_per_strategy():
     assert ddp[1:4] == ["launch", "--num_processes", "2"] and "--multi_gpu" in ddp
     assert ddp[ddp.index("--mixed_precision") + 1] == "no", "no mixed precision on a CPU"
     assert ddp[-3:] == ["-m", "stages.adapt", "--x"]
-    fsdp = accelerate_command(Launch(launcher="accelerate", num_processes=8, strategy="fsdp"), "cuda", "bf16",
-                              "stages.align", [])
+    fsdp = accelerate_command(
+        Launch(launcher="accelerate", num_processes=8, strategy="fsdp"), "cuda", "bf16", "stages.align", []
+    )
     assert "--use_fsdp" in fsdp and fsdp[fsdp.index("--mixed_precision") + 1] == "bf16"
     with pytest.raises(ProjectError, match="orchestration.launch.strategy"):
         accelerate_command(Launch(launcher="accelerate", strategy="fsdp"), "cpu", "fp32", "stages.adapt", [])
@@ -50,9 +51,14 @@ def test_adapt_trains_in_two_gloo_processes_and_one_writes(prepared, adapted, ti
     experiment = client.get_experiment_by_name(p["project"]["name"])
     runs_before = {r.info.run_id for r in client.search_runs([experiment.experiment_id])} if experiment else set()
 
-    out = subprocess.run([sys.executable, "-m", "stages.adapt", "--params", str(params_file)], cwd=tmp_path,
-                         env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"},
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "stages.adapt", "--params", str(params_file)],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     assert "accelerate launch --num_processes 2" in out.stdout
 
@@ -61,8 +67,9 @@ def test_adapt_trains_in_two_gloo_processes_and_one_writes(prepared, adapted, ti
     sft = tmp_path / "models" / "sft"
     assert lora_b_norm(sft) > 0, "LoRA B starts at zero: it moved, the adapter trained"
     # One writer: the outputs once, no other process's leftovers beside them, one MLflow run.
-    assert sorted(f.name for f in sft.iterdir()) == sorted(f.name for f in (tiny_root / "models" / "sft").iterdir()), \
+    assert sorted(f.name for f in sft.iterdir()) == sorted(f.name for f in (tiny_root / "models" / "sft").iterdir()), (
         "the same files as a one-process adapt"
+    )
     assert sorted(f.name for f in (tmp_path / "models").iterdir()) == [".checkpoints", "sft"]
     assert not list((tmp_path / "models" / ".checkpoints").glob("*/checkpoint-*")), "checkpoints removed when done"
     experiment = client.get_experiment_by_name(p["project"]["name"])

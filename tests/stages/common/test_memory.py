@@ -9,8 +9,16 @@ import pytest
 
 from stages.common.memory import QLORA_BYTES, Shape, estimate, lora_parameters, shape_of
 
-CONFIG = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-              num_key_value_heads=8, vocab_size=8000, max_position_embeddings=512, tie_word_embeddings=False)
+CONFIG = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=8000,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
 BATCH, SEQ, R = 8, 128, 8
 
 # In one fresh process, each technique in turn: the peak resident memory (VmHWM) above the process's size just
@@ -58,8 +66,13 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def measured() -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(CONFIG), str(BATCH), str(SEQ), str(R)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps(CONFIG), str(BATCH), str(SEQ), str(R)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -104,4 +117,4 @@ def test_parts_follow_the_technique_and_precision(shape):
 def test_a_parameter_count_alone_gives_weights_and_states_and_says_activations_are_unknown():
     e = estimate(Shape(parameters=7_000_000_000), "lora", "bf16")
     assert e.activations is None and e.gib()["activations"] is None
-    assert e.weights == 14e9 and e.trainable == 70_000_000   # 1 % of the weights when the layers are unknown
+    assert e.weights == 14e9 and e.trainable == 70_000_000  # 1 % of the weights when the layers are unknown

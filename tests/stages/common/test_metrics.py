@@ -20,7 +20,9 @@ def test_question_answering_extremes():
 def test_best_of_several_references():
     refs = [["Close the file.", "Return the sum."]]
     assert metrics.score(["exact_match", "rougeL", "chrf"], ["Return the sum."], refs)["exact_match"] == 1.0
-    assert metrics.score(["bleu"], ["Return the sum.", "Open it."], [["Return the sum."], ["Open it.", "x"]])["bleu"] > 99
+    assert (
+        metrics.score(["bleu"], ["Return the sum.", "Open it."], [["Return the sum."], ["Open it.", "x"]])["bleu"] > 99
+    )
 
 
 def test_classification_counts_invalid_answers():
@@ -40,10 +42,14 @@ def test_extraction_json_validity_and_field_f1():
 
 
 def test_semantic_similarity_with_the_shipped_minilm():
-    close = metrics.score(["semantic_similarity"], ["Reset your password from the login page."],
-                          [["Use the login page to reset the password."]])["semantic_similarity"]
-    far = metrics.score(["semantic_similarity"], ["The weather is warm in July."],
-                        [["Use the login page to reset the password."]])["semantic_similarity"]
+    close = metrics.score(
+        ["semantic_similarity"],
+        ["Reset your password from the login page."],
+        [["Use the login page to reset the password."]],
+    )["semantic_similarity"]
+    far = metrics.score(
+        ["semantic_similarity"], ["The weather is warm in July."], [["Use the login page to reset the password."]]
+    )["semantic_similarity"]
     assert 0.6 < close <= 1 and far < close - 0.3
 
 
@@ -65,14 +71,18 @@ def problems(tmp_path, change) -> list[str]:
 def test_kpi_outside_its_metric_range_is_rejected(tmp_path):
     def change(p):
         p["scope"]["kpis"][1]["threshold"] = 2.0  # rougeL lies in [0, 1]
+
     assert any("`scope.kpis.1.threshold` 2.0: rougeL lies in [0, 1]" in m for m in problems(tmp_path, change))
 
 
 def test_kpi_on_a_metric_of_another_task(tmp_path):
     def change(p):
         p["scope"]["kpis"].append({"metric": "accuracy", "threshold": 0.5, "direction": "higher"})
-    assert any("`scope.kpis.3.metric` 'accuracy' is not computed for a question-answering project" in m
-               for m in problems(tmp_path, change))
+
+    assert any(
+        "`scope.kpis.3.metric` 'accuracy' is not computed for a question-answering project" in m
+        for m in problems(tmp_path, change)
+    )
 
 
 def test_rank_by_needs_a_direction(tmp_path):
@@ -80,6 +90,7 @@ def test_rank_by_needs_a_direction(tmp_path):
         p["scope"]["task"] = "summarization"
         p["scope"]["kpis"] = [{"metric": "rougeL", "threshold": 0.1, "direction": "higher"}]
         p["select"]["rank_by"] = "length_words"
+
     assert any("`select.rank_by` 'length_words' cannot rank" in m for m in problems(tmp_path, change))
 
 
@@ -94,19 +105,22 @@ def test_validate_exits_2_on_a_kpi_out_of_range(tmp_path, capsys):
 
 def test_guardrails_count_answers_breaking_a_rule_per_100():
     rules = {"forbidden_terms": ["password", "internal use"], "min_words": 2, "max_words": 6, "format": None}
-    answers = ["Reset it from the login page.",           # fine
-               "Your PASSWORD is hunter2.",               # forbidden term, any case
-               "Marked internal use only, sorry.",        # forbidden phrase
-               "passwords are hashed",                    # not the word itself: fine
-               "No.",                                     # too short
-               "This answer goes on for far too many words."]  # too long
+    answers = [
+        "Reset it from the login page.",  # fine
+        "Your PASSWORD is hunter2.",  # forbidden term, any case
+        "Marked internal use only, sorry.",  # forbidden phrase
+        "passwords are hashed",  # not the word itself: fine
+        "No.",  # too short
+        "This answer goes on for far too many words.",
+    ]  # too long
     assert metrics.guardrail_breaches(answers[1], rules) == ["forbidden term: password"]
     assert metrics.guardrail_breaches(answers[4], rules) == ["length"]
     assert metrics.score(["guardrail_violations"], answers, [["x"]] * 6, guardrails=rules) == {
-        "guardrail_violations": round(100 * 4 / 6, 4)}
+        "guardrail_violations": round(100 * 4 / 6, 4)
+    }
     assert metrics.guardrail_breaches("billing", {"format": "label"}, labels=["billing", "bug"]) == []
     assert metrics.guardrail_breaches("a refund", {"format": "label"}, labels=["billing", "bug"]) == ["format: label"]
-    assert metrics.guardrail_breaches("{\"a\": 1}", {"format": "json"}) == []
+    assert metrics.guardrail_breaches('{"a": 1}', {"format": "json"}) == []
 
 
 def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
@@ -136,7 +150,8 @@ def test_an_llm_judge_rates_each_answer_from_1_to_5(prepared):
     assert len(rows) == 2 and all(1 <= r <= 5 for r in rows)
     assert rows == metrics.REGISTRY["judge_score"].rows(answers, refs, judge=judge, questions=questions)
     assert metrics.score(["judge_score"], answers, refs, judge=judge, questions=questions)["judge_score"] == round(
-        sum(rows) / 2, 4)
+        sum(rows) / 2, 4
+    )
 
 
 def test_a_saas_judge_is_refused_for_personal_data(tmp_path):
@@ -161,8 +176,11 @@ def test_json_output_with_a_schema_is_a_guardrail(tmp_path):
     from stages.common.params import load_params
     from tests.conftest import default_params, write_params
 
-    schema = {"type": "object", "required": ["module", "summary"],
-              "properties": {"module": {"type": "string"}, "summary": {"type": "string", "maxLength": 40}}}
+    schema = {
+        "type": "object",
+        "required": ["module", "summary"],
+        "properties": {"module": {"type": "string"}, "summary": {"type": "string", "maxLength": 40}},
+    }
     (tmp_path / "answer.schema.json").write_text(json.dumps(schema))
     p = default_params()
     p["scope"]["output_format"] = {"type": "json", "json_schema": str(tmp_path / "answer.schema.json")}
@@ -172,7 +190,8 @@ def test_json_output_with_a_schema_is_a_guardrail(tmp_path):
     assert metrics.guardrail_breaches(good, rules) == []
     assert metrics.guardrail_breaches('{"module": "json"}', rules) == ["format: json schema"]
     assert metrics.guardrail_breaches("Serialize an object.", rules) == ["format: json"]
-    assert metrics.score(["guardrail_violations"], [good, '{"module": 1, "summary": "x"}'], [["x"]] * 2,
-                         guardrails=rules) == {"guardrail_violations": 50.0}
+    assert metrics.score(
+        ["guardrail_violations"], [good, '{"module": 1, "summary": "x"}'], [["x"]] * 2, guardrails=rules
+    ) == {"guardrail_violations": 50.0}
     p["scope"]["output_format"] = {"type": "plain", "json_schema": None}
     assert metrics.guardrails(load_params(write_params(tmp_path, p)))["format"] is None, "plain text: no format rule"

@@ -118,21 +118,32 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_params(tmp_path / "absent.yaml")
 
 
-@pytest.mark.parametrize("sft, pref, adapt, align", [
-    (20, 0, ["prompt"], ["none"]),
-    (2000, 0, ["prompt", "prompt_tuning", "lora", "qlora"], ["none"]),
-    (2000, 500, ["prompt", "prompt_tuning", "lora", "qlora"], ["none", "dpo", "rlhf"]),
-    (50_000, 500, ["prompt", "prompt_tuning", "lora", "qlora", "full"], ["none", "dpo", "rlhf"]),
-])
+@pytest.mark.parametrize(
+    "sft, pref, adapt, align",
+    [
+        (20, 0, ["prompt"], ["none"]),
+        (2000, 0, ["prompt", "prompt_tuning", "lora", "qlora"], ["none"]),
+        (2000, 500, ["prompt", "prompt_tuning", "lora", "qlora"], ["none", "dpo", "rlhf"]),
+        (50_000, 500, ["prompt", "prompt_tuning", "lora", "qlora", "full"], ["none", "dpo", "rlhf"]),
+    ],
+)
 def test_data_size_decides_the_techniques(sft, pref, adapt, align):
     p = load_params(REPO / "params.yaml")
-    scope = p.scope.model_copy(update={"data": p.scope.data.model_copy(update={"sft_pairs": sft, "preference_pairs": pref})})
+    scope = p.scope.model_copy(
+        update={"data": p.scope.data.model_copy(update={"sft_pairs": sft, "preference_pairs": pref})}
+    )
     allowed = allowed_techniques(scope)
     assert allowed["adapt"] == adapt and allowed["align"] == align
 
 
-@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(REPO)) for p in REPO.glob("params/*.yaml")),
-                                  *sorted(str(p.relative_to(REPO)) for p in REPO.glob("examples/*/params.yaml"))])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "params.yaml",
+        *sorted(str(p.relative_to(REPO)) for p in REPO.glob("params/*.yaml")),
+        *sorted(str(p.relative_to(REPO)) for p in REPO.glob("examples/*/params.yaml")),
+    ],
+)
 def test_shipped_params_write_every_key_dvc_tracks(path):
     """DVC fails mid-run on a tracked key left to its default; every shipped params file writes them all."""
     from stages.common.params import unwritten_tracked_keys
@@ -162,23 +173,26 @@ def test_raft_needs_knowledge_and_a_tuned_model_and_a_valid_context_template(tmp
 
 def test_alignment_settings_trl_would_reject_mid_run_are_named(tmp_path):
     p = default_params()
-    p["align"]["rlhf"]["num_generations"] = 3          # 16 completions per step are not groups of 3
-    p["align"]["rlhf"]["rules"]["format"] = "([a-z"    # not a regular expression
+    p["align"]["rlhf"]["num_generations"] = 3  # 16 completions per step are not groups of 3
+    p["align"]["rlhf"]["rules"]["format"] = "([a-z"  # not a regular expression
     p["align"]["methods"] = ["dpo", "dpo"]
     problems = problems_for(tmp_path, p)
     assert any("`align.methods`" in m and "listed twice" in m for m in problems)
     p["align"]["methods"] = ["rlhf"]
     problems = problems_for(tmp_path, p)
-    assert any("`align.rlhf.trainer.per_device_train_batch_size`" in m and "`align.rlhf.num_generations` (3)" in m
-               for m in problems)
+    assert any(
+        "`align.rlhf.trainer.per_device_train_batch_size`" in m and "`align.rlhf.num_generations` (3)" in m
+        for m in problems
+    )
     assert any("`align.rlhf.rules.format` '([a-z' is not a regular expression" in m for m in problems)
 
 
 def test_the_old_align_method_key_says_where_it_went(tmp_path):
     p = default_params()
     p["align"]["method"] = p["align"].pop("methods")[0]
-    assert any("`align.method` has moved to `align.methods`" in m and "methods: [dpo]" in m
-               for m in problems_for(tmp_path, p))
+    assert any(
+        "`align.method` has moved to `align.methods`" in m and "methods: [dpo]" in m for m in problems_for(tmp_path, p)
+    )
 
 
 def test_a_soft_prompt_cannot_be_aligned(tmp_path):

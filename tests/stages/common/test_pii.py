@@ -18,41 +18,97 @@ from stdnum import iban, luhn
 
 from stages.common.pii import TYPES, Finding, find_pii, mask, redact
 
-FIRST = ["anna", "ben", "chloe", "david", "elif", "farid", "grace", "hiro", "ines", "jonas", "kemal", "lucia",
-         "mateo", "nadia", "oscar", "priya", "quinn", "rosa", "sven", "tariq", "uma", "viktor", "wen", "yusuf"]
+FIRST = [
+    "anna",
+    "ben",
+    "chloe",
+    "david",
+    "elif",
+    "farid",
+    "grace",
+    "hiro",
+    "ines",
+    "jonas",
+    "kemal",
+    "lucia",
+    "mateo",
+    "nadia",
+    "oscar",
+    "priya",
+    "quinn",
+    "rosa",
+    "sven",
+    "tariq",
+    "uma",
+    "viktor",
+    "wen",
+    "yusuf",
+]
 LAST = ["smith", "muller", "garcia", "rossi", "dubois", "nowak", "tanaka", "silva", "okafor", "jensen", "kaya"]
 DOMAINS = ["example.com", "mail.example.org", "corp.example.co.uk", "example.de", "example-shop.fr", "uni.example.edu"]
 E164_REGIONS = ["US", "GB", "DE", "FR", "IN", "JP", "AU", "BR", "NL", "ES"]
 US_AREA_CODES = [201, 202, 212, 213, 305, 312, 404, 415, 503, 512, 617, 646, 702, 713, 718, 805, 917, 972]
 # BBAN shapes from the SWIFT IBAN registry (n: digit, a: upper-case letter, c: either): a mix of pure-digit,
 # bank-code-in-letters and mixed BBANs, of lengths 18 (NL) to 27 (FR, IT).
-BBAN = {"DE": "n" * 18, "GB": "aaaa" + "n" * 14, "NL": "aaaa" + "n" * 10, "FR": "n" * 10 + "c" * 11 + "nn",
-        "ES": "n" * 20, "IT": "a" + "n" * 10 + "c" * 12, "BE": "n" * 12, "CH": "n" * 5 + "c" * 12, "AT": "n" * 16,
-        "PL": "n" * 24}
+BBAN = {
+    "DE": "n" * 18,
+    "GB": "aaaa" + "n" * 14,
+    "NL": "aaaa" + "n" * 10,
+    "FR": "n" * 10 + "c" * 11 + "nn",
+    "ES": "n" * 20,
+    "IT": "a" + "n" * 10 + "c" * 12,
+    "BE": "n" * 12,
+    "CH": "n" * 5 + "c" * 12,
+    "AT": "n" * 16,
+    "PL": "n" * 24,
+}
 
 CONTEXT = {
-    "email": ["Please reply to {} instead of my old address.", "You can reach me by email at {}.",
-              "My login is {} but the reset link never arrives.", "Send the invoice to {}, thanks."],
-    "phone": ["Call me back on {} after 5pm.", "My number is {} if that is easier.",
-              "The courier tried {} twice but nobody answered.", "Text {} when the part ships."],
-    "iban": ["Please refund the order to IBAN {}.", "The direct debit from {} failed again.",
-             "I changed my bank account to {} last week."],
-    "card": ["I was charged twice on card {} yesterday.", "The card {} is declined at checkout.",
-             "Please remove the saved card {} from my profile."],
-    "ip": ["The login attempts came from {} at night.", "Our VPN gateway {} drops the connection.",
-           "Whitelist {} for the API, please."],
+    "email": [
+        "Please reply to {} instead of my old address.",
+        "You can reach me by email at {}.",
+        "My login is {} but the reset link never arrives.",
+        "Send the invoice to {}, thanks.",
+    ],
+    "phone": [
+        "Call me back on {} after 5pm.",
+        "My number is {} if that is easier.",
+        "The courier tried {} twice but nobody answered.",
+        "Text {} when the part ships.",
+    ],
+    "iban": [
+        "Please refund the order to IBAN {}.",
+        "The direct debit from {} failed again.",
+        "I changed my bank account to {} last week.",
+    ],
+    "card": [
+        "I was charged twice on card {} yesterday.",
+        "The card {} is declined at checkout.",
+        "Please remove the saved card {} from my profile.",
+    ],
+    "ip": [
+        "The login attempts came from {} at night.",
+        "Our VPN gateway {} drops the connection.",
+        "Whitelist {} for the API, please.",
+    ],
 }
 OPENERS = ["Hello support,", "Hi team,", "Ticket #{n}:", "Dear help desk,", "Re: case {n} -", "Good morning,"]
-FILLERS = ["The app shows version 4.2.1 and the error persists since 2024-01-15.", "I tried twice, same result.",
-           "This started after the update to 3.14 on Monday.", "Order 58213 is still pending.",
-           "It worked fine last month.", "Nothing in the FAQ helps with this."]
+FILLERS = [
+    "The app shows version 4.2.1 and the error persists since 2024-01-15.",
+    "I tried twice, same result.",
+    "This started after the update to 3.14 on Monday.",
+    "Order 58213 is still pending.",
+    "It worked fine last month.",
+    "Nothing in the FAQ helps with this.",
+]
 CLOSERS = ["Thanks, {name}", "Best regards, {name}", "Cheers", "Kind regards", "Thank you!"]
 
 
 def _email(rng: random.Random) -> str:
     first, last = rng.choice(FIRST), rng.choice(LAST)
-    local = rng.choice([f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last}{rng.randint(1, 99)}",
-                        f"{first}+support"])
+    local = rng.choice(
+        [f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last}{rng.randint(1, 99)}", f"{first}+support"]
+    )
     return f"{local}@{rng.choice(DOMAINS)}"
 
 
@@ -130,7 +186,7 @@ def _score(records) -> tuple[dict, dict, list]:
     hits, totals, extra = dict.fromkeys(TYPES, 0), dict.fromkeys(TYPES, 0), []
     for text, planted in records:
         found = find_pii(text)
-        assert all(text[f.start:f.end] == f.value for f in found)
+        assert all(text[f.start : f.end] == f.value for f in found)
         got = {(f.type, f.value) for f in found}
         for t, v in planted:
             totals[t] += 1
@@ -161,23 +217,26 @@ def test_precision_is_one_on_the_planted_set():
     assert extra == [], extra[:5]  # the tickets' ordinary numbers (58213, 4.2.1, 2024-01-15, 3.14) are not PII
 
 
-@pytest.mark.parametrize("text", [
-    "card 4111111111111112 was declined",  # Luhn-invalid 16 digits
-    "card 4111 1111 1111 1112 was declined",
-    "IBAN DE88370400440532013000 bounced",  # wrong check digits (DE89... is valid)
-    "IBAN DE88 3704 0044 0532 0130 00 bounced",
-    "upgrade to version 1.2.3.4.5 first",
-    "pi is 3.14159 and e is 2.71828",
-    "the outage was on 2024-01-15 and 2023-12-31",
-    "The quick brown fox jumps over the lazy dog; nothing personal here at all.",
-    "x = f(1, 2)",
-    "for i in range(10): total += values[i] * 2",
-    "y = xs[::2] + d[1:3]",
-    "at 12:30:45 the MAC 00:1a:2b:3c:4d:5e went down",
-    "write to a@b or to c@d.1",
-    "999.1.1.1 is not an address and neither is 01.2.3.4",
-    "the float 31.01875 rounds to 31.02",  # a decimal that libphonenumber would read as a US number
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111111111111112 was declined",  # Luhn-invalid 16 digits
+        "card 4111 1111 1111 1112 was declined",
+        "IBAN DE88370400440532013000 bounced",  # wrong check digits (DE89... is valid)
+        "IBAN DE88 3704 0044 0532 0130 00 bounced",
+        "upgrade to version 1.2.3.4.5 first",
+        "pi is 3.14159 and e is 2.71828",
+        "the outage was on 2024-01-15 and 2023-12-31",
+        "The quick brown fox jumps over the lazy dog; nothing personal here at all.",
+        "x = f(1, 2)",
+        "for i in range(10): total += values[i] * 2",
+        "y = xs[::2] + d[1:3]",
+        "at 12:30:45 the MAC 00:1a:2b:3c:4d:5e went down",
+        "write to a@b or to c@d.1",
+        "999.1.1.1 is not an address and neither is 01.2.3.4",
+        "the float 31.01875 rounds to 31.02",  # a decimal that libphonenumber would read as a US number
+    ],
+)
 def test_negatives_are_not_found(text):
     assert find_pii(text) == []
 
@@ -211,9 +270,9 @@ def test_redact_replaces_only_the_findings():
         at = 0
         for f in found:  # walk both strings: every byte outside a finding is unchanged
             placeholder = f"[{f.type.upper()}]"
-            gap = text[at:f.start]
+            gap = text[at : f.start]
             assert redacted.startswith(gap + placeholder)
-            redacted = redacted[len(gap + placeholder):]
+            redacted = redacted[len(gap + placeholder) :]
             at = f.end
         assert redacted == text[at:]
 

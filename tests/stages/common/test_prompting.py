@@ -11,8 +11,10 @@ import pytest
 from stages.common.io import read_json, read_jsonl
 from stages.common.prompting import PromptFormat, PromptTooLong, Renderer
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +35,17 @@ def test_train_eval_and_serve_render_the_same_string(prepared, packaged):
 
     record = read_jsonl(Path(prepared.paths.processed) / "eval.jsonl")[0]
     report = read_json(prepared.paths.eval_metrics)
-    spec = variants(prepared.paths, read_json(prepared.paths.selection), read_json(prepared.paths.prompt),
-                    [m.value for m in prepared.align.methods])[report["candidate"]]
+    spec = variants(
+        prepared.paths,
+        read_json(prepared.paths.selection),
+        read_json(prepared.paths.prompt),
+        [m.value for m in prepared.align.methods],
+    )[report["candidate"]]
     tok = load_tokenizer(spec["adapter"] or spec["ref"])
     model = load_model(spec["ref"], adapter=spec["adapter"])
-    evaluated = render_all(renderer_for(params=prepared, tokenizer=tok, model_or_config=model), [record], "eval",
-                           spec["examples"])[0]
+    evaluated = render_all(
+        renderer_for(params=prepared, tokenizer=tok, model_or_config=model), [record], "eval", spec["examples"]
+    )[0]
     trained = adapt.sft_rows(renderer_for(prepared, tok, model), [{**record, "completion": record["references"][0]}])[0]
 
     bento = bentoml.get(packaged["package"]["bento"])
@@ -55,11 +62,15 @@ def test_train_eval_and_serve_render_the_same_string(prepared, packaged):
 
 
 def test_named_fields_system_message_and_few_shot(tokenizer):
-    fmt = PromptFormat(template="Subject: {subject}\n{prompt}\nTeam:", system="Route the ticket.",
-                       examples=[{"subject": "Invoice", "prompt": "Charged twice", "completion": "billing"}])
+    fmt = PromptFormat(
+        template="Subject: {subject}\n{prompt}\nTeam:",
+        system="Route the ticket.",
+        examples=[{"subject": "Invoice", "prompt": "Charged twice", "completion": "billing"}],
+    )
     text = Renderer(fmt, tokenizer, 512).prompt({"subject": "Crash", "prompt": "App closes"})
-    assert text == ("Route the ticket.\n\nSubject: Invoice\nCharged twice\nTeam: billing\n\n"
-                    "Subject: Crash\nApp closes\nTeam:")
+    assert text == (
+        "Route the ticket.\n\nSubject: Invoice\nCharged twice\nTeam: billing\n\nSubject: Crash\nApp closes\nTeam:"
+    )
     with pytest.raises(KeyError):
         Renderer(fmt, tokenizer, 512).prompt({"prompt": "no subject"})
 
@@ -70,11 +81,15 @@ def test_chat_template_auto_always_never(tokenizer):
     try:
         chat = Renderer(PromptFormat(system="Be brief.", chat_template="auto"), tokenizer, 512)
         assert chat.chat
-        assert chat.prompt(record) == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat does `len` do?"
-                                       "<|im_end|>\n<|im_start|>assistant\n")
+        assert chat.prompt(record) == (
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat does `len` do?"
+            "<|im_end|>\n<|im_start|>assistant\n"
+        )
         assert chat.completion(record) == "Return the number of items.<|im_end|>"
-        assert chat.cut("Return it.\nMore lines stay: a chat model stops at its end of turn.") == \
-            "Return it.\nMore lines stay: a chat model stops at its end of turn."
+        assert (
+            chat.cut("Return it.\nMore lines stay: a chat model stops at its end of turn.")
+            == "Return it.\nMore lines stay: a chat model stops at its end of turn."
+        )
         assert not Renderer(PromptFormat(chat_template="never"), tokenizer, 512).chat
     finally:
         tokenizer.chat_template = None
@@ -84,8 +99,10 @@ def test_chat_template_auto_always_never(tokenizer):
 
 
 def test_examples_are_dropped_before_the_prompt_is_refused(tokenizer):
-    shots = [{"prompt": f"What does `mod.function_{i}` do exactly?", "completion": "It does a long thing " * 3}
-             for i in range(6)]
+    shots = [
+        {"prompt": f"What does `mod.function_{i}` do exactly?", "completion": "It does a long thing " * 3}
+        for i in range(6)
+    ]
     record = {"prompt": "What does `x` do?"}
     fmt = PromptFormat(template="Q: {prompt}\nA:", examples=shots)
     unbounded = Renderer(fmt, tokenizer, context=None)
@@ -96,24 +113,36 @@ def test_examples_are_dropped_before_the_prompt_is_refused(tokenizer):
     kept = text.count("Q: ") - 1
     assert 0 < kept < len(shots), "some examples dropped, some kept"
     assert renderer.count(text) + 20 <= context
-    with pytest.raises(PromptTooLong, match=rf"the prompt is {zero} tokens .* max_new_tokens 20 .* context of "
-                                            rf"{zero + 10} tokens"):
+    with pytest.raises(
+        PromptTooLong,
+        match=rf"the prompt is {zero} tokens .* max_new_tokens 20 .* context of "
+        rf"{zero + 10} tokens",
+    ):
         Renderer(fmt, tokenizer, context=zero + 10).prompt(record, max_new_tokens=20)
 
 
 def test_retrieved_passages_come_first_and_go_before_the_prompt_is_refused(tokenizer):
-    passages = ["heapq.heappush: Push item onto heap,\n  maintaining the heap invariant.",
-                "heapq.heappop: Pop the smallest item off the heap."]
+    passages = [
+        "heapq.heappush: Push item onto heap,\n  maintaining the heap invariant.",
+        "heapq.heappop: Pop the smallest item off the heap.",
+    ]
     record = {"prompt": "What does `heapq.heappush` do?", "context": passages}
-    fmt = PromptFormat(template="Question: {prompt}\nAnswer:", context_template="Context: {text}\n",
-                       examples=[{"prompt": "What does `len` do?", "completion": "Return the number of items."}])
+    fmt = PromptFormat(
+        template="Question: {prompt}\nAnswer:",
+        context_template="Context: {text}\n",
+        examples=[{"prompt": "What does `len` do?", "completion": "Return the number of items."}],
+    )
     unbounded = Renderer(fmt, tokenizer, context=None)
     assert unbounded.prompt(record, examples=[]) == (
         "Context: heapq.heappush: Push item onto heap, maintaining the heap invariant.\n"  # whitespace collapsed
         "Context: heapq.heappop: Pop the smallest item off the heap.\n"
-        "Question: What does `heapq.heappush` do?\nAnswer:")
-    history = {"prompt": "And heappop?", "context": passages[1:],
-               "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+        "Question: What does `heapq.heappush` do?\nAnswer:"
+    )
+    history = {
+        "prompt": "And heappop?",
+        "context": passages[1:],
+        "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    }
     assert unbounded.prompt(history, examples=[]).count("Context:") == 1, "earlier turns carry no passages"
 
     full = unbounded.count(unbounded.prompt(record))
@@ -134,8 +163,17 @@ def test_gpt2_with_a_short_context_never_indexes_out_of_range(prepared, tokenize
 
     from stages.common.models import generate, render_all, renderer_for
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=160, n_embd=32, n_layer=1, n_head=2,
-                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=160,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     dev = read_jsonl(Path(prepared.paths.processed) / "dev.jsonl")
     shots = read_jsonl(Path(prepared.paths.processed) / "sft.jsonl")[:3]
     renderer = renderer_for(prepared, tokenizer, model, max_new_tokens=24)
