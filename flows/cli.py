@@ -23,136 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from flows.report import LAST_RUN, plan_lines, read_json_if_any, summary
 from flows.workspace import WorkspaceBusy
 from stages.common.cli import project_environment
 from stages.common.errors import ExitStatus, ProjectError, ServerUnreachable
 
 
-def _read(path: Path):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def summary(root: Path, paths) -> str:
-    """What a reviewer wants after a run: verdict, choice and why, baseline vs tuned, gates, versions, next commands."""
-    lines = []
-    scope = _read(root / paths.scope_report)
-    if scope:
-        lines.append(
-            f"scope      {scope['verdict']} ({scope['plan'].get('phase', 'rnd')} rules): allowed techniques "
-            f"{scope['plan']['adapt_techniques']}, alignment {scope['plan']['align_methods']}"
-        )
-    selection = _read(root / paths.selection)
-    if selection:
-        lines.append(f"select     {selection['selected']['name']}: {selection['selected']['why']}")
-        for c in selection["candidates"]:
-            if c["status"] == "rejected":
-                lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
-        if "api_alternative" in selection:
-            alt = selection["api_alternative"]
-            lines.append(
-                f"           API alternative {alt['name']}: {alt['why']}"
-                + (
-                    f" (${alt['cost_per_1k_requests_usd']:g} per 1k requests)"
-                    if alt.get("cost_per_1k_requests_usd") is not None
-                    else ""
-                )
-            )
-        lines.append("           (lifecycle select --explain: every candidate, filter and figure)")
-    retrieval = _read(root / paths.metrics / "integrate.json")
-    if retrieval and retrieval.get("retrieval_eval_rows"):
-        lines.append(
-            f"integrate  {retrieval['chunks']} chunks from {retrieval['documents']} documents; on "
-            f"{retrieval['retrieval_eval_rows']} eval questions "
-            + "; ".join(
-                f"{how} recall@1 {m['recall@1']} @10 {m['recall@10']} MRR {m['mrr']}"
-                for how, m in retrieval.items()
-                if isinstance(m, dict)
-            )
-        )
-    reward = _read(root / paths.metrics / "reward.json")
-    if reward and reward.get("trained"):
-        lines.append(
-            f"reward     held-out pairwise accuracy {reward['heldout_accuracy']} on {reward['heldout_pairs']} "
-            f"pairs (chance {reward['chance_accuracy']}, untrained {reward['heldout_accuracy_untrained']})"
-        )
-    report = _read(root / paths.eval_metrics)
-    if report:
-        from stages.evaluate import cell
-
-        variants = report["variants"]
-        metrics = list(next(iter(variants.values())))
-        lines.append("evaluate   " + f"{'variant':<20}" + "".join(f"{m:>26}" for m in metrics))
-        for name, values in variants.items():
-            mark = " *" if name == report["candidate"] else ""
-            lines.append("           " + f"{name + mark:<20}" + "".join(f"{cell(values[m]):>26}" for m in metrics))
-        lines.append(f"           [{report['confidence_level']:.0%} bootstrap confidence intervals]")
-        pays = report.get("retrieval_pays")
-        if pays:  # the best variant retrieved: did retrieval beat the same model without it?
-            lines.append(
-                f"retrieval  {pays['rag']} vs {pays['model']} on {pays['metric']} {pays['difference']:+} "
-                f"[{pays['ci_low']:+}, {pays['ci_high']:+}]: "
-                + (
-                    "better with confidence, ships with its index"
-                    if pays["pays"]
-                    else f"not better with confidence, {pays['model']} ships"
-                )
-            )
-        verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
-        lines.append(
-            f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})"
-        )
-        lines += [f"           {r}" for r in report["gates"]["reasons"]]
-    from flows.lifecycle import LAST_RUN
-
-    last = _read(root / LAST_RUN) or {}
-    if last.get("ladder"):
-        lines += ladder_lines(last["ladder"])
-    spent = last.get("cost")
-    if spent:
-        flag = "OVER BUDGET" if spent["over_budget"] else "within budget"
-        lines.append(
-            f"cost       {spent['wall_hours']:.3f} h wall, training stages {spent['training_hours']:.3f} h of "
-            f"{spent['budget_training_hours']} h ({flag}), {spent['gpu_hours']:.3f} GPU-hours"
-        )
-    package = _read(root / paths.package / "package.json")
-    if package and report and report["gates"]["passed"]:
-        lines.append(
-            f"package    MLflow model {package['registered_model']} version {package['version']} "
-            f"(@{package['alias']}), bento {package['bento']}"
-        )
-        if package.get("why"):
-            lines.append(f"           {package['alias']}: {package['why']}")
-    from stages.common.tracking import tracking_uri
-
-    uri = tracking_uri()
-    review = (
-        f"open {uri}"
-        if uri.startswith(("http://", "https://"))
-        else "mlflow ui --backend-store-uri sqlite:///mlflow.db"
-    )
-    lines += [
-        f"next       {review:<50}# review runs and the registry",
-        f"           {'lifecycle serve':<50}# serve the bento on 127.0.0.1:3000",
-        f"           open {paths.eval_report}",
-    ]
-    return "\n".join(lines)
-
-
-def ladder_lines(ladder: dict) -> list[str]:
-    """The escalation ladder of the last run: each rung's verdict in climbing order, and where it stopped."""
-    climbed = [f"{r['rung']} {'PASSED' if r['passed'] else 'FAILED'} ({r['candidate']})" for r in ladder["rungs"]]
-    climbed += [f"{rung} not run" for rung in ladder["not_run"]]
-    return [f"ladder     {' -> '.join(climbed)}", f"           {ladder['why']}"]
-
-
 def cmd_validate(args) -> int:
     """The scope stage's checks without DVC: params, every data source opened, the plan from the real counts."""
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.scope import check
 
     params = load_params(args.params)
@@ -170,30 +53,8 @@ def cmd_validate(args) -> int:
     return ExitStatus.OK
 
 
-def plan_lines(report: dict) -> list[str]:
-    """reports/scope.json's plan and phase rules, for people."""
-    plan, rules = report["plan"], report["phase_rules"]
-    lines = [f"phase {rules['phase']}: " + ("its rules" if rules["rules"] else "no rules beyond the checklist's")]
-    lines += [f"  {'ok  ' if r['passed'] else 'FAIL'} {r['rule']}" for r in rules["rules"]]
-    lines.append("\nplan (from the rows found):")
-    lines += [f"  {i}. {step['step']:<14} {step['why']}" for i, step in enumerate(plan["steps"], 1)]
-    where = plan["where"]
-    lines.append(
-        f"\nwhere: training on {where['training']}; serving on {where['serving']}; deployment "
-        f"{where['deployment'] or 'not decided'}; data stays in {where['residency']}"
-        + (f" ({where['deployment_region']})" if where["deployment_region"] else "")
-        + f"; candidate hosting allowed: {', '.join(plan['candidate_hosting'])}"
-    )
-    lines.append("candidates:")
-    lines += [
-        f"  {name:<24} {verdict if isinstance(verdict, str) else 'excluded: ' + '; '.join(verdict)}"
-        for name, verdict in plan["candidates"].items()
-    ]
-    return lines
-
-
 def cmd_run(args) -> int:
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     root = Path.cwd()
     params = load_params(root / "params.yaml")  # invalid: exit 2 here, before Prefect, DVC or any model
@@ -205,21 +66,18 @@ def cmd_run(args) -> int:
         raise workspace.WorkspaceBusy(root, workspace.holder(root))
     servers.check_prefect()
     check_tracking()
-    from flows.lifecycle import StageFailed, lifecycle
+    from flows.lifecycle import lifecycle
 
     start = time.perf_counter()
     state = lifecycle(str(root), return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, StageFailed) and hasattr(outcome, "result"):
-        result = outcome.result
-    elif isinstance(outcome, BaseException):  # WorkspaceBusy, ServerUnreachable: main() says them; else a bug
-        raise outcome
-    else:
-        result = outcome
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):  # WorkspaceBusy, ServerUnreachable, ProjectError: main() says them
+        raise result
     print()
     print(
-        f"lifecycle run: {time.perf_counter() - start:.1f} s; ran {result.ran or 'nothing (all up to date)'}; "
-        f"up to date {result.skipped or 'none'}"
+        f"lifecycle run: {time.perf_counter() - start:.1f} s; ran "
+        + (str(result.ran) if result.ran else "nothing" if result.failed_stage else "nothing (all up to date)")
+        + f"; up to date {result.skipped or 'none'}"
         + (
             f"; not run (escalation ladder) {result.ladder['stages_not_run']}"
             if result.ladder and result.ladder["stages_not_run"]
@@ -228,10 +86,6 @@ def cmd_run(args) -> int:
     )
     if result.seconds:
         print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
-    if result.exit_status == ExitStatus.GATE_REFUSED:
-        print("\nThe KPI gates refused the model: no registry alias, no bento. See reports/eval.md.", file=sys.stderr)
-    elif result.exit_status != ExitStatus.OK:
-        print(f"\n{result.error}", file=sys.stderr)
     print(summary(root, params.paths))
     return result.exit_status
 
@@ -256,11 +110,11 @@ def cmd_catalog(args) -> int:
 
 def cmd_select(args) -> int:
     """The last selection (models/selection.json) as a table."""
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.select import explain
 
-    params = load_params(args.params)
-    selection = _read(Path(params.paths.selection))
+    params = load_params(args.params, files=False)
+    selection = read_json_if_any(Path(params.paths.selection))
     if selection is None:
         raise ProjectError([f"{params.paths.selection}: no selection yet; run `lifecycle run` (or dvc repro select)"])
     print(
@@ -277,25 +131,25 @@ def cmd_status(args) -> int:
 
     from flows import servers
     from flows.lifecycle import stage_order
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     root = Path.cwd()
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", files=False)
     with Repo(str(root)) as repo:
         changed = repo.status()
     for stage in stage_order(root):
         print(f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}")
-    from flows.lifecycle import LAST_RUN
-
     print()
     for tool, where in servers.in_use(root):
         print(f"{tool:<10} {where}")
-    last = _read(root / LAST_RUN)
+    last = read_json_if_any(root / LAST_RUN)
     if last:
         print(
             f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
             f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})"
         )
+        if last.get("error"):
+            print(f"failed at `{last['failed_stage']}`: {last['error']}")
     print()
     print(summary(root, params.paths))
     return ExitStatus.OK
@@ -313,9 +167,9 @@ def _registry(params):
 def cmd_deploy(args) -> int:
     """The champion's bento to a target (flows/deploy.py); `lifecycle serve` is `deploy --target local`."""
     from flows import deploy
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", files=False)
     client = _registry(params)
     name = params.project.name
     try:
@@ -357,10 +211,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.common.registry import versions
 
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", files=False)
     client = _registry(params)
     rows = (
         versions(client, params.project.name)
@@ -383,10 +237,10 @@ def cmd_models(args) -> int:
 def cmd_promote(args) -> int:
     from mlflow.exceptions import MlflowException
 
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.common.registry import promote
 
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", files=False)
     try:
         previous = promote(_registry(params), params.project.name, args.version, args.reason)
     except MlflowException as exc:
@@ -397,10 +251,10 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.common.registry import rollback
 
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", files=False)
     try:
         old, new = rollback(_registry(params), params.project.name, args.reason)
     except LookupError as exc:
@@ -427,38 +281,16 @@ def cron_schedule(cron: str):
         raise ProjectError([f'--cron {cron!r} is not a valid cron expression ({exc}); e.g. "0 3 * * *"']) from None
 
 
-def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
-    """A local Prefect server with its scheduler service: the ephemeral server `lifecycle run` uses does not
-    run the scheduler, so a schedule on it would never fire."""
-    import urllib.request
-
-    url = f"http://127.0.0.1:{port}/api"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    for _ in range(240):  # bounded: up to ~2 min for the first start (it migrates the database)
-        if proc.poll() is not None:
-            raise RuntimeError(f"`prefect server start` exited with {proc.returncode}; is port {port} free?")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError(f"the Prefect server on {url} did not become healthy in 2 minutes")
-
-
 def cmd_schedule(args) -> int:
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows import servers
+
     deployment = scheduled_deployment(args.cron, args.name, str(Path.cwd()))
     server, url = None, os.environ.get("PREFECT_API_URL")
     if not url:
-        server, url = start_prefect_server(args.port)
+        server, url = servers.start_prefect_server(args.port)
         print(
             f"started a local Prefect server on {url} (UI: {url.removesuffix('/api')}); "
             "set PREFECT_API_URL to use your own"

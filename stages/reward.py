@@ -124,7 +124,7 @@ def register(params: Params, out: Path, metrics: dict) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from stages.common.models import load_tokenizer
-    from stages.package import SERVING_PACKAGES, pinned
+    from stages.common.registry import SERVING_PACKAGES, pinned
 
     name = f"{params.project.name}-reward"
     card = ModelCard(

@@ -11,58 +11,15 @@ from __future__ import annotations
 
 import logging
 
-from stages.common import checklist
-from stages.common.checklist import in_region
+from stages.common import rules
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import write_json
-from stages.common.params import Candidate, DataInventory, Params, Paths, allowed_techniques, technique_problems
+from stages.common.params import DataInventory, Params, Paths
+from stages.common.rules import allowed_techniques, candidate_problems, technique_problems
 from stages.common.sources import holdout_size, load_all
 
 log = logging.getLogger(__name__)
-
-
-def candidate_filters(c: Candidate, params: Params) -> dict[str, str | None]:
-    """Each scope filter's verdict on a candidate before anything is measured: None (passes) or why it fails.
-    Pure; select records these in its table, the plan lists the failures."""
-    s = params.scope
-    entry = c.entry
-    missing = sorted(set(s.languages) - set(c.languages))
-    regions = entry.api.regions if entry and entry.api else None
-    return {
-        "licence": None if c.licence in s.licences else f"licence {c.licence} not in scope.licences {s.licences}",
-        "languages": f"does not cover languages {missing}" if missing else None,
-        "hosting": (
-            "SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)"
-            if c.hosting == "saas" and s.privacy.personal_data
-            else None
-        ),
-        "residency": (
-            f"processes data in {regions}, the residency region is {s.residency.region}"
-            if regions and c.hosting == "saas" and not any(in_region(r, s.residency.region) for r in regions)
-            else None
-        ),
-        "commercial_use": (
-            f"licence {entry.licence} forbids commercial use (phase {s.phase.value})"
-            if entry and not entry.commercial_use and s.phase.value in ("mvp", "release")
-            else None
-        ),
-        "context": (
-            f"context {entry.context_length} tokens < data.max_length {params.data.max_length}"
-            if entry and entry.context_length < params.data.max_length
-            else None
-        ),
-        # The stages tune and serve causal LMs: an encoder-only or encoder-decoder model is listed, not used.
-        "architecture": (
-            f"{entry.architecture}: this pipeline tunes and serves decoder-only (causal) models"
-            if entry and entry.kind == "open" and entry.architecture != "decoder-only"
-            else None
-        ),
-    }
-
-
-def candidate_problems(c: Candidate, params: Params) -> list[str]:
-    return [reason for reason in candidate_filters(c, params).values() if reason]
 
 
 def plan(params: Params, counts: dict | None = None) -> dict:
@@ -148,6 +105,7 @@ def inspect_data(params: Params) -> dict:
     )
     counts = {
         "sft_pairs": max(sft, 0),
+        "sft_held_out": total - max(sft, 0),  # rows of the sft source that `data.holdout` keeps for eval/dev
         "eval_rows": evals,
         "preference_pairs": len(loaded["preference"].records) if "preference" in loaded else 0,
         "knowledge_documents": len(loaded["knowledge"].records) if "knowledge" in loaded else 0,
@@ -167,7 +125,7 @@ def check(params: Params) -> dict:
     data = inspect_data(params)
     derived = plan(params, data["counts"])
     problems = technique_problems(params, allowed_techniques(params.scope, data["counts"]))
-    problems += checklist.phase_problems(params, data["counts"])
+    problems += rules.phase_problems(params, data["counts"])
     if problems:
         raise ProjectError(problems)
     return {
@@ -175,9 +133,9 @@ def check(params: Params) -> dict:
         "verdict": "defined",
         "checklist": params.scope.model_dump(mode="json"),
         "plan": derived,
-        "phase_rules": checklist.phase_report(params, data["counts"]),
+        "phase_rules": rules.phase_report(params, data["counts"]),
         "data": data["roles"],
-        "warnings": checklist.warnings(params) + data["warnings"],
+        "warnings": rules.warnings(params) + data["warnings"],
     }
 
 

@@ -27,10 +27,11 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import read_jsonl, write_json
+from stages.common.measure import measure_prompts
 from stages.common.memory import GIB, Shape, estimate, shape_of
 from stages.common.metrics import REGISTRY, best_of
 from stages.common.params import Candidate, Params, Paths
-from stages.scope import candidate_filters
+from stages.common.rules import candidate_filters
 
 log = logging.getLogger(__name__)
 
@@ -104,40 +105,6 @@ def memory(s: Shape, params: Params) -> dict:
     )
     serve = estimate(s, "inference", a.precision.value, params.serve.max_batch_size, params.data.max_length)
     return {"training": train.gib(), "serving": serve.gib()}
-
-
-def measure_prompts(
-    model,
-    renderer,
-    records: list[dict],
-    prompts: list[str],
-    params: Params,
-    max_new_tokens: int,
-    progress: str,
-    names: list[str] | None = None,
-    decoding: dict | None = None,
-) -> tuple[dict, list[str]]:
-    """The project's text metrics, latency and answer perplexity of one model and one way of prompting it, and
-    its answers. Select, the prompt search and evaluate all measure with this."""
-    from stages.common.metrics import context, score, text_metrics
-    from stages.common.models import answer_perplexity, generate
-
-    gen = generate(
-        model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress, decoding=decoding
-    )
-    refs = [r["references"] for r in records]
-    metrics = {
-        **score(
-            names or text_metrics(params),
-            gen.answers,
-            refs,
-            **context(params),
-            questions=[r["prompt"] for r in records],
-        ),
-        "latency_ms": round(gen.seconds_per_answer * 1000, 2),
-        "answer_perplexity": round(answer_perplexity(model, renderer, records, prompts), 3),
-    }
-    return metrics, gen.answers
 
 
 def measure(c: Candidate, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:

@@ -101,20 +101,49 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_root):
     """Validated Params of the tiny project."""
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     return load_params(write_params(tiny_root, tiny_params_dict(tiny_root)))
 
 
 @pytest.fixture(scope="session")
-def prepared(tiny):
-    """scope + data + pretrain run on the tiny project."""
-    from stages import data, pretrain, scope
+def processed(tiny):
+    """scope + data run on the tiny project: its report and processed splits, no model (seconds)."""
+    from stages import data, scope
 
     scope.run(tiny, tiny.paths)
     data.run(tiny, tiny.paths)
-    pretrain.run(tiny, tiny.paths)
     return tiny
+
+
+@pytest.fixture(scope="session")
+def prepared(processed):
+    """+ pretrain: the tiny project's two from-scratch candidates, trained."""
+    from stages import pretrain
+
+    pretrain.run(processed, processed.paths)
+    return processed
+
+
+@pytest.fixture(scope="session")
+def untrained_lm(tmp_path_factory) -> str:
+    """A folder with a tiny Llama as initialised (seeded, never trained) and a BPE tokenizer of the shipped corpus,
+    built in a second: for a test that needs a model to run, not one that has learned."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from stages.common.io import read_jsonl
+    from stages.pretrain import build_model, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("untrained-lm")
+    texts = [r["text"] for r in read_jsonl(REPO / "data" / "stdlib" / "corpus.jsonl")[:300]]
+    tok = train_tokenizer(texts, 400)
+    torch.manual_seed(0)
+    spec = SimpleNamespace(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)  # "tiny"'s shape
+    build_model(spec, len(tok), 64, tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

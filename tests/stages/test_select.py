@@ -3,7 +3,7 @@ import pytest
 from stages.common.errors import ProjectError
 from stages.common.io import read_json
 from stages.common.params import Candidate, Phase
-from stages.scope import candidate_filters
+from stages.common.rules import candidate_filters
 from stages.select import explain
 
 
@@ -43,13 +43,13 @@ def scoped(prepared, **scope):
     return prepared.model_copy(update={"scope": s})
 
 
-def test_filters_give_each_verdict_with_its_reason(prepared):
+def test_filters_give_each_verdict_with_its_reason(tiny):
     params = scoped(
-        prepared,
+        tiny,
         languages=["en", "de"],
         privacy__personal_data=True,
         phase=Phase.mvp,
-        residency=prepared.scope.residency.model_copy(update={"region": "apac"}),
+        residency=tiny.scope.residency.model_copy(update={"region": "apac"}),
     )
     saas = Candidate(name="x", hub_id="org/x", licence="llama3", languages=["en"], hosting="saas")
     f = candidate_filters(saas, params)
@@ -62,47 +62,53 @@ def test_filters_give_each_verdict_with_its_reason(prepared):
     nc = Candidate(name="nc", catalog="c4ai-command-r-v01", licence="apache-2.0")
     assert nc.hub_id == "CohereForAI/c4ai-command-r-v01"
     assert "forbids commercial use" in candidate_filters(nc, params)["commercial_use"]
-    assert candidate_filters(nc, scoped(prepared, phase=Phase.poc))["commercial_use"] is None, "fine before an MVP"
+    assert candidate_filters(nc, scoped(tiny, phase=Phase.poc))["commercial_use"] is None, "fine before an MVP"
     t5 = Candidate(name="t5", catalog="flan-t5-base")
-    assert t5.licence == "apache-2.0" and candidate_filters(t5, prepared)["context"] is None
-    assert (
-        "encoder-decoder: this pipeline tunes and serves decoder-only"
-        in candidate_filters(t5, prepared)["architecture"]
-    )
-    assert candidate_filters(Candidate(name="q", catalog="qwen2.5-0.5b-instruct"), prepared)["architecture"] is None
-    long = prepared.model_copy(update={"data": prepared.data.model_copy(update={"max_length": 4096})})
+    assert t5.licence == "apache-2.0" and candidate_filters(t5, tiny)["context"] is None
+    assert "encoder-decoder: this pipeline tunes and serves decoder-only" in candidate_filters(t5, tiny)["architecture"]
+    assert candidate_filters(Candidate(name="q", catalog="qwen2.5-0.5b-instruct"), tiny)["architecture"] is None
+    long = tiny.model_copy(update={"data": tiny.data.model_copy(update={"max_length": 4096})})
     assert "context 512 tokens" in candidate_filters(t5, long)["context"]
 
 
-def test_over_budget_and_missing_path(prepared, tmp_path):
+def on_an_untrained_model(params, folder: str):
+    """The tiny project with one local candidate whose folder holds an untrained model: memory estimates read its
+    config, not its weights."""
+    candidate = params.select.candidates[0].model_copy(update={"path": folder})
+    return params.model_copy(update={"select": params.select.model_copy(update={"candidates": [candidate]})})
+
+
+def test_over_budget_and_missing_path(processed, untrained_lm, tmp_path):
     from stages import select
 
-    hardware = prepared.scope.hardware.model_copy(
+    local = on_an_untrained_model(processed, untrained_lm)
+    hardware = local.scope.hardware.model_copy(
         update={
-            "training": prepared.scope.hardware.training.model_copy(
+            "training": local.scope.hardware.training.model_copy(
                 update={"gpu": "tiny-gpu", "gpu_memory_gib": 1e-9, "count": 1}
             )
         }
     )
-    params = scoped(prepared, hardware=hardware)
-    paths = prepared.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
+    params = scoped(local, hardware=hardware)
+    paths = local.paths.model_copy(update={"selection": str(tmp_path / "selection.json")})
     with pytest.raises(ProjectError, match="no local candidate survives.*over the training GPU's 1e-09 GiB"):
         select.run(params, paths)
     assert not (tmp_path / "selection.json").exists()
 
-    gone = prepared.select.candidates[0].model_copy(update={"path": str(tmp_path / "gone")})
-    params = prepared.model_copy(update={"select": prepared.select.model_copy(update={"candidates": [gone]})})
+    gone = local.select.candidates[0].model_copy(update={"path": str(tmp_path / "gone")})
+    params = local.model_copy(update={"select": local.select.model_copy(update={"candidates": [gone]})})
     with pytest.raises(ProjectError, match="gone does not exist"):
         select.run(params, paths)
 
 
-def test_serving_memory_and_api_cost_are_held_against_the_scope(prepared):
+def test_serving_memory_and_api_cost_are_held_against_the_scope(tiny, untrained_lm):
     from stages.select import budgets, cost_verdicts, judge
 
-    hw = prepared.scope.hardware
+    local = on_an_untrained_model(tiny, untrained_lm)
+    hw = local.scope.hardware
     tiny_gpu = hw.serving.model_copy(update={"gpu": "tiny-gpu", "gpu_memory_gib": 1e-6, "count": 1})
-    params = scoped(prepared, hardware=hw.model_copy(update={"serving": tiny_gpu}))
-    row = judge(prepared.select.candidates[0], params, budgets(params))
+    params = scoped(local, hardware=hw.model_copy(update={"serving": tiny_gpu}))
+    row = judge(local.select.candidates[0], params, budgets(params))
     assert row["filters"]["memory_training"] is None
     assert (
         "inference needs ~" in row["filters"]["memory_serving"]
@@ -111,12 +117,8 @@ def test_serving_memory_and_api_cost_are_held_against_the_scope(prepared):
     parts = row["memory_gib"]["serving"]
     assert parts["technique"] == "inference" and parts["gradients"] == 0 and parts["activations"] > 0
 
-    limits = prepared.scope.serving.model_copy(
-        update={"max_cost_per_1k_requests_usd": 0.5, "requests_per_month": 200_000}
-    )
-    params = scoped(
-        prepared, serving=limits, budget=prepared.scope.budget.model_copy(update={"monthly_serving_usd": 50})
-    )
+    limits = local.scope.serving.model_copy(update={"max_cost_per_1k_requests_usd": 0.5, "requests_per_month": 200_000})
+    params = scoped(local, serving=limits, budget=local.scope.budget.model_copy(update={"monthly_serving_usd": 50}))
     assert cost_verdicts(params, 0.2) == {"cost_per_request": None, "monthly_budget": None}  # $40 a month
     over = cost_verdicts(params, 0.6)
     assert "$0.6 per 1k requests, over the $0.5 limit" in over["cost_per_request"]

@@ -6,7 +6,7 @@ import pytest
 
 from stages.common import metrics
 from stages.common.errors import ProjectError
-from stages.common.params import load_params
+from stages.common.loader import load_params
 from tests.conftest import default_params, write_params
 
 
@@ -124,7 +124,7 @@ def test_guardrails_count_answers_breaking_a_rule_per_100():
 
 
 def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from tests.conftest import default_params, write_params
 
     p = default_params()
@@ -139,10 +139,8 @@ def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
     assert metrics.guardrails(guarded)["format"] is None, "question answering has no required format"
 
 
-def test_an_llm_judge_rates_each_answer_from_1_to_5(prepared):
-    from pathlib import Path
-
-    judge = {"model": str(Path(prepared.paths.pretrain) / "tiny"), "rubric": "Rate the answer from 1 to 5."}
+def test_an_llm_judge_rates_each_answer_from_1_to_5(untrained_lm):
+    judge = {"model": untrained_lm, "rubric": "Rate the answer from 1 to 5."}  # any causal LM rates: the range holds
     questions = ["What does `json.dumps` do?", "What does `os.getcwd` do?"]
     refs = [["Serialize obj to a JSON formatted str."], ["Return a string representing the current directory."]]
     answers = ["Serialize obj to a JSON formatted str.", "Open a socket."]
@@ -155,7 +153,7 @@ def test_an_llm_judge_rates_each_answer_from_1_to_5(prepared):
 
 
 def test_a_saas_judge_is_refused_for_personal_data(tmp_path):
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from tests.conftest import default_params, write_params
 
     p = default_params()
@@ -173,7 +171,7 @@ def test_json_output_with_a_schema_is_a_guardrail(tmp_path):
     """`scope.output_format: json` with a schema: an answer that is JSON but breaks the schema is a violation."""
     import json
 
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from tests.conftest import default_params, write_params
 
     schema = {

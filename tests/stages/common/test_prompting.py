@@ -18,10 +18,11 @@ CHATML = (
 
 
 @pytest.fixture(scope="module")
-def tokenizer(prepared):
+def tokenizer(untrained_lm):
+    """A small BPE tokenizer: rendering and counting need one, not a trained model."""
     from stages.common.models import load_tokenizer
 
-    return load_tokenizer(str(Path(prepared.paths.pretrain) / "tiny"))
+    return load_tokenizer(untrained_lm)
 
 
 def test_train_eval_and_serve_render_the_same_string(prepared, packaged):
@@ -31,7 +32,7 @@ def test_train_eval_and_serve_render_the_same_string(prepared, packaged):
 
     from stages import adapt
     from stages.common.models import load_model, load_tokenizer, render_all, renderer_for
-    from stages.evaluate import variants
+    from stages.common.variants import variants
 
     record = read_jsonl(Path(prepared.paths.processed) / "eval.jsonl")[0]
     report = read_json(prepared.paths.eval_metrics)
@@ -156,7 +157,7 @@ def test_retrieved_passages_come_first_and_go_before_the_prompt_is_refused(token
         Renderer(fmt, tokenizer, context=bare + 4).prompt(record, max_new_tokens=5)
 
 
-def test_gpt2_with_a_short_context_never_indexes_out_of_range(prepared, tokenizer, tmp_path):
+def test_gpt2_with_a_short_context_never_indexes_out_of_range(processed, tokenizer, tmp_path):
     """A GPT-2-architecture candidate with 160 positions answers 3-shot prompts: shots are dropped to fit, where
     before its position embedding raised IndexError."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -174,9 +175,9 @@ def test_gpt2_with_a_short_context_never_indexes_out_of_range(prepared, tokenize
             eos_token_id=tokenizer.eos_token_id,
         )
     )
-    dev = read_jsonl(Path(prepared.paths.processed) / "dev.jsonl")
-    shots = read_jsonl(Path(prepared.paths.processed) / "sft.jsonl")[:3]
-    renderer = renderer_for(prepared, tokenizer, model, max_new_tokens=24)
+    dev = read_jsonl(Path(processed.paths.processed) / "dev.jsonl")
+    shots = read_jsonl(Path(processed.paths.processed) / "sft.jsonl")[:3]
+    renderer = renderer_for(processed, tokenizer, model, max_new_tokens=24)
     prompts = render_all(renderer, dev, "dev", shots, max_new_tokens=24)
     assert max(renderer.count(p) for p in prompts) + 24 <= 160
     assert min(p.count("Question:") for p in prompts) < 4, "some shots were dropped to fit"

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from stages.common import checklist
+from stages.common import rules
 from stages.common.errors import ProjectError
-from stages.common.params import load_params
+from stages.common.loader import load_params
 from tests.conftest import default_params, write_params
-from tests.stages.common.test_params import problems_for
+from tests.stages.common.test_loader import problems_for
 
 GPT = {"name": "gpt", "catalog": "gpt-4o-mini"}
 NON_COMMERCIAL = {"name": "nc", "catalog": "c4ai-command-r-v01"}
@@ -233,7 +233,7 @@ def test_risky_but_legal_choices_are_warnings(tmp_path):
     p["scope"]["kpis"] = [k for k in p["scope"]["kpis"] if k["metric"] != "latency_ms"]
     p["scope"]["budget"]["monthly_serving_usd"] = 100
     p["scope"]["serving"]["requests_per_month"] = 0
-    warnings = checklist.warnings(load_params(write_params(tmp_path, p)))
+    warnings = rules.warnings(load_params(write_params(tmp_path, p)))
     for key in (
         "`scope.ui` is chat",
         "`scope.residency.retention_days` is not set",
@@ -269,8 +269,8 @@ def test_phase_rules_tighten_and_need_the_real_eval_rows(tmp_path):
         assert "40 rows" in str(err.value)
 
 
-def test_the_scope_report_carries_the_plan_and_the_phase(prepared):
-    report = json.loads(open(prepared.paths.scope_report).read())
+def test_the_scope_report_carries_the_plan_and_the_phase(processed):
+    report = json.loads(open(processed.paths.scope_report).read())
     plan = report["plan"]
     assert [s["step"] for s in plan["steps"]] == ["prompt", "rag", "lora", "dpo", "rlhf", "deploy"]
     assert plan["where"]["training"] == "CPU only" and plan["candidates"] == {
@@ -281,5 +281,5 @@ def test_the_scope_report_carries_the_plan_and_the_phase(prepared):
 
 
 def test_in_region():
-    assert checklist.in_region("eu-west-1", "eu") and checklist.in_region("europe-west4", "eu")
-    assert not checklist.in_region("us-east-1", "eu") and checklist.in_region("anywhere", "any")
+    assert rules.in_region("eu-west-1", "eu") and rules.in_region("europe-west4", "eu")
+    assert not rules.in_region("us-east-1", "eu") and rules.in_region("anywhere", "any")

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from stages.common.errors import ProjectError
-from stages.common.params import allowed_techniques, load_params
+from stages.common.loader import load_params
+from stages.common.rules import allowed_techniques
 from tests.conftest import REPO, default_params, write_params
 
 
@@ -146,7 +147,7 @@ def test_data_size_decides_the_techniques(sft, pref, adapt, align):
 )
 def test_shipped_params_write_every_key_dvc_tracks(path):
     """DVC fails mid-run on a tracked key left to its default; every shipped params file writes them all."""
-    from stages.common.params import unwritten_tracked_keys
+    from stages.common.loader import unwritten_tracked_keys
 
     assert unwritten_tracked_keys(yaml.safe_load((REPO / path).read_text()), REPO / "dvc.yaml") == []
 

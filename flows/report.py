@@ -1,0 +1,162 @@
+"""What a run says to people: the summary `lifecycle run` and `lifecycle status` print (and the MLflow parent
+run carries as its description), the plan `lifecycle validate` prints. Rendering only: it reads the reports
+the stages wrote and never runs anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stages.common.errors import ExitStatus, meaning
+
+LAST_RUN = Path("reports/last_run.json")  # what the last run did (by hand or on a schedule); `lifecycle status`
+
+
+def read_json_if_any(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def summary(root: Path, paths) -> str:
+    """What a reviewer wants after a run: verdict, choice and why, baseline vs tuned, gates, versions, next commands.
+
+    Only what the last run produced or found up to date (reports/last_run.json): a run that failed at a stage
+    says FAILED, where and why, and shows no table an earlier run left behind."""
+    last = read_json_if_any(root / LAST_RUN) or {}
+    done = {s.split("@")[0] for s in last.get("ran", []) + last.get("skipped", [])} if last else None
+
+    def produced(stage: str, path: Path):
+        return read_json_if_any(path) if done is None or stage in done else None
+
+    lines = []
+    status = last.get("exit_status", ExitStatus.OK)
+    if status not in (ExitStatus.OK, ExitStatus.GATE_REFUSED):
+        lines.append(f"FAILED     at `{last.get('failed_stage')}`: {meaning(status)} (exit status {status})")
+        lines.append("           the stage's message is above; `lifecycle status` shows it again")
+    scope = produced("scope", root / paths.scope_report)
+    if scope:
+        lines.append(
+            f"scope      {scope['verdict']} ({scope['plan'].get('phase', 'rnd')} rules): allowed techniques "
+            f"{scope['plan']['adapt_techniques']}, alignment {scope['plan']['align_methods']}"
+        )
+    selection = produced("select", root / paths.selection)
+    if selection:
+        lines.append(f"select     {selection['selected']['name']}: {selection['selected']['why']}")
+        for c in selection["candidates"]:
+            if c["status"] == "rejected":
+                lines.append(f"           rejected {c['name']}: {'; '.join(c['reasons'])}")
+        if "api_alternative" in selection:
+            alt = selection["api_alternative"]
+            lines.append(
+                f"           API alternative {alt['name']}: {alt['why']}"
+                + (
+                    f" (${alt['cost_per_1k_requests_usd']:g} per 1k requests)"
+                    if alt.get("cost_per_1k_requests_usd") is not None
+                    else ""
+                )
+            )
+        lines.append("           (lifecycle select --explain: every candidate, filter and figure)")
+    retrieval = produced("integrate", root / paths.metrics / "integrate.json")
+    if retrieval and retrieval.get("retrieval_eval_rows"):
+        lines.append(
+            f"integrate  {retrieval['chunks']} chunks from {retrieval['documents']} documents; on "
+            f"{retrieval['retrieval_eval_rows']} eval questions "
+            + "; ".join(
+                f"{how} recall@1 {m['recall@1']} @10 {m['recall@10']} MRR {m['mrr']}"
+                for how, m in retrieval.items()
+                if isinstance(m, dict)
+            )
+        )
+    reward = produced("reward", root / paths.metrics / "reward.json")
+    if reward and reward.get("trained"):
+        lines.append(
+            f"reward     held-out pairwise accuracy {reward['heldout_accuracy']} on {reward['heldout_pairs']} "
+            f"pairs (chance {reward['chance_accuracy']}, untrained {reward['heldout_accuracy_untrained']})"
+        )
+    report = produced("evaluate", root / paths.eval_metrics)
+    if report:
+        from stages.common.confidence import cell
+
+        variants = report["variants"]
+        metrics = list(next(iter(variants.values())))
+        lines.append("evaluate   " + f"{'variant':<20}" + "".join(f"{m:>26}" for m in metrics))
+        for name, values in variants.items():
+            mark = " *" if name == report["candidate"] else ""
+            lines.append("           " + f"{name + mark:<20}" + "".join(f"{cell(values[m]):>26}" for m in metrics))
+        lines.append(f"           [{report['confidence_level']:.0%} bootstrap confidence intervals]")
+        pays = report.get("retrieval_pays")
+        if pays:  # the best variant retrieved: did retrieval beat the same model without it?
+            lines.append(
+                f"retrieval  {pays['rag']} vs {pays['model']} on {pays['metric']} {pays['difference']:+} "
+                f"[{pays['ci_low']:+}, {pays['ci_high']:+}]: "
+                + (
+                    "better with confidence, ships with its index"
+                    if pays["pays"]
+                    else f"not better with confidence, {pays['model']} ships"
+                )
+            )
+        verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
+        lines.append(
+            f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})"
+        )
+        lines += [f"           {r}" for r in report["gates"]["reasons"]]
+    if last.get("ladder"):
+        lines += ladder_lines(last["ladder"])
+    spent = last.get("cost")
+    if spent:
+        flag = "OVER BUDGET" if spent["over_budget"] else "within budget"
+        lines.append(
+            f"cost       {spent['wall_hours']:.3f} h wall, training stages {spent['training_hours']:.3f} h of "
+            f"{spent['budget_training_hours']} h ({flag}), {spent['gpu_hours']:.3f} GPU-hours"
+        )
+    package = produced("package", root / paths.package / "package.json")
+    if package and report and report["gates"]["passed"]:
+        lines.append(
+            f"package    MLflow model {package['registered_model']} version {package['version']} "
+            f"(@{package['alias']}), bento {package['bento']}"
+        )
+        if package.get("why"):
+            lines.append(f"           {package['alias']}: {package['why']}")
+    from stages.common.tracking import tracking_uri
+
+    uri = tracking_uri()
+    review = (
+        f"open {uri}"
+        if uri.startswith(("http://", "https://"))
+        else "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    )
+    lines += [
+        f"next       {review:<50}# review runs and the registry",
+        f"           {'lifecycle serve':<50}# serve the bento on 127.0.0.1:3000",
+        f"           open {paths.eval_report}",
+    ]
+    return "\n".join(lines)
+
+
+def ladder_lines(ladder: dict) -> list[str]:
+    """The escalation ladder of the last run: each rung's verdict in climbing order, and where it stopped."""
+    climbed = [f"{r['rung']} {'PASSED' if r['passed'] else 'FAILED'} ({r['candidate']})" for r in ladder["rungs"]]
+    climbed += [f"{rung} not run" for rung in ladder["not_run"]]
+    return [f"ladder     {' -> '.join(climbed)}", f"           {ladder['why']}"]
+
+
+def plan_lines(report: dict) -> list[str]:
+    """reports/scope.json's plan and phase rules, for people."""
+    plan, rules = report["plan"], report["phase_rules"]
+    lines = [f"phase {rules['phase']}: " + ("its rules" if rules["rules"] else "no rules beyond the checklist's")]
+    lines += [f"  {'ok  ' if r['passed'] else 'FAIL'} {r['rule']}" for r in rules["rules"]]
+    lines.append("\nplan (from the rows found):")
+    lines += [f"  {i}. {step['step']:<14} {step['why']}" for i, step in enumerate(plan["steps"], 1)]
+    where = plan["where"]
+    lines.append(
+        f"\nwhere: training on {where['training']}; serving on {where['serving']}; deployment "
+        f"{where['deployment'] or 'not decided'}; data stays in {where['residency']}"
+        + (f" ({where['deployment_region']})" if where["deployment_region"] else "")
+        + f"; candidate hosting allowed: {', '.join(plan['candidate_hosting'])}"
+    )
+    lines.append("candidates:")
+    lines += [
+        f"  {name:<24} {verdict if isinstance(verdict, str) else 'excluded: ' + '; '.join(verdict)}"
+        for name, verdict in plan["candidates"].items()
+    ]
+    return lines
