@@ -111,7 +111,7 @@ def main() -> None:
     import torch
 
     from stages.common.io import read_json
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -190,6 +190,41 @@ def main() -> None:
             f"   {name:<14}{m['trainable_parameters']:>12,}{m['trainable_percent']:>8}%{m['output_bytes']:>14,}"
             f"{m['tokens_per_second']:>10,.0f}{m['peak_memory_mib']:>14,.0f}{m['last_logged_loss']:>11}"
         )
+
+    from report import command_line, markdown_table, write_section
+
+    rows = [
+        [
+            f"`{name}`",
+            f"{m['trainable_parameters']:,}",
+            f"{m['trainable_percent']} %",
+            f"{m['output_bytes']:,}",
+            f"{m['tokens_per_second']:,.0f}",
+            f"{m['peak_memory_mib']:,.0f}",
+            m["last_logged_loss"],
+        ]
+        for name, m in techniques.items()
+    ]
+    write_section(
+        "adapt",
+        command_line("bench-adapt"),
+        f"The selected model `{read_json(paths.selection)['selected']['name']}`, {args.steps} steps x batch "
+        f"{params.adapt.trainer.per_device_train_batch_size}, LoRA r {r}, CPU, fp32; {args.rounds} alternating rounds, "
+        "medians.\n\n"
+        f"- SFT through the `adapt` stage vs a bare `SFTTrainer` script (same model, rows and settings), non-padding "
+        f"tokens/s: {s:,.0f} vs {b:,.0f}, **{s / b:.3f}x** (target 0.95).\n"
+        f"- Packing (`adapt.packing`) on vs off, effective tokens/s: {pk:,.0f} vs {s:,.0f}, **{pk / s:.2f}x** "
+        f"(the faster is the default: `adapt.packing: {str(pk > s).lower()}`).\n"
+        f"- LoRA's trainable parameters: {unpacked['trainable_parameters']:,}, r x sum(d_in + d_out) = {formula:,} "
+        f"({'equal' if unpacked['trainable_parameters'] == formula else 'DIFFERENT'}); adapter file "
+        f"{unpacked['adapter_file_bytes']:,} bytes = header {unpacked['adapter_header_bytes']:,} + tensors {data:,} "
+        f"({'equal to' if data == 4 * formula else 'DIFFERENT from'} 4 bytes x the formula).\n\n"
+        "Each technique that runs on a CPU, through the stage, in its own process:\n\n"
+        + markdown_table(
+            ["technique", "trainable", "share", "output bytes", "tokens/s", "peak RSS (MiB)", "last loss"], rows
+        ),
+        title="Adapt: the stage against bare TRL, packing, LoRA's size, the CPU techniques",
+    )
 
 
 if __name__ == "__main__":

@@ -141,6 +141,43 @@ def main() -> None:
             f"{q['peak_memory_gib'] / lo['peak_memory_gib']:.2f}x, weights {q['weights_gib'] / lo['weights_gib']:.2f}x"
         )
 
+    from report import command_line, markdown_table, write_section
+
+    rows = [
+        [
+            f"`{name}`",
+            batch,
+            f"{r['trainable']:,}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['weights_gib']:.2f}",
+            f"{r['peak_memory_gib']:.2f}",
+            f"{r['mfu']:.1%}",
+            f"{r['loss']:.3f}",
+        ]
+        for (name, batch), r in results.items()
+    ]
+    ratios = "\n".join(
+        f"- batch {batch}: QLoRA / LoRA tokens/s "
+        f"**{results['qlora', batch]['tokens_per_s'] / results['lora', batch]['tokens_per_s']:.2f}x**, peak memory "
+        f"{results['qlora', batch]['peak_memory_gib'] / results['lora', batch]['peak_memory_gib']:.2f}x, weights "
+        f"{results['qlora', batch]['weights_gib'] / results['lora', batch]['weights_gib']:.2f}x"
+        for batch in args.batch
+    )
+    write_section(
+        "adapt_gpu",
+        command_line(),
+        f"torch {torch.__version__}; Qwen2.5-0.5B's shape from its config with random weights, "
+        f"{n_params / 1e6:.0f}M parameters; LoRA r 16 on every linear layer but the head; {args.seq}-token rows, "
+        f"{args.steps} steps, bf16 (QLoRA: a 4-bit NF4 base with bf16 compute). MFU = 6 x N x tokens / time / "
+        "peak bf16 FLOP/s (overstates the work of a frozen base).\n\n"
+        + markdown_table(
+            ["technique", "batch", "trainable", "tokens/s", "weights GiB", "peak GiB", "MFU", "last loss"], rows
+        )
+        + "\n\n"
+        + ratios,
+        title="Adapt on a GPU: LoRA against QLoRA",
+    )
+
 
 if __name__ == "__main__":
     main()

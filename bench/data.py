@@ -62,7 +62,7 @@ def make_files(folder: Path, n_sft: int, n_pref: int) -> None:
 STAGE = """
 import json, resource, sys, time
 import mlflow  # imported before timing, like datasets on the other side
-from stages.common.params import load_params
+from stages.common.loader import load_params
 from stages import data
 params = load_params(sys.argv[1])
 start = time.perf_counter()
@@ -141,6 +141,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs, t in (("stage", stage, t_stage), ("datasets", bare, t_bare)):
         print(f"{name:<10}{t:>10.2f}{rows / t:>12,.0f}{max(r['peak_mib'] for r in runs):>11.0f}")
     print(f"throughput ratio stage / datasets: {t_bare / t_stage:.2f}  (goal >= 0.5)")
+
+    from report import command_line, markdown_table, write_section
+
+    sides = (
+        (
+            "`data` stage (read and check every row, dedupe, hold out, leakage, near-duplicates, write, MLflow)",
+            stage,
+            t_stage,
+        ),
+        ("`datasets` load + map", bare, t_bare),
+    )
+    table = [
+        [name, f"{t:.2f}", f"{rows / t:,.0f}", f"{max(r['peak_mib'] for r in runs):.0f}"] for name, runs, t in sides
+    ]
+    write_section(
+        "data",
+        command_line("bench-data", argv),
+        f"The `data` stage on {args.sft:,} generated SFT rows (+{args.sft // 100:,} duplicates) and "
+        f'{args.preference:,} preference rows next to a bare `datasets.load_dataset("json")` + `.map` of the same '
+        f"files, alternating, {args.repeats} times, in fresh processes:\n\n"
+        + markdown_table(["", "seconds (median)", "rows/s", "peak RSS (MiB)"], table)
+        + f"\n\nThroughput ratio **{t_bare / t_stage:.2f}** (goal 0.5).",
+        title="Data: the `data` stage against `datasets`",
+    )
     return 0
 
 

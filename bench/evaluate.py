@@ -46,9 +46,9 @@ def main() -> int:
     import torch
 
     from stages.common.confidence import Resampling, interval, paired
+    from stages.common.loader import load_params
     from stages.common.metrics import REGISTRY, score
     from stages.common.models import generate, load_model, load_tokenizer, render_all, renderer_for
-    from stages.common.params import load_params
 
     params = load_params(REPO / "params.yaml")
     model, tokenizer = load_model(args.model, "cpu"), load_tokenizer(args.model)
@@ -113,6 +113,36 @@ def main() -> int:
         f"generation, {len(prompts)} prompts: one at a time {one[0]:.0f} tokens/s, batches of "
         f"{params.evaluate.batch_size} {many[0]:.0f} tokens/s: ratio {many[0] / one[0]:.1f}x (goal >= 4); "
         f"{same}/{len(prompts)} answers identical"
+    )
+
+    from report import command_line, markdown_table, write_section
+
+    rows = [
+        [
+            "evaluation of one variant",
+            f"{evaluation:.1f}",
+            f"generation {generated:.1f} s (scaled from {len(sample)} rows), scoring {scoring:.1f} s",
+        ],
+        [
+            "confidence for it",
+            f"{confidence:.1f}",
+            f"per-row scores {scored:.1f} s, 3 intervals {intervals - scored:.1f} s, "
+            f"1 paired comparison {confidence - intervals:.1f} s",
+        ],
+    ]
+    write_section(
+        "evaluate",
+        command_line("bench-evaluate"),
+        f"Model `{Path(args.model).name}`; {args.rows:,} eval rows ({len(sample)} generated with evaluate's batched "
+        f"greedy generation, time scaled to {args.rows:,}; {words:.1f} words per answer), the question-answering "
+        f"metrics scored on all; then the per-row scores, three bootstrap intervals and one paired comparison with "
+        f"{args.resamples:,} resamples; torch threads {torch.get_num_threads()}.\n\n"
+        + markdown_table(["", "seconds", "of which"], rows)
+        + f"\n\nRatio confidence / evaluation: **{confidence / evaluation:.3f}** (goal < 0.10).\n\n"
+        f"Generation, {len(prompts)} prompts one at a time and in batches of {params.evaluate.batch_size} (left "
+        f"padding, greedy): {one[0]:,.0f} vs {many[0]:,.0f} tokens/s, **{many[0] / one[0]:.1f}x** (goal 4x); "
+        f"{same}/{len(prompts)} answers identical.",
+        title="Evaluate: what confidence intervals cost; batched generation",
     )
     return 0
 

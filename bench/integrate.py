@@ -109,16 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--chunks", type=int, default=512, help="chunks embedded for the throughput figure")
     args = parser.parse_args(argv)
-    print(
-        f"embedding: MiniLM, {embedding_throughput(args.chunks):.1f} chunks/s ({args.chunks} chunks of <= 128 "
-        "tokens, batch 64, CPU)"
+    chunks_per_s = embedding_throughput(args.chunks)
+    print(f"embedding: MiniLM, {chunks_per_s:.1f} chunks/s ({args.chunks} chunks of <= 128 tokens, batch 64, CPU)")
+    parts = [scale_report(args.sizes, np.random.default_rng(17), clustered) for clustered in (False, True)]
+
+    from report import command_line, write_section
+
+    write_section(
+        "integrate",
+        command_line("bench-integrate", argv),
+        f"MiniLM embeds **{chunks_per_s:.1f} chunks/s** ({args.chunks} chunks of the default knowledge base, at most "
+        "128 tokens, batch 64). Query latency of the default store (embedded Chroma, an HNSW index) and of numpy "
+        f"brute-force cosine over the same vectors ({DIM} dimensions, {QUERIES} queries), and recall@10 of the "
+        "store's approximate search against the exact top 10:\n\n" + "\n\n".join(parts),
+        title="Integrate: embedding throughput and the vector store as it grows",
     )
-    for clustered in (False, True):
-        report(args.sizes, np.random.default_rng(17), clustered)
     return 0
 
 
-def report(sizes: list[int], rng, clustered: bool) -> None:
+def scale_report(sizes: list[int], rng, clustered: bool) -> str:
+    """Prints the table for one kind of vectors and returns it as markdown for docs/benchmarks.md."""
+    from report import markdown_table
+
     rows = [measure_size(n, rng, clustered) for n in sizes]
     print(f"\n{'clustered' if clustered else 'uniform random'} unit vectors, {DIM} dimensions, {QUERIES} queries")
     print(
@@ -138,6 +150,16 @@ def report(sizes: list[int], rng, clustered: bool) -> None:
         f"{last['brute'][0] / first['brute'][0]:.2f}x"
     )
     print(f"recall@10 of the store's approximate search vs exact search at {last['n']}: {last['recall@10']:.3f}")
+    table = markdown_table(
+        ["vectors", "store p50 ms", "store p95 ms", "numpy p50 ms", "numpy p95 ms", "recall@10"],
+        [[f"{r['n']:,}", *(f"{v:.3f}" for v in (*r["store"], *r["brute"])), f"{r['recall@10']:.3f}"] for r in rows],
+    )
+    return (
+        f"{'Clustered' if clustered else 'Uniform random'} unit vectors:\n\n{table}\n\n"
+        f"Growth of p50 from {first['n']:,} to {last['n']:,} vectors ({scale:.0f}x the data): store "
+        f"**{last['store'][0] / first['store'][0]:.2f}x**, numpy brute force "
+        f"**{last['brute'][0] / first['brute'][0]:.2f}x**."
+    )
 
 
 if __name__ == "__main__":

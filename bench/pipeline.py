@@ -111,6 +111,25 @@ def main() -> int:
     print(f"  of which Prefect ephemeral server start + empty flow (new process): {prefect_start:.1f} s")
     print(f"  importing Prefect, DVC and MLflow in a new interpreter: {imports:.1f} s")
     print(f"bare no-op `dvc repro`: {dvc_noop:.1f} s  -> lifecycle no-op / dvc no-op = {noop / dvc_noop:.1f}x")
+
+    from report import command_line, markdown_table, write_section
+
+    rows = [[s, f"{by_hand[s]:.1f}", f"{record['seconds'].get(s, float('nan')):.1f}"] for s in stages()]
+    rows.append(["**total**", f"**{hand_total:.1f}**", f"**{full:.1f}**"])
+    write_section(
+        "pipeline",
+        command_line("bench"),
+        f"{platform.machine()}, Python {platform.python_version()}; fresh copies of the repository, embedded "
+        "defaults. The stage commands by hand (`python -m stages.<stage>`), then `lifecycle run`:\n\n"
+        + markdown_table(["stage", "by hand (s)", "in `lifecycle run` (s)"], rows)
+        + f"\n\n- Orchestration overhead (Prefect + the MLflow parent run + DVC) over the same commands by hand: "
+        f"**{100 * (full / hand_total - 1):+.1f} %** ({full - hand_total:+.1f} s; target: 10 %).\n"
+        f"- No-op `lifecycle run`: **{noop:.1f} s** wall (target: 20 s), of which **{prefect_start:.1f} s** is "
+        f"starting Prefect's ephemeral server and an empty flow in a new process ({imports:.1f} s of it importing "
+        f"Prefect, DVC and MLflow); a bare no-op `dvc repro` takes **{dvc_noop:.1f} s** "
+        f"({noop / dvc_noop:.0f}x less).",
+        title="Pipeline: the offline run, orchestration overhead, a no-op run",
+    )
     return 0
 
 

@@ -53,6 +53,22 @@ def main() -> None:
     verdict = "under" if med["lifecycle validate"] < TARGET_SECONDS else "OVER"
     print(f"lifecycle validate / python -c pass: {ratio:.1f}x; {verdict} the {TARGET_SECONDS:g} s target")
 
+    from report import command_line, markdown_table, write_section
+
+    rows = [
+        [f"`{name}`", f"{seconds:.3f}", f"{min(times[name]):.3f}", f"{max(times[name]):.3f}"]
+        for name, seconds in med.items()
+    ]
+    write_section(
+        "scope",
+        command_line("bench-scope"),
+        f"`lifecycle validate` on the default project (params, catalog, every source opened, the plan printed) next "
+        f"to a bare interpreter start; {args.repeats} alternating runs each, fresh processes, wall time:\n\n"
+        + markdown_table(["command", "median (s)", "min (s)", "max (s)"], rows)
+        + f"\n\n`lifecycle validate` / `python -c pass`: **{ratio:.1f}x**; {verdict} the {TARGET_SECONDS:g} s target.",
+        title="Scope: `lifecycle validate` against a bare interpreter",
+    )
+
 
 if __name__ == "__main__":
     main()

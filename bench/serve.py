@@ -174,7 +174,7 @@ def champion_bento(bento: str | None = None) -> tuple[str, Path]:
     from mlflow import MlflowClient
 
     from stages.common.cli import project_environment
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
     from stages.common.tracking import configure
 
     project_environment(REPO)
@@ -257,6 +257,32 @@ def main() -> None:
     print(
         f"the engine alone, no HTTP: {alone[1]:.1f} requests/s one at a time, {alone[args.clients]:.1f} in batches "
         f"of up to {args.clients}: {alone[args.clients] / alone[1]:.2f}x"
+    )
+
+    from report import command_line, markdown_table, write_section
+
+    table = markdown_table(
+        ["server, clients", "requests/s", "p50 ms", "p95 ms", "errors"],
+        [
+            [name, f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", r["errors"]]
+            for name, r in rows.items()
+        ],
+    )
+    write_section(
+        "serve",
+        command_line("bench-serve"),
+        f"Bento `{bento}`; {args.requests} eval questions per run, greedy, the packaged max_new_tokens"
+        + (f"; settings {', '.join(args.set)}" if args.set else "")
+        + ". `naive`: a `bench/`-only server, one request at a time, `model.generate` per request.\n\n"
+        + table
+        + f"\n\n- {args.clients} concurrent clients / 1 sequential client (ours): **{many['rps'] / one['rps']:.2f}x** "
+        "(target 4x).\n"
+        f"- Ours / naive at {args.clients} concurrent clients: **{many['rps'] / base_naive['rps']:.2f}x** "
+        "(target 1.5x).\n"
+        f"- Errors: ours {one['errors'] + many['errors']} (target 0), naive {base_naive['errors']}.\n"
+        f"- The engine alone, no HTTP, in the same run: {alone[1]:.1f} requests/s one at a time, "
+        f"{alone[args.clients]:.1f} in batches of up to {args.clients} ({alone[args.clients] / alone[1]:.2f}x).",
+        title="Serve: the champion's bento under concurrent clients",
     )
 
 

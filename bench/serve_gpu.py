@@ -85,6 +85,7 @@ def main() -> None:
         f"{torch.cuda.get_device_name()}; torch {torch.__version__}; {args.requests} requests of "
         f"{args.max_new_tokens} new tokens"
     )
+    table = []
     for dtype in (torch.bfloat16, torch.float32):
         model = build(tokenizer, dtype)
         n = sum(p.numel() for p in model.parameters())
@@ -106,8 +107,42 @@ def main() -> None:
             f"(mean batch {sum(r.batch_size for r in many) / len(many):.1f})"
         )
         print(f"  speed-up {t_one / t_many:.2f}x; greedy answers that differ batched vs alone: {differ}/{len(prompts)}")
+        table.append(
+            [
+                str(dtype).removeprefix("torch."),
+                f"{n / 1e6:.0f}M",
+                f"{torch.cuda.max_memory_allocated() / 2**30:.2f}",
+                f"{len(prompts) / t_one:.1f} ({tokens / t_one:,.0f})",
+                f"{len(prompts) / t_many:.1f} ({tokens / t_many:,.0f})",
+                f"{t_one / t_many:.2f}x",
+                f"{differ}/{len(prompts)}",
+            ]
+        )
         del model, alone, batched
         torch.cuda.empty_cache()
+
+    from report import command_line, markdown_table, write_section
+
+    write_section(
+        "serve_gpu",
+        command_line(),
+        f"torch {torch.__version__}; the serving engine alone, no HTTP; Qwen2.5-0.5B's architecture from its config "
+        f"with random weights (decoding always runs to max_new_tokens); {args.requests} requests of "
+        f"{args.max_new_tokens} new tokens.\n\n"
+        + markdown_table(
+            [
+                "dtype",
+                "parameters",
+                "peak GiB",
+                "1 client: req/s (tokens/s)",
+                "16 concurrent: req/s (tokens/s)",
+                "speed-up",
+                "greedy answers that differ, batched vs alone",
+            ],
+            table,
+        ),
+        title="Serve on a GPU: the engine batched against one at a time",
+    )
 
 
 if __name__ == "__main__":

@@ -81,6 +81,32 @@ def main() -> None:
         )
         print(f"   running server / ephemeral:                          {s / e:7.3f}")
 
+    from report import command_line, markdown_table, write_section
+
+    rows = [
+        [
+            "full `lifecycle run`, tracking into SQLite vs into `mlflow server` on PostgreSQL (artifacts proxied)",
+            f"{sqlite:.1f} s",
+            f"{server:.1f} s",
+            f"{server / sqlite:.3f}",
+        ],
+        [
+            "no-op `lifecycle run`, Prefect's ephemeral server vs a running `prefect server` on PostgreSQL "
+            f"(median of {args.repeats})",
+            f"{e:.1f} s",
+            f"{s:.1f} s",
+            f"{s / e:.3f}",
+        ],
+    ]
+    write_section(
+        "servers",
+        command_line("bench-servers"),
+        f"{platform.machine()}, Python {platform.python_version()}; PostgreSQL on 127.0.0.1; the tiny project of the "
+        "tests, in fresh copies:\n\n"
+        + markdown_table(["", "embedded default", "a real server", "server / default"], rows),
+        title="Servers: real MLflow and Prefect servers against the embedded defaults",
+    )
+
 
 if __name__ == "__main__":
     main()
