@@ -215,7 +215,7 @@ def run_stage(stage: str, root: str) -> bool:
     try:
         with dvc_logs_to(logger), Repo(root) as repo, restored_on_failure(repo, stage):
             # No "git add dvc.lock / enable auto staging" hint after every stage: committing dvc.lock is the
-            # team's step after a run (README), not the pipeline's.
+            # team's step after a run (docs/commands.md), not the pipeline's.
             repo.scm_context.quiet = True
             ran = repo.reproduce(stage, single_item=True)
     except Exception as exc:  # DVC wraps the command's failure; keep its exit status for the CLI

@@ -248,6 +248,42 @@ def test_second_run_runs_nothing(project, first_run):
     assert status.returncode == 0 and status.stdout.count("up to date") >= len(stages)
 
 
+def test_an_edit_of_a_shared_module_marks_the_stages_that_compute_with_it(project, first_run):
+    """dvc.yaml's code deps are derived from the imports (tests/test_dvc.py): editing the confidence intervals
+    makes evaluate and package out of date, and no training stage."""
+    confidence = project / "stages" / "common" / "confidence.py"
+    original = confidence.read_text()
+    confidence.write_text(original + "\n# an edit\n")
+    try:
+        status = lifecycle(project, "status")
+    finally:
+        confidence.write_text(original)
+    assert status.returncode == 0, status.stderr[-3000:]
+    verdicts = {line.split()[0]: line for line in status.stdout.splitlines() if line.strip()}
+    assert "changed" in verdicts["evaluate"] and "confidence.py" in verdicts["evaluate"], status.stdout
+    assert "changed" in verdicts["package"]
+    for stage in ("data", "pretrain", "select", "adapt", "reward"):
+        assert verdicts[stage].endswith("up to date"), verdicts[stage]
+
+
+def test_registry_commands_work_where_the_data_is_not(project, first_run, tmp_path):
+    """A serving host, or a clone before `dvc pull`, has the repository and the registry but not the data:
+    `models` and `deploy --target k8s` work there; `validate`, which reads the data, names what is missing."""
+    data = project / "data" / "stdlib"
+    aside = tmp_path / "stdlib"
+    shutil.move(data, aside)
+    try:
+        models = lifecycle(project, "models")
+        k8s = lifecycle(project, "deploy", "--target", "k8s", "--out", str(tmp_path / "k8s"))
+        validate = lifecycle(project, "validate")
+    finally:
+        shutil.move(aside, data)
+    assert models.returncode == 0 and "champion" in models.stdout, models.stderr[-3000:]
+    assert k8s.returncode == 0, k8s.stderr[-3000:]
+    assert list((tmp_path / "k8s").iterdir()) and "deployed to k8s" in k8s.stdout
+    assert validate.returncode == 2 and "data.sources.sft.path" in validate.stderr
+
+
 def test_schedule_fires_a_real_flow_run(project, first_run):
     """`lifecycle schedule` on a every-minute cron: a scheduled Prefect run of the (up-to-date) pipeline happens."""
     import socket

@@ -380,9 +380,15 @@ def metric_problems(p: Params) -> list[str]:
 
 
 def source_problems(p: Params) -> list[str]:
-    """Which roles the plan needs."""
+    """Which roles the plan needs; each source's `fields:` mapping (two columns into one field lose one)."""
+    from stages.common.sources import field_mapping_problems
+
     problems = []
     src = p.data.sources
+    for role in ROLES:
+        source = getattr(src, role)
+        if source is not None:
+            problems += field_mapping_problems(role, source.fields)
     if src.sft is None and (src.eval is None or src.dev is None):
         problems.append(
             "`data.sources`: without an `sft` source both `eval` and `dev` sources are needed "

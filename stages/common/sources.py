@@ -8,13 +8,20 @@ Formats: JSONL, JSON (a list of objects), CSV (UTF-8), Parquet; for `knowledge` 
 Records, after `fields:` renames the team's columns (their column -> our field):
   sft         prompt + completion, or `messages` (TRL's standard and conversational formats); an Alpaca-style
               `input` is joined into the prompt
-  eval, dev   prompt + completion / reference / references (one or more), or `messages`
+  eval, dev   prompt + completion / reference / references (one or more), or `messages`; every answer the row
+              gives is one of its references: the `completion` (or the last assistant turn), then `reference`,
+              then `references`, empty ones skipped, a list flattened, repeats dropped
   preference  prompt + chosen + rejected (strings or conversational message lists)
   knowledge   documents: `text` (+ `title`), or .md / .txt / .html files
   general, corpus   `text`
 A row that cannot be read (malformed JSON, a missing field, a file that is not UTF-8) is an error naming the file, the
 line and the field; a row that can be read but is unusable (an empty field, too long, a duplicate, chosen ==
 rejected) is dropped and counted with its reason.
+
+`fields:` is one-to-one: a record field takes one column, so two columns mapped to one field (or a mapped column
+landing on a column the row already has under that name) is an error naming both, never a silent last-one-wins.
+The exception is `references`: several columns mapped to it become the row's list of references, in column order
+(`fields: {gold: references, gold_alt: references}` scores each row against both); see field_mapping_problems.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import os
 import re
 import string
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +44,8 @@ QA_ROLES = ("sft", "eval", "dev")
 TEXT_ROLES = ("knowledge", "general", "corpus")
 MAX_PROBLEMS = 8  # per role: enough to see the pattern, not a wall of text
 MAX_EXAMPLES = 5  # dropped rows quoted per role
+# Several columns may map to this field: they are the row's references, a list (every other field takes one column).
+MANY = "references"
 
 
 def count_tokens(text: str) -> int:
@@ -274,14 +283,74 @@ def _from_messages(messages, where: str) -> dict:
     return record
 
 
+def _listed(names: list[str]) -> str:
+    """`a`; both `a` and `b`; `a`, `b` and `c`."""
+    quoted = [f"`{n}`" for n in names]
+    if len(quoted) < 3:
+        return " and ".join(quoted) if len(quoted) < 2 else f"both {quoted[0]} and {quoted[1]}"
+    return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+def field_mapping_problems(
+    role: str, fields: dict[str, str], columns: Iterable[str] | None = None, label: str | None = None
+) -> list[str]:
+    """Many-to-one `fields:` mappings of one role's source, each naming the columns, the field and what to do.
+
+    A record field holds one column: two columns mapped to one field would keep only the last of them, silently
+    (an eval scored against one of its two references). So that is an error, except into `references`, where
+    several columns become the row's list of references, in column order. With `columns` (a row's) it also finds
+    a mapped column that lands on a column the row already has under that field's name (an unmapped column keeps
+    its name). `label` names the source in the message. Pure: params validation calls it with `fields` alone, the
+    data stage again before reading (so it cannot be bypassed) and per set of columns."""
+    key = f"`data.sources.{role}.fields`" + (f" ({label})" if label else "")
+    into: dict[str, list[str]] = {}
+    for column, name in fields.items():
+        into.setdefault(name, []).append(column)
+    own = {c for c in columns or () if c not in fields and c in into}  # unmapped, already named as a target
+    problems = []
+    for name, mapped in into.items():
+        if name == MANY or len(mapped) + (name in own) < 2:
+            continue
+        clash = f"{key} maps {_listed(mapped)} to `{name}`"
+        columns_in = mapped
+        if name in own:
+            clash += f", and the row also has a column named `{name}`"
+            columns_in = [*mapped, name]
+        if role in ("eval", "dev") and name in ("completion", "reference"):
+            fix = (
+                "to score each row against all of them, map them to `references` instead (the row's list of "
+                f"references): `fields: {{{', '.join(f'{c}: {MANY}' for c in columns_in)}}}`; or keep only one"
+            )
+        elif name in own:
+            fix = f"map the row's own `{name}` column to another name too (e.g. `{name}: original_{name}`)"
+        else:
+            fix = "keep only the one you mean in `fields:` (a column left out keeps its own name)"
+        problems.append(f"{clash}: a record field holds one column, so all but one would be lost; {fix}")
+    return problems
+
+
 def _mapped(row: dict, fields: dict[str, str], where: str) -> dict:
-    missing = [col for col in fields if col not in row]
+    """The row with its columns renamed by `fields:` (checked one-to-one by field_mapping_problems first); the cells
+    of several columns mapped to `references` become one list, in column order, a missing one skipped."""
+    many = {c for c, name in fields.items() if name == MANY}
+    optional = many if len(many) > 1 and not many.isdisjoint(row) else set()
+    missing = [col for col in fields if col not in row and col not in optional]
     if missing:
         raise ValueError(
             f"{where}: no column {', '.join(f'`{c}`' for c in missing)} (mapped by `fields:` to "
             f"{', '.join(fields[c] for c in missing)}); its columns are {', '.join(map(str, row)) or 'none'}"
         )
-    return {fields.get(k, k): v for k, v in row.items()}
+    out: dict = {}
+    cells = []
+    for column, value in row.items():
+        name = fields.get(column, column)
+        if name == MANY:
+            cells.append(value)
+        else:
+            out[name] = value
+    if cells:
+        out[MANY] = cells[0] if len(cells) == 1 else cells
+    return out
 
 
 def _need(row: dict, name: str, where: str, role: str, hint: str = "") -> None:
@@ -291,6 +360,34 @@ def _need(row: dict, name: str, where: str, role: str, hint: str = "") -> None:
             f"{where}: no field `{name}` (the row has {cols}); map your column to it with "
             f"`data.sources.{role}.fields`{hint}"
         )
+
+
+def _answers(value, where: str) -> list[str]:
+    """A reference cell's answers: none for a missing or blank cell, the last message's content for a
+    conversational value (a list of {role, content}), each item of any other list (flattened)."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        if not (value and all(isinstance(v, dict) for v in value)):
+            return [a for v in value for a in _answers(v, where)]
+        value = _content(value, where, "references")
+    text = value if isinstance(value, str) else str(value)
+    return [text] if text.strip() else []
+
+
+def _references(role: str, row: dict, answer, where: str) -> list[str]:
+    """An eval or dev row's references: every answer it gives, in order: its `completion` (or the last assistant
+    turn), `reference`, then `references` (several columns mapped there arrive as a list); repeats dropped."""
+    cells = (answer, row.get("reference"), row.get("references"))
+    if all(cell is None for cell in cells):
+        raise ValueError(
+            f"{where}: an {role} row without a reference (a `completion`, `reference` or "
+            f"`references` field); every {role} row needs the expected answer"
+        )
+    refs = list(dict.fromkeys(a for cell in cells for a in _answers(cell, where)))
+    if not refs:
+        raise ValueError(f"{where}: an {role} row whose reference is empty; every {role} row needs the expected answer")
+    return refs
 
 
 def to_record(role: str, row: dict, where: str, template_fields: list[str]) -> dict:
@@ -323,29 +420,15 @@ def to_record(role: str, row: dict, where: str, template_fields: list[str]) -> d
             _need(row, "completion", where, role, ", e.g. {output: completion}")
             record["completion"] = _content(row["completion"], where, "completion")
         else:
-            refs = row.get("references", row.get("reference", row.get("completion")))
-            if refs is None:
-                raise ValueError(
-                    f"{where}: an {role} row without a reference (a `completion`, `reference` or "
-                    f"`references` field); every {role} row needs the expected answer"
-                )
-            record["references"] = (
-                [_content(r, where, "references") for r in refs]
-                if isinstance(refs, list) and not (refs and isinstance(refs[0], dict))
-                else [_content(refs, where, "references")]
-            )
-            if not any(r.strip() for r in record["references"]):
-                raise ValueError(
-                    f"{where}: an {role} row whose reference is empty; every {role} row needs the expected answer"
-                )
+            record["references"] = _references(role, row, row.get("completion"), where)
         if row.get("input"):  # Alpaca: the instruction's input joins the prompt
             record["prompt"] = f"{record['prompt']}\n\n{_content(row['input'], where, 'input')}"
         if row.get("system"):
             record["system"] = _content(row["system"], where, "system")
     if row.get("source"):  # the knowledge section or document that answers it: retrieval is measured with it
         record["source"] = str(row["source"])
-    if role in QA_ROLES and "references" not in record and role != "sft":
-        record["references"] = [record.pop("completion")]
+    if role in ("eval", "dev") and "references" not in record:  # `messages`: the last assistant turn is one
+        record["references"] = _references(role, row, record.pop("completion"), where)
     for name in template_fields:
         if name != "prompt":
             _need(row, name, where, role, f" (`prompt.template` uses {{{name}}})")
@@ -384,6 +467,10 @@ def dedupe_key(role: str, record: dict) -> tuple:
 def load_role(role: str, source, params) -> RoleData:
     """Read, map, check and deduplicate one role's source; structural problems raise, all of them at once."""
     data = RoleData(role, source.label)
+    mapping = field_mapping_problems(role, source.fields, label=source.label)
+    if mapping:  # before a row is read: a params.yaml mistake, not the data's
+        raise ProjectError(mapping)
+    clashes: dict[tuple, list[str]] = {}  # per set of columns: reported once, not on every row of a CSV
     problems = Problems()
     template_fields = params.prompt.fields if role not in TEXT_ROLES else []
     labels = params.scope.labels if params.scope.task.value == "classification" else None
@@ -406,6 +493,14 @@ def load_role(role: str, source, params) -> RoleData:
         if UNREADABLE in row:  # a document is skipped, by name; the role fails only if nothing usable is left
             data.drop(where, f"unreadable ({row[UNREADABLE]})")
             continue
+        if source.fields:
+            columns = tuple(row)
+            if columns not in clashes:
+                clashes[columns] = field_mapping_problems(role, source.fields, columns)
+                for clash in clashes[columns]:
+                    problems.add(f"{where} (and every row with the same columns): {clash}")
+            if clashes[columns]:
+                continue
         try:
             mapped = _mapped(row, source.fields, where) if source.fields else row
             record = to_record(role, mapped, where, template_fields)
@@ -469,7 +564,7 @@ def load_all(params) -> dict[str, RoleData]:
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     args = sys.argv[1:] if argv is None else argv
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from stages.common.errors import ProjectError
 from stages.common.io import read_json, read_jsonl
-from stages.common.params import load_params
+from stages.common.loader import load_params
 from stages.common.sources import normalize
 from tests.conftest import tiny_params_dict, write_params
 
@@ -380,6 +380,132 @@ def test_source_outside_the_sources_folder_is_named(tmp_path):
     f = write_jsonl(tmp_path / "elsewhere" / "sft.jsonl", qa_rows(10))
     with pytest.raises(ProjectError, match="outside `paths.sources`"):
         project(tmp_path, {"sft": {"path": str(f)}})
+
+
+# --- several columns into one field -----------------------------------------------------------------------------
+
+
+def with_fields(params, role: str, fields: dict) -> object:
+    """`params` with `role`'s `fields:` replaced past params validation, as a caller that skips the params rules
+    would hand them to the data stage."""
+    sources = params.data.sources
+    source = getattr(sources, role).model_copy(update={"fields": fields})
+    data = params.data.model_copy(update={"sources": sources.model_copy(update={role: source})})
+    return params.model_copy(update={"data": data})
+
+
+TWO_REFERENCES = (
+    "question,gold,gold_alt\n"
+    "What does abs do?,Return the absolute value of a number.,Gives the magnitude of x without its sign.\n"
+    "What does len do?,Return the length of an object.,Counts how many items a container holds.\n"
+    "What does ord do?,,Gives the number of a character.\n"
+)
+
+
+def test_two_reference_columns_are_both_references_and_both_are_scored(tmp_path):
+    from stages import data
+    from stages.common.metrics import score
+
+    d = tmp_path / "data"
+    sft, dev = write_jsonl(d / "sft.jsonl", qa_rows(30)), write_jsonl(d / "dev.jsonl", qa_rows(3, offset=100))
+    (d / "eval.csv").write_text(TWO_REFERENCES, encoding="utf-8")
+    fields = {"question": "prompt", "gold": "references", "gold_alt": "references"}
+    params = project(
+        tmp_path,
+        {"sft": {"path": str(sft)}, "dev": {"path": str(dev)}, "eval": {"path": str(d / "eval.csv"), "fields": fields}},
+    )
+    data.run(params, params.paths)
+    rows = read_jsonl(Path(params.paths.processed) / "eval.jsonl")
+    refs = [r["references"] for r in rows]
+    assert refs == [
+        ["Return the absolute value of a number.", "Gives the magnitude of x without its sign."],
+        ["Return the length of an object.", "Counts how many items a container holds."],
+        ["Gives the number of a character."],  # the empty `gold` cell is no reference
+    ], "both columns, in column order"
+    # Answers that each match one of the two references: scored against both, every row is matched.
+    answers = [refs[0][1], refs[1][0], refs[2][0]]  # alt, gold, alt
+    both = score(["rougeL"], answers, refs)["rougeL"]
+    gold_only = score(["rougeL"], answers, [r[:1] for r in refs])["rougeL"]
+    alt_only = score(["rougeL"], answers, [r[-1:] for r in refs])["rougeL"]
+    assert both == 1.0 and both > gold_only and both > alt_only
+
+
+def test_two_columns_into_completion_are_an_error_naming_both_and_write_nothing(tmp_path):
+    d = tmp_path / "data"
+    sft, dev = write_jsonl(d / "sft.jsonl", qa_rows(30)), write_jsonl(d / "dev.jsonl", qa_rows(3, offset=100))
+    ev = d / "eval.csv"
+    ev.write_text(TWO_REFERENCES, encoding="utf-8")
+    params = project(
+        tmp_path,
+        {
+            "sft": {"path": str(sft)},
+            "dev": {"path": str(dev)},
+            "eval": {"path": str(ev), "fields": {"question": "prompt", "gold": "completion"}},
+        },
+    )
+    params = with_fields(params, "eval", {"question": "prompt", "gold": "completion", "gold_alt": "completion"})
+    message = fails_cleanly(params, tmp_path)
+    assert f"`data.sources.eval.fields` ({ev}) maps both `gold` and `gold_alt` to `completion`" in message
+    assert "`fields: {gold: references, gold_alt: references}`" in message, "says what to write instead"
+
+
+def test_a_mapped_column_onto_a_column_of_that_name_is_an_error_once(tmp_path):
+    rows = [{"question": f"q{i}?", "prompt": f"old prompt {i}", "completion": f"a{i}"} for i in range(20)]
+    f = write_jsonl(tmp_path / "data" / "sft.jsonl", rows)
+    params = project(
+        tmp_path, {"sft": {"path": str(f), "fields": {"question": "prompt"}}}, holdout={"eval": 2, "dev": 2}
+    )
+    message = fails_cleanly(params, tmp_path)
+    assert (
+        f"{f}:1 (and every row with the same columns): `data.sources.sft.fields` maps `question` to `prompt`, and "
+        "the row also has a column named `prompt`" in message
+    )
+    assert message.count("maps `question`") == 1, "one message for the file, not one per row"
+    assert "`prompt: original_prompt`" in message
+
+
+def test_references_gather_every_answer_in_order_skipping_empty_and_repeated(tmp_path):
+    from stages.common.sources import load_all
+
+    d = tmp_path / "data"
+    sft = write_jsonl(d / "sft.jsonl", qa_rows(30))
+    ev = write_jsonl(
+        d / "eval.jsonl",
+        [
+            {"q": "a?", "main": "A.", "gold": ["B.", "C."], "alt": "D."},  # a list cell is flattened
+            {"q": "b?", "main": "A.", "alt": "E."},  # no `gold` on this row: skipped
+            {"q": "c?", "main": "", "gold": "F.", "alt": "F."},  # empty and repeated answers: once
+        ],
+    )
+    dev = write_jsonl(
+        d / "dev.jsonl",
+        [
+            {"prompt": "d?", "completion": "G.", "references": ["G.", "H."]},
+            {
+                "messages": [{"role": "user", "content": "e?"}, {"role": "assistant", "content": "I."}],
+                "reference": "J.",
+            },
+        ],
+    )
+    fields = {"q": "prompt", "main": "reference", "gold": "references", "alt": "references"}
+    params = project(
+        tmp_path, {"sft": {"path": str(sft)}, "eval": {"path": str(ev), "fields": fields}, "dev": {"path": str(dev)}}
+    )
+    loaded = load_all(params)
+    assert [r["references"] for r in loaded["eval"].records] == [["A.", "B.", "C.", "D."], ["A.", "E."], ["F."]]
+    assert [r["references"] for r in loaded["dev"].records] == [["G.", "H."], ["I.", "J."]]
+
+
+def test_reference_columns_all_missing_on_a_row_name_them(tmp_path):
+    d = tmp_path / "data"
+    sft = write_jsonl(d / "sft.jsonl", qa_rows(30))
+    ev = write_jsonl(d / "eval.jsonl", [{"q": "a?", "gold": "A."}, {"q": "b?"}])
+    fields = {"q": "prompt", "gold": "references", "alt": "references"}
+    params = project(
+        tmp_path, {"sft": {"path": str(sft)}, "eval": {"path": str(ev), "fields": fields}}, holdout={"dev": 2}
+    )
+    message = fails_cleanly(params, tmp_path)
+    assert f"{ev}:2: no column `gold`, `alt` (mapped by `fields:` to references, references)" in message
 
 
 # --- personal data ---------------------------------------------------------------------------------------------

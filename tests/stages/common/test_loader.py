@@ -102,6 +102,22 @@ def test_missing_candidate_path_is_named(tmp_path):
     assert any("models/nowhere does not exist" in m for m in problems_for(tmp_path, p))
 
 
+def test_the_registry_commands_load_params_without_the_files_it_names(tmp_path):
+    """`lifecycle models`, `deploy`, `serve` load params with files=False: a serving host has no data and no
+    candidate folders; the commands that read data (run, validate, the stages) still name what is missing."""
+    p = default_params()
+    p["data"]["sources"]["sft"]["path"] = "data/stdlib/gone.jsonl"
+    p["select"]["candidates"][0]["path"] = "models/nowhere"
+    path = write_params(tmp_path, p)
+    assert load_params(path, files=False).project.name == "stdlib-helpdesk"
+    problems = problems_for(tmp_path, p)
+    assert any("data.sources.sft.path" in m and "gone.jsonl does not exist" in m for m in problems)
+    assert any("models/nowhere does not exist" in m for m in problems)
+    p["adapt"]["lora"]["rr"] = 8  # the schema and the rules still apply without the files
+    with pytest.raises(ProjectError, match="unknown key `adapt.lora.rr`"):
+        load_params(write_params(tmp_path, p), files=False)
+
+
 def test_all_problems_reported_at_once(tmp_path):
     p = default_params()
     p["scope"]["languages"] = []
@@ -212,3 +228,9 @@ def test_orchestration_settings_are_named(tmp_path):
     problems = problems_for(tmp_path, p)
     assert any("`orchestration.on_busy`" in m for m in problems), problems
     assert any("`orchestration.launch`" in m and "launcher: accelerate" in m for m in problems), problems
+
+
+def test_two_columns_mapped_to_one_field_are_named_when_params_load(tmp_path):
+    p = default_params()
+    p["data"]["sources"]["sft"]["fields"] = {"function": "source", "prompt": "source"}
+    assert any("maps both `function` and `prompt` to `source`" in m for m in problems_for(tmp_path, p))

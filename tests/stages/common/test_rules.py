@@ -283,3 +283,18 @@ def test_the_scope_report_carries_the_plan_and_the_phase(processed):
 def test_in_region():
     assert rules.in_region("eu-west-1", "eu") and rules.in_region("europe-west4", "eu")
     assert not rules.in_region("us-east-1", "eu") and rules.in_region("anywhere", "any")
+
+
+def test_a_holdout_that_swallows_the_sft_data_names_data_holdout(tmp_path):
+    """The refusal names the key that caused it: the SFT rows left after the eval and dev splits are too few."""
+    from stages.scope import check
+    from tests.conftest import tiny_params_dict
+
+    p = tiny_params_dict(tmp_path)
+    p["data"]["holdout"] = {"eval": 0.6, "dev": 0.35}
+    with pytest.raises(ProjectError) as err:
+        check(load_params(write_params(tmp_path, p)))
+    [problem] = [m for m in err.value.problems if m.startswith("`adapt.technique`")]
+    assert "`data.holdout` keeps" in problem and "found in the data" in problem
+    p["data"]["holdout"] = {"eval": 16, "dev": 8}  # the tiny project's own split: the same data supports lora
+    assert "lora" in check(load_params(write_params(tmp_path, p)))["plan"]["adapt_techniques"]
