@@ -184,7 +184,7 @@ def train_sft(params: Params, paths: Paths, base_ref: str, device: str, out: Pat
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
-    renderer = renderer_for(params, tok, model)
+    renderer = renderer_for(params, tok, model, max_new_tokens=0)
     rows = read_jsonl(Path(paths.processed) / "sft.jsonl")
     raft = {}
     if p.raft.enabled:

@@ -38,7 +38,7 @@ def checkpoint_dir(params: Params, paths: Paths, method: str) -> Path:
     weights = sorted(Path(paths.sft).glob("*.safetensors"))
     key = json.dumps(
         {
-            "align": params.align.model_dump(mode="json")[method],
+            "align": getattr(params.align, method).model_dump(mode="json"),
             "precision": params.align.precision.value,
             "lora": params.adapt.lora.model_dump(mode="json"),
             "prompt": params.prompt.model_dump(mode="json"),
@@ -78,7 +78,7 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) 
 
     p = params.align.dpo
     model, tok = sft_model(paths, params.align.precision.value)
-    renderer = renderer_for(params, tok, model)
+    renderer = renderer_for(params, tok, model, max_new_tokens=0)
     train = Dataset.from_list(preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl")))
     config = DPOConfig(**training_args(params, p.trainer, ckpt, device), beta=p.beta)
     trainer = DPOTrainer(
@@ -186,7 +186,7 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
 
     p = params.align.rlhf
     model, tok = sft_model(paths, params.align.precision.value)
-    renderer = renderer_for(params, tok, model)
+    renderer = renderer_for(params, tok, model, max_new_tokens=0)
     functions, weights, card = reward_functions(params, paths, renderer, device)
     if is_main_process():
         mlflow.set_tags({"lifecycle.reward_model": f"{card['registered_model']} v{card['version']}"})
@@ -265,7 +265,7 @@ def run(params: Params, paths: Paths, method: str) -> dict:
     section = {
         "method": method.value,
         "precision": params.align.precision.value,
-        **params.align.model_dump(mode="json")[method.value],
+        **getattr(params.align, method.value).model_dump(mode="json"),
     }
     ckpt = checkpoint_dir(params, paths, method.value)
     with stage_run(f"align@{method.value}", params, section) as _:

@@ -31,10 +31,11 @@ WORKSPACE_TAG = "lifecycle.workspace"  # host:folder of the workspace whose pack
 PACKAGED_TAG = "lifecycle.packaged"  # set last: the version has its bento and its alias
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
-# The renderer, the retriever and the batching engine travel in the bento beside service.py.
-SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")] + [
-    SERVING_DIR / "engine.py"
-]
+# The bento carries the service's modules (serving/*.py: the service, its settings, protocol, telemetry, keys and
+# the batching engine) and, beside them, the renderer and the retriever.
+SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")] + sorted(
+    SERVING_DIR.glob("*.py")
+)
 
 
 def candidate_model(spec: dict):
@@ -274,6 +275,9 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
         name, labels=labels, metadata={"eval": eval_report["variants"][eval_report["candidate"]]}
     ) as bm:
         shutil.copytree(model_dir, bm.path, dirs_exist_ok=True)
+        # The serving settings beside the weights too: a model served from the repository (no packaged_model.json)
+        # runs as it was packaged. A file, not metadata: BentoML's metadata refuses nulls (`gpu_type: null`).
+        write_json(Path(bm.path) / "serve.json", params.serve.model_dump())
     model_tag = str(bm.tag)
     import yaml
 
@@ -284,7 +288,6 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
     recipe["labels"] = labels
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
     with tempfile.TemporaryDirectory() as ctx:
-        shutil.copy(SERVING_DIR / "service.py", ctx)
         for f in SHARED:
             shutil.copy(f, ctx)
         # What the service reads at start-up: the model and its serving settings (params `serve:`).

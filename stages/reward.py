@@ -45,7 +45,7 @@ def train_reward_model(params: Params, paths: Paths, device: str, out: Path) -> 
     p = params.align.rlhf.reward_model
     precision = params.align.precision
     policy, tok = sft_model(paths, precision.value)
-    renderer = renderer_for(params, tok, policy)
+    renderer = renderer_for(params, tok, policy, max_new_tokens=0)
     rows = preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl"))
     train, held_out = split(rows, p.eval_fraction, params.project.seed)
     set_seed(params.project.seed)  # the new scalar head's random start: the same reward model every run

@@ -19,11 +19,11 @@ from tests.conftest import REPO
 
 PROJECT_PACKAGES = ("stages", "flows", "serving")
 # Modules every stage runs through that decide whether it runs and where its records go, never what it writes
-# into its outputs: an edit to them re-runs nothing, and what they import is not followed.
+# into its outputs: an edit to them re-runs nothing, and what they import is not followed. (The rules are not
+# plumbing: scope reports them and select filters candidates with them.)
 PLUMBING = {
     "stages/common/cli.py": "the `python -m stages.<name>` entry: argv, params loading, exit statuses",
     "stages/common/loader.py": "reads params.yaml; the values a stage uses are tracked as `params:`",
-    "stages/common/rules.py": "validation: a broken rule stops the stage, it changes no output",
     "stages/common/errors.py": "exit statuses and error messages",
     "stages/common/launch.py": "starts a stage under `accelerate launch` (orchestration.launch, a tracked param)",
     "stages/common/tracking.py": "MLflow records of the run, not its DVC outputs",
@@ -155,3 +155,72 @@ def test_the_derivation_follows_function_level_imports_and_files_opened_by_name(
     assert REPO / "stages/common/confidence.py" in evaluate
     assert REPO / "stages/common/catalog.yaml" in code_deps("stages.select")  # catalog.py opens it by name
     assert REPO / "stages/select.py" not in evaluate
+
+
+# Keys a stage reads that are not what it computes with, so dvc.yaml does not track them (an edit re-runs nothing).
+READ_NOT_COMPUTED = {
+    "project.name": ("*", "the MLflow experiment a stage's records go to (package tracks it: the registered name)"),
+    "align.methods": ("align", "align@<method> checks its method is listed; which stages exist is the foreach's"),
+}
+# Keys dvc.yaml tracks that the stage reads outside `run()` (stage_main), with the reason.
+READ_BY_THE_ENTRY = {
+    "orchestration.launch": "stage_main starts a training stage under `accelerate launch` with these settings",
+}
+# Keys a stage reads only on a branch the tiny project does not take (the recording cannot see them), with where.
+READ_ON_OTHER_BRANCHES = {
+    "data": {
+        "adapt.technique": "an empty sft split is refused unless the technique is prompt",
+        "scope.labels": "a classification project's answers are checked against its labels",
+    },
+    "scope": {"evaluate.max_forgetting": "a release's phase rules ask for a forgetting check (the tiny one is a poc)"},
+    "select": {
+        "scope.budget": "an API candidate's monthly cost against the budget",
+        "scope.serving": "an API candidate's cost per 1k requests against the limit",
+        "scope.residency": "an API candidate's regions against the residency region",
+        "scope.privacy": "a SaaS-hosted candidate with personal data",
+        "scope.phase": "a catalog entry's licence that forbids commercial use, from the MVP on",
+    },
+}
+
+
+def not_computed(name: str, key: str) -> bool:
+    stages, _ = READ_NOT_COMPUTED.get(key, (None, ""))
+    return stages == "*" or stages == name.split("@")[0]
+
+
+def tracked_params(name: str) -> set[str]:
+    return {k for k in dvc_stages()[name].get("params", []) if isinstance(k, str)}
+
+
+def covers(key: str, read: str) -> bool:
+    return read == key or read.startswith(key + ".")
+
+
+def test_a_stage_tracks_exactly_the_params_keys_it_reads(packaged):
+    """Every stage ran on the tiny project (tests/conftest.py) through a view that recorded each key it read."""
+    from tests.recording import READS
+
+    assert set(READS) >= set(dvc_stages()), f"stages that did not run here: {set(dvc_stages()) - set(READS)}"
+    problems = []
+    for name in sorted(dvc_stages()):
+        reads = {r for r in READS[name] if not r.startswith("paths.") and not not_computed(name, r)}
+        if "<all>" in reads:
+            problems.append(f"`{name}` reads the whole of params (a model_dump of the root): read sections")
+            continue
+        keys = tracked_params(name)
+        other_branches = READ_ON_OTHER_BRANCHES.get(name.split("@")[0], {})
+        missing = sorted(r for r in reads if not any(covers(k, r) for k in keys))
+        # a whole section read (model_dump) covers the keys under it
+        unused = sorted(
+            k
+            for k in keys - set(READ_BY_THE_ENTRY) - set(other_branches)
+            if not any(covers(k, r) or covers(r, k) for r in reads) and not not_computed(name, k)
+        )
+        stale = sorted(set(other_branches) - keys)
+        if missing:
+            problems.append(f"`{name}` reads {missing}, which dvc.yaml does not track: add them to its `params:`")
+        if unused:
+            problems.append(f"`{name}` tracks {unused} in dvc.yaml but never reads them: remove them")
+        if stale:
+            problems.append(f"READ_ON_OTHER_BRANCHES names {stale} for `{name}`, which dvc.yaml does not track")
+    assert not problems, "\n".join(problems)

@@ -60,17 +60,13 @@ def count_parameters(ref: str) -> int:
 def renderer_for(
     params, tokenizer, model_or_config, examples: list[dict] | None = None, max_new_tokens: int | None = None
 ) -> Renderer:
-    """The project's prompt format (params `prompt:`) for one model: its tokenizer, its context length."""
-    p = params.prompt
+    """The project's prompt format (params `prompt:`) for one model: its tokenizer, its context length.
+    `max_new_tokens`: the answer budget the prompt leaves room for (evaluate's, unless given; 0 for training,
+    which renders prompt and answer together and generates nothing)."""
     fmt = PromptFormat(
-        template=p.template,
-        system=p.system,
-        chat_template=p.chat_template.value,
-        completion_prefix=p.completion_prefix,
-        stop=list(p.stop),
+        **params.prompt.model_dump(mode="json"),  # every field of params `prompt:` (a test holds the two equal)
         examples=list(examples or []),
-        max_new_tokens=max_new_tokens or params.evaluate.max_new_tokens,
-        context_template=p.context_template,
+        max_new_tokens=params.evaluate.max_new_tokens if max_new_tokens is None else max_new_tokens,
     )
     try:
         return Renderer(fmt, tokenizer, context_length(model_or_config))

@@ -34,7 +34,11 @@ class PromptTooLong(ValueError):
 
 @dataclass
 class PromptFormat:
-    """`params.yaml` `prompt:` plus what adapt chose (the few-shot examples) and the model's limits."""
+    """`params.yaml` `prompt:` plus what adapt chose (the few-shot examples) and the model's limits.
+
+    Every field of `params.Prompt`, defaults included, because this is what travels: the bento carries prompt.json,
+    not the params models (tests/stages/common/test_prompting.py fails on a field missing here or a default that
+    differs)."""
 
     template: str = "{prompt}"
     system: str | None = None

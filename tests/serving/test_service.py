@@ -121,6 +121,32 @@ def test_generate_answers_and_bounds_inputs(server, packaged):
     assert status == 400
 
 
+def test_generate_refuses_an_unknown_field_in_the_same_shape_as_v1(server):
+    """One error path: /generate refuses what /v1 refuses (an unknown field, an out-of-range or malformed body)
+    with 400 and OpenAI's error body naming the field, where BentoML alone answered 200 and ignored the field."""
+    status, body = _post(f"{server}/generate", {"prompt": "What does `json.dumps` do?", "max_tokens": 8})
+    assert status == 400, body
+    assert body == {
+        "error": {
+            "message": "max_tokens: unknown field (this server does not support it)",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "extra_forbidden",
+        }
+    }
+    v1_status, v1 = _post(f"{server}/v1/completions", {"prompt": "What does `json.dumps` do?", "max_new_tokens": 8})
+    assert v1_status == 400 and v1["error"]["param"] == "max_new_tokens" and v1["error"].keys() == body["error"].keys()
+
+    status, body = _post(f"{server}/generate", {"prompt": "x", "max_new_tokens": 0})
+    assert (
+        status == 400 and body["error"]["param"] == "max_new_tokens" and body["error"]["code"] == "greater_than_equal"
+    )
+    status, body = _post(f"{server}/generate", b"{not json")
+    assert status == 400 and body["error"]["code"] == "json_invalid", body
+    status, body = _post(f"{server}/generate", {"prompt": "What does `json.dumps` do?", "fields": {"x": 1}})
+    assert status == 400 and body["error"]["param"] == "fields.x", body
+
+
 def test_the_openai_client_chats_completes_and_streams_unchanged(server, packaged):
     from openai import OpenAI
 
@@ -313,7 +339,8 @@ def test_a_request_past_the_timeout_gets_504_and_the_server_goes_on(packaged):
     with serving(packaged["package"]["bento"], env={"LIFECYCLE_SERVE_REQUEST_TIMEOUT_S": "0.001"}) as (base, _):
         status, body = _post(f"{base}/v1/completions", {"prompt": "What does `heapq.heappush` do?"})
         assert status == 504 and body["error"]["code"] == "timeout" and "0.001 s" in body["error"]["message"]
-        assert _post(f"{base}/generate", {"prompt": "hi"})[0] == 504
+        status, body = _post(f"{base}/generate", {"prompt": "hi"})
+        assert status == 504 and body["error"]["code"] == "timeout" and "0.001 s" in body["error"]["message"]
         assert _get(f"{base}/readyz")[0] == 200
         assert 'lifecycle_rejected_requests_total{reason="timeout"} 2.0' in _get(f"{base}/metrics")[1]
 
@@ -321,7 +348,7 @@ def test_a_request_past_the_timeout_gets_504_and_the_server_goes_on(packaged):
 def test_sigterm_to_lifecycle_serve_stops_the_server_and_frees_the_port(packaged, tiny_root):
     from mlflow import MlflowClient
 
-    from stages.common.params import load_params
+    from stages.common.loader import load_params
 
     lifecycle = str(Path(sys.executable).parent / "lifecycle")
     with serving("", command=[lifecycle, "serve"], cwd=tiny_root) as (base, proc):
@@ -352,6 +379,20 @@ def test_service_refuses_to_start_without_a_packaged_model(monkeypatch):
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2]
     )
     assert out.returncode != 0 and "no packaged model" in out.stderr
+
+
+def test_the_service_run_from_the_repository_serves_a_model_as_it_was_packaged(packaged, prepared):
+    """No bento, no packaged_model.json: `bentoml serve serving.service:Lifecycle` with the model's tag takes the
+    settings the model was packaged with (its serve.json), so the request bound is the project's max_new_tokens."""
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    command = [bentoml, "serve", "serving.service:Lifecycle", "--host", "127.0.0.1"]
+    env = {"LIFECYCLE_MODEL_TAG": packaged["package"]["bentoml_model"]}
+    limit = prepared.serve.max_new_tokens
+    with serving("", env=env, command=command, cwd=Path(__file__).resolve().parents[2]) as (base, _):
+        status, body = _post(f"{base}/generate", {"prompt": "What does `json.dumps` do?", "max_new_tokens": 4})
+        assert status == 200 and body["model"] == packaged["package"]["bentoml_model"], body
+        status, body = _post(f"{base}/v1/completions", {"prompt": "hi", "max_tokens": limit + 1})
+        assert status == 400 and f"less than or equal to {limit}" in body["error"]["message"], body
 
 
 def test_a_retrieval_bento_answers_with_its_sources(packaged_rag):

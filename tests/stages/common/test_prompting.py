@@ -182,3 +182,21 @@ def test_gpt2_with_a_short_context_never_indexes_out_of_range(processed, tokeniz
     assert max(renderer.count(p) for p in prompts) + 24 <= 160
     assert min(p.count("Question:") for p in prompts) < 4, "some shots were dropped to fit"
     assert len(generate(model, renderer, prompts, 24, batch_size=4).answers) == len(dev)
+
+
+def test_the_prompt_format_carries_every_field_of_params_prompt_with_its_default():
+    """The bento carries PromptFormat (prompt.json), never the params models: a `prompt:` field missing here, or a
+    default that differs, would be validated in params.yaml and then not rendered the same at serve time."""
+    from dataclasses import fields
+
+    from stages.common.params import Prompt
+
+    carried = {f.name for f in fields(PromptFormat)}
+    assert not set(Prompt.model_fields) - carried, (
+        f"params.Prompt fields PromptFormat lacks: {set(Prompt.model_fields) - carried}"
+    )
+    defaults = PromptFormat()
+    for name, value in Prompt().model_dump(mode="json").items():
+        assert getattr(defaults, name) == value, (
+            f"PromptFormat.{name} defaults to {getattr(defaults, name)!r}, params {value!r}"
+        )
