@@ -363,7 +363,10 @@ def card(
             lines.append(
                 f"| {role} | {pii['records'][role]} | " + " | ".join(str(found[t]) for t in TYPES) + f" | {shown} |"
             )
-        lines += ["", "Person names are not scanned: no name detector runs offline here (docs/your-project.md, Personal data)."]
+        lines += [
+            "",
+            "Person names are not scanned: no name detector runs offline here (docs/your-project.md, Personal data).",
+        ]
     if warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]
     return "\n".join(lines) + "\n"

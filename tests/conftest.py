@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.recording import recorded  # each stage below runs on a view that records the params keys it reads
+
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 os.environ.update(
@@ -30,6 +32,31 @@ os.environ.update(
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
+
+
+# The session fixtures that train the tiny project's models or run a pipeline stage on them (tens of seconds to
+# minutes, shared by every test that takes one). A test that takes one, directly or through another fixture, is
+# marked `slow`; `make test-fast` runs the others: `pytest -m "not e2e and not slow"`.
+PIPELINE_FIXTURES = frozenset(
+    {
+        "prepared",
+        "selected",
+        "prompted",
+        "indexed",
+        "adapted",
+        "rewarded",
+        "aligned",
+        "packaged",
+        "packaged_rag",
+        "separable",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PIPELINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):  # the closure: fixtures of fixtures too
+            item.add_marker(pytest.mark.slow)
 
 
 def default_params() -> dict:
@@ -111,8 +138,8 @@ def processed(tiny):
     """scope + data run on the tiny project: its report and processed splits, no model (seconds)."""
     from stages import data, scope
 
-    scope.run(tiny, tiny.paths)
-    data.run(tiny, tiny.paths)
+    scope.run(recorded(tiny, "scope"), tiny.paths)
+    data.run(recorded(tiny, "data"), tiny.paths)
     return tiny
 
 
@@ -121,7 +148,7 @@ def prepared(processed):
     """+ pretrain: the tiny project's two from-scratch candidates, trained."""
     from stages import pretrain
 
-    pretrain.run(processed, processed.paths)
+    pretrain.run(recorded(processed, "pretrain"), processed.paths)
     return processed
 
 
@@ -150,14 +177,14 @@ def untrained_lm(tmp_path_factory) -> str:
 def selected(prepared):
     from stages import select
 
-    return select.run(prepared, prepared.paths)
+    return select.run(recorded(prepared, "select"), prepared.paths)
 
 
 @pytest.fixture(scope="session")
 def prompted(prepared, selected):
     from stages import prompt_search
 
-    return prompt_search.run(prepared, prepared.paths)
+    return prompt_search.run(recorded(prepared, "prompt_search"), prepared.paths)
 
 
 @pytest.fixture(scope="session")
@@ -165,14 +192,14 @@ def indexed(prepared):
     """integrate: the knowledge index (RAFT and the +rag variants retrieve from it)."""
     from stages import integrate
 
-    return integrate.run(prepared, prepared.paths)
+    return integrate.run(recorded(prepared, "integrate"), prepared.paths)
 
 
 @pytest.fixture(scope="session")
 def adapted(prepared, selected, indexed):
     from stages import adapt
 
-    return adapt.run(prepared, prepared.paths)
+    return adapt.run(recorded(prepared, "adapt"), prepared.paths)
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +207,7 @@ def rewarded(prepared, adapted):
     """reward: the reward model on the preference pairs."""
     from stages import reward
 
-    return reward.run(prepared, prepared.paths)
+    return reward.run(recorded(prepared, "reward"), prepared.paths)
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +215,10 @@ def aligned(prepared, rewarded):
     """align@<method> for every `align.methods` entry (dpo and rlhf, as the default project)."""
     from stages import align
 
-    return {m.value: align.run(prepared, prepared.paths, m.value) for m in prepared.align.methods}
+    return {
+        m.value: align.run(recorded(prepared, f"align@{m.value}"), prepared.paths, m.value)
+        for m in prepared.align.methods
+    }
 
 
 @pytest.fixture(scope="session")
@@ -196,8 +226,8 @@ def packaged(prepared, prompted, aligned):
     """evaluate (easy KPI: passes) then package: an MLflow version and a bento exist."""
     from stages import evaluate, package
 
-    evaluate.run(prepared, prepared.paths)
-    return package.run(prepared, prepared.paths)
+    evaluate.run(recorded(prepared, "evaluate"), prepared.paths)
+    return package.run(recorded(prepared, "package"), prepared.paths)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.io import read_json
+from stages.common.io import read_json, read_jsonl
 
 
 def _sha(path: Path) -> str:
@@ -157,11 +157,30 @@ def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexe
         candidate_model({"ref": base_ref, "adapter": paths.sft})
 
 
-def test_packing_trains(prepared, selected, indexed, tmp_path):
+def test_packing_trains(prepared, selected, indexed, tmp_path, monkeypatch):
+    """`adapt.packing`: the trainer's dataset holds fewer sequences than there are SFT rows, several rows share a
+    sequence (each keeps its own length, so attention stays within it), and that packed dataset trains."""
+    import trl
+
+    trainers = []
+
+    class Spy(trl.SFTTrainer):  # the stage's own trainer, recorded to read the dataset it trained on
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(trl, "SFTTrainer", Spy)
     _, _, packed = _adapt_with(
         prepared, tmp_path, packing=True, raft=prepared.adapt.raft.model_copy(update={"enabled": False})
     )
     assert packed["packing"] is True and packed["trained_tokens"] > 0 and packed["global_step"] == 8
+    (trainer,) = trainers
+    rows = len(read_jsonl(Path(prepared.paths.processed) / "sft.jsonl"))
+    sequences = trainer.train_dataset
+    lengths = [len(s) for s in sequences["seq_lengths"]]
+    assert len(sequences) < rows and sum(lengths) == rows, "every row kept, in fewer sequences"
+    assert max(lengths) > 1, "several rows in one sequence"
+    assert all(len(ids) <= prepared.adapt.trainer.max_length for ids in sequences["input_ids"])
 
 
 @pytest.mark.parametrize("stage", ["adapt", "align"])

@@ -107,7 +107,7 @@ def test_rlhf_raises_the_reward_model_score(separable, optimizer):
     assert "kl" in run.data.metrics or any(k.startswith("rewards/") for k in run.data.metrics)
 
 
-def test_rule_rewards(prepared):
+def test_rule_rewards():
     from stages.align import rule_reward
     from stages.common.params import RuleRewards
 
@@ -119,20 +119,22 @@ def test_rule_rewards(prepared):
     assert rule_reward(RuleRewards(), "anything at all") == 0
 
 
-def test_a_method_not_listed_is_refused(prepared, tmp_path):
+def test_a_method_not_listed_is_refused(tiny, tmp_path):
     from stages import align
     from stages.common.errors import ProjectError
 
-    params = prepared.model_copy(update={"align": prepared.align.model_copy(update={"methods": []})})
+    params = tiny.model_copy(update={"align": tiny.align.model_copy(update={"methods": []})})
+    paths = tiny.paths.model_copy(update={"aligned": str(tmp_path / "aligned"), "metrics": str(tmp_path)})
     with pytest.raises(ProjectError, match="does not list dpo"):
-        align.run(params, prepared.paths, "dpo")
+        align.run(params, paths, "dpo")
+    assert not (tmp_path / "aligned").exists(), "refused before anything is written"
 
 
-def test_not_reached_marks_every_method(prepared, tmp_path):
+def test_not_reached_marks_every_method(tiny, tmp_path):
     from stages import align
 
-    paths = prepared.paths.model_copy(update={"aligned": str(tmp_path / "aligned"), "metrics": str(tmp_path)})
-    align.not_reached(prepared, paths, "not run: the ladder stopped")
+    paths = tiny.paths.model_copy(update={"aligned": str(tmp_path / "aligned"), "metrics": str(tmp_path)})
+    align.not_reached(tiny, paths, "not run: the ladder stopped")
     for method in ("dpo", "rlhf"):
         assert read_json(tmp_path / "aligned" / method / "lifecycle.json")["model"] is False
         assert read_json(tmp_path / f"align_{method}.json")["not_reached"] == "not run: the ladder stopped"

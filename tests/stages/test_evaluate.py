@@ -92,7 +92,7 @@ def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned
     assert "- `adapt`: the ladder stopped at prompting" in (tmp_path / "eval.md").read_text()
 
 
-def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_rows(prepared):
+def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_rows(tiny):
     from stages.common.params import Kpi
     from stages.evaluate import uncertainty
 
@@ -103,9 +103,9 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
         "sft": [f"answer number {i}" for i in range(40)],
     }
     results = {"baseline_zero_shot": {"rougeL": 0.0}, "baseline_prompted": {"rougeL": 0.4}, "sft": {"rougeL": 1.0}}
-    params = prepared.model_copy(
+    params = tiny.model_copy(
         update={
-            "scope": prepared.scope.model_copy(
+            "scope": tiny.scope.model_copy(
                 update={
                     "kpis": [
                         Kpi(metric="rougeL", threshold=0.1, direction="higher", versus="baseline", confidence="ci")
@@ -127,12 +127,11 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
     assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["difference"] > 0.3 and c["p_value"] < 0.01
 
 
-def test_sampling_is_seeded_and_differs_from_greedy(prepared):
+def test_sampling_is_seeded_and_differs_from_greedy(tiny, untrained_lm):
     from stages.common.models import generate, load_model, load_tokenizer, renderer_for
 
-    ref = str(Path(prepared.paths.pretrain) / "tiny")
-    model, tok = load_model(ref, "cpu"), load_tokenizer(ref)
-    renderer = renderer_for(prepared, tok, model, max_new_tokens=8)
+    model, tok = load_model(untrained_lm, "cpu"), load_tokenizer(untrained_lm)  # decoding, not what it learned
+    renderer = renderer_for(tiny, tok, model, max_new_tokens=8)
     prompts = [renderer.prompt({"prompt": f"What does `os.path.join` do, case {i}?"}) for i in range(6)]
     sampled = {"sampling": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0, "seed": 3}
     first = generate(model, renderer, prompts, 8, 4, decoding=sampled).answers
@@ -140,12 +139,12 @@ def test_sampling_is_seeded_and_differs_from_greedy(prepared):
     assert generate(model, renderer, prompts, 8, 4).answers != first, "greedy is another decoding"
 
 
-def test_the_judge_joins_the_intervals_when_configured(prepared):
+def test_the_judge_joins_the_intervals_when_configured(tiny, untrained_lm):
     from stages.common.params import Judge
     from stages.evaluate import uncertainty
 
-    judge = Judge(model=str(Path(prepared.paths.pretrain) / "tiny"))
-    params = prepared.model_copy(update={"evaluate": prepared.evaluate.model_copy(update={"judge": judge})})
+    judge = Judge(model=untrained_lm)
+    params = tiny.model_copy(update={"evaluate": tiny.evaluate.model_copy(update={"judge": judge})})
     rows = [{"prompt": f"What does `f{i}` do?", "references": [f"Return {i}."]} for i in range(12)]
     answers = {
         n: [f"Return {i}." if n == "sft" else "No." for i in range(12)]
@@ -156,13 +155,13 @@ def test_the_judge_joins_the_intervals_when_configured(prepared):
     assert 1 <= judged["ci_low"] <= judged["ci_high"] <= 5
 
 
-def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(prepared):
+def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(tiny):
     from stages.common.params import Kpi
     from stages.evaluate import retrieval_pays
 
-    params = prepared.model_copy(
+    params = tiny.model_copy(
         update={
-            "scope": prepared.scope.model_copy(
+            "scope": tiny.scope.model_copy(
                 update={"kpis": [Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")]}
             )
         }
@@ -177,6 +176,6 @@ def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(prepared):
     assert pays["pays"] and pays["model"] == "sft" and pays["difference"] > 0.5 and pays["ci_low"] > 0
     same = retrieval_pays(params, rows, {"sft_rag": right[:20] + wrong[20:], "sft": wrong[:20] + right[20:]}, "sft_rag")
     assert not same["pays"] and same["difference"] == 0, "a tie keeps the simpler variant"
-    assert retrieval_pays(prepared, rows, {"sft_rag": right, "sft": wrong}, "sft_rag") is None, (
+    assert retrieval_pays(tiny, rows, {"sft_rag": right, "sft": wrong}, "sft_rag") is None, (
         "latency, the tiny project's primary metric, has no rows to pair"
     )
