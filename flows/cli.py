@@ -149,7 +149,7 @@ def cmd_status(args) -> int:
             f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})"
         )
         if last.get("error"):
-            print(f"failed at `{last['failed_stage']}`: {last['error']}")
+            print(last["error"])
     print()
     print(summary(root, params.paths))
     return ExitStatus.OK

@@ -27,7 +27,7 @@ from prefect.states import Failed
 
 from flows.report import LAST_RUN
 from flows.workspace import WorkspaceBusy
-from stages.common.errors import STAGE_ERROR_ENV, ExitStatus, ProjectError, ServerUnreachable
+from stages.common.errors import STAGE_ERROR_ENV, ExitStatus, ProjectError, ServerUnreachable, meaning
 from stages.common.io import write_json
 from stages.common.tracking import PARENT_RUN_ENV, RUNG_ENV
 
@@ -223,7 +223,8 @@ def run_stage(stage: str, root: str) -> bool:
         said = message.read_text(encoding="utf-8").strip() if message.is_file() else ""
         error = StageFailed(stage, status, said or str(exc))
         if status in USER_ERRORS and said:  # printed once already, by the stage: a failed state, no traceback
-            return Failed(message=str(error), data=error)
+            # The state's message is logged by Prefect: a short one, the stage said the rest.
+            return Failed(message=f"stage `{stage}`: {meaning(status)} (exit status {status})", data=error)
         if _command_failed(exc):  # its own output above says what went wrong: DVC's exception chain is noise
             raise error from None
         raise error from exc
@@ -338,10 +339,10 @@ def lifecycle(root: str = ".") -> RunResult:
         with workspace_lock(root, wait=orchestration.on_busy == "wait", timeout=orchestration.wait_timeout_seconds):
             result = pipeline(root, params)
     except (ProjectError, ServerUnreachable, WorkspaceBusy) as exc:  # said in one message, no traceback
-        return Failed(message=str(exc), data=exc)
+        return Failed(message=type(exc).__name__, data=exc)  # the CLI prints the message, once
     if result.exit_status != ExitStatus.OK:
         # Prefect shows the run red, MLflow marked the parent run FAILED; the CLI reads the RunResult.
-        return Failed(message=result.error, data=result)
+        return Failed(message=f"failed at `{result.failed_stage}`: {meaning(result.exit_status)}", data=result)
     return result
 
 

@@ -32,7 +32,7 @@ def summary(root: Path, paths) -> str:
     status = last.get("exit_status", ExitStatus.OK)
     if status not in (ExitStatus.OK, ExitStatus.GATE_REFUSED):
         lines.append(f"FAILED     at `{last.get('failed_stage')}`: {meaning(status)} (exit status {status})")
-        lines.append("           the stage's message is above; `lifecycle status` shows it again")
+        lines.append("           the stage's own message says what to change (`lifecycle status` prints it again)")
     scope = produced("scope", root / paths.scope_report)
     if scope:
         lines.append(
@@ -125,6 +125,9 @@ def summary(root: Path, paths) -> str:
         if uri.startswith(("http://", "https://"))
         else "mlflow ui --backend-store-uri sqlite:///mlflow.db"
     )
+    if status not in (ExitStatus.OK, ExitStatus.GATE_REFUSED):
+        lines.append(f"next       {'lifecycle run':<50}# after the fix: the failed stage and what follows re-run")
+        return "\n".join(lines)
     lines += [
         f"next       {review:<50}# review runs and the registry",
         f"           {'lifecycle serve':<50}# serve the bento on 127.0.0.1:3000",
