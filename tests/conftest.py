@@ -36,7 +36,8 @@ os.environ.update(
 
 # The session fixtures that train the tiny project's models or run a pipeline stage on them (tens of seconds to
 # minutes, shared by every test that takes one). A test that takes one, directly or through another fixture, is
-# marked `slow`; `make test-fast` runs the others: `pytest -m "not e2e and not slow"`.
+# marked `slow` (as is, by hand, a test measured over ~10 s); `make test-fast` runs the pure and small tests:
+# `pytest -m "not e2e and not servers and not slow"`.
 PIPELINE_FIXTURES = frozenset(
     {
         "prepared",

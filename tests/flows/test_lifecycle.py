@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from prefect.states import Completed, Failed
 
@@ -135,6 +136,7 @@ def test_cost_is_summed_against_the_training_budget():
     assert not cost({"adapt": 1800.0}, 0.5)["over_budget"], "exactly the budget is within it"
 
 
+@pytest.mark.slow  # a real DVC repo, pretrain and a Prefect flow run: ~20 s
 def test_an_enforced_budget_stops_before_the_next_training_stage(tmp_path, monkeypatch):
     """A real DVC repo and a real Prefect flow run: `pretrain` overspends a tiny budget, `adapt` never starts."""
     import subprocess
@@ -287,6 +289,7 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow  # the real `lifecycle run` in a subprocess: ~20 s
 def test_each_dvc_line_is_logged_once_and_no_git_hint(tmp_path):
     """The real `lifecycle run` on a two-stage DVC project: DVC's lines reach the console once (through the task
     run's logger, so the Prefect UI has them too), without DVC's "enable auto staging" hint after every stage."""

@@ -183,6 +183,10 @@ def test_packing_trains(prepared, selected, indexed, tmp_path, monkeypatch):
     assert all(len(ids) <= prepared.adapt.trainer.max_length for ids in sequences["input_ids"])
 
 
+# Checkpoints every 4 steps: the kill lands at the first, leaving 12 steps (seconds) to tell a resume from a restart.
+STEPS = 16
+
+
 @pytest.mark.parametrize("stage", ["adapt", "align"])
 def test_a_killed_stage_resumes_from_its_checkpoint(prepared, selected, indexed, adapted, tmp_path, stage):
     """The stage as a process, SIGKILLed once its first checkpoint is on disk, then started again: it goes on from
@@ -199,11 +203,11 @@ def test_a_killed_stage_resumes_from_its_checkpoint(prepared, selected, indexed,
     raw = tiny_params_dict(Path(prepared.paths.selection).parents[1])
     raw["paths"].update(sft=str(tmp_path / "sft"), aligned=str(tmp_path / "aligned"), metrics=str(tmp_path / "metrics"))
     if stage == "adapt":
-        raw["adapt"]["trainer"].update(max_steps=60, save_steps=4)
+        raw["adapt"]["trainer"].update(max_steps=STEPS, save_steps=4)
         cmd, out = ["-m", "stages.adapt"], tmp_path / "sft"
     else:
         raw["paths"]["sft"] = prepared.paths.sft
-        raw["align"]["dpo"]["trainer"].update(max_steps=60, save_steps=4)
+        raw["align"]["dpo"]["trainer"].update(max_steps=STEPS, save_steps=4)
         cmd, out = ["-m", "stages.align", "--method", "dpo"], tmp_path / "aligned" / "dpo"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     cmd = [sys.executable, *cmd, "--params", str(tmp_path / "params.yaml")]
@@ -224,7 +228,7 @@ def test_a_killed_stage_resumes_from_its_checkpoint(prepared, selected, indexed,
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stderr
     metrics = read_json(tmp_path / "metrics" / ("adapt.json" if stage == "adapt" else "align_dpo.json"))
-    assert metrics["resumed_from_step"] == saved > 0 and metrics["global_step"] == 60, metrics
+    assert metrics["resumed_from_step"] == saved > 0 and metrics["global_step"] == STEPS, metrics
     assert (out / ("adapter_model.safetensors" if stage == "adapt" else "model.safetensors")).is_file()
     assert not list(out.parent.glob(f".{out.name}.*.tmp")), "the killed run's temporary folder is gone"
     assert not any(ckpts.glob(f"{stage}-*")), "checkpoints are removed once the output is complete"

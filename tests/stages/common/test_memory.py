@@ -92,6 +92,7 @@ def shape():
 TOLERANCE = 1.3
 
 
+@pytest.mark.slow  # the measuring process trains a 20M-parameter model once: ~16 s
 @pytest.mark.parametrize("technique", ["full", "lora", "inference"])
 def test_the_estimate_holds_against_the_peak_measured_on_cpu(shape, measured, technique):
     m = measured[technique]
