@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install lint run test test-fast bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii clean
+.PHONY: install lint run test test-fast test-default bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii clean
 
 install: $(VENV)/.installed
 
@@ -29,10 +29,16 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not default"
 
+# Pure and small tests: no pipeline fixtures, no end-to-end run, no server processes (about a minute).
 test-fast: install
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -m "not e2e and not servers and not slow and not default"
+
+# The shipped default project end to end (`make run`'s pipeline) and the verdicts its data earns (~20 min).
+test-default: install
+	$(BIN)/pytest -q -m default
+
 
 bench: install
 	$(BIN)/python bench/pipeline.py

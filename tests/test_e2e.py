@@ -1,8 +1,10 @@
-"""The full offline pipeline through the real `lifecycle` command, in a copy of the repository.
+"""The full offline pipeline through the real `lifecycle` command, in a copy of the repository with the tiny
+settings (every stage runs, on models of thousands of parameters; the shipped default's own run and verdicts
+are tests/test_default.py, `make test-default`).
 
 Embedded defaults only (MLflow SQLite in the project, Prefect's ephemeral server, DVC's local cache, BentoML's
-store in the project). One copy, five runs in order: full, no-op, one adapt hyperparameter changed, a gate that
-refuses, an invalid params.yaml.
+store in the project). One workspace, runs in order: full, no-op, a shared module edited, the registry commands
+without the data, a schedule, one DPO hyperparameter changed, a gate that refuses, bad data, invalid params.
 """
 
 from __future__ import annotations
@@ -58,13 +60,30 @@ def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
     return ignored
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("e2e") / "project"
+def tiny_project(root: Path) -> Path:
+    """A copy of the repository (as a fresh clone has it) with the tiny settings of tests/conftest.py, paths
+    relative to the project: every stage runs, in seconds each."""
+    from tests.conftest import tiny_params_dict
+
     shutil.copytree(REPO, root, ignore=COPY_IGNORE)
     (root / "models").mkdir(exist_ok=True)
+    p = tiny_params_dict(Path("."))
+
+    def relative(path: str) -> str:
+        return str(Path(path).relative_to(REPO)) if Path(path).is_absolute() else path
+
+    p["paths"]["sources"] = relative(p["paths"]["sources"])
+    p["data"]["sources"] = {role: {**s, "path": relative(s["path"])} for role, s in p["data"]["sources"].items()}
+    p["orchestration"]["retry_delay_seconds"] = [1]
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # DVC works inside a git repository
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """One workspace for the whole module: one full run, then each test changes something and runs again."""
+    return tiny_project(tmp_path_factory.mktemp("e2e") / "project")
 
 
 def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -160,23 +179,9 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
         assert (project / f).is_file(), f
     report = json.loads((project / "metrics/eval.json").read_text())
     assert report["gates"]["passed"], report["gates"]
-    # the knowledge base is indexed and retrieval is measured on every eval question (each names its source)
+    # the knowledge base is indexed (the tiny one: one page; retrieval quality on the default: test_default.py)
     retrieval = json.loads((project / "metrics/integrate.json").read_text())
-    assert retrieval["retrieval_eval_rows"] == report["eval_rows"] and retrieval["embedded"] == retrieval["chunks"]
-    assert 0 < retrieval["dense"]["recall@1"] <= retrieval["dense"]["recall@10"] <= 1
-    # the default KPIs are earned: the tuned model beats the best baseline by the stated margin
-    margin = next(
-        k for k in yaml.safe_load((project / "params.yaml").read_text())["scope"]["kpis"] if k["versus"] == "baseline"
-    )
-    values = {n: {m: v["value"] for m, v in metrics.items()} for n, metrics in report["variants"].items()}
-    best_baseline = max(values[b][margin["metric"]] for b in report["baselines"])
-    assert values[report["candidate"]][margin["metric"]] >= best_baseline + margin["threshold"]
-    compared = report["comparisons"][margin["metric"]]
-    assert compared["candidate"] == report["candidate"] and compared["baseline"] in report["baselines"]
-    assert compared["ci_low"] <= compared["difference"] <= compared["ci_high"]
-    if margin.get("confidence") == "ci":
-        assert compared["ci_low"] >= margin["threshold"], "the margin holds with confidence"
-
+    assert retrieval["chunks"] > 0 and retrieval["embedded"] == retrieval["chunks"]
     client = mlflow_client(project)
     assert child_stages(client, record["parent_run_id"]) == set(stages)
     package = json.loads((project / "models/package/package.json").read_text())
@@ -186,7 +191,6 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     for line in (
         "scope ",
         "select ",
-        f"integrate  {retrieval['chunks']} chunks",
         "gates      PASSED",
         "package    MLflow model stdlib-helpdesk",
         "mlflow ui",
@@ -259,7 +263,8 @@ def test_an_edit_of_a_shared_module_marks_the_stages_that_compute_with_it(projec
     finally:
         confidence.write_text(original)
     assert status.returncode == 0, status.stderr[-3000:]
-    verdicts = {line.split()[0]: line for line in status.stdout.splitlines() if line.strip()}
+    stage_lines = status.stdout.split("\n\n")[0].splitlines()  # the first block: one line per stage
+    verdicts = {line.split()[0]: line for line in stage_lines}
     assert "changed" in verdicts["evaluate"] and "confidence.py" in verdicts["evaluate"], status.stdout
     assert "changed" in verdicts["package"]
     for stage in ("data", "pretrain", "select", "adapt", "reward"):
@@ -397,43 +402,3 @@ def test_invalid_params_fail_before_any_model(project, first_run):
     assert {d: tree_digest(project / d) for d in ("models", "metrics")} == before
     validate = lifecycle(project, "validate")
     assert validate.returncode == 2 and "max_stepz" in validate.stderr
-
-
-def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run):
-    """The default KPIs with `ladder.stop_when_passed`: prompting alone misses the ROUGE-L margin over zero-shot,
-    fine-tuning meets it, so alignment is never run and the SFT model ships."""
-    default = yaml.safe_load((REPO / "params.yaml").read_text())
-    # The tests above left their edits (a KPI, a DPO beta, a typo): back to the default, ladder on.
-    edit_params(
-        project,
-        lambda p: p.update(
-            scope=default["scope"], adapt=default["adapt"], align=default["align"], ladder={"stop_when_passed": True}
-        ),
-    )
-    out = lifecycle(project, "run")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    record = last_run(project)
-    assert not {"reward", "align@dpo", "align@rlhf"} & set(record["ran"]), record["ran"]
-    assert "evaluate@prompting" in record["ran"], record["ran"]
-    assert record["ran"][-2:] == ["evaluate@fine-tuning", "package"], record["ran"]
-    ladder = record["ladder"]
-    assert [(r["rung"], r["passed"]) for r in ladder["rungs"]] == [("prompting", False), ("fine-tuning", True)]
-    assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
-    report = json.loads((project / "metrics/eval.json").read_text())
-    assert report["candidate"] == "sft" and not [v for v in report["variants"] if v.startswith("aligned")]
-    assert "align@dpo" in report["not_reached"] and "## Not run" in (project / "reports/eval.md").read_text()
-    assert (
-        "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" in out.stdout
-    )
-    assert json.loads((project / "models/package/package.json").read_text())["variant"] == "sft"
-    client = mlflow_client(project)
-    runs = client.search_runs(
-        [client.get_run(record["parent_run_id"]).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{record['parent_run_id']}'",
-    )
-    assert {r.data.tags.get("lifecycle.ladder_rung") for r in runs if r.info.run_name.startswith("evaluate@")} == {
-        "prompting",
-        "fine-tuning",
-    }
-    status = lifecycle(project, "status")
-    assert "align@dpo  changed" in status.stdout, "dvc repro alone would still run alignment"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,34 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.workspace import holder
 from stages.common.errors import ExitStatus
-from tests.conftest import REPO, Server, free_port, mlflow_server, tiny_params_dict, venv_bin
-from tests.test_e2e import COPY_IGNORE
+from tests.conftest import Server, free_port, mlflow_server, venv_bin
+from tests.test_e2e import tiny_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.servers]
 
 NAME = "stdlib-helpdesk"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def tiny_project(root: Path) -> Path:
-    """A copy of the repository (as a fresh clone has it) with the tiny settings, paths relative to the project."""
-    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
-    (root / "models").mkdir(exist_ok=True)
-    p = tiny_params_dict(Path("."))
-
-    def relative(path: str) -> str:
-        return str(Path(path).relative_to(REPO)) if Path(path).is_absolute() else path
-
-    p["paths"]["sources"] = relative(p["paths"]["sources"])
-    p["data"]["sources"] = {role: {**s, "path": relative(s["path"])} for role, s in p["data"]["sources"].items()}
-    p["orchestration"]["retry_delay_seconds"] = [1]
-    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    git(root, "init", "-q")
-    return root
 
 
 def git(root: Path, *args: str) -> None:
