@@ -339,7 +339,7 @@ def lifecycle(root: str = ".") -> RunResult:
         with workspace_lock(root, wait=orchestration.on_busy == "wait", timeout=orchestration.wait_timeout_seconds):
             result = pipeline(root, params)
     except (ProjectError, ServerUnreachable, WorkspaceBusy) as exc:  # said in one message, no traceback
-        return Failed(message=type(exc).__name__, data=exc)  # the CLI prints the message, once
+        return Failed(message=str(exc), data=exc)  # a worker's run has no CLI: the state says it
     if result.exit_status != ExitStatus.OK:
         # Prefect shows the run red, MLflow marked the parent run FAILED; the CLI reads the RunResult.
         return Failed(message=f"failed at `{result.failed_stage}`: {meaning(result.exit_status)}", data=result)

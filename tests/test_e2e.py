@@ -75,6 +75,8 @@ def tiny_project(root: Path) -> Path:
     p["paths"]["sources"] = relative(p["paths"]["sources"])
     p["data"]["sources"] = {role: {**s, "path": relative(s["path"])} for role, s in p["data"]["sources"].items()}
     p["orchestration"]["retry_delay_seconds"] = [1]
+    # A per-row primary KPI first (always met): a new version is compared with the champion row by row.
+    p["scope"]["kpis"].insert(0, {"metric": "rougeL", "threshold": 0.0, "direction": "higher", "versus": "absolute"})
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # DVC works inside a git repository
     return root
