@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flows.ladder import stage_name
 from stages.common.errors import ExitStatus, meaning
 
 LAST_RUN = Path("reports/last_run.json")  # what the last run did (by hand or on a schedule); `lifecycle status`
@@ -23,7 +24,7 @@ def summary(root: Path, paths) -> str:
     Only what the last run produced or found up to date (reports/last_run.json): a run that failed at a stage
     says FAILED, where and why, and shows no table an earlier run left behind."""
     last = read_json_if_any(root / LAST_RUN) or {}
-    done = {s.split("@")[0] for s in last.get("ran", []) + last.get("skipped", [])} if last else None
+    done = {stage_name(s) for s in last.get("ran", []) + last.get("skipped", [])} if last else None
 
     def produced(stage: str, path: Path):
         return read_json_if_any(path) if done is None or stage in done else None
