@@ -1,8 +1,9 @@
 """The escalation ladder: the cheapest technique first, the next one only when the gates say it falls short.
 
-Each rung is ended by DVC stages: prompting (`prompt_search`), fine-tuning (`adapt`), alignment (`reward` and the
-`align@<method>` stages); a rung the project switches off (`adapt.technique: prompt`, `align.methods: []`) is not
-climbed. With
+Each rung is ended by DVC stages: prompting (`prompt_search`), retrieval (`integrate`: the untuned model with the
+retrieved chunks in its prompt, `baseline_rag`), fine-tuning (`adapt`), alignment (`reward` and the
+`align@<method>` stages); a rung the project switches off (no `knowledge` source, `adapt.technique: prompt`,
+`align.methods: []`) is not climbed. With
 `ladder.stop_when_passed: true` the flow runs `evaluate` after every rung below the top one, with the stages of
 the rungs above marked "not reached" (their outputs say so, so evaluate leaves them out and DVC sees them as
 changed); when the gates pass it stops climbing and `package` ships that rung's model. dvc.yaml keeps the whole
@@ -17,7 +18,12 @@ from dataclasses import dataclass
 
 from stages.common.params import Params, Technique
 
-RUNGS = (("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align"))  # cheapest first
+RUNGS = (  # cheapest first
+    ("prompting", "prompt_search"),
+    ("retrieval", "integrate"),
+    ("fine-tuning", "adapt"),
+    ("alignment", "align"),
+)
 RUNG_STAGES = {"align": ("reward", "align")}  # the stages a rung's last stage needs that no lower rung does
 
 
@@ -35,6 +41,7 @@ def rungs(params: Params) -> list[tuple[str, str]]:
     """The rungs this project climbs, as (rung, the stage that ends it), cheapest first."""
     off = {"adapt"} if params.adapt.technique is Technique.prompt else set()
     off |= set() if params.align.methods else {"align"}
+    off |= set() if params.data.sources.knowledge else {"integrate"}  # nothing to retrieve from
     return [(rung, stage) for rung, stage in RUNGS if stage not in off]
 
 

@@ -85,17 +85,9 @@ def summary(root: Path, paths) -> str:
             mark = " *" if name == report["candidate"] else ""
             lines.append("           " + f"{name + mark:<20}" + "".join(f"{cell(values[m]):>26}" for m in metrics))
         lines.append(f"           [{report['confidence_level']:.0%} bootstrap confidence intervals]")
-        pays = report.get("retrieval_pays")
-        if pays:  # the best variant retrieved: did retrieval beat the same model without it?
-            lines.append(
-                f"retrieval  {pays['rag']} vs {pays['model']} on {pays['metric']} {pays['difference']:+} "
-                f"[{pays['ci_low']:+}, {pays['ci_high']:+}]: "
-                + (
-                    "better with confidence, ships with its index"
-                    if pays["pays"]
-                    else f"not better with confidence, {pays['model']} ships"
-                )
-            )
+        choice = report.get("choice")
+        if choice:  # why this variant and not a costlier or a simpler one
+            lines.append(f"candidate  {choice['why']}")
         verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
         lines.append(
             f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})"

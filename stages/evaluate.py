@@ -7,8 +7,8 @@ aligned model per `align.methods` entry (`aligned_dpo`, `aligned_rlhf`); with a 
 stage), each of these but the prompted baseline also answers with the retrieved chunks in its prompt
 (`baseline_rag`, `sft_rag`, `aligned_dpo_rag`, ...): prompting, RAG,
 fine-tuning and fine-tuning + RAG on the same rows. `baseline_rag` is a baseline (tuning must beat RAG alone);
-a tuned `_rag` twin may be the candidate when it beats its own model with confidence (`retrieval_pays`), and
-then the package ships the index with the model. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
+the candidate is the variant best on the primary metric unless a simpler one is not worse with confidence
+(`prefer_simpler`: a model before its `_rag` twin, SFT before alignment); a `_rag` candidate ships with its index. Each gets the task's metrics (stages/common/metrics.py; `evaluate.metrics` overrides them), the
 perplexity of the reference answers, latency per answer and perplexity on the general split (the forgetting
 check). Prompts come from the one renderer, as in training and serving. The candidate is the tuned variant best
 on the first KPI's metric (the primary one); a `versus: baseline` KPI compares it with the best baseline on that
@@ -40,7 +40,7 @@ from stages.common.metrics import (
     row_scores,
 )
 from stages.common.params import Params, Paths
-from stages.common.variants import BASELINES, RAG, variants
+from stages.common.variants import BASELINES, RAG, UNTUNED, variants
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def check_context_budget(
 def not_reached(paths: Paths, methods: list[str]) -> dict[str, str]:
     """The training stages the escalation ladder stopped before ({stage: why}); their variants are left out."""
     infos = {
+        "integrate": read_json(Path(paths.index) / "lifecycle.json"),
         "adapt": read_json(Path(paths.sft) / "lifecycle.json"),
         **{f"align@{m}": read_json(Path(paths.aligned) / m / "lifecycle.json") for m in methods},
     }
@@ -178,37 +179,80 @@ def uncertainty(
     return intervals, comparisons
 
 
-def retrieval_pays(params: Params, eval_rows: list[dict], answers: dict[str, list[str]], rag: str) -> dict | None:
-    """A `_rag` twin costs retrieval at every request and an index to ship: it is the candidate only when it beats
-    its own model on the primary metric with confidence (the paired interval of the difference excludes 0).
-    None when the primary metric is one number measured on the model (no rows to pair)."""
+def better_with_confidence(
+    params: Params, eval_rows: list[dict], answers: dict[str, list[str]], costly: str, simpler: str
+) -> dict | None:
+    """Is `costly` better than `simpler` on the primary metric with confidence (the paired interval of the
+    difference, on the same rows, excludes 0)? None when the primary metric is one number measured on the model
+    (latency: no rows to pair)."""
     from stages.common.confidence import Resampling, paired
 
     metric = params.scope.kpis[0].metric
     if REGISTRY[metric].compute is None:
         return None
-    model = rag.removesuffix(RAG)
     how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
     refs = [r["references"] for r in eval_rows]
     kw = {**context(params), "questions": [r["prompt"] for r in eval_rows]}
     c = paired(
         metric,
-        answers[rag],
-        answers[model],
+        answers[costly],
+        answers[simpler],
         refs,
         how,
-        row_scores(metric, answers[rag], refs, **kw),
-        row_scores(metric, answers[model], refs, **kw),
+        row_scores(metric, answers[costly], refs, **kw),
+        row_scores(metric, answers[simpler], refs, **kw),
         **kw,
     )
     higher = params.scope.kpis[0].direction == "higher"
     return {
-        "rag": rag,
-        "model": model,
+        "costly": costly,
+        "simpler": simpler,
         "metric": metric,
         **{k: round(v, 4) for k, v in c.items()},
-        "pays": bool(c["ci_low"] > 0 if higher else c["ci_high"] < 0),
+        "better": bool(c["ci_low"] > 0 if higher else c["ci_high"] < 0),
     }
+
+
+def prefer_simpler(
+    params: Params, eval_rows: list[dict], answers: dict[str, list[str]], results: dict, pool: list[str]
+) -> dict:
+    """The candidate among `pool` (cheapest first: a model before its `_rag` twin, SFT before alignment, DPO
+    before RLHF): the best on the primary metric, unless a simpler variant is not worse with confidence, in which
+    case the simplest such one ships (a costlier model costs training, serving or an index for a difference the
+    eval rows cannot tell from noise)."""
+    metric = params.scope.kpis[0].metric
+    higher = params.scope.kpis[0].direction == "higher"
+    values = {n: results[n][metric] for n in pool}
+    best = (max if higher else min)(values, key=values.get)
+    checked = []
+    for simpler in pool[: pool.index(best)]:
+        c = better_with_confidence(params, eval_rows, answers, best, simpler)
+        if c is None:
+            return {
+                "best": best,
+                "candidate": best,
+                "comparisons": [],
+                "why": f"{best} is best on {metric} ({values[best]:.4g}); {metric} is measured on the model, with "
+                "no rows to compare on, so the point estimate decides",
+            }
+        checked.append(c)
+        if not c["better"]:
+            return {
+                "best": best,
+                "candidate": simpler,
+                "comparisons": checked,
+                "why": f"{best} ({values[best]:.4g}) is not better than the simpler {simpler} ({values[simpler]:.4g}) "
+                f"on {metric} with confidence (difference {c['difference']:+} [{c['ci_low']:+}, "
+                f"{c['ci_high']:+}]): {simpler} ships",
+            }
+    why = f"{best} is best on {metric} ({values[best]:.4g})"
+    if checked:
+        why += (
+            " and better with confidence than every simpler variant ("
+            + ", ".join(f"{c['simpler']} {c['difference']:+} [{c['ci_low']:+}, {c['ci_high']:+}]" for c in checked)
+            + ")"
+        )
+    return {"best": best, "candidate": best, "comparisons": checked, "why": why}
 
 
 def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
@@ -252,12 +296,12 @@ def run(params: Params, paths: Paths) -> dict:
             log.info("%s: %s", name, results[name])
             mlflow.log_metrics({f"{name}.{k}": v for k, v in results[name].items()})
 
-        tuned = [n for n in specs if n not in BASELINES] or ["baseline_prompted"]  # prompting only: ship the prompt
-        values = {n: results[n][primary.metric] for n in tuned}
-        candidate = (max if primary.direction == "higher" else min)(values, key=values.get)
-        rag_check = retrieval_pays(params, eval_rows, answers, candidate) if candidate.endswith(RAG) else None
-        if rag_check and not rag_check["pays"]:
-            candidate = rag_check["model"]  # no better with confidence: the simpler variant ships
+        # The tuned variants compete; with none (the prompting and retrieval rungs, or `adapt.technique: prompt`)
+        # the untuned model ships with its searched prompt or with retrieval.
+        pool = [n for n in specs if n not in BASELINES] or [n for n in UNTUNED if n in specs]
+        choice = prefer_simpler(params, eval_rows, answers, results, pool)
+        candidate = choice["candidate"]
+        log.info("candidate %s: %s", candidate, choice["why"])
         baselines = {n: results[n] for n in BASELINES if n in results and n != candidate}
         intervals, comparisons = uncertainty(params, eval_rows, answers, candidate, baselines)
         forgetting = (
@@ -291,7 +335,7 @@ def run(params: Params, paths: Paths) -> dict:
             "metrics": project_metrics(params),
             "not_reached": not_reached(paths, methods),
             "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
-            "retrieval_pays": rag_check,
+            "choice": choice,
         }
         mlflow.log_metrics(
             {
@@ -423,17 +467,18 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
             f"`{RAG[1:]}` variants: the same model with the {r['top_k']} chunks the index retrieves for the "
             f"question ({r['search']} search over {r['chunks']} chunks, {r['embedding_model']}) in its prompt.",
         ]
-    if report.get("retrieval_pays"):
-        c = report["retrieval_pays"]
+    choice = report["choice"]
+    lines += ["", f"Candidate **{report['candidate']}**: {choice['why']}."]
+    if choice["comparisons"]:
         lines += [
             "",
-            f"{c['rag']} vs {c['model']} on {c['metric']}: {c['difference']:+} [{c['ci_low']:+}, "
-            f"{c['ci_high']:+}], p={c['p_value']}: "
-            + (
-                f"retrieval pays, {c['rag']} is the candidate"
-                if c["pays"]
-                else f"not better with confidence, the simpler {c['model']} is the candidate"
-            ),
+            f"| {choice['best']} vs | difference | CI | p (paired permutation) | better with confidence |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['simpler']} | {c['difference']:+} | [{c['ci_low']:+}, {c['ci_high']:+}] | {c['p_value']} | "
+            f"{'yes' if c['better'] else 'no'} |"
+            for c in choice["comparisons"]
         ]
     level = f"{report['confidence_level']:.0%}"
     lines += [

@@ -200,6 +200,14 @@ def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict
     return out
 
 
+def not_reached(params: Params, paths: Paths, why: str) -> None:
+    """The escalation ladder did not (yet) climb to retrieval: an index that says so, with no chunks, so evaluate
+    leaves the `_rag` variants out and DVC sees `integrate` as changed (see adapt.not_reached)."""
+    with atomic_dir(paths.index) as out:
+        write_json(out / "lifecycle.json", {"chunks": 0, "not_reached": why})
+    write_json(Path(paths.metrics) / "integrate.json", {"documents": 0, "chunks": 0, "not_reached": why})
+
+
 def run(params: Params, paths: Paths) -> dict:
     from stages.common.retrieval import embedding_model
     from stages.common.tracking import flatten, log_splits, stage_run

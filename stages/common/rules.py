@@ -435,6 +435,14 @@ def file_problems(p: Params) -> list[str]:
                 f"`select.candidates.{c.name}.path`: {c.path} does not exist (and no "
                 "`pretrain.models` entry builds it); fix the path or use `hub_id`"
             )
+        if c.converted:
+            from stages.common import weights
+            from stages.common.errors import ProjectError
+
+            try:
+                weights.gguf_file(c, f"`select.candidates.{c.name}`")
+            except ProjectError as exc:
+                problems += exc.problems
     return problems
 
 

@@ -9,6 +9,8 @@ from stages.common.io import read_json
 from stages.common.params import Paths
 
 BASELINES = ("baseline_zero_shot", "baseline_prompted", "baseline_rag")
+# The untuned model's shippable forms: the prompting rung's (its searched prompt) and the retrieval rung's.
+UNTUNED = ("baseline_prompted", "baseline_rag")
 
 
 RAG = "_rag"  # a variant's retrieval-augmented twin: the same model, the retrieved chunks in its prompt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flows.ladder import above, after_rung, checked_after, rungs
 from stages.common.params import Technique
 
@@ -46,12 +48,36 @@ def _with(tiny, stop=True, technique=None, methods=None):
 def test_rungs_follow_the_project_and_the_top_one_is_left_to_evaluate(tiny):
     assert checked_after(_with(tiny, stop=False)) == {}, "ladder off: every rung runs, no checks in between"
     params = _with(tiny)
-    assert rungs(params) == [("prompting", "prompt_search"), ("fine-tuning", "adapt"), ("alignment", "align")]
-    assert checked_after(params) == {"prompt_search": "prompting", "adapt": "fine-tuning"}
-    assert above(params, "prompting") == [("fine-tuning", "adapt"), ("alignment", "align")]
-    no_dpo = _with(tiny, methods=[])
-    assert checked_after(no_dpo) == {"prompt_search": "prompting"} and above(no_dpo, "prompting") == [
-        ("fine-tuning", "adapt")
+    assert rungs(params) == [
+        ("prompting", "prompt_search"),
+        ("retrieval", "integrate"),
+        ("fine-tuning", "adapt"),
+        ("alignment", "align"),
     ]
+    assert checked_after(params) == {"prompt_search": "prompting", "integrate": "retrieval", "adapt": "fine-tuning"}
+    assert above(params, "retrieval") == [("fine-tuning", "adapt"), ("alignment", "align")]
+    no_dpo = _with(tiny, methods=[])
+    assert checked_after(no_dpo) == {"prompt_search": "prompting", "integrate": "retrieval"}
+    assert above(no_dpo, "prompting") == [("retrieval", "integrate"), ("fine-tuning", "adapt")]
+    no_knowledge = no_dpo.model_copy(
+        update={
+            "data": no_dpo.data.model_copy(
+                update={"sources": no_dpo.data.sources.model_copy(update={"knowledge": None})}
+            )
+        }
+    )
+    assert rungs(no_knowledge) == [("prompting", "prompt_search"), ("fine-tuning", "adapt")], "nothing to retrieve"
     prompting_only = _with(tiny, technique=Technique.prompt, methods=[])
-    assert rungs(prompting_only) == [("prompting", "prompt_search")] and checked_after(prompting_only) == {}
+    assert rungs(prompting_only)[-1] == ("retrieval", "integrate") and checked_after(prompting_only) == {
+        "prompt_search": "prompting"
+    }
+
+
+def test_the_flow_reaches_each_rung_after_the_one_below():
+    """The flow runs stages in dvc.yaml's order: each rung's stage comes after the rung below it."""
+    from flows.ladder import RUNGS, stage_name
+    from flows.lifecycle import stage_order
+
+    ending = [stage for _, stage in RUNGS]
+    order = [stage_name(s) for s in stage_order(Path(__file__).parents[2]) if stage_name(s) in ending]
+    assert list(dict.fromkeys(order)) == ending

@@ -155,9 +155,9 @@ def test_the_judge_joins_the_intervals_when_configured(tiny, untrained_lm):
     assert 1 <= judged["ci_low"] <= judged["ci_high"] <= 5
 
 
-def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(tiny):
+def test_a_costlier_variant_ships_only_when_it_is_better_with_confidence(tiny):
     from stages.common.params import Kpi
-    from stages.evaluate import retrieval_pays
+    from stages.evaluate import prefer_simpler
 
     params = tiny.model_copy(
         update={
@@ -172,10 +172,29 @@ def test_a_rag_twin_ships_only_when_retrieval_pays_with_confidence(tiny):
     ]
     right = [r["references"][0] for r in rows]
     wrong = ["Open a socket." for _ in rows]
-    pays = retrieval_pays(params, rows, {"sft_rag": right, "sft": wrong}, "sft_rag")
-    assert pays["pays"] and pays["model"] == "sft" and pays["difference"] > 0.5 and pays["ci_low"] > 0
-    same = retrieval_pays(params, rows, {"sft_rag": right[:20] + wrong[20:], "sft": wrong[:20] + right[20:]}, "sft_rag")
-    assert not same["pays"] and same["difference"] == 0, "a tie keeps the simpler variant"
-    assert retrieval_pays(tiny, rows, {"sft_rag": right, "sft": wrong}, "sft_rag") is None, (
+    almost = right[:39] + wrong[39:]  # one row worse: better on the point estimate, not with confidence
+
+    def choose(answers):
+        from stages.common.metrics import score
+
+        results = {n: score(["rougeL"], a, [r["references"] for r in rows]) for n, a in answers.items()}
+        return prefer_simpler(params, rows, answers, results, list(answers))
+
+    pays = choose({"sft": wrong, "sft_rag": right})
+    assert pays["candidate"] == "sft_rag" and pays["comparisons"][0]["ci_low"] > 0, "retrieval pays: it ships"
+    tie = choose({"sft": almost, "sft_rag": right, "aligned_dpo": right})
+    assert tie["best"] == "sft_rag" and tie["candidate"] == "sft", "a difference within noise keeps the simpler one"
+    assert "not better than the simpler sft" in tie["why"] and not tie["comparisons"][0]["better"]
+    climbs = choose({"sft": wrong, "sft_rag": wrong, "aligned_dpo": right})
+    assert climbs["candidate"] == "aligned_dpo" and len(climbs["comparisons"]) == 2, "better than every simpler one"
+    assert choose({"sft": right, "sft_rag": wrong})["comparisons"] == [], "the simplest is best: nothing to compare"
+    measured = prefer_simpler(
+        tiny,
+        rows,
+        {"sft": wrong, "sft_rag": right},
+        {"sft": {"latency_ms": 9.0}, "sft_rag": {"latency_ms": 5.0}},
+        ["sft", "sft_rag"],
+    )
+    assert measured["candidate"] == "sft_rag" and "point estimate" in measured["why"], (
         "latency, the tiny project's primary metric, has no rows to pair"
     )
