@@ -292,6 +292,12 @@ def describe_run(mlflow, root: Path, params, result: RunResult) -> None:
                 "lifecycle.ladder.why": result.ladder["why"],
             }
         )
+    report = root / params.paths.eval_metrics
+    choice = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    if choice.get("choice"):  # which rung's variant is the candidate, and why not a simpler or a costlier one
+        mlflow.set_tags(
+            {"lifecycle.candidate.rung": choice["rung"], "lifecycle.candidate.why": choice["choice"]["why"]}
+        )
     log_splits(root / params.paths.processed, ["sft", "preference", "dev", "eval"])
 
 

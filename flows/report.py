@@ -87,7 +87,7 @@ def summary(root: Path, paths) -> str:
         lines.append(f"           [{report['confidence_level']:.0%} bootstrap confidence intervals]")
         choice = report.get("choice")
         if choice:  # why this variant and not a costlier or a simpler one
-            lines.append(f"candidate  {choice['why']}")
+            lines.append(f"candidate  {report['candidate']} (the {report['rung']} rung): {choice['why']}")
         verdict = "PASSED" if report["gates"]["passed"] else "FAILED"
         lines.append(
             f"gates      {verdict} for {report['candidate']} (* above; baselines: {', '.join(report['baselines'])})"

@@ -40,7 +40,7 @@ from stages.common.metrics import (
     row_scores,
 )
 from stages.common.params import Params, Paths
-from stages.common.variants import BASELINES, RAG, UNTUNED, variants
+from stages.common.variants import BASELINES, RAG, UNTUNED, rung, variants
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +336,7 @@ def run(params: Params, paths: Paths) -> dict:
             "not_reached": not_reached(paths, methods),
             "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
             "choice": choice,
+            "rung": rung(candidate),
         }
         mlflow.log_metrics(
             {

@@ -63,22 +63,29 @@ def test_the_default_kpis_are_earned(project, first_run):
 
 def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run):
     """The default KPIs with `ladder.stop_when_passed`: prompting alone misses the ROUGE-L margin over zero-shot,
-    fine-tuning meets it, so alignment is never run and the SFT model ships."""
+    so does retrieval (the tiny models cannot read), fine-tuning meets it, so alignment is never run and the SFT
+    model ships."""
     edit_params(project, lambda p: p.update(ladder={"stop_when_passed": True}))
     out = lifecycle(project, "run")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     record = last_run(project)
     assert not {"reward", "align@dpo", "align@rlhf"} & set(record["ran"]), record["ran"]
-    assert "evaluate@prompting" in record["ran"], record["ran"]
+    assert "evaluate@prompting" in record["ran"] and "evaluate@retrieval" in record["ran"], record["ran"]
     assert record["ran"][-2:] == ["evaluate@fine-tuning", "package"], record["ran"]
     ladder = record["ladder"]
-    assert [(r["rung"], r["passed"]) for r in ladder["rungs"]] == [("prompting", False), ("fine-tuning", True)]
+    assert [(r["rung"], r["passed"]) for r in ladder["rungs"]] == [
+        ("prompting", False),
+        ("retrieval", False),
+        ("fine-tuning", True),
+    ]
     assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
     report = json.loads((project / "metrics/eval.json").read_text())
     assert report["candidate"] == "sft" and not [v for v in report["variants"] if v.startswith("aligned")]
     assert "align@dpo" in report["not_reached"] and "## Not run" in (project / "reports/eval.md").read_text()
+    retrieval = ladder["rungs"][1]["candidate"]  # baseline_rag, or the prompted baseline when RAG is no better
     assert (
-        "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run" in out.stdout
+        f"ladder     prompting FAILED (baseline_prompted) -> retrieval FAILED ({retrieval}) -> fine-tuning PASSED "
+        "(sft) -> alignment not run" in out.stdout
     )
     assert json.loads((project / "models/package/package.json").read_text())["variant"] == "sft"
     client = mlflow_client(project)
@@ -88,6 +95,7 @@ def test_the_ladder_stops_at_the_first_rung_whose_gates_pass(project, first_run)
     )
     assert {r.data.tags.get("lifecycle.ladder_rung") for r in runs if r.info.run_name.startswith("evaluate@")} == {
         "prompting",
+        "retrieval",
         "fine-tuning",
     }
     status = lifecycle(project, "status")

@@ -16,6 +16,16 @@ UNTUNED = ("baseline_prompted", "baseline_rag")
 RAG = "_rag"  # a variant's retrieval-augmented twin: the same model, the retrieved chunks in its prompt
 
 
+def rung(variant: str) -> str:
+    """The ladder rung a variant stands on (cheapest first: prompting, retrieval, fine-tuning, alignment); a tuned
+    model's `_rag` twin adds retrieval to its rung."""
+    model = variant.removesuffix(RAG)
+    if variant in BASELINES:
+        return {"baseline_zero_shot": "none", "baseline_prompted": "prompting", "baseline_rag": "retrieval"}[variant]
+    base = "alignment" if model.startswith("aligned_") else "fine-tuning"
+    return base + (" + retrieval" if variant.endswith(RAG) else "")
+
+
 def has_index(paths: Paths) -> bool:
     card = Path(paths.index) / "lifecycle.json"
     return card.is_file() and bool(read_json(card).get("chunks"))

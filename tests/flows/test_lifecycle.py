@@ -191,6 +191,8 @@ if stage == "select":
     write("models/selection.json", {"selected": {"ref": "base", "name": "base", "why": "toy"}, "candidates": []})
 elif stage == "prompt_search":
     write("models/prompt.json", {"shots": 1})
+elif stage == "integrate":
+    write("models/index/lifecycle.json", {"chunks": 3})
 elif stage == "adapt":
     write("models/sft/lifecycle.json", {"trained": True})
 elif stage == "reward":
@@ -200,7 +202,8 @@ elif stage == "align":
 elif stage == "evaluate":  # the gates pass once a fine-tuned model exists
     trained = read("models/sft/lifecycle.json")["trained"]
     aligned = read("models/aligned/dpo/lifecycle.json")["model"]
-    candidate = "aligned_dpo" if aligned else "sft" if trained else "baseline_prompted"
+    indexed = read("models/index/lifecycle.json")["chunks"] > 0
+    candidate = "aligned_dpo" if aligned else "sft" if trained else "baseline_rag" if indexed else "baseline_prompted"
     write("metrics/eval.json", {"candidate": candidate, "variants": {candidate: {"rougeL": {"value": 0.5}}},
                                 "baselines": [], "confidence_level": 0.95,
                                 "gates": {"passed": trained, "reasons": [], "failed": [] if trained else ["margin"]}})
@@ -211,8 +214,9 @@ elif stage == "package":
 
 
 def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
-    """A real DVC repo and a real Prefect flow run (stand-in stage commands): prompting fails the gates, the flow
-    climbs to fine-tuning, which passes; alignment never runs, and DVC still sees it as to be run."""
+    """A real DVC repo and a real Prefect flow run (stand-in stage commands): prompting fails the gates, so does
+    retrieval, the flow climbs to fine-tuning, which passes; alignment never runs, and DVC still sees it as to be
+    run."""
     import subprocess
     import sys
 
@@ -238,6 +242,7 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
                         "deps": ["models/selection.json"],
                         "outs": ["models/prompt.json"],
                     },
+                    "integrate": {"cmd": f"{step} integrate", "deps": ["toy.py"], "outs": ["models/index"]},
                     "adapt": {"cmd": f"{step} adapt", "deps": ["models/selection.json"], "outs": ["models/sft"]},
                     "reward": {"cmd": f"{step} reward", "deps": ["models/sft"], "outs": ["models/reward"]},
                     "align": {
@@ -250,7 +255,7 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
                     },
                     "evaluate": {
                         "cmd": f"{step} evaluate",
-                        "deps": ["models/prompt.json", "models/sft", "models/aligned"],
+                        "deps": ["models/prompt.json", "models/index", "models/sft", "models/aligned"],
                         "outs": ["metrics/eval.json"],
                     },
                     "package": {"cmd": f"{step} package", "deps": ["metrics/eval.json"], "outs": ["models/package"]},
@@ -261,11 +266,21 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     result = lifecycle(str(tmp_path))
-    assert result.ran == ["select", "prompt_search", "evaluate@prompting", "adapt", "evaluate@fine-tuning", "package"]
+    assert result.ran == [
+        "select",
+        "prompt_search",
+        "evaluate@prompting",
+        "integrate",
+        "evaluate@retrieval",
+        "adapt",
+        "evaluate@fine-tuning",
+        "package",
+    ]
     assert result.skipped == ["evaluate"], "the pipeline's own evaluate: nothing changed since the fine-tuning check"
     ladder = result.ladder
     assert [(r["rung"], r["passed"], r["candidate"]) for r in ladder["rungs"]] == [
         ("prompting", False, "baseline_prompted"),
+        ("retrieval", False, "baseline_rag"),
         ("fine-tuning", True, "sft"),
     ]
     assert ladder["winner"] == "fine-tuning" and ladder["not_run"] == ["alignment"]
@@ -275,6 +290,9 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
         aligned = json.loads((tmp_path / f"models/aligned/{method}/lifecycle.json").read_text())
         assert aligned["model"] is False and "evaluates the fine-tuning rung first" in aligned["not_reached"]
     assert "not_reached" in json.loads((tmp_path / "models/reward/lifecycle.json").read_text())
+    assert json.loads((tmp_path / "metrics/integrate.json").read_text())["documents"] == 0, (
+        "while prompting was evaluated, the index said it was not reached (the stage then ran)"
+    )
     with Repo(str(tmp_path)) as repo:
         status = repo.status()
         assert {"reward", "align@dpo", "align@rlhf"} <= set(status), "a plain `dvc repro` still runs the skipped rung"
@@ -284,8 +302,8 @@ def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     assert tags["lifecycle.ladder.winner"] == "fine-tuning" and tags["lifecycle.ladder.not_run"] == "alignment"
     assert "(ladder: fine-tuning)" in tags["mlflow.runName"]
     assert (
-        "ladder     prompting FAILED (baseline_prompted) -> fine-tuning PASSED (sft) -> alignment not run"
-        in tags["mlflow.note.content"]
+        "ladder     prompting FAILED (baseline_prompted) -> retrieval FAILED (baseline_rag) -> fine-tuning PASSED "
+        "(sft) -> alignment not run" in tags["mlflow.note.content"]
     )
 
 

@@ -1,9 +1,6 @@
 """The memory estimate against the peak memory measured on CPU for a tiny Llama (20.8M parameters)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,60 +18,13 @@ CONFIG = dict(
 )
 BATCH, SEQ, R = 8, 128, 8
 
-# In one fresh process, each technique in turn: the peak resident memory (VmHWM) above the process's size just
-# before its model is built, the peak reset in between (/proc/self/clear_refs). glibc would keep freed blocks in
-# its heap (the peak would then measure the allocator, not the model), so large blocks are mmapped and trimmed:
-# freed memory leaves the process. ru_maxrss would not do: it carries the forking parent's peak across exec.
-MEASURE = """
-import gc, json, sys, torch, peft
-from transformers import AutoModelForCausalLM, LlamaConfig
-config, batch, seq, r = json.loads(sys.argv[1]), *map(int, sys.argv[2:5])
-
-def status(key):
-    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key + ":"))
-
-out = {}
-for technique in ("inference", "lora", "full"):
-    torch.manual_seed(0)
-    x = torch.randint(0, config["vocab_size"], (batch, seq))
-    gc.collect()
-    open("/proc/self/clear_refs", "w").write("5")   # VmHWM := VmRSS
-    before = status("VmRSS")
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**config), attn_implementation="sdpa")
-    parameters = sum(p.numel() for p in model.parameters())
-    if technique == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=r, target_modules="all-linear"))
-    if technique == "inference":
-        with torch.no_grad():
-            model.generate(x[:, :seq - 8], attention_mask=torch.ones_like(x[:, :seq - 8]), max_new_tokens=8,
-                           min_new_tokens=8, do_sample=False, pad_token_id=0)
-        trainable = 0
-    else:
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        for _ in range(2):
-            model(input_ids=x, labels=x).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        del opt
-    out[technique] = {"peak": status("VmHWM") - before, "parameters": parameters, "trainable": trainable}
-    del model, x
-print(json.dumps(out))
-"""
-
 
 @pytest.fixture(scope="module")
 def measured() -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, json.dumps(CONFIG), str(BATCH), str(SEQ), str(R)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """The peak resident memory of each technique, in one fresh process (bench/memory.py says how it is measured)."""
+    from bench.memory import measure
+
+    return measure(json.dumps(CONFIG), BATCH, SEQ, R, ["inference", "lora", "full"])
 
 
 @pytest.fixture(scope="module")
