@@ -169,6 +169,27 @@ def engine_alone(model_dir: Path, questions: list[str], batch: int) -> float:
     return len(ids) / (time.perf_counter() - start)
 
 
+def parity(url: str, model_dir: Path, n: int) -> tuple[int, int]:
+    """The first `n` eval questions sent concurrently (so batched) to /v1/completions: how many answers equal what
+    evaluate recorded for the packaged variant (greedy: they should all)."""
+    from stages.common.io import read_jsonl
+
+    variant = json.loads((model_dir / "lifecycle.json").read_text())["variant"]
+    rows = read_jsonl(REPO / "data/processed/eval.jsonl")[:n]
+    recorded = [r[variant] for r in read_jsonl(REPO / "reports/eval_answers.jsonl")[:n]]
+
+    def ask(row: dict) -> str:
+        fields = {k: v for k, v in row.items() if isinstance(v, str) and k not in ("prompt", "completion")}
+        body = json.dumps({"prompt": row["prompt"], "fields": fields}).encode()
+        req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return json.loads(resp.read())["choices"][0]["text"]
+
+    with ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(ask, rows))
+    return sum(a == b for a, b in zip(served, recorded)), len(rows)
+
+
 def champion_bento(bento: str | None = None) -> tuple[str, Path]:
     import bentoml
     from mlflow import MlflowClient
@@ -197,6 +218,9 @@ def main() -> None:
         help="override one of the bento's `serve:` settings, e.g. --set max_batch_size=16",
     )
     parser.add_argument("--bento", help="a bento of the project other than the champion's (e.g. a challenger)")
+    parser.add_argument(
+        "--parity", type=int, default=20, help="eval questions whose served answers are compared with evaluate's"
+    )
     args = parser.parse_args()
     os.chdir(REPO)
     from stages.common.io import read_jsonl
@@ -227,6 +251,8 @@ def main() -> None:
         wait_ready(f"{base}/readyz", proc)
         url = f"{base}/v1/completions"
         load(url, bodies[:8], 4)  # warm-up
+        same, asked = parity(url, model_dir, args.parity)
+        print(f"served greedy answers equal to evaluate's: {same}/{asked}")
         rows["ours, 1 sequential client"] = load(url, bodies, 1)
         rows[f"ours, {args.clients} concurrent clients"] = load(url, bodies, args.clients)
     finally:
@@ -280,6 +306,7 @@ def main() -> None:
         f"- Ours / naive at {args.clients} concurrent clients: **{many['rps'] / base_naive['rps']:.2f}x** "
         "(target 1.5x).\n"
         f"- Errors: ours {one['errors'] + many['errors']} (target 0), naive {base_naive['errors']}.\n"
+        f"- Served greedy answers equal to what `evaluate` recorded: {same}/{asked} eval questions.\n"
         f"- The engine alone, no HTTP, in the same run: {alone[1]:.1f} requests/s one at a time, "
         f"{alone[args.clients]:.1f} in batches of up to {args.clients} ({alone[args.clients] / alone[1]:.2f}x).",
         title="Serve: the champion's bento under concurrent clients",

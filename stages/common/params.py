@@ -599,7 +599,7 @@ class Integrate(Strict):
 
 
 class Ladder(Strict):
-    # true: `lifecycle run` evaluates after each rung (prompting, fine-tuning, alignment) and stops climbing as soon
+    # true: `lifecycle run` evaluates after each rung (prompting, retrieval, fine-tuning, alignment) and stops as soon
     # as the gates pass; false: every rung runs and evaluate compares them all. `dvc repro` always runs them all.
     stop_when_passed: bool = False
 
