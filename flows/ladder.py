@@ -50,7 +50,12 @@ def checked_after(params: Params) -> dict[str, str]:
     judged by the pipeline's own `evaluate`). Empty when the ladder is off."""
     if not params.ladder.stop_when_passed:
         return {}
-    return {stage: rung for rung, stage in rungs(params)[:-1]}
+    checks = {stage: rung for rung, stage in rungs(params)[:-1]}
+    if "prompt_search" in checks and not params.data.sources.knowledge:
+        # No retrieval rung: `integrate` (next in dvc.yaml, seconds with no documents) still writes the empty index
+        # evaluate depends on, so prompting is checked after it.
+        checks["integrate"] = checks.pop("prompt_search")
+    return checks
 
 
 def above(params: Params, rung: str) -> list[tuple[str, str]]:

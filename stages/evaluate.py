@@ -86,8 +86,10 @@ def check_context_budget(
 
 def not_reached(paths: Paths, methods: list[str]) -> dict[str, str]:
     """The training stages the escalation ladder stopped before ({stage: why}); their variants are left out."""
+    # The index is not a rung without a knowledge source, and the flow's prompting check comes before `integrate`.
+    index = Path(paths.index) / "lifecycle.json"
     infos = {
-        "integrate": read_json(Path(paths.index) / "lifecycle.json"),
+        "integrate": read_json(index) if index.is_file() else {},
         "adapt": read_json(Path(paths.sft) / "lifecycle.json"),
         **{f"align@{m}": read_json(Path(paths.aligned) / m / "lifecycle.json") for m in methods},
     }

@@ -32,9 +32,10 @@ def few_rows(p: dict) -> dict:
     for role in ("knowledge", "general"):  # no index and no forgetting check: seconds, not minutes
         p["data"]["sources"].pop(role)
     p["scope"]["data"]["knowledge_documents"] = 0
+    p["adapt"]["raft"]["enabled"] = False  # RAFT retrieves from the knowledge source
     p["select"].update(few_shot=1, max_new_tokens=16)
     p["prompt_search"]["shots"] = [0]
-    p["evaluate"].update(max_new_tokens=16, resamples=100)
+    p["evaluate"].update(max_new_tokens=16, resamples=100, max_forgetting=None)
     p["scope"]["kpis"] = [{"metric": "rougeL", "threshold": 0.0, "direction": "higher", "versus": "absolute"}]
     return p
 

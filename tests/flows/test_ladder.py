@@ -67,6 +67,7 @@ def test_rungs_follow_the_project_and_the_top_one_is_left_to_evaluate(tiny):
         }
     )
     assert rungs(no_knowledge) == [("prompting", "prompt_search"), ("fine-tuning", "adapt")], "nothing to retrieve"
+    assert checked_after(no_knowledge) == {"integrate": "prompting"}, "after the (empty) index evaluate depends on"
     prompting_only = _with(tiny, technique=Technique.prompt, methods=[])
     assert rungs(prompting_only)[-1] == ("retrieval", "integrate") and checked_after(prompting_only) == {
         "prompt_search": "prompting"
