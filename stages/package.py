@@ -122,8 +122,6 @@ def against_champion(params, paths, client, name: str, report: dict, answers: li
 
 def base_model_line(base: dict) -> str:
     """The base model as the card names it: who made it, its licence, size, context and where the weights came from."""
-    if not base:
-        return ""
     size = f"{base['parameters'] / 1e6:,.1f}M parameters" if base.get("parameters") else "size unknown"
     by = f" ({base['publisher']})" if base.get("publisher") else ""
     context = f", context {base['context_length']:,} tokens" if base.get("context_length") else ""
@@ -155,9 +153,9 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
     client = MlflowClient()
     verdict, comparison = against_champion(params, paths, client, name, eval_report, answers)
     # Our own card: without one, MLflow asks the hub for the card of a local folder's name (and, offline, retries).
-    base = read_json(paths.selection)["selected"].get("model") or {}
+    base = read_json(paths.selection)["selected"]["model"]
     card = ModelCard(
-        f"---\nlicense: {base.get('licence') or params.scope.licences[0]}\n---\n# {name}\n\n"
+        f"---\nlicense: {base['licence']}\n---\n# {name}\n\n"
         f"{params.project.description}\n\n{base_model_line(base)}\n\n"
         f"Variant {candidate}; gates: " + "; ".join(eval_report["gates"]["reasons"]) + "\n"
     )
