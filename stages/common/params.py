@@ -569,12 +569,30 @@ class Kubernetes(Strict):
     target_cpu_percent: Annotated[int, Field(ge=1, le=100)] = 70
     api_key_secret: str | None = None  # a Secret (key `api-keys`) whose value becomes LIFECYCLE_API_KEYS
     port: PosInt = 3000
+    # The cluster's version: the manifests are validated against its official schemas (kubernetes-validate has
+    # 1.25 to 1.37)
+    version: Annotated[str, Field(pattern=r"^1\.[0-9]+$")] = "1.33"
+
+
+class Docker(Strict):
+    """`lifecycle deploy --target docker`: how the champion's image is built and where it goes."""
+
+    engine: Literal["auto", "docker", "podman"] = "auto"  # auto: a docker that answers, else podman
+    # The image the bento's Dockerfile starts FROM; null: BentoML's (python:<version>-slim, a CUDA base for a GPU
+    # bento). Without an image registry, `make base-image` builds one from the Debian mirror.
+    base_image: str | None = None
+    registry: str | None = None  # host[:port][/path] the image is pushed to; null: it stays in the local engine
+    tls_verify: bool = True  # false: push over plain HTTP (a registry on localhost without TLS)
+    # Where a CPU image gets torch (PyPI's torch is the multi-GB CUDA build): the installed build's wheel where pip
+    # finds it on disk (its find-links), else this index.
+    cpu_torch_index: str = "https://download.pytorch.org/whl/cpu"
 
 
 class Deploy(Strict):
     """`lifecycle deploy --target ...`: read when deploying, never by the pipeline."""
 
     image: str | None = None  # the container image's repository; null: the bento's name
+    docker: Docker = Docker()
     bentocloud: BentoCloud = BentoCloud()
     k8s: Kubernetes = Kubernetes()
 

@@ -3,13 +3,23 @@ run here refused clearly before anything leaves, the scope's refusals naming the
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from flows import cli, deploy
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "localhost/genai-lifecycle-base:bookworm"  # what containers/base-image.sh builds
 
 
 def _project(tmp_path: Path, tiny_root: Path, **scope_changes) -> Path:
@@ -73,11 +83,103 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
     assert m["hpa.yaml"]["spec"]["maxReplicas"] == 6
 
 
-@pytest.mark.skipif(deploy.docker_engine_running(), reason="a Docker engine runs here: containerize would build")
-def test_docker_without_an_engine_says_the_command_to_run_where_there_is_one(packaged, tiny_root, monkeypatch, capsys):
-    assert _deploy(monkeypatch, tiny_root, "--target", "docker") == 1
+@pytest.mark.parametrize("gpu", [0, 2], ids=["cpu", "gpu"])
+def test_k8s_manifests_pass_the_official_schemas_and_the_cross_field_rules(packaged, tiny, gpu):
+    from mlflow import MlflowClient
+
+    raw = tiny.model_dump(mode="json")
+    raw["serve"]["resources"].update(gpu=gpu, gpu_type="NVIDIA-L4" if gpu else None)
+    raw["deploy"]["k8s"]["api_key_secret"] = "help-desk-keys"
+    params = type(tiny).model_validate(raw)
+    version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
+    manifests = deploy.k8s_manifests(params, packaged["package"]["bento"], version)
+    assert deploy.manifest_problems(manifests, params.deploy.k8s.version) == []
+    assert deploy.manifest_problems(manifests, "1.25") == [], "the oldest schema kubernetes-validate has"
+
+
+def _broken(manifests: dict, file: str, path: str, value) -> dict:
+    import copy
+
+    broken = copy.deepcopy(manifests)
+    *parents, last = path.split(".")
+    node = broken[file]
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[last] = value
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("file", "path", "value", "expected"),
+    [
+        ("deployment.yaml", "spec.replicas", "two", "deployment.yaml: spec.replicas: 'two' is not of type 'integer'"),
+        ("deployment.yaml", "spec.replica", 2, "deployment.yaml: spec: Additional properties are not allowed"),
+        ("hpa.yaml", "spec.maxReplica", 2, "hpa.yaml: spec: Additional properties are not allowed"),
+        ("hpa.yaml", "apiVersion", "autoscaling/v2beta2", "hpa.yaml: no schema for autoscaling/v2beta2"),
+        ("deployment.yaml", "spec.selector.matchLabels", {"app": "other"}, "does not match the pod template's labels"),
+        ("service.yaml", "spec.selector", {"app": "other"}, "service.yaml: spec.selector {'app': 'other'} does not"),
+        (
+            "deployment.yaml",
+            "spec.template.spec.containers.0.resources.limits.nvidia.com/gpu",
+            "1.5",
+            "limits nvidia.com/gpu '1.5': whole GPUs only",
+        ),
+        (
+            "deployment.yaml",
+            "spec.template.spec.containers.0.readinessProbe.httpGet.port",
+            "metrics",
+            "readinessProbe port 'metrics' is not one it serves",
+        ),
+        ("service.yaml", "spec.ports.0.targetPort", 8080, "service.yaml: targetPort 8080 is not a port the pods serve"),
+        ("hpa.yaml", "spec.scaleTargetRef.name", "other", "hpa.yaml: scaleTargetRef Deployment/other is not"),
+    ],
+)
+def test_k8s_manifest_problems_name_the_file_and_the_field(packaged, tiny, file, path, value, expected):
+    from mlflow import MlflowClient
+
+    version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
+    manifests = deploy.k8s_manifests(tiny, packaged["package"]["bento"], version)
+    if "nvidia.com/gpu" in path:  # a key with dots: set it by hand
+        limits = manifests["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        limits["nvidia.com/gpu"] = value
+        broken = manifests
+    else:
+        broken = _broken(manifests, file, path, value)
+    problems = deploy.manifest_problems(broken, tiny.deploy.k8s.version)
+    assert any(expected in p for p in problems), problems
+
+
+def test_k8s_kustomize_format_and_a_version_without_schemas(packaged, tiny_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "k8s"
+    secret = _project(tmp_path / "secret", tiny_root, **{"deploy.k8s.api_key_secret": "help-desk-keys"})
+    assert _deploy(monkeypatch, secret, "--target", "k8s", "--out", str(out), "--format", "kustomize") == 0
+    printed = capsys.readouterr().out
+    assert "kubectl -n default create secret generic help-desk-keys --from-literal=api-keys=" in printed
+    assert f"kubectl apply -k {out}" in printed
+    kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
+    image = yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert kustomization["resources"] == ["deployment.yaml", "service.yaml", "hpa.yaml"]
+    assert kustomization["images"] == [dict(zip(("name", "newTag"), image.rsplit(":", 1)))]
+
+    future = _project(tmp_path / "future", tiny_root, **{"deploy.k8s.version": "1.99"})
+    assert _deploy(monkeypatch, future, "--target", "k8s", "--out", str(tmp_path / "none")) == 1
     err = capsys.readouterr().err
-    assert "no Docker engine" in err and f"bentoml containerize {packaged['package']['bento']} -t" in err
+    assert (
+        "Kubernetes 1.99 (`deploy.k8s.version`); nothing was written" in err
+        and "has no schemas for Kubernetes 1.99" in err
+    )
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(deploy.docker_engine("docker") is not None, reason="a Docker daemon answers here")
+def test_docker_without_an_engine_says_what_to_install_and_the_command_to_run_elsewhere(
+    packaged, tiny_root, tmp_path, monkeypatch, capsys
+):
+    project = _project(tmp_path, tiny_root, **{"deploy.docker.engine": "docker"})
+    assert _deploy(monkeypatch, project, "--target", "docker") == 1
+    err = capsys.readouterr().err
+    assert "no container engine answers here (docker `info` failed)" in err and "make container-engine" in err
+    assert f"bentoml containerize {packaged['package']['bento']} -t" in err
 
 
 def test_bentocloud_is_refused_by_the_scope_or_without_credentials(packaged, tiny_root, tmp_path, monkeypatch, capsys):
@@ -103,3 +205,129 @@ def test_only_a_champion_deploys(packaged, tiny_root, tmp_path, monkeypatch, cap
     assert _deploy(monkeypatch, other, "--target", "k8s", "--out", str(tmp_path / "k8s")) == 1
     assert "no champion" in capsys.readouterr().err
     assert not (tmp_path / "k8s").exists()
+
+
+def _run(*command: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, **kwargs)
+
+
+@contextlib.contextmanager
+def _local_registry(root: Path):
+    """Debian's docker-registry (CNCF distribution) on a free 127.0.0.1 port, plain HTTP; stopped by PID."""
+    port = _free_port()
+    root.mkdir(parents=True)
+    config = root / "registry.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+                "log": {"level": "warn"},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/v2/", proc, seconds=30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _wait(url: str, proc: subprocess.Popen | None = None, seconds: int = 60) -> None:
+    for _ in range(seconds * 2):  # bounded
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {seconds} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_docker_builds_pushes_and_the_container_answers_as_evaluate_did(
+    packaged, prepared, tiny, tiny_root, tmp_path, monkeypatch, capsys
+):
+    """`lifecycle deploy --target docker` for real: podman from Debian (containers/engine.sh), the offline base image
+    (containers/base-image.sh), the champion's image pushed to a local registry, run, and asked 10 eval questions."""
+    from mlflow import MlflowClient
+
+    from stages.common.io import read_jsonl
+
+    engine = _run("sh", str(REPO / "containers" / "engine.sh"))
+    if engine.returncode != 0:
+        pytest.skip(f"no container engine can be installed here: {engine.stderr.strip()[-300:]}")
+    base = _run("sh", str(REPO / "containers" / "base-image.sh"), BASE_IMAGE)
+    assert base.returncode == 0, base.stdout + base.stderr
+    with _local_registry(tmp_path / "registry") as registry:
+        project = _project(
+            tmp_path / "project",
+            tiny_root,
+            **{
+                "deploy.docker.base_image": BASE_IMAGE,
+                "deploy.docker.registry": registry,
+                "deploy.docker.tls_verify": False,
+                "deploy.docker.engine": "podman",
+            },
+        )
+        assert _deploy(monkeypatch, project, "--target", "docker") == 0, capsys.readouterr()
+        version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
+        recorded = json.loads(version.tags["lifecycle.deploy.docker"])
+        image = f"{registry}/{packaged['package']['bento'].split(':')[0]}:v{version.version}"
+        assert recorded["image"] == image and recorded["engine"] == "podman"
+        print(f"\nimage {image}: {recorded['size_bytes'] / 2**20:,.0f} MiB, built in {recorded['build_s']} s")
+        # What the registry holds is what was recorded (the digest a deployment pins).
+        repository, tag = image.split("/", 1)[1].rsplit(":", 1)
+        manifest = urllib.request.Request(
+            f"http://{registry}/v2/{repository}/manifests/{tag}",
+            headers={
+                "Accept": "application/vnd.oci.image.manifest.v1+json, "
+                "application/vnd.docker.distribution.manifest.v2+json"
+            },
+        )
+        with urllib.request.urlopen(manifest, timeout=30) as resp:
+            assert resp.headers["Docker-Content-Digest"] == recorded["digest"]
+        code = "import torch; print(torch.__version__)"
+        torch = _run("podman", "run", "--rm", "--entrypoint", "python", image, "-c", code)
+        assert torch.returncode == 0, torch.stderr
+        assert torch.stdout.strip().endswith("+cpu"), f"a CPU image has torch's CPU build, not {torch.stdout}"
+
+    port, name = _free_port(), f"lifecycle-test-{os.getpid()}"
+    started = _run("podman", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
+    assert started.returncode == 0, started.stderr
+    try:
+        _wait(f"http://127.0.0.1:{port}/readyz", seconds=180)
+        variant = packaged["package"]["variant"]
+        rows = read_jsonl(Path(prepared.paths.eval_report).with_name("eval_answers.jsonl"))[:10]
+        served = []
+        for row in rows:
+            body = json.dumps({"messages": [{"role": "user", "content": row["prompt"]}], "temperature": 0}).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                served.append(json.loads(resp.read())["choices"][0]["message"]["content"])
+        assert served == [row[variant] for row in rows], "the container answers as evaluate recorded"
+    finally:
+        logs = _run("podman", "logs", name).stdout[-2000:]
+        _run("podman", "rm", "-f", name)
+        print(logs)
+    assert _run("podman", "container", "exists", name).returncode == 1, "the container is removed"
