@@ -329,5 +329,6 @@ def test_docker_builds_pushes_and_the_container_answers_as_evaluate_did(
     finally:
         logs = _run("podman", "logs", name).stdout[-2000:]
         _run("podman", "rm", "-f", name)
+        _run("podman", "rmi", image)
         print(logs)
     assert _run("podman", "container", "exists", name).returncode == 1, "the container is removed"
