@@ -128,13 +128,17 @@ def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
     dockerfile = context / "env" / "docker" / "Dockerfile"
     text = dockerfile.read_text(encoding="utf-8")
     if docker_params.base_image:
-        text = re.sub(
+        text, found = re.subn(
             r"^FROM \S+ AS base-container$",
             f"FROM {docker_params.base_image} AS base-container",
             text,
             count=1,
             flags=re.M,
         )
+        if not found:  # a BentoML whose Dockerfile names its base otherwise: say so rather than build on another
+            raise DeployRefused(
+                f"BentoML's Dockerfile has no `FROM … AS base-container` line to set {docker_params.base_image} in"
+            )
         changes.append(f"base image {docker_params.base_image}")
     requirements = context / "env" / "python" / "requirements.txt"
     lines = requirements.read_text(encoding="utf-8").splitlines()
@@ -149,6 +153,8 @@ def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
     elif not gpu:
         lines.insert(0, f"--extra-index-url {docker_params.cpu_torch_index}")
         changes.append(f"torch from {docker_params.cpu_torch_index}")
+    else:  # PyPI's torch bundles the CUDA runtime: the nodes need the NVIDIA driver and container toolkit only
+        changes.append("torch from PyPI (its CUDA build) for a GPU image")
     requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
     dockerfile.write_text(text, encoding="utf-8")
     return changes

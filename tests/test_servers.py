@@ -22,7 +22,7 @@ import pytest
 from flows.workspace import holder
 from stages.common.errors import ExitStatus
 from tests.conftest import Server, free_port, mlflow_server, venv_bin
-from tests.test_e2e import tiny_project
+from tests.test_e2e import edit_params, tiny_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.servers]
 
@@ -81,6 +81,13 @@ def test_a_team_on_servers(postgres_database, tmp_path):
     from mlflow import MlflowClient
 
     project = tiny_project(tmp_path / "project")
+
+    def smaller(p: dict) -> None:  # what this test is about is the servers: one model, one alignment method
+        p["pretrain"]["models"] = p["pretrain"]["models"][:1]
+        p["select"]["candidates"] = p["select"]["candidates"][:1]
+        p["align"]["methods"] = ["dpo"]
+
+    edit_params(project, smaller)
     artifacts, port = tmp_path / "mlflow-artifacts", free_port()
     uri = f"http://127.0.0.1:{port}"
     env = environment(MLFLOW_TRACKING_URI=uri)

@@ -332,3 +332,36 @@ def test_docker_builds_pushes_and_the_container_answers_as_evaluate_did(
         _run("podman", "rmi", image)
         print(logs)
     assert _run("podman", "container", "exists", name).returncode == 1, "the container is removed"
+
+
+def test_the_image_context_gets_the_base_image_and_torchs_cpu_build(tmp_path):
+    from importlib.metadata import version
+
+    from stages.common.params import Docker
+
+    def context(dockerfile: str) -> Path:
+        (tmp_path / "env" / "docker").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "env" / "python").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "env" / "docker" / "Dockerfile").write_text(dockerfile)
+        (tmp_path / "env" / "python" / "requirements.txt").write_text("torch==2.13.0\nbentoml==1.4.39\n")
+        return tmp_path
+
+    settings = Docker(base_image="localhost/base:1")
+    ctx = context("FROM python:3.11-slim AS base-container\nRUN true\n")
+    deploy.image_context(ctx, settings, gpu=False)
+    assert (ctx / "env/docker/Dockerfile").read_text().startswith("FROM localhost/base:1 AS base-container\n")
+    requirements = (ctx / "env/python/requirements.txt").read_text().splitlines()
+    wheel = deploy.local_torch_wheel(version("torch"))
+    if wheel:  # this machine: pip's find-links has the CPU wheel, which travels in the build context
+        assert requirements == [f"./wheels/{wheel.name}", "bentoml==1.4.39"]
+        assert (ctx / "env/python/wheels" / wheel.name).stat().st_size == wheel.stat().st_size
+    else:
+        assert requirements == [f"--extra-index-url {settings.cpu_torch_index}", "torch==2.13.0", "bentoml==1.4.39"]
+
+    gpu = context("FROM python:3.11-slim AS base-container\n")
+    deploy.image_context(gpu, Docker(), gpu=True)
+    assert (gpu / "env/python/requirements.txt").read_text() == "torch==2.13.0\nbentoml==1.4.39\n", "PyPI's CUDA torch"
+    assert (gpu / "env/docker/Dockerfile").read_text() == "FROM python:3.11-slim AS base-container\n"
+
+    with pytest.raises(deploy.DeployRefused, match="no `FROM … AS base-container` line"):
+        deploy.image_context(context("FROM python:3.11-slim\n"), settings, gpu=False)
