@@ -80,7 +80,15 @@ def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned
         "trained": False,
         "not_reached": "the ladder stopped at prompting",
     }
-    evaluate.run(prepared, paths)
+    # A primary metric scored per row (the tiny project's is latency, one noisy number per variant, which would let
+    # timing noise pick the variant): the choice is then the greedy answers' and the same on every run.
+    from stages.common.params import Kpi
+
+    rouge = Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")
+    params = prepared.model_copy(
+        update={"scope": prepared.scope.model_copy(update={"kpis": [rouge, *prepared.scope.kpis]})}
+    )
+    evaluate.run(params, paths)
     report = read_json(tmp_path / "eval.json")
     assert list(report["variants"]) == ["baseline_zero_shot", "baseline_prompted", "baseline_rag"]
     assert report["candidate"] == "baseline_prompted" and report["baselines"] == ["baseline_zero_shot", "baseline_rag"]
