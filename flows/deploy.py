@@ -1,7 +1,7 @@
 """`lifecycle deploy --target local | docker | bentocloud | k8s`: the champion's bento to where it will run.
 
     lifecycle deploy --target local                 # serve on this machine (`lifecycle serve` is the short form)
-    lifecycle deploy --target docker                # `bentoml containerize` to <image>:v<registry version>
+    lifecycle deploy --target docker                # the bento's image (docker or podman), [pushed] as <image>:v<version>
     lifecycle deploy --target bentocloud            # `bentoml deploy` with params `deploy.bentocloud` and `serve.resources`
     lifecycle deploy --target k8s --out deploy/k8s  # Deployment, Service and HorizontalPodAutoscaler manifests,
                                                     # validated against Kubernetes' schemas (`--format kustomize`)
@@ -192,7 +192,13 @@ def docker(params, bento: str, version) -> dict:
     image_id, size = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()
     detail = {"image": image, "engine": engine, "id": image_id, "size_bytes": int(size), "build_s": built_s}
     if settings.registry:
-        detail["digest"] = push(engine, image, settings.tls_verify)
+        try:
+            detail["digest"] = push(engine, image, settings.tls_verify)
+        except subprocess.CalledProcessError:
+            raise DeployRefused(
+                f"{image} was built but `{engine} push` to {settings.registry} (`deploy.docker.registry`) failed: its "
+                "output is above (a registry on plain HTTP needs `deploy.docker.tls_verify: false`)"
+            ) from None
     return detail
 
 
@@ -384,11 +390,13 @@ def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
     ):
         if not selector.items() <= labels.items():
             problems.append(f"{what} {selector} does not match the pod template's labels {labels}")
-    for c in template["spec"]["containers"]:
-        ports = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
+    containers = template["spec"]["containers"]
+    served = {p.get("name") for c in containers for p in c.get("ports", [])}  # a port by its name or its number
+    served |= {p["containerPort"] for c in containers for p in c.get("ports", [])}
+    for c in containers:
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             port = c.get(probe, {}).get("httpGet", {}).get("port")
-            if port is not None and port not in ports:
+            if port is not None and port not in served:
                 problems.append(f"deployment.yaml: container {c['name']} {probe} port {port!r} is not one it serves")
         for kind in ("requests", "limits"):
             gpus = c.get("resources", {}).get(kind, {}).get("nvidia.com/gpu")
@@ -397,8 +405,6 @@ def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
                     f"deployment.yaml: container {c['name']} {kind} nvidia.com/gpu {gpus!r}: whole GPUs only"
                 )
     target = service["spec"]["ports"][0]["targetPort"]
-    served = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
-    served |= {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
     if target not in served:
         problems.append(f"service.yaml: targetPort {target!r} is not a port the pods serve")
     ref = hpa["spec"]["scaleTargetRef"]
