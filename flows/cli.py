@@ -6,7 +6,7 @@
     lifecycle catalog [--json]          # the model catalog (real models, figures with their sources)
     lifecycle select --explain          # the last selection: every candidate, each filter's verdict, the figures
     lifecycle serve [--port 3000]       # serve the champion's bento on 127.0.0.1 (deploy --target local)
-    lifecycle deploy --target local|docker|bentocloud|k8s   # the champion's bento to where it runs
+    lifecycle deploy --target local|docker|bentocloud|k8s|gguf   # the champion's bento to where it runs
     lifecycle models                    # registered versions, their aliases and headline metrics
     lifecycle promote VERSION --reason "..."   # make a version the champion by hand
     lifecycle rollback --reason "..."   # give champion back to the version that held it before
@@ -187,8 +187,12 @@ def cmd_deploy(args) -> int:
             detail = deploy.docker(params, bento, version)
         elif args.target == "bentocloud":
             detail = deploy.bentocloud(params, bento, version)
+        elif args.target == "gguf":
+            detail = deploy.gguf(bento, version, Path(args.out or "deploy/gguf"), args.gguf_type)
         else:
-            detail = deploy.k8s(params, bento, version, Path(args.out), kustomize=args.format == "kustomize")
+            detail = deploy.k8s(
+                params, bento, version, Path(args.out or "deploy/k8s"), kustomize=args.format == "kustomize"
+            )
     except deploy.DeployRefused as exc:
         print(f"deploy --target {args.target} refused: {exc}", file=sys.stderr)
         return ExitStatus.ERROR
@@ -206,7 +210,7 @@ def cmd_deploy(args) -> int:
             )
         apply = "kubectl apply -k" if args.format == "kustomize" else "kubectl apply -f"
         print(
-            f"apply with: {apply} {args.out}  (image {detail['image']}: build and push it with "
+            f"apply with: {apply} {args.out or 'deploy/k8s'}  (image {detail['image']}: build and push it with "
             f"`lifecycle deploy --target docker` and `deploy.docker.registry`)"
         )
     return ExitStatus.OK
@@ -376,10 +380,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_serve)
     d = sub.add_parser("deploy", help="deploy the champion's bento: local, docker, bentocloud or k8s manifests")
-    d.add_argument("--target", required=True, choices=["local", "docker", "bentocloud", "k8s"])
+    d.add_argument("--target", required=True, choices=["local", "docker", "bentocloud", "k8s", "gguf"])
     d.add_argument("--host", default="127.0.0.1", help="local: the address to listen on")
     d.add_argument("--port", type=int, default=3000, help="local: the port")
-    d.add_argument("--out", default="deploy/k8s", help="k8s: the folder the manifests are written to")
+    d.add_argument("--out", help="k8s, gguf: the folder written to (default deploy/k8s, deploy/gguf)")
+    d.add_argument("--gguf-type", default="Q8_0", help="gguf: F32, F16, Q8_0, Q5_0 or Q4_0")
     d.add_argument(
         "--format", choices=["plain", "kustomize"], default="plain", help="k8s: kustomize adds a kustomization.yaml"
     )

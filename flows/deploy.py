@@ -5,6 +5,7 @@
     lifecycle deploy --target bentocloud            # `bentoml deploy` with params `deploy.bentocloud` and `serve.resources`
     lifecycle deploy --target k8s --out deploy/k8s  # Deployment, Service and HorizontalPodAutoscaler manifests,
                                                     # validated against Kubernetes' schemas (`--format kustomize`)
+    lifecycle deploy --target gguf --out deploy/gguf  # a GGUF file (--gguf-type Q8_0) and a Modelfile: llama.cpp, Ollama
 
 Only the registry's `champion` deploys (a model that failed its gates was never registered, and a challenger
 waits for `lifecycle promote`). The target must agree with the scope: an on-prem project or one with personal
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = ("local", "docker", "bentocloud", "k8s")
+TARGETS = ("local", "docker", "bentocloud", "k8s", "gguf")
 SAAS_TARGETS = {"bentocloud"}  # the model and every request leave the team's infrastructure
 
 
@@ -265,6 +266,35 @@ def bentocloud(params, bento: str, version) -> dict:
         )
     subprocess.run(command, check=True)
     return {"deployment": command[command.index("--name") + 1]}
+
+
+def bento_model_dir(bento: str) -> Path:
+    """The folder of the model a bento serves, in BentoML's model store."""
+    import bentoml
+
+    info = bentoml.get(bento).info
+    return Path(bentoml.models.get(info.models[0].tag).path)
+
+
+def gguf(bento: str, version, out: Path, gguf_type: str) -> dict:
+    """The champion as <name>-v<version>-<type>.gguf and an Ollama Modelfile in `out`. A model served quantized by
+    torchao or quanto is written from its trained weights (the bento keeps them; the server quantizes at start-up)
+    at `gguf_type`, llama.cpp's own quantization."""
+    from flows import gguf as writer
+
+    model_dir = bento_model_dir(bento)
+    out.mkdir(parents=True, exist_ok=True)
+    name = bento.split(":")[0]
+    target = out / f"{name}-v{version.version}-{gguf_type}.gguf"
+    try:
+        written = writer.write(model_dir, target, gguf_type, f"{name} v{version.version}")
+    except writer.GgufRefused as exc:
+        raise DeployRefused(str(exc)) from None
+    prompt = json.loads((model_dir / "prompt.json").read_text(encoding="utf-8"))
+    (out / "Modelfile").write_text(
+        writer.modelfile(target, prompt.get("chat", False), prompt["format"].get("stop") or []), encoding="utf-8"
+    )
+    return {**written, "modelfile": str(out / "Modelfile")}
 
 
 def k8s_name(text: str) -> str:

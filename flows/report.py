@@ -110,6 +110,8 @@ def summary(root: Path, paths) -> str:
         )
         if package.get("why"):
             lines.append(f"           {package['alias']}: {package['why']}")
+        if report.get("serving"):  # evaluate chose a serving precision among `package.quantize`
+            lines.append(f"           served at {report['serving']['precision']}: {report['serving']['why']}")
     from stages.common.tracking import tracking_uri
 
     uri = tracking_uri()

@@ -45,8 +45,9 @@ with bentoml.importing():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if __package__:
-        from stages.common import prompting, retrieval
-    else:  # the renderer and the retriever, copied beside this file
+        from stages.common import precision, prompting, retrieval
+    else:  # the renderer, the precisions and the retriever, copied beside this file
+        import precision
         import prompting
         import retrieval
 
@@ -82,12 +83,15 @@ class Lifecycle:
         # On a GPU in the precision it was packaged in; on a CPU in float32 (bf16 is emulated there, ~10x slower).
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if cuda else torch.float32)
         self.model = self.model.to("cuda" if cuda else "cpu").eval()
-        self.renderer = prompting.Renderer.load(path, self.tokenizer)
         info = (
             json.loads((path / "lifecycle.json").read_text(encoding="utf-8"))
             if (path / "lifecycle.json").is_file()
             else {}
         )
+        # At the precision evaluate chose and measured (metrics/eval.json `serving`), by the function it used.
+        self.precision = info.get("precision", precision.FULL)
+        self.model = precision.quantize(self.model, self.precision)
+        self.renderer = prompting.Renderer.load(path, self.tokenizer)
         self.model_id = info.get("project") or self.model_ref.tag.name
         # The shipped index (a _rag variant): searched on a working copy, the model store's stays as packaged.
         self.retriever = (

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.confidence import cell
-from stages.common.gates import should_promote
+from stages.common.errors import ProjectError
+from stages.common.gates import choose_precision, should_promote
 from stages.common.io import read_json, read_jsonl, write_csv, write_json, write_jsonl, write_text
 from stages.common.metrics import (
     REGISTRY,
@@ -65,7 +66,6 @@ def check_context_budget(
 ) -> None:
     """top_k x the longest chunk + the longest prompt + max_new_tokens must fit the model's context, in its own
     tokens; otherwise retrieval would silently lose passages. A ProjectError naming the numbers."""
-    from stages.common.errors import ProjectError
 
     if renderer.context is None:
         return
@@ -136,6 +136,94 @@ def evaluate_variant(
     if general:
         metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
     return metrics, answers
+
+
+def quality_metric(params: Params) -> str:
+    """What a smaller precision may lose only so much of: the primary KPI's metric when it is scored per answer,
+    else the task's first such metric (a latency KPI says nothing of quality)."""
+    names = evaluated_text_metrics(params)
+    primary = params.scope.kpis[0].metric
+    return primary if primary in names else names[0]
+
+
+def try_precisions(
+    params: Params, candidate: str, spec: dict, rows: list[dict], full: dict, full_answers: list[str], device: str
+) -> tuple[dict, dict[str, list[str]]]:
+    """The candidate at each `package.quantize` precision beside its trained weights (`full`), on the same eval rows:
+    the task metrics with their intervals (`full`: the candidate's own row of the report), the paired difference
+    with the trained weights on the primary metric, the bytes of the
+    weights, the estimated serving memory, and the decoding speed alone and at the server's batch size. A precision
+    that cannot run here is skipped with the reason. Returns ({precision: trial}, {precision: answers})."""
+    from stages.common import precision as precisions
+    from stages.common.confidence import Resampling, interval, paired
+    from stages.common.measure import decoding_speed, measure_prompts
+    from stages.common.memory import GIB, estimate, shape_of
+    from stages.common.models import candidate_model, render_all, renderer_for
+
+    n_new, batch = params.evaluate.max_new_tokens, params.serve.max_batch_size
+    metric = quality_metric(params)
+    how = Resampling(params.evaluate.resamples, params.evaluate.confidence_level, params.project.seed)
+    refs, kw = [r["references"] for r in rows], {**context(params), "questions": [r["prompt"] for r in rows]}
+    trials, answers = {}, {}
+    for name in [precisions.FULL] + [q.value for q in params.package.quantize]:
+        why = precisions.unavailable(name, device)
+        if why is None:
+            try:  # a LoRA candidate is merged first: its merged weights are what is quantized and served
+                model, tok = candidate_model(spec, device)
+            except ProjectError as exc:  # a soft prompt cannot be merged, so it is not quantized either
+                why = exc.problems[0]
+        if why:
+            trials[name] = {"skipped": why}
+            log.warning("evaluate: %s skipped: %s", name, why)
+            continue
+        shape = shape_of(model.config, sum(p.numel() for p in model.parameters()))
+        model = precisions.quantize(model, name)
+        renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
+        prompts = render_all(renderer, rows, "eval", spec["examples"])
+        if name == precisions.FULL:  # measured with the other variants: the same weights, the same answers
+            metrics, answers[name] = full, full_answers
+        else:
+            values, answers[name] = measure_prompts(
+                model,
+                renderer,
+                rows,
+                prompts,
+                params,
+                n_new,
+                f"evaluate {candidate}@{name}",
+                evaluated_text_metrics(params),
+                decoding(params),
+            )
+            metrics = {m: {"value": v} for m, v in values.items()}
+            for m in evaluated_text_metrics(params):
+                i = interval(m, answers[name], refs, how, row_scores(m, answers[name], refs, **kw), **kw)
+                metrics[m].update(ci_low=round(i["ci_low"], 4), ci_high=round(i["ci_high"], 4))
+        served = estimate(
+            shape, "inference", "fp32", batch, params.data.max_length, quantized=None if name == "full" else name
+        )
+        trials[name] = {
+            "metrics": metrics,
+            "size_bytes": precisions.weight_bytes(model),
+            "memory_gib": round(served.total / GIB, 4),
+            "alone": decoding_speed(model, renderer, prompts, n_new, 1, rounds=8),
+            "batched": decoding_speed(model, renderer, prompts, n_new, batch, rounds=2),
+        }
+        trials[name]["p95_ms"] = trials[name]["alone"]["p95_ms"]
+        if name != precisions.FULL:
+            c = paired(
+                metric,
+                answers[name],
+                full_answers,
+                refs,
+                how,
+                row_scores(metric, answers[name], refs, **kw),
+                row_scores(metric, full_answers, refs, **kw),
+                **kw,
+            )
+            trials[name]["difference"] = {k: round(v, 4) for k, v in c.items()}
+        log.info("evaluate @%s: %s", name, {k: v for k, v in trials[name].items() if k != "metrics"})
+        del model
+    return trials, answers
 
 
 def decoding(params: Params) -> dict:
@@ -318,6 +406,27 @@ def run(params: Params, paths: Paths) -> dict:
         decision = should_promote(
             results[candidate], baselines, params.scope.kpis, intervals[candidate], comparisons, forgetting
         )
+        serving = None
+        if params.package.quantize:
+            spec, rows = specs[candidate], rag_rows if specs[candidate].get("rag") else eval_rows
+            own = {m: {"value": v, **intervals[candidate].get(m, {})} for m, v in results[candidate].items()}
+            trials, at = try_precisions(params, candidate, spec, rows, own, answers[candidate], device)
+            hardware = params.scope.hardware.serving
+            quality = quality_metric(params)
+            serving = {
+                "quality_metric": quality,
+                "trials": trials,
+                **choose_precision(
+                    trials,
+                    quality,
+                    REGISTRY[quality].higher_is_better is not False,
+                    params.package.max_quality_loss,
+                    hardware.gpu_memory_gib if hardware.gpu else None,
+                    params.scope.serving.p95_latency_ms,
+                ),
+            }
+            log.info("serving precision %s: %s", serving["precision"], serving["why"])
+            answers.update({f"{candidate}@{q}": a for q, a in at.items() if q != "full"})
         report = {
             "variants": {
                 n: {m: {"value": v, **intervals[n].get(m, {})} for m, v in results[n].items()} for n in results
@@ -339,6 +448,8 @@ def run(params: Params, paths: Paths) -> dict:
             "retrieval": ({k: index[k] for k in ("search", "top_k", "chunks", "embedding_model")} if index else None),
             "choice": choice,
             "rung": rung(candidate),
+            # The precision the candidate ships at, chosen among `package.quantize` (null: none was tried).
+            "serving": serving,
         }
         mlflow.log_metrics(
             {
@@ -383,6 +494,29 @@ def run(params: Params, paths: Paths) -> dict:
             ],
         )
         plot(report["variants"], Path(paths.eval_report).with_suffix(".png"))
+        precision_plot = Path(paths.eval_report).with_name("eval_precision.png")
+        if serving:
+            plot_precisions(serving, serving["quality_metric"], precision_plot)
+            mlflow.log_metrics(
+                {
+                    f"serving.{n}.{k}": v
+                    for n, t in serving["trials"].items()
+                    if "skipped" not in t
+                    for k, v in {
+                        "size_bytes": t["size_bytes"],
+                        "memory_gib": t["memory_gib"],
+                        "tokens_per_s_alone": t["alone"]["tokens_per_s"],
+                        "tokens_per_s_batched": t["batched"]["tokens_per_s"],
+                        "p95_ms_alone": t["alone"]["p95_ms"],
+                        serving["quality_metric"]: t["metrics"][serving["quality_metric"]]["value"],
+                        **({"difference": t["difference"]["difference"]} if "difference" in t else {}),
+                    }.items()
+                }
+            )
+            mlflow.set_tag("serving.precision", serving["precision"])
+            mlflow.log_artifact(str(precision_plot))
+        else:  # DVC wants every declared plot: say why there is none
+            plot_precisions(None, primary.metric, precision_plot)
         write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
         mlflow.set_tags({"candidate": candidate, "gates.passed": str(decision.passed)})
         mlflow.log_metric("gates.passed", float(decision.passed))
@@ -506,6 +640,8 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
         rules = {k: v for k, v in report["guardrails"]["rules"].items() if v}
         lines += ["", "## Guardrails", "", f"Rules: {rules}. Answers breaking each (of {report['eval_rows']}):", ""]
         lines += [f"- {n}: {c or 'none'}" for n, c in report["guardrails"]["breaches"].items()]
+    if report.get("serving"):
+        lines += serving_section(report)
     if report["not_reached"]:
         lines += ["", "## Not run: the escalation ladder stopped below", ""]
         lines += [f"- `{stage}`: {why}" for stage, why in report["not_reached"].items()]
@@ -516,6 +652,66 @@ def markdown(report: dict, eval_rows: list[dict], answers: dict, prompt: dict) -
         lines += [f"**{row['prompt']}**  ", f"reference: {row['references'][0]}  "]
         lines += [f"{n}: {answers[n][i]}  " for n in answers] + [""]
     return "\n".join(lines) + "\n"
+
+
+def serving_section(report: dict) -> list[str]:
+    """The candidate at each serving precision: quality with intervals, the paired loss, size, memory and speed."""
+    serving, metric = report["serving"], report["serving"]["quality_metric"]
+    full = serving["trials"].get("full", {}).get("size_bytes")
+    lines = [
+        "",
+        f"## Serving precision: **{serving['precision']}**",
+        "",
+        f"{serving['why']}.",
+        "",
+        f"| precision | {metric} | vs full (paired) | weights | × full | est. memory | tokens/s alone | "
+        "p50 / p95 ms alone | tokens/s batched | p95 ms batched |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for name, t in serving["trials"].items():
+        if "skipped" in t:
+            lines.append(f"| {name} | skipped: {t['skipped']} | | | | | | | | |")
+            continue
+        d = t.get("difference")
+        vs = f"{d['difference']:+} [{d['ci_low']:+}, {d['ci_high']:+}]" if d else "—"
+        ratio = f"{t['size_bytes'] / full:.2f}" if full else ""
+        a, b = t["alone"], t["batched"]
+        lines.append(
+            f"| {name} | {cell(t['metrics'][metric])} | {vs} | {t['size_bytes'] / 2**20:,.2f} MiB | {ratio} | "
+            f"{t['memory_gib']:.3f} GiB | {a['tokens_per_s']} | {a['p50_ms']:.0f} / {a['p95_ms']:.0f} | "
+            f"{b['tokens_per_s']} | {b['p95_ms']:.0f} |"
+        )
+    lines += ["", "![quality against size](eval_precision.png)"]
+    return lines
+
+
+def plot_precisions(serving: dict | None, metric: str, path: Path) -> None:
+    """Quality against size: the primary metric with its interval at each precision that ran (None: none did)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if serving is None:
+        ax.text(0.5, 0.5, "no serving precision tried\n(params: package.quantize is empty)", ha="center", va="center")
+        ax.set_axis_off()
+    ran = {n: t for n, t in serving["trials"].items() if "skipped" not in t} if serving else {}
+    for name, t in ran.items():
+        m = t["metrics"][metric]
+        x, y = t["size_bytes"] / 2**20, m["value"]
+        err = [[y - m.get("ci_low", y)], [m.get("ci_high", y) - y]]
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=4, color="tab:red" if name == serving["precision"] else "tab:blue")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4))
+    if serving:
+        ax.set_xlabel("weights (MiB)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"serving precision: {serving['precision']} ships (red)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.confidence import cell
-from stages.common.errors import GateRefused, ProjectError
+from stages.common.errors import GateRefused
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
+from stages.common.precision import FULL, LIBRARY
 from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, pinned
 from stages.common.tracking import git_commit, sha256
 from stages.common.variants import variants
@@ -32,30 +33,10 @@ PACKAGED_TAG = "lifecycle.packaged"  # set last: the version has its bento and i
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
 # The bento carries the service's modules (serving/*.py: the service, its settings, protocol, telemetry, keys and
-# the batching engine) and, beside them, the renderer and the retriever.
-SHARED = [Path(__file__).resolve().parent / "common" / f for f in ("prompting.py", "retrieval.py")] + sorted(
-    SERVING_DIR.glob("*.py")
-)
-
-
-def candidate_model(spec: dict):
-    """The evaluated variant (a spec from evaluate.variants) as one plain model: a LoRA adapter is merged into
-    its base, so the registry and the bento hold a folder that loads without the base or a hub."""
-    from stages.common.models import load_model, load_tokenizer
-
-    model = load_model(spec["ref"], adapter=spec["adapter"])
-    if spec["adapter"] and not hasattr(model, "merge_and_unload"):  # a PEFT prompt-learning (soft prompt) model
-        raise ProjectError(
-            [
-                f"the candidate {spec['adapter']} is a soft prompt (`adapt.technique: prompt_tuning`), "
-                "which cannot be merged into the weights the server runs: the server does not run soft "
-                "prompts yet; ship a lora or full variant (evaluate compares them), or set "
-                "`adapt.technique: lora`"
-            ]
-        )
-    if spec["adapter"]:
-        model = model.merge_and_unload()
-    return model, load_tokenizer(spec["adapter"] or spec["ref"])
+# the batching engine) and, beside them, the renderer, the serving precisions and the retriever.
+SHARED = [
+    Path(__file__).resolve().parent / "common" / f for f in ("precision.py", "prompting.py", "retrieval.py")
+] + sorted(SERVING_DIR.glob("*.py"))
 
 
 def lineage(params, paths) -> dict[str, str]:
@@ -71,6 +52,25 @@ def lineage(params, paths) -> dict[str, str]:
 
 
 ANSWERS = "eval/candidate_answers.json"  # logged by every package run: what the next version is compared with
+
+
+def shipped_precision(eval_report: dict) -> str:
+    """The precision the candidate ships at: evaluate's choice among `package.quantize`, else its trained weights."""
+    return (eval_report.get("serving") or {}).get("precision", "full")
+
+
+def shipped(eval_report: dict) -> str:
+    """The shipped model's name in reports/eval_answers.jsonl (`sft`, or `sft@int8` when it ships quantized)."""
+    precision = shipped_precision(eval_report)
+    return eval_report["candidate"] + ("" if precision == "full" else f"@{precision}")
+
+
+def shipped_metrics(eval_report: dict) -> dict:
+    """The shipped model's metrics with their intervals: the candidate's, or its quantized trial's."""
+    precision = shipped_precision(eval_report)
+    if precision == "full":
+        return eval_report["variants"][eval_report["candidate"]]
+    return eval_report["serving"]["trials"][precision]["metrics"]
 
 
 def against_champion(params, paths, client, name: str, report: dict, answers: list[str]):
@@ -138,8 +138,8 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
     from mlflow import MlflowClient
 
     name = params.project.name
-    candidate = eval_report["candidate"]
-    answers = [r[candidate] for r in read_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"))]
+    candidate, precision = eval_report["candidate"], shipped_precision(eval_report)
+    answers = [r[shipped(eval_report)] for r in read_jsonl(Path(paths.eval_report).with_name("eval_answers.jsonl"))]
     with tempfile.TemporaryDirectory() as tmp:
         write_json(
             Path(tmp) / Path(ANSWERS).name,
@@ -165,13 +165,15 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
         name="model",
         task="text-generation",
         pip_requirements=pinned(SERVING_PACKAGES),  # inferring them trips over torchvision on this stack
-        metadata={"variant": candidate, "gates": "passed"},
+        metadata={"variant": candidate, "precision": precision, "gates": "passed"},
     )
     # Registered in one call with the workspace tag, so a version this workspace left unfinished is recognisable.
     version = int(mlflow.register_model(info.model_uri, name, tags={WORKSPACE_TAG: workspace_id()}).version)
-    metrics = eval_report["variants"][candidate]
+    metrics = shipped_metrics(eval_report)
     tags = {
         "lifecycle.variant": candidate,
+        "lifecycle.precision": precision,
+        **({"lifecycle.precision_why": eval_report["serving"]["why"]} if eval_report.get("serving") else {}),
         "lifecycle.primary_metric": eval_report["primary_metric"],
         "lifecycle.verdict": f"{verdict.alias}: {verdict.why}",
         **lineage(params, paths),
@@ -187,6 +189,8 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
             [
                 f"Variant **{candidate}** of {name}, from run {run.info.run_id} (experiment {run.info.experiment_id}).",
                 f"Registry: {verdict.alias} — {verdict.why}.",
+                f"Served at {precision}"
+                + (f": {eval_report['serving']['why']}." if eval_report.get("serving") else "."),
                 "Gates: " + "; ".join(eval_report["gates"]["reasons"]),
                 f"Metrics on the held-out eval split, with {eval_report['confidence_level']:.0%} bootstrap intervals: "
                 + ", ".join(f"{k} {cell(v)}" for k, v in metrics.items()),
@@ -285,9 +289,7 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
 
     name = params.project.name
     labels = {"project": name, "variant": eval_report["candidate"]}
-    with bentoml.models.create(
-        name, labels=labels, metadata={"eval": eval_report["variants"][eval_report["candidate"]]}
-    ) as bm:
+    with bentoml.models.create(name, labels=labels, metadata={"eval": shipped_metrics(eval_report)}) as bm:
         shutil.copytree(model_dir, bm.path, dirs_exist_ok=True)
         # The serving settings beside the weights too: a model served from the repository (no packaged_model.json)
         # runs as it was packaged. A file, not metadata: BentoML's metadata refuses nulls (`gpu_type: null`).
@@ -298,7 +300,11 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
     recipe = yaml.safe_load((SERVING_DIR / "bentofile.yaml").read_text(encoding="utf-8"))
     recipe["models"] = [model_tag]
     retrieves = (model_dir / "index").is_dir()
-    recipe.setdefault("python", {})["packages"] = pinned(SERVING_PACKAGES + (RETRIEVAL_PACKAGES if retrieves else ()))
+    precision = shipped_precision(eval_report)
+    quantizes = (LIBRARY[precision],) if precision != FULL else ()
+    recipe.setdefault("python", {})["packages"] = pinned(
+        SERVING_PACKAGES + quantizes + (RETRIEVAL_PACKAGES if retrieves else ())
+    )
     recipe["labels"] = labels
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
     with tempfile.TemporaryDirectory() as ctx:
@@ -312,7 +318,7 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
 
 
 def run(params, paths) -> dict:
-    from stages.common.models import renderer_for
+    from stages.common.models import candidate_model, renderer_for
     from stages.common.tracking import stage_run
 
     report = read_json(paths.eval_metrics)
@@ -336,7 +342,8 @@ def run(params, paths) -> dict:
             {
                 "project": params.project.name,
                 "variant": variant,
-                "eval": report["variants"][variant],
+                "eval": shipped_metrics(report),
+                "precision": shipped_precision(report),  # the server quantizes to it at start-up (precision.py)
                 "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
             },
         )
@@ -344,6 +351,8 @@ def run(params, paths) -> dict:
         try:
             record = {
                 "variant": variant,
+                "precision": shipped_precision(report),
+                "eval_answers": shipped(report),  # its column in reports/eval_answers.jsonl: what it answered there
                 **register(params, paths, model_dir, model, tokenizer, report),
                 **build_bento(params, model_dir, report),
             }
@@ -360,7 +369,7 @@ def run(params, paths) -> dict:
             mlflow.log_artifacts(str(model_dir / "index"), artifact_path="index")
     return {
         "package": record,
-        "summary": f"{variant}: MLflow {record['registered_model']} v{record['version']} "
+        "summary": f"{variant}@{shipped_precision(report)}: MLflow {record['registered_model']} v{record['version']} "
         f"@{record['alias']} ({record['why']}), bento {record['bento']}",
     }
 

@@ -29,7 +29,7 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import read_json, read_jsonl, write_json
 from stages.common.measure import measure_prompts
-from stages.common.memory import GIB, Shape, estimate, shape_of
+from stages.common.memory import GIB, QUANTIZED_BYTES, Shape, estimate, shape_of
 from stages.common.metrics import REGISTRY, best_of
 from stages.common.params import Candidate, Params, Paths
 from stages.common.rules import candidate_filters
@@ -104,7 +104,17 @@ def memory(s: Shape, params: Params) -> dict:
         a.lora.r,
         virtual_tokens=a.prompt_tuning.num_virtual_tokens,
     )
-    serve = estimate(s, "inference", a.precision.value, params.serve.max_batch_size, params.data.max_length)
+    # Served at the smallest precision evaluate may choose (`package.quantize`): a model too big for the serving
+    # GPU at its trained precision but fitting at 4 bits stays a candidate.
+    smallest = min(params.package.quantize, key=lambda q: QUANTIZED_BYTES[q.value], default=None)
+    serve = estimate(
+        s,
+        "inference",
+        a.precision.value,
+        params.serve.max_batch_size,
+        params.data.max_length,
+        quantized=smallest.value if smallest else None,
+    )
     return {"training": train.gib(), "serving": serve.gib()}
 
 

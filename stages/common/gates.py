@@ -97,3 +97,55 @@ def should_promote(
         if not ok:
             failed.append(what)
     return Decision(passed=not failed, reasons=reasons, failed=failed)
+
+
+def choose_precision(
+    trials: dict[str, dict],
+    metric: str,
+    higher: bool,
+    max_quality_loss: float,
+    memory_gib: float | None = None,
+    p95_latency_ms: float | None = None,
+) -> dict:
+    """The serving precision that ships: the smallest (bytes of weights) among those that ran whose loss on
+    `metric` against the trained weights stays within `max_quality_loss` at the far end of the paired interval
+    (not the point estimate), whose estimated serving memory fits `memory_gib` (a GPU's; None: not limited) and
+    whose p95 latency alone meets `p95_latency_ms`. `trials` maps a precision to {"size_bytes", "memory_gib",
+    "p95_ms", "difference": {"ci_low", "ci_high"}} (no difference for "full"), or {"skipped": why}.
+    Returns {"precision", "why", "reasons": {precision: one line each}}."""
+    reasons, fitting = {}, []
+    for name, t in trials.items():
+        if "skipped" in t:
+            reasons[name] = f"not tried: {t['skipped']}"
+            continue
+        problems = []
+        if name != "full":
+            d = t["difference"]
+            worst = -d["ci_low"] if higher else d["ci_high"]  # the loss the interval still allows
+            if worst > max_quality_loss + 1e-12:
+                problems.append(
+                    f"{metric} may drop by {worst:.4f} {_ci(d['ci_low'], d['ci_high'], signed=True)} "
+                    f"> {max_quality_loss:g} allowed"
+                )
+        if memory_gib and t["memory_gib"] > memory_gib:
+            problems.append(f"needs ~{t['memory_gib']:.2f} GiB > {memory_gib:g} GiB on the serving GPU")
+        if p95_latency_ms is not None and t["p95_ms"] > p95_latency_ms:
+            problems.append(f"p95 {t['p95_ms']:.0f} ms > {p95_latency_ms:g} ms")
+        size = f"{t['size_bytes'] / 2**20:,.1f} MiB"
+        reasons[name] = f"{size}: " + ("; ".join(problems) if problems else "fits")
+        if not problems:
+            fitting.append(name)
+    if not fitting:
+        return {
+            "precision": "full",
+            "why": "no smaller precision fits, and the trained weights ship as evaluated",
+            "reasons": reasons,
+        }
+    chosen = min(fitting, key=lambda n: trials[n]["size_bytes"])
+    others = [n for n in trials if n != chosen and "skipped" not in trials[n]]
+    why = (
+        f"{chosen} is the smallest that fits ({reasons[chosen]})"
+        if chosen != "full"
+        else "the trained weights: " + "; ".join(f"{n} {reasons[n]}" for n in others)
+    )
+    return {"precision": chosen, "why": why, "reasons": reasons}

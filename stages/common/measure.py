@@ -39,3 +39,40 @@ def measure_prompts(
         "answer_perplexity": round(answer_perplexity(model, renderer, records, prompts), 3),
     }
     return metrics, gen.answers
+
+
+def decoding_speed(model, renderer, prompts: list[str], max_new_tokens: int, concurrency: int, rounds: int = 2) -> dict:
+    """How fast a model answers `concurrency` requests decoded together, as the server batches them: `rounds`
+    batches of that many prompts (cycling through `prompts`), each forced to `max_new_tokens` new tokens so that
+    every precision does the same work. {"tokens_per_s", "p50_ms", "p95_ms"} (a request's latency is its batch's)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    tokenizer = renderer.tokenizer
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    latencies, tokens, elapsed = [], 0, 0.0
+    for r in range(rounds + 1):  # the first batch warms up (allocations, kernels) and is not counted
+        batch = [prompts[(r * concurrency + i) % len(prompts)] for i in range(concurrency)]
+        ids = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not renderer.chat).to(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                **ids,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        seconds = time.perf_counter() - start
+        if r:
+            latencies += [seconds * 1000] * concurrency
+            tokens += max_new_tokens * concurrency
+            elapsed += seconds
+    return {
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
+    }

@@ -23,6 +23,10 @@ from dataclasses import asdict, dataclass
 GIB = 1024**3
 TECHNIQUES = ("inference", "prompt_tuning", "lora", "qlora", "full")
 QLORA_BYTES = 0.5 + 4 / 64  # NF4 weights and one fp32 absmax per block of 64 (no double quantization)
+# Bytes per linear weight when served at a smaller precision (stages/common/precision.py): int8 with a scale per
+# row (negligible), quanto's int4 with an fp32 scale and shift per group of 128, LLM.int8, NF4 as in QLoRA.
+# Embeddings and the head keep the model's precision.
+QUANTIZED_BYTES = {"int8": 1.0, "int4": 0.5 + 8 / 128, "bnb_int8": 1.0, "nf4": QLORA_BYTES}
 
 
 @dataclass(frozen=True)
@@ -97,13 +101,17 @@ def estimate(
     lora_r: int = 8,
     trainable: int | None = None,
     virtual_tokens: int = 16,
+    quantized: str | None = None,
 ) -> Estimate:
     """The memory `technique` needs for one model (see the module docstring for what each part counts).
-    `trainable`: the exact trainable count where known (e.g. PEFT counted it), else derived from the shape."""
+    `trainable`: the exact trainable count where known (e.g. PEFT counted it), else derived from the shape.
+    `quantized`: inference served at that precision (QUANTIZED_BYTES) instead of `precision`'s bytes."""
     w = {"fp32": 4, "bf16": 2, "fp16": 2}[precision]
     n = shape.parameters
     if technique == "qlora":
         weights = (n - shape.embedding_parameters) * QLORA_BYTES + shape.embedding_parameters * w
+    elif technique == "inference" and quantized:
+        weights = (n - shape.embedding_parameters) * QUANTIZED_BYTES[quantized] + shape.embedding_parameters * w
     else:
         weights = n * w
     if trainable is None:

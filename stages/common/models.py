@@ -46,6 +46,24 @@ def load_model(ref: str, device: str = "cpu", precision: str = "fp32", adapter: 
     return model.to(device).eval()
 
 
+def candidate_model(spec: dict, device: str = "cpu"):
+    """An evaluated variant (a spec from stages/common/variants.py) as one plain model: a LoRA adapter is merged into
+    its base, so the registry and the bento hold a folder that loads without the base or a hub."""
+    model = load_model(spec["ref"], device, adapter=spec["adapter"])
+    if spec["adapter"] and not hasattr(model, "merge_and_unload"):  # a PEFT prompt-learning (soft prompt) model
+        raise ProjectError(
+            [
+                f"the candidate {spec['adapter']} is a soft prompt (`adapt.technique: prompt_tuning`), "
+                "which cannot be merged into the weights the server runs: the server does not run soft "
+                "prompts yet; ship a lora or full variant (evaluate compares them), or set "
+                "`adapt.technique: lora`"
+            ]
+        )
+    if spec["adapter"]:
+        model = model.merge_and_unload()
+    return model, load_tokenizer(spec["adapter"] or spec["ref"])
+
+
 def count_parameters(ref: str) -> int:
     """Parameter count from the config alone (meta device): no weights are loaded or downloaded."""
     import torch

@@ -64,6 +64,15 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Quantization(str, Enum):
+    """A serving precision smaller than the trained weights (stages/common/precision.py says how each is made)."""
+
+    int8 = "int8"  # torchao int8 weight-only: CPU and GPU
+    int4 = "int4"  # optimum-quanto 4-bit weights: CPU and GPU
+    bnb_int8 = "bnb_int8"  # bitsandbytes LLM.int8: CUDA only
+    nf4 = "nf4"  # bitsandbytes NF4: CUDA only
+
+
 class ChatTemplate(str, Enum):
     auto = "auto"  # the tokenizer's chat template when it has one (instruct models), else the plain template
     always = "always"  # a model without a chat template is an error
@@ -533,6 +542,18 @@ class Package(Strict):
     # beats_champion: a new version takes the `champion` alias only by beating the champion on the primary metric
     # on the same eval rows with confidence (else `challenger`); always: every version that passes its gates does.
     promote: Literal["beats_champion", "always"] = "beats_champion"
+    # Serving precisions evaluate tries beside the trained weights on the candidate; the smallest one whose loss on
+    # the primary metric stays within `max_quality_loss` (the paired interval's far end, in the metric's units), and
+    # which fits `scope.hardware.serving` and `scope.serving.p95_latency_ms`, ships. []: the trained weights ship.
+    quantize: list[Quantization] = []
+    max_quality_loss: NonNegFloat = 0.02
+
+    @field_validator("quantize")
+    @classmethod
+    def _once(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError("a precision is listed twice")
+        return value
 
 
 class Resources(Strict):
@@ -578,8 +599,8 @@ class Docker(Strict):
     """`lifecycle deploy --target docker`: how the champion's image is built and where it goes."""
 
     engine: Literal["auto", "docker", "podman"] = "auto"  # auto: a docker that answers, else podman
-    # The image the bento's Dockerfile starts FROM; null: BentoML's (python:<version>-slim, a CUDA base for a GPU
-    # bento). Without an image registry, `make base-image` builds one from the Debian mirror.
+    # The image the bento's Dockerfile starts FROM; null: BentoML's python:<version>-slim (a GPU image too: PyPI's
+    # torch carries the CUDA runtime). Without an image registry, `make base-image` builds one from the Debian mirror.
     base_image: str | None = None
     registry: str | None = None  # host[:port][/path] the image is pushed to; null: it stays in the local engine
     tls_verify: bool = True  # false: push over plain HTTP (a registry on localhost without TLS)

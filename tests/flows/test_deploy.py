@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from flows import cli, deploy
+from tests.conftest import Server, free_port, healthy
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/genai-lifecycle-base:bookworm"  # what containers/base-image.sh builds
@@ -214,7 +213,7 @@ def _run(*command: str, **kwargs) -> subprocess.CompletedProcess:
 @contextlib.contextmanager
 def _local_registry(root: Path):
     """Debian's docker-registry (CNCF distribution) on a free 127.0.0.1 port, plain HTTP; stopped by PID."""
-    port = _free_port()
+    port = free_port()
     root.mkdir(parents=True)
     config = root / "registry.yml"
     config.write_text(
@@ -227,38 +226,11 @@ def _local_registry(root: Path):
             }
         )
     )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server = Server(["docker-registry", "serve", str(config)], f"http://127.0.0.1:{port}/v2/").wait_healthy(tries=60)
     try:
-        _wait(f"http://127.0.0.1:{port}/v2/", proc, seconds=30)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _wait(url: str, proc: subprocess.Popen | None = None, seconds: int = 60) -> None:
-    for _ in range(seconds * 2):  # bounded
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} did not answer within {seconds} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        server.stop()
 
 
 @pytest.mark.servers
@@ -310,12 +282,17 @@ def test_docker_builds_pushes_and_the_container_answers_as_evaluate_did(
         assert torch.returncode == 0, torch.stderr
         assert torch.stdout.strip().endswith("+cpu"), f"a CPU image has torch's CPU build, not {torch.stdout}"
 
-    port, name = _free_port(), f"lifecycle-test-{os.getpid()}"
+    port, name = free_port(), f"lifecycle-test-{os.getpid()}"
     started = _run("podman", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
     assert started.returncode == 0, started.stderr
     try:
-        _wait(f"http://127.0.0.1:{port}/readyz", seconds=180)
-        variant = packaged["package"]["variant"]
+        for _ in range(360):  # bounded: up to 3 minutes for the container to load its model
+            if healthy(f"http://127.0.0.1:{port}/readyz"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the container did not answer /readyz within 3 minutes: {_run('podman', 'logs', name).stdout}")
+        variant = packaged["package"]["eval_answers"]  # the variant at the precision it shipped in
         rows = read_jsonl(Path(prepared.paths.eval_report).with_name("eval_answers.jsonl"))[:10]
         served = []
         for row in rows:

@@ -245,7 +245,7 @@ def test_served_greedy_answers_equal_what_evaluate_recorded(server, packaged, pr
 
     rows = read_jsonl(Path(prepared.paths.processed) / "eval.jsonl")
     recorded = [
-        r[packaged["package"]["variant"]]
+        r[packaged["package"]["eval_answers"]]
         for r in read_jsonl(Path(prepared.paths.eval_report).with_name("eval_answers.jsonl"))
     ]
     model = _model_id(server)

@@ -55,6 +55,21 @@ def test_every_variant_is_scored_and_gated(prepared, prompted, aligned, tmp_path
     answers = [json.loads(line) for line in (tmp_path / "eval_answers.jsonl").read_text().splitlines()]
     assert len(answers) == 16 and all("\n" not in a[n] for a in answers for n in report["variants"])
     assert all(len(a["retrieved"]) == 2 for a in answers), "the sections each question's passages came from"
+    serving = report["serving"]  # the tiny project tries int8 (and nf4, which needs a GPU)
+    assert serving["trials"]["nf4"] == {"skipped": "nf4 needs a CUDA GPU (bitsandbytes); this run is on cpu"}
+    full, int8 = serving["trials"]["full"], serving["trials"]["int8"]
+    assert full["metrics"] == report["variants"][report["candidate"]], "the trained weights: the candidate's row"
+    assert int8["size_bytes"] < full["size_bytes"] and int8["memory_gib"] < full["memory_gib"]
+    assert serving["quality_metric"] == "exact_match", "latency is the tiny project's KPI: the first text metric"
+    low, high = int8["metrics"]["rougeL"]["ci_low"], int8["metrics"]["rougeL"]["ci_high"]
+    assert low <= int8["metrics"]["rougeL"]["value"] <= high, "a quantized variant's metrics carry intervals too"
+    assert int8["difference"]["ci_low"] <= int8["difference"]["difference"] <= int8["difference"]["ci_high"]
+    assert {"tokens_per_s", "p50_ms", "p95_ms"} == set(int8["alone"]) == set(int8["batched"])
+    assert serving["precision"] == "int8" and serving["why"].startswith("int8 is the smallest that fits")
+    column = f"{report['candidate']}@int8"
+    assert all(column in a for a in answers) and not any(f"{report['candidate']}@nf4" in a for a in answers)
+    assert "## Serving precision: **int8**" in (tmp_path / "eval.md").read_text()
+    assert (tmp_path / "eval_precision.png").stat().st_size > 1000
     twin = report["variants"]["sft_rag"]
     assert twin["perplexity_general"] == report["variants"]["sft"]["perplexity_general"], "same weights"
     assert twin["answer_perplexity"] != report["variants"]["sft"]["answer_perplexity"], "another prompt"

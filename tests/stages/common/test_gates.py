@@ -85,3 +85,45 @@ def test_forgetting_beyond_the_limit_fails_with_the_figures():
 def test_an_exact_tie_with_the_margin_passes():
     kpis = [Kpi(metric="rougeL", threshold=0.05, direction="higher", versus="baseline")]
     assert should_promote({"rougeL": 0.15, "latency_ms": 1}, BASES, kpis).passed, "0.15 - 0.10 is 0.05 in floats too"
+
+
+def _trial(mib: float, low: float | None = None, high: float | None = None, p95: float = 10, gib: float = 0.5):
+    trial = {"size_bytes": mib * 2**20, "memory_gib": gib, "p95_ms": p95}
+    if low is not None:
+        trial["difference"] = {"difference": (low + high) / 2, "ci_low": low, "ci_high": high}
+    return trial
+
+
+def test_the_smallest_precision_whose_interval_stays_within_the_loss_ships():
+    from stages.common.gates import choose_precision
+
+    trials = {"full": _trial(100), "int8": _trial(40, -0.01, 0.005), "int4": _trial(25, -0.05, 0.0)}
+    chosen = choose_precision(trials, "rougeL", True, 0.02)
+    assert chosen["precision"] == "int8" and chosen["why"].startswith("int8 is the smallest that fits (40.0 MiB")
+    assert "may drop by 0.0500 [CI -0.0500, +0.0000] > 0.02 allowed" in chosen["reasons"]["int4"]
+    # A point estimate of no loss is not enough when the interval reaches past the limit.
+    assert choose_precision({**trials, "int8": _trial(40, -0.03, 0.03)}, "rougeL", True, 0.02)["precision"] == "full"
+    # A lower-is-better metric loses when it rises.
+    assert (
+        choose_precision({"full": _trial(100), "int8": _trial(40, -0.5, 0.01)}, "ppl", False, 0.02)["precision"]
+        == "int8"
+    )
+
+
+def test_the_scope_limits_and_skipped_precisions_are_reasons_too():
+    from stages.common.gates import choose_precision
+
+    trials = {
+        "full": _trial(100, gib=30, p95=50),
+        "int8": _trial(40, 0.0, 0.0, gib=9, p95=300),
+        "int4": _trial(25, 0.0, 0.0, gib=6),
+        "nf4": {"skipped": "nf4 needs a CUDA GPU"},
+    }
+    chosen = choose_precision(trials, "rougeL", True, 0.02, memory_gib=24, p95_latency_ms=200)
+    assert chosen["precision"] == "int4"
+    assert (
+        "needs ~30.00 GiB > 24 GiB" in chosen["reasons"]["full"] and "p95 300 ms > 200 ms" in chosen["reasons"]["int8"]
+    )
+    assert chosen["reasons"]["nf4"] == "not tried: nf4 needs a CUDA GPU"
+    none_fit = choose_precision({"full": _trial(100), "int8": _trial(40, -0.5, 0.0)}, "rougeL", True, 0.02)
+    assert none_fit["precision"] == "full" and "int8 40.0 MiB: rougeL may drop" in none_fit["why"]
