@@ -6,7 +6,7 @@
     lifecycle catalog [--json]          # the model catalog (real models, figures with their sources)
     lifecycle select --explain          # the last selection: every candidate, each filter's verdict, the figures
     lifecycle serve [--port 3000]       # serve the champion's bento on 127.0.0.1 (deploy --target local)
-    lifecycle deploy --target local|docker|bentocloud|k8s|gguf   # the champion's bento to where it runs
+    lifecycle deploy --target local|docker|bentocloud|k8s|gguf|llamacpp   # the champion to where it runs
     lifecycle models                    # registered versions, their aliases and headline metrics
     lifecycle promote VERSION --reason "..."   # make a version the champion by hand
     lifecycle rollback --reason "..."   # give champion back to the version that held it before
@@ -187,8 +187,16 @@ def cmd_deploy(args) -> int:
             detail = deploy.docker(params, bento, version)
         elif args.target == "bentocloud":
             detail = deploy.bentocloud(params, bento, version)
-        elif args.target == "gguf":
+        elif args.target in ("gguf", "llamacpp"):
+            if args.target == "llamacpp":
+                deploy.require_llama_cpp()
             detail = deploy.gguf(bento, version, Path(args.out or "deploy/gguf"), args.gguf_type)
+            if args.target == "llamacpp":
+                command = deploy.llamacpp_command(detail["file"], args.host, args.port, detail["chat"])
+                deploy.record(client, name, version, "llamacpp", {"bento": bento, **detail})
+                print(f"serving {name} v{version.version} (@champion) with llama.cpp on http://{args.host}:{args.port}")
+                print(" ".join(command), flush=True)
+                os.execv(command[0], command)  # as `local`: the process manager's signals reach the server
         else:
             detail = deploy.k8s(
                 params, bento, version, Path(args.out or "deploy/k8s"), kustomize=args.format == "kustomize"
@@ -358,6 +366,8 @@ def cmd_work_pool_template(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from flows.deploy import TARGETS
+
     p = argparse.ArgumentParser(
         prog="lifecycle", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -379,10 +389,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_serve)
-    d = sub.add_parser("deploy", help="deploy the champion's bento: local, docker, bentocloud or k8s manifests")
-    d.add_argument("--target", required=True, choices=["local", "docker", "bentocloud", "k8s", "gguf"])
-    d.add_argument("--host", default="127.0.0.1", help="local: the address to listen on")
-    d.add_argument("--port", type=int, default=3000, help="local: the port")
+    d = sub.add_parser(
+        "deploy", help="deploy the champion: local, docker, bentocloud, k8s manifests, a GGUF file or llama.cpp"
+    )
+    d.add_argument("--target", required=True, choices=TARGETS)
+    d.add_argument("--host", default="127.0.0.1", help="local, llamacpp: the address to listen on")
+    d.add_argument("--port", type=int, default=3000, help="local, llamacpp: the port")
     d.add_argument("--out", help="k8s, gguf: the folder written to (default deploy/k8s, deploy/gguf)")
     d.add_argument("--gguf-type", default="Q8_0", help="gguf: F32, F16, Q8_0, Q5_0 or Q4_0")
     d.add_argument(

@@ -6,6 +6,7 @@
     lifecycle deploy --target k8s --out deploy/k8s  # Deployment, Service and HorizontalPodAutoscaler manifests,
                                                     # validated against Kubernetes' schemas (`--format kustomize`)
     lifecycle deploy --target gguf --out deploy/gguf  # a GGUF file (--gguf-type Q8_0) and a Modelfile: llama.cpp, Ollama
+    lifecycle deploy --target llamacpp              # that file served by llama.cpp's OpenAI-compatible server
 
 Only the registry's `champion` deploys (a model that failed its gates was never registered, and a challenger
 waits for `lifecycle promote`). The target must agree with the scope: an on-prem project or one with personal
@@ -25,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = ("local", "docker", "bentocloud", "k8s", "gguf")
+TARGETS = ("local", "docker", "bentocloud", "k8s", "gguf", "llamacpp")
+LLAMA_CPP = "llama-cpp-python[server]==0.3.36"  # compiles llama.cpp at install (minutes): not in `make install`
 SAAS_TARGETS = {"bentocloud"}  # the model and every request leave the team's infrastructure
 
 
@@ -294,7 +296,25 @@ def gguf(bento: str, version, out: Path, gguf_type: str) -> dict:
     (out / "Modelfile").write_text(
         writer.modelfile(target, prompt.get("chat", False), prompt["format"].get("stop") or []), encoding="utf-8"
     )
-    return {**written, "modelfile": str(out / "Modelfile")}
+    return {**written, "chat": bool(prompt.get("chat")), "modelfile": str(out / "Modelfile")}
+
+
+def require_llama_cpp() -> None:
+    """DeployRefused, before anything is written, when llama-cpp-python's server is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise DeployRefused(
+            f"llama.cpp's server is not installed: `pip install '{LLAMA_CPP}'` (it compiles llama.cpp), or serve "
+            "the GGUF file from `--target gguf` with any llama.cpp build (`llama-server -m FILE`) or Ollama "
+            "(`ollama create NAME -f Modelfile`)"
+        )
+
+
+def llamacpp_command(gguf_file: str, host: str, port: int, chat: bool) -> list[str]:
+    """llama-cpp-python's OpenAI-compatible server on the GGUF file."""
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf_file, "--host", host, "--port", str(port)]
+    return command + ([] if chat else ["--chat_format", "raw"])  # no chat template: the prompt as rendered
 
 
 def k8s_name(text: str) -> str:

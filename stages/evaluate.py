@@ -151,9 +151,9 @@ def try_precisions(
 ) -> tuple[dict, dict[str, list[str]]]:
     """The candidate at each `package.quantize` precision beside its trained weights (`full`), on the same eval rows:
     the task metrics with their intervals (`full`: the candidate's own row of the report), the paired difference
-    with the trained weights on the primary metric, the bytes of the
-    weights, the estimated serving memory, and the decoding speed alone and at the server's batch size. A precision
-    that cannot run here is skipped with the reason. Returns ({precision: trial}, {precision: answers})."""
+    with the trained weights on the quality metric, the bytes of the weights, the estimated serving memory, and the
+    decoding speed alone and at the server's batch size. A precision that cannot run here is skipped with the
+    reason. Returns ({precision: trial}, {precision: answers})."""
     from stages.common import precision as precisions
     from stages.common.confidence import Resampling, interval, paired
     from stages.common.measure import decoding_speed, measure_prompts
@@ -198,8 +198,13 @@ def try_precisions(
             for m in evaluated_text_metrics(params):
                 i = interval(m, answers[name], refs, how, row_scores(m, answers[name], refs, **kw), **kw)
                 metrics[m].update(ci_low=round(i["ci_low"], 4), ci_high=round(i["ci_high"], 4))
-        served = estimate(
-            shape, "inference", "fp32", batch, params.data.max_length, quantized=None if name == "full" else name
+        served = estimate(  # the server runs float32 on a CPU, the packaged 16-bit weights on a GPU
+            shape,
+            "inference",
+            "bf16" if device.startswith("cuda") else "fp32",
+            batch,
+            params.data.max_length,
+            quantized=None if name == precisions.FULL else name,
         )
         trials[name] = {
             "metrics": metrics,

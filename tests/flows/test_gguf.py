@@ -90,3 +90,19 @@ def test_deploy_gguf_writes_the_champion_and_a_modelfile_and_records_it(
         MlflowClient().get_model_version(tiny.project.name, version.version).tags["lifecycle.deploy.gguf"]
     )
     assert recorded["type"] == "Q4_0" and recorded["file"] == str(file) and recorded["bytes"] == file.stat().st_size
+
+
+def test_llamacpp_without_llama_cpp_python_is_refused_before_anything_is_written(
+    packaged, tiny_root, tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+
+    from tests.flows.test_deploy import _deploy
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        pytest.skip("llama-cpp-python is installed here: the refusal cannot happen")
+    out = tmp_path / "gguf"
+    assert _deploy(monkeypatch, tiny_root, "--target", "llamacpp", "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    assert "llama.cpp's server is not installed: `pip install 'llama-cpp-python[server]==0.3.36'`" in err
+    assert not out.exists()
