@@ -79,18 +79,34 @@ def smollm2_folder(tmp: Path) -> Path:
     return folder
 
 
-def questions(tokenizer, n: int) -> list[str]:
+def questions(tokenizer, n: int) -> tuple[list[str], list[list[str]]]:
+    """The first `n` eval questions as prompts, and their reference answers."""
     from stages.common.io import read_jsonl
 
     processed = REPO / "data" / "processed" / "eval.jsonl"
     rows = read_jsonl(processed) if processed.is_file() else read_jsonl(REPO / "data" / "stdlib" / "sft.jsonl")
-    texts = [r["prompt"] for r in rows[:n]]
+    rows = rows[:n]
+    references = [r.get("references") or [r["completion"]] for r in rows]
+    texts = [r["prompt"] for r in rows]
     if tokenizer.chat_template:
+        system = "Answer the question about the Python standard library in one sentence."
         return [
-            tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": t}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
             for t in texts
-        ]
-    return [f"Question: {t}\nAnswer:" for t in texts]
+        ], references
+    return [f"Question: {t}\nAnswer:" for t in texts], references
+
+
+def rouge_loss(answers: list[str], full: list[str], references: list[list[str]]) -> str:
+    """ROUGE-L of `answers` minus full's on the same questions: the difference and its 95 % paired interval."""
+    from stages.common.confidence import Resampling, paired
+
+    c = paired("rougeL", answers, full, references, Resampling(1000, 0.95, 0))
+    return f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
 
 
 def greedy(model, tokenizer, prompts: list[str], n_new: int) -> list[str]:
@@ -157,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.model) if args.model else smollm2_folder(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-        prompts = questions(tokenizer, args.questions)
+        prompts, references = questions(tokenizer, args.questions)
         renderer = SimpleNamespace(tokenizer=tokenizer, chat=bool(tokenizer.chat_template))
         rows, results = [], {}
         for name in PRECISIONS:
@@ -184,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['alone'] / full['alone']:.2f}",
                     f"{r['batched'] / full['batched']:.2f}",
                     f"{same}/{len(prompts)}",
+                    rouge_loss(r["answers"], full["answers"], references) if name != "full" else "",
                 ]
             )
         for kind in GGUF_TYPES:
@@ -205,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     speed,
                     "",
                     f"{same}/{len(prompts)}" + (f", llama.cpp {agree}" if llama else ""),
+                    rouge_loss(answers, full["answers"], references),
                 ]
             )
             del read_back
@@ -223,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens/s alone × full",
             "tokens/s 16 at once × full",
             "agree with full",
+            "ROUGE-L vs full [95% paired CI]",
         ],
         rows,
     )

@@ -115,7 +115,7 @@ def memory(s: Shape, params: Params) -> dict:
         params.data.max_length,
         quantized=smallest.value if smallest else None,
     )
-    return {"training": train.gib(), "serving": serve.gib()}
+    return {"training": train.gib(), "serving": {**serve.gib(), "quantized": smallest.value if smallest else None}}
 
 
 def measure(c: Candidate, ref: str, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:
@@ -221,9 +221,12 @@ def judge(c: Candidate, params: Params, budget: dict) -> dict:
     row["filters"]["memory_training"] = (
         f"{technique} needs ~{need['total']:.3g} GiB, over {train_label}" if need["total"] > train_budget else None
     )
-    serving = row["memory_gib"]["serving"]["total"]
+    serving, quantized = row["memory_gib"]["serving"]["total"], row["memory_gib"]["serving"]["quantized"]
+    at = f" at {quantized}" if quantized else ""
     row["filters"]["memory_serving"] = (
-        f"inference needs ~{serving:.3g} GiB, over {serve_label}" if serve_budget and serving > serve_budget else None
+        f"inference{at} needs ~{serving:.3g} GiB, over {serve_label}"
+        if serve_budget and serving > serve_budget
+        else None
     )
     return row
 

@@ -111,11 +111,29 @@ def test_serving_memory_and_api_cost_are_held_against_the_scope(tiny, untrained_
     row = judge(local.select.candidates[0], params, budgets(params))
     assert row["filters"]["memory_training"] is None
     assert (
-        "inference needs ~" in row["filters"]["memory_serving"]
+        "inference at nf4 needs ~" in row["filters"]["memory_serving"]  # the tiny project's smallest precision
         and "the serving GPU's 1e-06 GiB" in row["filters"]["memory_serving"]
     )
     parts = row["memory_gib"]["serving"]
     assert parts["technique"] == "inference" and parts["gradients"] == 0 and parts["activations"] > 0
+
+    from stages.common.params import Quantization
+
+    # A model too big for the serving GPU at its trained precision but fitting at 4 bits stays a candidate when
+    # `package.quantize` lets evaluate try 4 bits.
+    def serving_row(quantize: list[str], gib: float) -> dict:
+        gpu = hw.serving.model_copy(update={"gpu": "tiny-gpu", "gpu_memory_gib": gib, "count": 1})
+        p = scoped(local, hardware=hw.model_copy(update={"serving": gpu}))
+        p = p.model_copy(
+            update={"package": p.package.model_copy(update={"quantize": [Quantization(q) for q in quantize]})}
+        )
+        return judge(local.select.candidates[0], p, budgets(p))
+
+    full, int4 = (serving_row(q, 1e-6)["memory_gib"]["serving"]["total"] for q in ([], ["int4"]))
+    between = (full + int4) / 2
+    assert int4 < full and "inference needs ~" in serving_row([], between)["filters"]["memory_serving"]
+    assert serving_row(["int8", "int4"], between)["filters"]["memory_serving"] is None
+    assert "inference at int4 needs ~" in serving_row(["int4"], int4 / 2)["filters"]["memory_serving"]
 
     limits = local.scope.serving.model_copy(update={"max_cost_per_1k_requests_usd": 0.5, "requests_per_month": 200_000})
     params = scoped(local, serving=limits, budget=local.scope.budget.model_copy(update={"monthly_serving_usd": 50}))

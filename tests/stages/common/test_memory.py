@@ -69,3 +69,18 @@ def test_a_parameter_count_alone_gives_weights_and_states_and_says_activations_a
     e = estimate(Shape(parameters=7_000_000_000), "lora", "bf16")
     assert e.activations is None and e.gib()["activations"] is None
     assert e.weights == 14e9 and e.trainable == 70_000_000  # 1 % of the weights when the layers are unknown
+
+
+def test_quantized_serving_counts_the_linear_weights_at_their_bytes_and_the_embeddings_as_trained():
+    from stages.common.memory import QUANTIZED_BYTES
+
+    s = Shape(parameters=1000, hidden=8, layers=1, intermediate=16, vocab=50, kv_hidden=8, embedding_parameters=400)
+    full = estimate(s, "inference", "bf16")
+    for name, per_weight in QUANTIZED_BYTES.items():
+        at = estimate(s, "inference", "bf16", quantized=name)
+        assert at.weights == 600 * per_weight + 400 * 2, name
+        assert at.activations == full.activations, "the KV cache and the working set stay at the compute precision"
+    assert (
+        estimate(s, "inference", "bf16", quantized="int4").total
+        < estimate(s, "inference", "bf16", quantized="int8").total
+    )
