@@ -51,6 +51,18 @@ def test_passing_model_is_registered_champion_and_bento(packaged, prepared):
     model_dir = Path(prepared.paths.package) / "model"
     assert (model_dir / "lifecycle.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("adapter_*")), "merged: one plain model folder"
+    # Served at the precision evaluate chose (the tiny project ships int8), with why, and its library in the bento.
+    report = read_json(prepared.paths.eval_metrics)
+    assert record["precision"] == "int8" == read_json(model_dir / "lifecycle.json")["precision"]
+    assert record["eval_answers"] == f"{record['variant']}@int8"
+    assert read_json(model_dir / "lifecycle.json")["eval"] == report["serving"]["trials"]["int8"]["metrics"]
+    assert (
+        champion.tags["lifecycle.precision"] == "int8"
+        and champion.tags["lifecycle.precision_why"] == (report["serving"]["why"])
+    )
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert "torchao==0.18.0" in requirements, "the quantizing library travels with the bento"
+    assert (Path(bento.path) / "src" / "precision.py").is_file()
 
 
 def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollback(
