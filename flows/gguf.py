@@ -93,13 +93,20 @@ def write(model_dir: Path, out: Path, gguf_type: str, name: str) -> dict:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     vocab = gguf.BpeVocab(model_dir)  # byte-level BPE (GPT-2 style), what SmolLM2 and the tiny models use
-    tokens, scores, types = zip(*vocab.all_tokens(), strict=True)
+    tokens, _, types = (list(column) for column in zip(*vocab.all_tokens(), strict=True))
     tokens = [t.encode("utf-8") if isinstance(t, str) else t for t in tokens]
+    types += [gguf.TokenType.UNUSED] * (config.vocab_size - len(tokens))
     tokens += [f"[PAD{i}]".encode() for i in range(len(tokens), config.vocab_size)]  # an embedding row per id
+    # Special tokens that sit in the main vocabulary (SmolLM2's <|im_start|>) must be CONTROL, or llama.cpp
+    # tokenizes the chat template's markers as text.
+    added = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+    for token in added:
+        if token["id"] < len(types):
+            types[token["id"]] = gguf.TokenType.CONTROL if token.get("special") else gguf.TokenType.USER_DEFINED
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre("gpt-2")  # the GPT-2 split, as transformers' ByteLevel pre-tokenizer does
     writer.add_token_list(tokens)
-    writer.add_token_types(list(types) + [gguf.TokenType.UNUSED] * (len(tokens) - len(types)))
+    writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
     special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/pad ids, the chat template
 
