@@ -56,19 +56,19 @@ ANSWERS = "eval/candidate_answers.json"  # logged by every package run: what the
 
 def shipped_precision(eval_report: dict) -> str:
     """The precision the candidate ships at: evaluate's choice among `package.quantize`, else its trained weights."""
-    return (eval_report.get("serving") or {}).get("precision", "full")
+    return (eval_report.get("serving") or {}).get("precision", FULL)
 
 
 def shipped(eval_report: dict) -> str:
     """The shipped model's name in reports/eval_answers.jsonl (`sft`, or `sft@int8` when it ships quantized)."""
     precision = shipped_precision(eval_report)
-    return eval_report["candidate"] + ("" if precision == "full" else f"@{precision}")
+    return eval_report["candidate"] + ("" if precision == FULL else f"@{precision}")
 
 
 def shipped_metrics(eval_report: dict) -> dict:
     """The shipped model's metrics with their intervals: the candidate's, or its quantized trial's."""
     precision = shipped_precision(eval_report)
-    if precision == "full":
+    if precision == FULL:
         return eval_report["variants"][eval_report["candidate"]]
     return eval_report["serving"]["trials"][precision]["metrics"]
 
