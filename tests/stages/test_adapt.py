@@ -151,7 +151,7 @@ def test_prompt_tuning_trains_only_the_virtual_tokens(prepared, selected, indexe
         assert torch.equal(param, base_state[name]), f"base weight {name} changed"
     assert read_json(Path(paths.sft) / "lifecycle.json")["adapter"] is True
     from stages.common.errors import ProjectError
-    from stages.package import candidate_model
+    from stages.common.models import candidate_model
 
     with pytest.raises(ProjectError, match="soft prompt .* cannot be merged"):  # compared in evaluate, not shipped
         candidate_model({"ref": base_ref, "adapter": paths.sft})
