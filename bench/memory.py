@@ -15,9 +15,6 @@ measurement on a 20.8M-parameter model built from a config.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -70,17 +67,10 @@ print(json.dumps(out))
 
 def measure(source: str, batch: int, seq: int, r: int, techniques: list[str]) -> dict:
     """{technique: {"peak" (bytes), "parameters", "trainable"}} measured in a fresh process."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, source, str(batch), str(seq), str(r), ",".join(techniques)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=3600,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from bench.report import in_fresh_process
+
+    args = [source, str(batch), str(seq), str(r), ",".join(techniques)]
+    return in_fresh_process(MEASURE, args, timeout=3600, OMP_NUM_THREADS="1")
 
 
 def main(argv: list[str] | None = None) -> int:

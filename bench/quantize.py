@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -127,17 +126,9 @@ def greedy(model, tokenizer, prompts: list[str], n_new: int) -> list[str]:
 
 
 def peak(folder: Path, precision: str, prompts: list[str], n_new: int) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK, str(folder), precision, json.dumps(prompts), str(n_new), str(REPO)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from bench.report import in_fresh_process
+
+    return in_fresh_process(PEAK, [str(folder), precision, json.dumps(prompts), str(n_new), str(REPO)], timeout=1800)
 
 
 def llama_cpp_answers(gguf_file: Path, prompts: list[str], n_new: int) -> tuple[list[str], float] | None:

@@ -45,6 +45,19 @@ def command_line(make_target: str | None = None, argv: list[str] | None = None) 
     return shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *args])
 
 
+def in_fresh_process(code: str, args: list[str], timeout: int, **env: str) -> dict:
+    """Run `code` with `python -c` and `args` in a fresh process, glibc told to mmap and trim large blocks (so a
+    memory peak measures the model, not the allocator's heap), and return the JSON its last line prints."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", **env}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def markdown_table(headers: list[str], rows: list[list], right: bool = True) -> str:
     """A markdown table; every column but the first right-aligned (figures) unless `right` is false."""
     align = ["---"] + ["---:" if right else "---"] * (len(headers) - 1)

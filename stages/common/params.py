@@ -64,6 +64,13 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+def listed_once(value: list, what: str) -> list:
+    """A list whose entries each name one thing (a stage, a variant): a repeat is an error, not a second run."""
+    if len(set(value)) != len(value):
+        raise ValueError(f"{what} is listed twice")
+    return value
+
+
 class Quantization(str, Enum):
     """A serving precision smaller than the trained weights (stages/common/precision.py says how each is made)."""
 
@@ -487,9 +494,7 @@ class Align(Strict):
     @field_validator("methods")
     @classmethod
     def _unique(cls, value):
-        if len(set(value)) != len(value):
-            raise ValueError("a method is listed twice")
-        return value
+        return listed_once(value, "a method")
 
 
 class Guardrails(Strict):
@@ -551,9 +556,7 @@ class Package(Strict):
     @field_validator("quantize")
     @classmethod
     def _once(cls, value):
-        if len(set(value)) != len(value):
-            raise ValueError("a precision is listed twice")
-        return value
+        return listed_once(value, "a precision")
 
 
 class Resources(Strict):
