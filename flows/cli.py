@@ -74,8 +74,13 @@ def cmd_run(args) -> int:
     if isinstance(result, BaseException):  # WorkspaceBusy, ServerUnreachable, ProjectError: main() says them
         raise result
     print()
+    if result.snapshots:
+        print(
+            "snapshots: "
+            + ", ".join(f"{role} {r['rows']} rows ({r['untrained_rows']} new)" for role, r in result.snapshots.items())
+        )
     print(
-        f"lifecycle run: {time.perf_counter() - start:.1f} s; ran "
+        f"lifecycle run ({result.trigger}): {time.perf_counter() - start:.1f} s; ran "
         + (str(result.ran) if result.ran else "nothing" if result.failed_stage else "nothing (all up to date)")
         + f"; up to date {result.skipped or 'none'}"
         + (
@@ -284,10 +289,59 @@ def cmd_rollback(args) -> int:
 
 
 def scheduled_deployment(cron: str, name: str, root: str):
-    """The lifecycle flow as a Prefect deployment on a cron schedule (Prefect's ordinary mechanism)."""
-    from flows.lifecycle import lifecycle
+    """The loop flow (flows/loop.py: prune, snapshot, monitor, the pipeline when there is evidence) as a Prefect
+    deployment on a cron schedule (Prefect's ordinary mechanism)."""
+    from flows.loop import loop
 
-    return lifecycle.to_deployment(name=name, schedules=[cron_schedule(cron)], parameters={"root": root})
+    return loop.to_deployment(name=name, schedules=[cron_schedule(cron)], parameters={"root": root})
+
+
+def cmd_snapshot(args) -> int:
+    from flows.loop import snapshot
+    from stages.common.loader import load_params
+
+    params = load_params(Path.cwd() / "params.yaml")
+    refreshed = snapshot.fn(str(Path.cwd()), params)
+    if not refreshed:
+        print("no live sources (`sql:` or `mlflow_traces:` under data.sources): nothing to refresh")
+    for role, r in refreshed.items():
+        print(
+            f"{role}: {r['rows']} rows in {Path(params.paths.snapshots) / (role + '.jsonl')}, "
+            f"{r['untrained_rows']} not yet trained on" + ("" if r["changed"] else " (unchanged)")
+        )
+    return ExitStatus.OK
+
+
+def cmd_prune_traces(args) -> int:
+    from flows.loop import prune_traces
+    from stages.common.loader import load_params
+
+    params = load_params(Path.cwd() / "params.yaml")
+    days = params.scope.residency.retention_days
+    if days is None:
+        print("scope.residency.retention_days is not set: traces are kept")
+        return ExitStatus.OK
+    print(f"deleted {prune_traces.fn(str(Path.cwd()), params)} traces older than {days} days")
+    return ExitStatus.OK
+
+
+def cmd_monitor(args) -> int:
+    from stages.common.loader import load_params
+    from stages.common.monitor import run
+
+    params = load_params(Path.cwd() / "params.yaml")
+    report = run(params, Path.cwd())
+    print(Path("reports/monitor.md").read_text(encoding="utf-8"))
+    return ExitStatus.THRESHOLD_CROSSED if report["crossed"] else ExitStatus.OK
+
+
+def cmd_loop(args) -> int:
+    from flows.loop import loop
+
+    outcome = loop(str(Path.cwd()))
+    if outcome["ran"]:
+        return outcome["exit_status"]
+    return ExitStatus.THRESHOLD_CROSSED if (outcome["monitor"] or {}).get("crossed") else ExitStatus.OK
 
 
 def cron_schedule(cron: str):
@@ -316,7 +370,7 @@ def cmd_schedule(args) -> int:
         )
     try:
         with temporary_settings({PREFECT_API_URL: url}):
-            print(f"serving deployment 'lifecycle/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
+            print(f"serving deployment 'lifecycle-loop/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
             serve(deployment)
     finally:
         if server is not None:
@@ -409,7 +463,19 @@ def parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="give champion back to the version that held it before")
     rb.add_argument("--reason", required=True, help="why (recorded as a tag on both versions)")
     rb.set_defaults(func=cmd_rollback)
-    c = sub.add_parser("schedule", help="serve the flow on a cron schedule")
+    sub.add_parser(
+        "snapshot", help="refresh the files of the sql / mlflow_traces sources (paths.snapshots)"
+    ).set_defaults(func=cmd_snapshot)
+    sub.add_parser(
+        "prune-traces", help="delete traces older than scope.residency.retention_days"
+    ).set_defaults(func=cmd_prune_traces)
+    sub.add_parser(
+        "monitor", help="production traces against `monitor:`: reports/monitor.md, exit 6 when a threshold is crossed"
+    ).set_defaults(func=cmd_monitor)
+    sub.add_parser(
+        "loop", help="prune, snapshot, monitor, and run the pipeline only on new rows or drift (what schedule runs)"
+    ).set_defaults(func=cmd_loop)
+    c = sub.add_parser("schedule", help="serve the loop flow on a cron schedule")
     c.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
     c.add_argument("--name", default="scheduled")
     c.add_argument(

@@ -59,6 +59,8 @@ class RunResult:
     total_seconds: float = 0.0
     cost: dict = field(default_factory=dict)
     ladder: dict | None = None  # with ladder.stop_when_passed: each rung's verdict, the winner, what did not run
+    trigger: str = "by hand"  # why this run happened: `lifecycle loop` says what evidence started it
+    snapshots: dict = field(default_factory=dict)  # the live sources refreshed before the stages (rows per role)
 
 
 TRAINING_STAGES = ("pretrain", "adapt", "reward", "align")  # DVC addresses without a foreach item
@@ -330,7 +332,7 @@ def run_tracked(stage: str, name: str, root: str, orchestration, result: RunResu
 
 
 @flow(name="lifecycle", log_prints=True)
-def lifecycle(root: str = ".") -> RunResult:
+def lifecycle(root: str = ".", trigger: str = "by hand") -> RunResult:
     """Every dvc.yaml stage in order, each a Prefect task with the retries/timeout of params `orchestration`;
     the workspace held for the whole run (a second run is refused, or waits, before any stage)."""
     from flows.workspace import workspace_lock
@@ -343,7 +345,7 @@ def lifecycle(root: str = ".") -> RunResult:
         check_tracking()  # a tracking server that is down: say so now, not after the first stage's retries
         orchestration = params.orchestration
         with workspace_lock(root, wait=orchestration.on_busy == "wait", timeout=orchestration.wait_timeout_seconds):
-            result = pipeline(root, params)
+            result = pipeline(root, params, trigger)
     except (ProjectError, ServerUnreachable, WorkspaceBusy) as exc:  # said in one message, no traceback
         return Failed(message=str(exc), data=exc)  # a worker's run has no CLI: the state says it
     if result.exit_status != ExitStatus.OK:
@@ -352,11 +354,13 @@ def lifecycle(root: str = ".") -> RunResult:
     return result
 
 
-def pipeline(root: str, params) -> RunResult:
-    """The body of the flow: the stages in order under one MLflow parent run."""
+def pipeline(root: str, params, trigger: str = "by hand") -> RunResult:
+    """The body of the flow: the live sources refreshed, then the stages in order under one MLflow parent run."""
+    from flows.loop import snapshot
     from stages.common.tracking import tracking_unreachable
 
-    result = RunResult()
+    result = RunResult(trigger=trigger)
+    result.snapshots = snapshot(root, params)
     try:
         return tracked_pipeline(root, params, result)
     except Exception as exc:
@@ -383,7 +387,9 @@ def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
     mlflow = configure(params.project.name)
     budget = params.scope.budget
     gpus = visible_gpus(params.project.device)
-    with mlflow.start_run(run_name="lifecycle", tags={"lifecycle.kind": "pipeline"}) as parent:
+    tags = {"lifecycle.kind": "pipeline", "lifecycle.trigger": result.trigger}
+    tags |= {f"lifecycle.snapshot.{role}.rows": str(r["rows"]) for role, r in result.snapshots.items()}
+    with mlflow.start_run(run_name="lifecycle", tags=tags) as parent:
         result.parent_run_id = parent.info.run_id
         os.environ[PARENT_RUN_ENV] = parent.info.run_id  # the stage subprocesses nest their runs under it
         try:

@@ -122,6 +122,19 @@ class GenerateRequest(Strict):
     max_new_tokens: Annotated[int, Ge(1), Le(MAX_NEW_TOKENS)] = 40
 
 
+class FeedbackRequest(Strict):
+    """POST /v1/feedback: a user's verdict on one answer, by the trace id its response carried."""
+
+    trace_id: Annotated[str, Field(pattern=r"^tr-[0-9a-f]{32}$")] = Field(
+        description="the `trace_id` field (or X-Trace-Id header) of the answer's response"
+    )
+    rating: Literal["up", "down"] | Annotated[int, Ge(1), Le(5)] = Field(description="up/down, or 1 (bad) to 5")
+    correction: Annotated[str, MinLen(1), MaxLen(MAX_PROMPT_CHARS)] | None = Field(
+        default=None, description="the answer it should have been: it becomes a training row"
+    )
+    comment: Annotated[str, MaxLen(2000)] | None = None
+
+
 # --- responses ------------------------------------------------------------------------------------------------
 
 
@@ -142,6 +155,7 @@ class Answer(BaseModel):
     latency_ms: float
     finish_reason: str = "stop"
     sources: list[Source] = Field(default=[], description="the retrieved passages the answer was given (RAG)")
+    trace_id: str | None = Field(default=None, description="the request's MLflow trace: send feedback on it")
 
 
 def usage(result: engine.Result) -> dict:

@@ -8,7 +8,9 @@
     OpenAI(base_url="http://127.0.0.1:3000/v1", api_key="-").chat.completions.create(model="help-desk", messages=[...])
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream: true` as server-sent events),
-GET /v1/models, POST /generate; BentoML's /readyz, /livez and /metrics (Prometheus). Every request goes
+GET /v1/models, POST /generate, POST /v1/feedback; BentoML's /readyz, /livez and /metrics (Prometheus). Every
+answer is an MLflow trace (tracing.py, params `serve.tracing`): its id comes back in the X-Trace-Id header and the
+`trace_id` field, and POST /v1/feedback records a user's rating and correction on it. Every request goes
 through the packaged prompt renderer (a chat's last user message is the template's `prompt`, earlier turns its
 history, a system message its system prompt; a completion's `prompt` likewise), so what is served is what
 evaluate measured; answers are greedy unless the request sets a temperature. A retrieval variant (`_rag`)
@@ -31,16 +33,18 @@ from pathlib import Path
 import bentoml
 
 if __package__:  # run from the repository (serving.service)
-    from serving import auth, engine, protocol, settings, telemetry
+    from serving import auth, engine, protocol, settings, telemetry, tracing
 else:  # in a bento: the service's modules lie side by side
     import auth
     import engine
     import protocol
     import settings
     import telemetry
+    import tracing
 
 with bentoml.importing():
     import torch
+    from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,7 +56,10 @@ with bentoml.importing():
         import retrieval
 
 SERVE = settings.SERVE
-ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/generate"})  # what is metered
+ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/generate", "/v1/feedback"}
+)  # what is metered
+TRACE_HEADER = "X-Trace-Id"
 
 
 def _resources(serve: dict) -> dict:
@@ -98,6 +105,17 @@ class Lifecycle:
             retrieval.Retriever.open(path / "index") if (path / "index" / retrieval.CARD).is_file() else None
         )
         self.retrieval_thread = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
+        model = {
+            "model": settings.REGISTERED.get("registered_model", self.model_id),
+            "version": settings.REGISTERED.get("version", ""),
+            "alias": settings.REGISTERED.get("alias", ""),
+            "variant": info.get("variant", ""),
+            "precision": self.precision,
+        }
+        self.tracer = tracing.Tracer(
+            SERVE.get("tracing", "off"), info.get("project") or self.model_id, model, info.get("phone_region", "US")
+        )
+        self.feedback_thread = ThreadPoolExecutor(1, thread_name_prefix="feedback")
         stops = [] if self.renderer.chat else self.renderer.fmt.stop
         self.engine = engine.Engine(
             self.model,
@@ -116,6 +134,7 @@ class Lifecycle:
     def remove_index_copy(self) -> None:
         if self.retriever and self.retriever.working_copy:
             self.retriever.working_copy.cleanup()
+        self.tracer.stop()
 
     # --- shared by every endpoint -------------------------------------------------------------------------------
 
@@ -164,9 +183,26 @@ class Lifecycle:
                 code="model_not_found",
             )
 
-    async def openai_answer(self, req: protocol.ChatRequest | protocol.CompletionRequest, max_new_tokens, param: str):
+    async def traced(self, span, waiter, ids: list[int], used: list, start: float) -> engine.Result:
+        """The engine's answer, and the request's trace finished with it (a failed or abandoned one too)."""
+        if span is None:
+            return await waiter
+        rendered = self.tokenizer.decode(ids)
+        try:
+            result = await waiter
+        except BaseException:
+            self.tracer.finish(span, rendered, "", used, {}, (time.perf_counter() - start) * 1000, status="ERROR")
+            raise
+        usage = protocol.usage(result)
+        self.tracer.finish(span, rendered, result.text, used, usage, (time.perf_counter() - start) * 1000)
+        return result
+
+    async def openai_answer(
+        self, req: protocol.ChatRequest | protocol.CompletionRequest, max_new_tokens, param: str, request: Request
+    ):
         """One OpenAI request: the JSON answer or the event stream; a refusal through the one error path."""
         shape = protocol.Chat if isinstance(req, protocol.ChatRequest) else protocol.Completion
+        start = time.perf_counter()
         try:
             record = req.record()
             self.check_model(req.model)
@@ -174,12 +210,16 @@ class Lifecycle:
             ids, used = await self.prepare(record, n_new, req.truncate_prompt, param)
             job = self.job(ids, req, n_new)
             waiter = self.engine.enqueue(job, SERVE["request_timeout_s"])  # raises QueueFull before a stream begins
+            span = self.tracer.start(request.url.path, record["prompt"], auth.caller(request.scope))
+            waiter = self.traced(span, waiter, ids, used, start)
+            headers = {TRACE_HEADER: span.trace_id} if span else None
             sources = [protocol.Source.of(c).model_dump() for c in used]
             if req.stream:
                 usage = bool((req.stream_options or {}).get("include_usage"))
                 events = protocol.events(job, waiter, shape, self.model_id, sources, usage)
-                return StreamingResponse(events, media_type="text/event-stream")
-            return JSONResponse(shape.whole(self.model_id, await waiter, sources))
+                return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            body = shape.whole(self.model_id, await waiter, sources)
+            return JSONResponse({**body, "trace_id": span.trace_id} if span else body, headers=headers)
         except protocol.REFUSED as exc:
             return protocol.refusal(exc).response()
 
@@ -201,29 +241,69 @@ class Lifecycle:
         }
 
     @protocol.openai_api.post("/chat/completions")
-    async def chat_completions(self, req: protocol.ChatRequest):
-        return await self.openai_answer(req, req.max_completion_tokens or req.max_tokens, "messages")
+    async def chat_completions(self, req: protocol.ChatRequest, request: Request):
+        return await self.openai_answer(req, req.max_completion_tokens or req.max_tokens, "messages", request)
 
     @protocol.openai_api.post("/completions")
-    async def completions(self, req: protocol.CompletionRequest):
-        return await self.openai_answer(req, req.max_tokens, "prompt")
+    async def completions(self, req: protocol.CompletionRequest, request: Request):
+        return await self.openai_answer(req, req.max_tokens, "prompt", request)
+
+    @protocol.openai_api.post("/feedback")
+    async def feedback(self, req: protocol.FeedbackRequest, request: Request):
+        """A user's rating (and correction, comment) of an answer, recorded on its trace."""
+        try:
+            if self.tracer.mode == "off":
+                raise protocol.ApiError(
+                    400, "this server does not trace requests (serve.tracing: off), so it takes no feedback",
+                    code="tracing_off",
+                )
+            if not self.tracer.up:
+                raise protocol.ApiError(
+                    503, "the MLflow tracking server does not answer: send the feedback again later",
+                    "server_error", code="tracking_unavailable", headers={"Retry-After": "30"},
+                )
+            rating = tracing.VOTES.get(req.rating, req.rating)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                self.feedback_thread,
+                self.tracer.feedback,
+                req.trace_id,
+                rating,
+                req.correction,
+                req.comment,
+                auth.caller(request.scope),
+            )
+        except tracing.Unknown:
+            return protocol.ApiError(
+                404, f"no trace {req.trace_id!r}: send the trace_id of an answer this service gave",
+                param="trace_id", code="trace_not_found",
+            ).response()
+        except protocol.REFUSED as exc:
+            return protocol.refusal(exc).response()
+        recorded = ["rating"] + (["correction"] if req.correction else []) + (["comment"] if req.comment else [])
+        return {"object": "feedback", "trace_id": req.trace_id, "rating": rating, "recorded": recorded}
 
     @bentoml.api
-    async def generate(self, req: protocol.GenerateRequest, /) -> protocol.Answer:
+    async def generate(self, req: protocol.GenerateRequest, /, ctx: bentoml.Context) -> protocol.Answer:
         """The typed endpoint: greedy, the packaged renderer, the retrieved sources."""
         start = time.perf_counter()
         try:
             ids, used = await self.prepare({**req.fields, "prompt": req.prompt}, req.max_new_tokens, False, "prompt")
             job = self.job(ids, protocol.Decoding(), req.max_new_tokens)
-            result = await self.engine.enqueue(job, SERVE["request_timeout_s"])
+            waiter = self.engine.enqueue(job, SERVE["request_timeout_s"])
+            span = self.tracer.start("/generate", req.prompt, auth.caller(ctx.request.scope))
+            result = await self.traced(span, waiter, ids, used, start)
         except protocol.REFUSED as exc:
             return protocol.refusal(exc).response()  # BentoML sends a Response as it is
+        if span:
+            ctx.response.headers[TRACE_HEADER] = span.trace_id
         return protocol.Answer(
             answer=result.text,
             model=str(self.model_ref.tag),
             finish_reason=result.finish_reason,
             latency_ms=round((time.perf_counter() - start) * 1000, 2),
             sources=[protocol.Source.of(c) for c in used],
+            trace_id=span.trace_id if span else None,
         )
 
 

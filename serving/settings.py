@@ -62,4 +62,12 @@ def overridden(serve: dict, environ) -> dict:
     return settings
 
 
+def registered(packaged_model: Path = PACKAGED_MODEL) -> dict:
+    """The registry version the bento serves (name, version, alias at packaging), for the traces; {} from the
+    repository."""
+    info = json.loads(packaged_model.read_text(encoding="utf-8")) if packaged_model.is_file() else {}
+    return info.get("registered", {})
+
+
 TAG, SERVE = load()
+REGISTERED = registered()

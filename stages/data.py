@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import re
 from collections import Counter
 from itertools import chain
@@ -22,8 +23,9 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, write_json, write_jsonl, write_text
-from stages.common.params import ROLES, Params, Paths
-from stages.common.sources import RoleData, holdout_size, load_all, normalize
+from stages.common.live import live_roles, snapshot_path
+from stages.common.params import FEEDBACK, ROLES, Params, Paths
+from stages.common.sources import RoleData, dedupe_key, holdout_size, load_all, load_feedback, normalize
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +233,22 @@ def scan_personal_data(loaded: dict[str, RoleData], params: Params) -> dict:
 
 def run(params: Params, paths: Paths) -> dict:
     loaded = load_all(params)  # every structural problem of every role, raised before anything is written
-    pii = scan_personal_data(loaded, params) if params.scope.privacy.personal_data else None
+    # Production feedback adds training rows after the split: the held-out rows stay what they were, so a new
+    # version is judged on the rows its champion was.
+    production = (
+        {f"{FEEDBACK}->{r}": d for r, d in load_feedback(params).items()} if params.data.sources.feedback else {}
+    )
+    pii = scan_personal_data(loaded | production, params) if params.scope.privacy.personal_data else None
     splits = split(loaded, params)
+    added = set()
+    for d in production.values():
+        have = {dedupe_key(d.role, r) for r in splits[d.role]}
+        for record in d.records:
+            if dedupe_key(d.role, record) in have:
+                d.drop("feedback", "already in the data")
+            else:
+                splits[d.role].append(record)
+                added.add(id(record))
     removed = remove_leaks(splits)
     # Prompts, the model's input, as for exact leaks: an eval input the model has nearly seen is contamination.
     near = near_duplicates(
@@ -260,12 +276,20 @@ def run(params: Params, paths: Paths) -> dict:
         "near_duplicates": len(near),
         "held_out_from_sft": sorted(r for r in ("eval", "dev") if r not in loaded),
     }
+    if production:  # rows that came from production and made it through every check
+        metrics["from_production"] = {
+            role: sum(id(r) in added for r in splits[role]) for role in ("sft", "preference")
+        }
     if pii:
         metrics["pii"] = {role: {**found, "records": pii["records"][role]} for role, found in pii["found"].items()}
     with atomic_dir(paths.processed) as out:
         for role in ROLES:
             write_jsonl(out / f"{role}.jsonl", splits[role])
-        write_text(out / "card.md", card(params, loaded, metrics, near, warnings, pii))
+        write_text(out / "card.md", card(params, loaded | production, metrics, near, warnings, pii))
+        # The snapshots this data was made from, in the stage's output: DVC keeps exactly what trained the model.
+        for role, source in live_roles(params).items():
+            (out / "snapshots").mkdir(exist_ok=True)
+            shutil.copy(snapshot_path(paths.snapshots, role), out / "snapshots" / f"{role}.jsonl")
     write_json(Path(paths.metrics) / "data.json", metrics)
 
     from stages.common.tracking import log_splits, stage_run
@@ -285,7 +309,10 @@ def run(params: Params, paths: Paths) -> dict:
         )
         mlflow.log_artifact(str(Path(paths.processed) / "card.md"))
         log_splits(paths.processed, ROLES)
+        log_splits(Path(paths.processed) / "snapshots", list(live_roles(params)), snapshot=True)
     counts = ", ".join(f"{r} {len(splits[r])}" for r in ROLES if splits[r])
+    if production:
+        counts += " (from production: " + ", ".join(f"{r} {n}" for r, n in metrics["from_production"].items()) + ")"
     found = sum(pii["records"].values()) if pii else 0
     return {
         "metrics": metrics,
@@ -318,6 +345,13 @@ def card(
             f"| {role} | {source} | {d.found if d else '-'} | {sum(d.dropped.values()) if d else '-'} "
             f"| {metrics['rows'][role]} |"
         )
+    if "from_production" in metrics:
+        lines += [
+            "",
+            "From production (the served model's traces with feedback, `data.sources.feedback`): "
+            + ", ".join(f"**{n}** {role} rows" for role, n in metrics["from_production"].items())
+            + " of the kept rows above; the snapshot they were read from is `snapshots/feedback.jsonl` here.",
+        ]
     drops = [(role, reason, n) for role, d in loaded.items() for reason, n in d.dropped.items()]
     if drops:
         lines += ["", "## Dropped rows", "", "| role | reason | rows |", "|---|---|---:|"]

@@ -23,7 +23,7 @@ from stages.common.confidence import cell
 from stages.common.errors import GateRefused
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.common.precision import FULL, LIBRARY
-from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, pinned
+from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, TRACING_PACKAGES, pinned
 from stages.common.tracking import git_commit, sha256
 from stages.common.variants import variants
 
@@ -35,7 +35,7 @@ SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + be
 # The bento carries the service's modules (serving/*.py: the service, its settings, protocol, telemetry, keys and
 # the batching engine) and, beside them, the renderer, the serving precisions and the retriever.
 SHARED = [
-    Path(__file__).resolve().parent / "common" / f for f in ("precision.py", "prompting.py", "retrieval.py")
+    Path(__file__).resolve().parent / "common" / f for f in ("pii.py", "precision.py", "prompting.py", "retrieval.py")
 ] + sorted(SERVING_DIR.glob("*.py"))
 
 
@@ -284,7 +284,7 @@ def ship_index(paths, model_dir: Path) -> dict:
     return card
 
 
-def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
+def build_bento(params, model_dir: Path, eval_report: dict, registered: dict) -> dict:
     import bentoml
 
     name = params.project.name
@@ -303,7 +303,7 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
     precision = shipped_precision(eval_report)
     quantizes = (LIBRARY[precision],) if precision != FULL else ()
     recipe.setdefault("python", {})["packages"] = pinned(
-        SERVING_PACKAGES + quantizes + (RETRIEVAL_PACKAGES if retrieves else ())
+        SERVING_PACKAGES + TRACING_PACKAGES + quantizes + (RETRIEVAL_PACKAGES if retrieves else ())
     )
     recipe["labels"] = labels
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
@@ -311,7 +311,11 @@ def build_bento(params, model_dir: Path, eval_report: dict) -> dict:
         for f in SHARED:
             shutil.copy(f, ctx)
         # What the service reads at start-up: the model and its serving settings (params `serve:`).
-        write_json(Path(ctx) / "packaged_model.json", {"tag": model_tag, "serve": params.serve.model_dump()})
+        # And the registry version, which the served model's traces name.
+        write_json(
+            Path(ctx) / "packaged_model.json",
+            {"tag": model_tag, "serve": params.serve.model_dump(), "registered": registered},
+        )
         (Path(ctx) / "bentofile.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
         bento = bentoml.bentos.build_bentofile(str(Path(ctx) / "bentofile.yaml"), name=name, build_ctx=ctx)
     return {"bento": str(bento.tag), "bentoml_model": model_tag}
@@ -345,6 +349,8 @@ def run(params, paths) -> dict:
                 "eval": shipped_metrics(report),
                 "precision": shipped_precision(report),  # the server quantizes to it at start-up (precision.py)
                 "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
+                # What the server's traces redact in (serve.tracing: redacted): the data stage's phone region.
+                "phone_region": params.scope.privacy.phone_region,
             },
         )
         sweep_unfinished(MlflowClient(), params.project.name)
@@ -354,8 +360,9 @@ def run(params, paths) -> dict:
                 "precision": shipped_precision(report),
                 "eval_answers": shipped(report),  # its column in reports/eval_answers.jsonl: what it answered there
                 **register(params, paths, model_dir, model, tokenizer, report),
-                **build_bento(params, model_dir, report),
             }
+            registered = {k: record[k] for k in ("registered_model", "version", "alias")}
+            record.update(build_bento(params, model_dir, report, registered))
             write_json(out / "package.json", record)
             alias(record)  # last: an alias never points at a version without its bento
         except BaseException:

@@ -12,6 +12,7 @@ class ExitStatus(IntEnum):
     GATE_REFUSED = 3  # a KPI gate refused the model: nothing was promoted
     SERVER_UNREACHABLE = 4  # a server the environment points at (MLflow tracking, Prefect API) did not answer
     WORKSPACE_BUSY = 5  # another lifecycle run holds this workspace: nothing was run
+    THRESHOLD_CROSSED = 6  # `lifecycle monitor`: production crossed a threshold of params `monitor:`
 
 
 MEANING = {
@@ -20,6 +21,7 @@ MEANING = {
     ExitStatus.GATE_REFUSED: "the KPI gates refused the model",
     ExitStatus.SERVER_UNREACHABLE: "a server did not answer",
     ExitStatus.WORKSPACE_BUSY: "another run holds the workspace",
+    ExitStatus.THRESHOLD_CROSSED: "production crossed a monitor threshold",
 }
 
 # Set by the flow for each stage: the file where a stage writes the message of a user's error (its exit status

@@ -111,6 +111,9 @@ class Paths(Strict):
     package: str
     index: str = "models/index"  # the integrate stage's vector store (embedded Chroma)
     weights: str = "models/weights"  # select's conversions of `gguf:`/`package:` candidates, one folder each
+    # Copies of the sources that live in systems (sql, mlflow_traces), one JSONL per role, refreshed by
+    # `lifecycle snapshot`: the data stage reads them, so DVC re-runs only what new rows change.
+    snapshots: str = "data/snapshots"
     scope_report: str
     eval_metrics: str
     eval_report: str
@@ -213,26 +216,64 @@ class Scope(Strict):
 
 # The data roles and what each is for. `eval` and `dev` are held out of `sft` when not given.
 ROLES = ("sft", "preference", "eval", "dev", "knowledge", "general", "corpus")
+# Production feedback: read from the served model's MLflow traces, it adds training rows to sft and preference.
+FEEDBACK = "feedback"
+
+
+class Sql(Strict):
+    """Rows from a database: a query run through SQLAlchemy. The URL is a secret: params name the environment
+    variable that holds it (e.g. postgresql://user@host/db), never the URL."""
+
+    query: Annotated[str, Field(min_length=1)]
+    url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class MlflowTraces(Strict):
+    """The served model's traces (serving/tracing.py) that carry feedback: a correction becomes an sft row and a
+    preference pair (chosen: the correction, rejected: what was served); a down-voted answer with no correction
+    teaches nothing (there is no chosen answer); an up-voted one becomes an sft row only with `use_upvoted`."""
+
+    experiment: str | None = None  # null: the project's (project.name), where the server traces
+    since_days: PosInt | None = None  # only traces of the last N days; null: every trace kept
+    min_rating: Annotated[float, Field(ge=1, le=5)] = 4  # on the 1-5 scale (up = 5, down = 1): an approved answer
+    use_upvoted: bool = False
 
 
 class Source(Strict):
-    """Where one role's records come from: a local file or folder, or a dataset loaded by `datasets`."""
+    """Where one role's records come from: a local file or folder, a dataset loaded by `datasets`, a database
+    query, or (role `feedback` only) the served model's traces."""
 
     path: str | None = None  # .jsonl .json .csv .parquet; .md .txt .html (or a folder of them)
     dataset: str | None = None  # a dataset id, loaded with datasets.load_dataset(dataset, name, split, revision)
     name: str | None = None  # the dataset's configuration
     split: str = "train"
     revision: str | None = None  # pin it: a moving `main` makes the pipeline non-reproducible
+    sql: Sql | None = None  # read into paths.snapshots by `lifecycle snapshot` (and every `lifecycle run`)
+    mlflow_traces: MlflowTraces | None = None  # likewise
     fields: dict[str, str] = {}  # their column -> our field, e.g. {instruction: prompt, output: completion}
 
     @model_validator(mode="after")
     def _one_origin(self):
-        if (self.path is None) == (self.dataset is None):
-            raise ValueError("give exactly one of `path` (a local file or folder) or `dataset` (a dataset id)")
+        given = [k for k in ("path", "dataset", "sql", "mlflow_traces") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `path` (a local file or folder), `dataset` (a dataset id), `sql` (a query "
+                "and the environment variable with the database URL) or `mlflow_traces` (role feedback)"
+                + (f"; given: {', '.join(given)}" if given else "")
+            )
         return self
 
     @property
+    def live(self) -> bool:
+        """Read from a system that changes (a database, the traces): through a snapshot file."""
+        return self.sql is not None or self.mlflow_traces is not None
+
+    @property
     def label(self) -> str:
+        if self.sql is not None:
+            return f"sql (${self.sql.url_env})"
+        if self.mlflow_traces is not None:
+            return f"mlflow traces ({self.mlflow_traces.experiment or 'the project experiment'})"
         return self.path or f"{self.dataset}[{self.split}]"
 
 
@@ -244,6 +285,17 @@ class Sources(Strict):
     knowledge: Source | None = None
     general: Source | None = None
     corpus: Source | None = None
+    feedback: Source | None = None  # `mlflow_traces:` only: production corrections and votes
+
+    @model_validator(mode="after")
+    def _feedback_from_traces(self):
+        for role in ROLES:
+            if getattr(self, role) is not None and getattr(self, role).mlflow_traces is not None:
+                raise ValueError(f"`{role}`: `mlflow_traces` is the `feedback` role's source (it adds sft and "
+                                 "preference rows); give this role a path, dataset or sql")
+        if self.feedback is not None and self.feedback.mlflow_traces is None:
+            raise ValueError("`feedback` reads the served model's traces: give it `mlflow_traces: {}`")
+        return self
 
 
 class Holdout(Strict):
@@ -576,6 +628,10 @@ class Serve(Strict):
     max_queue: PosInt = 64  # requests waiting beyond this are refused: 429 with Retry-After
     request_timeout_s: PosFloat = 60  # a request not answered in time: 504
     max_new_tokens: PosInt = 256  # the most tokens a request may ask for
+    # One MLflow trace per request (prompt, answer, model version, sources, tokens, latency), logged in the
+    # background: full as sent; redacted: personal data replaced by its type first (the data stage's scanner);
+    # off: none, and no feedback endpoint. With scope.privacy.personal_data, `full` is refused.
+    tracing: Literal["off", "redacted", "full"] = "redacted"
     backend: Literal["transformers"] = "transformers"
     resources: Resources = Resources()
 
@@ -675,6 +731,26 @@ class Orchestration(Strict):
     launch: Launch = Launch()
 
 
+class Monitor(Strict):
+    """`lifecycle monitor`: production over a window of traces against these thresholds; one crossed fails it."""
+
+    window_days: PosFloat = 7  # the window judged; drift compares it with the window before it
+    min_requests: PosInt = 20  # fewer traces in the window: nothing is judged (reported as too few)
+    max_guardrail_breaches_per_100: NonNegFloat = 5  # evaluate.guardrails, checked on every served answer
+    min_approval: Annotated[float, Field(ge=0, le=1)] = 0.5  # the interval's upper end below it: crossed
+    # A prompt is out of domain when its nearest training prompt (MiniLM) is farther than the eval split's
+    # prompts ever are (their 95th percentile); this share of the window may be.
+    max_out_of_domain: Annotated[float, Field(ge=0, le=1)] = 0.25
+    drift_p_value: Annotated[float, Field(gt=0, lt=1)] = 0.01  # two windows' distances differ (KS test) below it
+
+
+class Loop(Strict):
+    """`lifecycle loop` (what the schedule runs): refresh the snapshots, and run the pipeline only on evidence."""
+
+    min_new_rows: PosInt = 20  # new training rows since the last run (feedback, sql) that make a run worth it
+    retrain_on_drift: bool = True  # monitor flagging drift starts a run too
+
+
 class Params(Strict):
     project: Project
     paths: Paths
@@ -693,3 +769,5 @@ class Params(Strict):
     deploy: Deploy = Deploy()
     ladder: Ladder = Ladder()
     orchestration: Orchestration = Orchestration()
+    monitor: Monitor = Monitor()
+    loop: Loop = Loop()

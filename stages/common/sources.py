@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.errors import ProjectError
+from stages.common.params import FEEDBACK
 
 TABULAR = (".jsonl", ".json", ".csv", ".parquet")
 DOCUMENTS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
@@ -480,7 +481,7 @@ def load_role(role: str, source, params) -> RoleData:
     if source.dataset:
         rows = read_dataset(source, role)
     else:
-        path = Path(source.path)
+        path = snapshot(role, source, params) if source.live else Path(source.path)
         suffixes = TABULAR + DOCUMENTS if role in TEXT_ROLES else TABULAR
         files = _files(path, suffixes)
         rows = (
@@ -543,6 +544,73 @@ def load_role(role: str, source, params) -> RoleData:
     if problems.items:
         raise ProjectError([f"`data.sources.{role}`: {p}" for p in problems.done()])
     return data
+
+
+def snapshot(role: str, source, params) -> Path:
+    """A live source's snapshot file (stages/common/live.py writes it); missing: say how to make it."""
+    from stages.common.live import snapshot_path
+
+    path = snapshot_path(params.paths.snapshots, role)
+    if not path.is_file():
+        raise ProjectError(
+            [
+                f"`data.sources.{role}` ({source.label}) is read from its snapshot {path}, which does not exist: "
+                "run `lifecycle snapshot` (`lifecycle run` does it before the pipeline)"
+            ]
+        )
+    return path
+
+
+def load_feedback(params) -> dict[str, RoleData]:
+    """Production feedback (the `feedback` role's snapshot of rated traces) as training records: a correction is
+    an sft row (prompt -> correction) and a preference pair (chosen: the correction, rejected: what was served); an
+    approved answer (rating >= `min_rating`) is an sft row with `use_upvoted`; anything else teaches nothing and is
+    counted as dropped, with its reason."""
+    source = params.data.sources.feedback
+    traces = source.mlflow_traces
+    path = snapshot(FEEDBACK, source, params)
+    out = {role: RoleData(role, f"{source.label} -> {role}") for role in ("sft", "preference")}
+    sft, pairs = out["sft"], out["preference"]
+    problems = Problems()
+    seen: set[tuple] = set()
+    for where, row in read_rows(path, problems):
+        sft.found += 1
+        missing = [k for k in ("prompt", "served", "rating", "correction") if k not in row]
+        if missing:
+            problems.add(f"{where}: no {', '.join(missing)}: not a feedback snapshot; run `lifecycle snapshot` again")
+            continue
+        prompt, served, correction = row["prompt"].strip(), (row["served"] or "").strip(), row["correction"]
+        correction = correction.strip() if isinstance(correction, str) else None
+        rating = row["rating"]
+        made = []
+        if not prompt:
+            sft.drop(where, "no prompt in the trace (tracing off, or redacted away)")
+            continue
+        if correction:
+            made.append(("sft", {"prompt": prompt, "completion": correction}))
+            if served and normalize(served) != normalize(correction):
+                made.append(("preference", {"prompt": prompt, "chosen": correction, "rejected": served}))
+        elif isinstance(rating, (int, float)) and rating >= traces.min_rating:
+            if traces.use_upvoted and served:
+                made.append(("sft", {"prompt": prompt, "completion": served}))
+            else:
+                sft.drop(where, "approved, not used (`mlflow_traces.use_upvoted` is false)")
+        else:
+            sft.drop(where, "rated low without a correction: no better answer to learn")
+        for role, record in made:
+            reason = _unusable(role, record, params.data.max_length)
+            key = dedupe_key(role, record)
+            if reason is None and key in seen:
+                reason = "duplicate"
+            seen.add(key)
+            if reason:
+                out[role].drop(where, reason)
+            else:
+                out[role].records.append(record)
+    if problems.items:
+        raise ProjectError([f"`data.sources.{FEEDBACK}`: {p}" for p in problems.done()])
+    pairs.found = sft.found
+    return out
 
 
 def load_all(params) -> dict[str, RoleData]:

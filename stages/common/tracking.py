@@ -99,7 +99,7 @@ SPLIT_CONTEXT = {
 }
 
 
-def log_splits(processed: str | Path, roles) -> None:
+def log_splits(processed: str | Path, roles, snapshot: bool = False) -> None:
     """Log data/processed splits as MLflow datasets (name, source file, content digest) of the active run, so the
     runs table's Dataset column says what each run used. Metadata only: the files are DVC's to version, and
     loading 100k rows into pandas for MLflow's own digest would double the data stage's memory."""
@@ -121,8 +121,10 @@ def log_splits(processed: str | Path, roles) -> None:
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": two equal local-file sources
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(path.resolve()))
-        dataset = MetaDataset(source, name=role, digest=digest)
-        mlflow.log_input(dataset, context=SPLIT_CONTEXT.get(role, role))
+        if snapshot:  # a live source's rows as read (stages/common/live.py)
+            mlflow.log_input(MetaDataset(source, name=f"{role} snapshot", digest=digest), context="snapshot")
+        else:
+            mlflow.log_input(MetaDataset(source, name=role, digest=digest), context=SPLIT_CONTEXT.get(role, role))
 
 
 def sha256(path: Path) -> str:

@@ -44,12 +44,12 @@ def installed_with(names) -> set[str]:
 
 
 def test_serving_imports_only_what_the_bento_carries():
-    from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES
+    from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, TRACING_PACKAGES
     from stages.package import SHARED
 
     carried = {f.stem for f in SHARED}
     carried_from_stages = {f"stages.common.{f.stem}" for f in SHARED if f.parent.name == "common"}
-    installed = installed_with(("bentoml", *SERVING_PACKAGES, *RETRIEVAL_PACKAGES))
+    installed = installed_with(("bentoml", *SERVING_PACKAGES, *TRACING_PACKAGES, *RETRIEVAL_PACKAGES))
     providers = packages_distributions()
     problems = []
     for path in SERVING:
@@ -70,7 +70,7 @@ def test_serving_imports_only_what_the_bento_carries():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("bad", ["from stages.common.params import Serve", "import mlflow"])
+@pytest.mark.parametrize("bad", ["from stages.common.params import Serve", "import dvc"])
 def test_the_contract_catches_an_import_the_bento_lacks(tmp_path, monkeypatch, bad):
     import tests.serving.test_contract as contract
 
