@@ -466,9 +466,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "snapshot", help="refresh the files of the sql / mlflow_traces sources (paths.snapshots)"
     ).set_defaults(func=cmd_snapshot)
-    sub.add_parser(
-        "prune-traces", help="delete traces older than scope.residency.retention_days"
-    ).set_defaults(func=cmd_prune_traces)
+    sub.add_parser("prune-traces", help="delete traces older than scope.residency.retention_days").set_defaults(
+        func=cmd_prune_traces
+    )
     sub.add_parser(
         "monitor", help="production traces against `monitor:`: reports/monitor.md, exit 6 when a threshold is crossed"
     ).set_defaults(func=cmd_monitor)

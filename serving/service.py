@@ -254,13 +254,17 @@ class Lifecycle:
         try:
             if self.tracer.mode == "off":
                 raise protocol.ApiError(
-                    400, "this server does not trace requests (serve.tracing: off), so it takes no feedback",
+                    400,
+                    "this server does not trace requests (serve.tracing: off), so it takes no feedback",
                     code="tracing_off",
                 )
             if not self.tracer.up:
                 raise protocol.ApiError(
-                    503, "the MLflow tracking server does not answer: send the feedback again later",
-                    "server_error", code="tracking_unavailable", headers={"Retry-After": "30"},
+                    503,
+                    "the MLflow tracking server does not answer: send the feedback again later",
+                    "server_error",
+                    code="tracking_unavailable",
+                    headers={"Retry-After": "30"},
                 )
             rating = tracing.VOTES.get(req.rating, req.rating)
             loop = asyncio.get_running_loop()
@@ -275,8 +279,10 @@ class Lifecycle:
             )
         except tracing.Unknown:
             return protocol.ApiError(
-                404, f"no trace {req.trace_id!r}: send the trace_id of an answer this service gave",
-                param="trace_id", code="trace_not_found",
+                404,
+                f"no trace {req.trace_id!r}: send the trace_id of an answer this service gave",
+                param="trace_id",
+                code="trace_not_found",
             ).response()
         except protocol.REFUSED as exc:
             return protocol.refusal(exc).response()

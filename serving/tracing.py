@@ -179,7 +179,11 @@ class Tracer:
             raise Unknown(trace_id)
         source = AssessmentSource(source_type="HUMAN", source_id=caller)
         mlflow.log_feedback(
-            trace_id=trace_id, name=RATING, value=rating, source=source, rationale=self.clean(comment) if comment else None
+            trace_id=trace_id,
+            name=RATING,
+            value=rating,
+            source=source,
+            rationale=self.clean(comment) if comment else None,
         )
         if correction:
             mlflow.log_expectation(trace_id=trace_id, name=CORRECTION, value=self.clean(correction), source=source)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import re
+import shutil
 from collections import Counter
 from itertools import chain
 from pathlib import Path
@@ -277,9 +277,7 @@ def run(params: Params, paths: Paths) -> dict:
         "held_out_from_sft": sorted(r for r in ("eval", "dev") if r not in loaded),
     }
     if production:  # rows that came from production and made it through every check
-        metrics["from_production"] = {
-            role: sum(id(r) in added for r in splits[role]) for role in ("sft", "preference")
-        }
+        metrics["from_production"] = {role: sum(id(r) in added for r in splits[role]) for role in ("sft", "preference")}
     if pii:
         metrics["pii"] = {role: {**found, "records": pii["records"][role]} for role, found in pii["found"].items()}
     with atomic_dir(paths.processed) as out:
@@ -287,7 +285,7 @@ def run(params: Params, paths: Paths) -> dict:
             write_jsonl(out / f"{role}.jsonl", splits[role])
         write_text(out / "card.md", card(params, loaded | production, metrics, near, warnings, pii))
         # The snapshots this data was made from, in the stage's output: DVC keeps exactly what trained the model.
-        for role, source in live_roles(params).items():
+        for role in live_roles(params):
             (out / "snapshots").mkdir(exist_ok=True)
             shutil.copy(snapshot_path(paths.snapshots, role), out / "snapshots" / f"{role}.jsonl")
     write_json(Path(paths.metrics) / "data.json", metrics)

@@ -4,7 +4,9 @@ S3 endpoint (the moto server), and a colleague's clone that pulls the outputs in
 
 In order: the tracking server dies mid-run (a clear failure naming it, nothing registered); back up, the next
 run completes while a second run of the workspace is refused; every record is on the server; `dvc push`, then
-`git clone` + `dvc pull` + `lifecycle run` re-runs no stage.
+`git clone` + `dvc pull` + `lifecycle run` re-runs no stage. Then the loop: the champion's bento is served and
+traces into the server; users ask through the official openai client and send feedback; the server keeps answering
+while the tracking server is down; the next `lifecycle run` trains on exactly those corrections.
 """
 
 from __future__ import annotations
@@ -192,6 +194,111 @@ def test_a_team_on_servers(postgres_database, tmp_path):
         assert "DVC        remote 'team' s3://team-outputs/helpdesk" in status.stdout, status.stdout[-2000:]
     finally:
         s3.stop()
+
+    # 5. The loop.
+    servers = [mlflow_server(postgres_database, artifacts, port, log=tmp_path / "mlflow.log").wait_healthy()]
+
+    def restart() -> Server:
+        servers.append(mlflow_server(postgres_database, artifacts, port, log=tmp_path / "mlflow-again.log"))
+        return servers[-1].wait_healthy()
+
+    try:
+        close_the_loop(project, env, servers[0], restart, client)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) -> None:
+    """Serve the champion (tracing to the server), ask, give feedback, lose the tracking server for a while, and
+    run the pipeline on what came back."""
+    import openai
+
+    from tests.serving.test_service import _get, _post, serving
+
+    def with_feedback(p: dict) -> None:
+        p["data"]["sources"]["feedback"] = {"mlflow_traces": {}}
+        p["loop"] = {"min_new_rows": 2}
+
+    edit_params(project, with_feedback)
+    package = json.loads((project / "models" / "package" / "package.json").read_text())
+    held = {
+        json.loads(line)["prompt"] for f in ("eval", "dev") for line in open(project / "data/processed" / f"{f}.jsonl")
+    }
+    questions = [
+        q for q in (json.loads(line)["prompt"] for line in open(project / "data/stdlib/sft.jsonl")) if q not in held
+    ][:4]
+    corrections = {
+        questions[0]: "A corrected answer about the first question.",
+        questions[1]: "A corrected answer about the second question.",
+    }
+    home = {
+        "BENTOML_HOME": str(Path.home() / "bentoml"),
+        "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
+        "LIFECYCLE_API_KEYS": "support-app=k1",
+    }
+    with serving(package["bento"], env=home) as (base, _):
+        ai = openai.OpenAI(base_url=f"{base}/v1", api_key="k1")
+        served = {}
+        for q in questions:
+            raw = ai.chat.completions.with_raw_response.create(model=NAME, messages=[{"role": "user", "content": q}])
+            answer = raw.parse()
+            assert raw.headers["x-trace-id"] == answer.model_extra["trace_id"], "the id in the header and the body"
+            served[q] = (answer.model_extra["trace_id"], answer.choices[0].message.content)
+        auth = {"Authorization": "Bearer k1"}
+        for q, correction in corrections.items():
+            status, body = _post(
+                f"{base}/v1/feedback", {"trace_id": served[q][0], "rating": "down", "correction": correction}, auth
+            )
+            assert status == 200 and body["recorded"] == ["rating", "correction"], body
+        assert _post(f"{base}/v1/feedback", {"trace_id": served[questions[2]][0], "rating": 5}, auth)[0] == 200
+        status, body = _post(f"{base}/v1/feedback", {"trace_id": "tr-" + "f" * 32, "rating": "up"}, auth)
+        assert status == 404 and body["error"]["code"] == "trace_not_found", body
+        import mlflow
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        trace = mlflow.get_trace(served[questions[0]][0])
+        assert trace.info.tags["lifecycle.caller"] == "support-app" and "k1" not in str(trace.to_dict())
+        assert trace.info.tags["lifecycle.version"] == str(package["version"])
+
+        # The tracking server goes away: answers go on, untraced, and the server says so.
+        tracking.stop()
+        wait_for(lambda: "lifecycle_tracking_server_up 0.0" in _get(f"{base}/metrics")[1], "the probe noticing")
+        raw = ai.chat.completions.with_raw_response.create(
+            model=NAME, messages=[{"role": "user", "content": questions[3]}]
+        )
+        assert raw.parse().choices[0].message.content and "x-trace-id" not in raw.headers
+        assert 'lifecycle_traces_total{outcome="dropped"} 1.0' in _get(f"{base}/metrics")[1]
+        status, body = _post(f"{base}/v1/feedback", {"trace_id": served[questions[0]][0], "rating": "up"}, auth)
+        assert status == 503 and body["error"]["code"] == "tracking_unavailable"
+        restart()
+        wait_for(lambda: "lifecycle_tracking_server_up 1.0" in _get(f"{base}/metrics")[1], "tracing resuming")
+
+    run = finish(start(project, env, "run"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    record = json.loads((project / "reports" / "last_run.json").read_text())
+    assert record["snapshots"]["feedback"]["rows"] == 3 and "data" in record["ran"] and "package" in record["ran"]
+    sft = [json.loads(line) for line in open(project / "data/processed/sft.jsonl")]
+    pairs = [json.loads(line) for line in open(project / "data/processed/preference.jsonl")]
+    for q, correction in corrections.items():
+        assert {"prompt": q, "completion": correction} in sft
+        assert {"prompt": q, "chosen": correction, "rejected": served[q][1]} in pairs
+    metrics = json.loads((project / "metrics" / "data.json").read_text())
+    assert metrics["from_production"] == {"sft": 2, "preference": 2}, "exactly the corrections, the up-vote unused"
+    children = client.search_runs(
+        [client.get_run(record["parent_run_id"]).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{record['parent_run_id']}'",
+    )
+    data_run = next(r for r in children if r.data.tags["lifecycle.stage"] == "data")
+    assert "feedback snapshot" in {d.dataset.name for d in data_run.inputs.dataset_inputs}
+    new = json.loads((project / "models" / "package" / "package.json").read_text())
+    version = client.get_model_version(NAME, str(new["version"]))
+    assert new["version"] == package["version"] + 1 and new["alias"] in ("champion", "challenger")
+    assert version.tags["lifecycle.verdict"].startswith(new["alias"]), version.tags
+
+    # Nothing new: the next run refreshes the snapshot, finds the same rows, and re-runs nothing.
+    again = finish(start(project, env, "run"))
+    assert again.returncode == 0 and json.loads((project / "reports" / "last_run.json").read_text())["ran"] == []
 
 
 def _boto_credentials() -> dict:

@@ -91,11 +91,16 @@ def measure(params, processed: str | Path, now_ms: int | None = None) -> dict:
     previous = traces(params.project.name, now_ms - 2 * span, now_ms - span)
     report = {"window_days": m.window_days, "requests": len(current.prompts), "crossed": [], "judged": False}
     if len(current.prompts) < m.min_requests:
-        report["why"] = f"{len(current.prompts)} requests in the window, fewer than `monitor.min_requests` {m.min_requests}"
+        report["why"] = (
+            f"{len(current.prompts)} requests in the window, fewer than `monitor.min_requests` {m.min_requests}"
+        )
         return report
     report["judged"] = True
     lat = np.array(current.latency_ms)
-    report["latency_ms"] = {"p50": round(float(np.percentile(lat, 50)), 1), "p95": round(float(np.percentile(lat, 95)), 1)}
+    report["latency_ms"] = {
+        "p50": round(float(np.percentile(lat, 50)), 1),
+        "p95": round(float(np.percentile(lat, 95)), 1),
+    }
     limit = params.scope.serving.p95_latency_ms
     if limit is not None and report["latency_ms"]["p95"] > limit:
         report["crossed"].append(f"latency p95 {report['latency_ms']['p95']} ms > scope.serving.p95_latency_ms {limit}")
@@ -166,7 +171,11 @@ def plot(report: dict, path: Path) -> None:
 
 
 def markdown(report: dict, project: str) -> str:
-    lines = [f"# Monitor: {project}", "", f"Window: the last {report['window_days']} days; {report['requests']} requests."]
+    lines = [
+        f"# Monitor: {project}",
+        "",
+        f"Window: the last {report['window_days']} days; {report['requests']} requests.",
+    ]
     if not report["judged"]:
         return "\n".join(lines + ["", f"Nothing judged: {report['why']}.", ""])
     lat, ood, drift = report["latency_ms"], report["out_of_domain"], report["drift"]
@@ -178,7 +187,11 @@ def markdown(report: dict, project: str) -> str:
         f"| latency p50 / p95 | {lat['p50']} / {lat['p95']} ms |",
         f"| guardrail breaches per 100 answers | {report['guardrail_breaches_per_100']} |",
         "| approval (rated answers, 95 % Wilson interval) | "
-        + (f"{approval['rate']} [{approval['ci'][0]}, {approval['ci'][1]}] of {approval['rated']} |" if approval else "no ratings |"),
+        + (
+            f"{approval['rate']} [{approval['ci'][0]}, {approval['ci'][1]}] of {approval['rated']} |"
+            if approval
+            else "no ratings |"
+        ),
         f"| out of domain (nearest training prompt farther than {ood['distance_line']}) | {ood['share']} |",
         f"| input drift versus {drift['versus']} (KS) | statistic {drift['ks_statistic']}, p {drift['p_value']:.3g} |",
         "",

@@ -291,8 +291,10 @@ class Sources(Strict):
     def _feedback_from_traces(self):
         for role in ROLES:
             if getattr(self, role) is not None and getattr(self, role).mlflow_traces is not None:
-                raise ValueError(f"`{role}`: `mlflow_traces` is the `feedback` role's source (it adds sft and "
-                                 "preference rows); give this role a path, dataset or sql")
+                raise ValueError(
+                    f"`{role}`: `mlflow_traces` is the `feedback` role's source (it adds sft and "
+                    "preference rows); give this role a path, dataset or sql"
+                )
         if self.feedback is not None and self.feedback.mlflow_traces is None:
             raise ValueError("`feedback` reads the served model's traces: give it `mlflow_traces: {}`")
         return self

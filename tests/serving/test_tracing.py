@@ -1,0 +1,96 @@
+"""The server's tracer in process, on a real MLflow store (the tests' SQLite): a trace per request with what the
+issue lists, redaction of planted personal data, feedback as assessments, an unknown trace refused, and the
+retention command deleting what is older than its days."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import mlflow
+import pytest
+
+from serving import tracing
+
+MODEL = {"model": "helpdesk", "version": 3, "alias": "champion", "variant": "sft", "precision": "int8"}
+EMAIL, PHONE = "jane.doe@example.com", "+1 201-555-0123"
+
+
+def traced(tracer, prompt: str, answer: str, start_ns: int | None = None):
+    span = tracer.start("/v1/chat/completions", prompt, "support-app")
+    if start_ns is not None:  # an old request, for the retention test
+        span._span._start_time = start_ns
+    tracer.finish(
+        span,
+        f"<|user|>{prompt}<|assistant|>",
+        answer,
+        [{"source": "json.md", "section": "dumps"}],
+        {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        12.5,
+    )
+    return span.trace_id
+
+
+@pytest.fixture
+def experiment() -> str:
+    return f"tracing-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_redacted_trace_holds_the_request_and_no_personal_data(experiment):
+    tracer = tracing.Tracer("redacted", experiment, MODEL)
+    trace_id = traced(tracer, f"mail {EMAIL} or call {PHONE}: what does json.dumps do?", f"ask {EMAIL}")
+    mlflow.flush_trace_async_logging()
+    trace = mlflow.get_trace(trace_id)
+    tags, root = trace.info.tags, trace.data.spans[0]
+    assert tags["lifecycle.version"] == "3" and tags["lifecycle.alias"] == "champion"
+    assert tags["lifecycle.caller"] == "support-app" and tags["lifecycle.variant"] == "sft"
+    assert root.attributes["total_tokens"] == 10 and root.attributes["latency_ms"] == 12.5
+    assert root.attributes["sources"] == ["json.md#dumps"]
+    everything = str(trace.to_dict())
+    assert EMAIL not in everything and "555-0123" not in everything, "nothing personal reached MLflow"
+    assert "[EMAIL]" in root.inputs["prompt"] and "[PHONE]" in root.inputs["prompt"]
+    assert root.outputs == {"answer": "ask [EMAIL]"}
+    tracer.stop()
+
+
+def test_full_tracing_keeps_the_text_and_off_traces_nothing(experiment):
+    full = tracing.Tracer("full", experiment, MODEL)
+    trace_id = traced(full, f"mail {EMAIL}", "ok")
+    mlflow.flush_trace_async_logging()
+    assert mlflow.get_trace(trace_id).data.spans[0].inputs["prompt"] == f"mail {EMAIL}"
+    full.stop()
+    off = tracing.Tracer("off", experiment, MODEL)
+    assert off.start("/generate", "hello", "anonymous") is None
+
+
+def test_feedback_is_recorded_on_the_trace_and_an_unknown_trace_is_refused(experiment):
+    tracer = tracing.Tracer("redacted", experiment, MODEL)
+    trace_id = traced(tracer, "What does `heapq.heappush` do?", "It sorts.")
+    # Feedback right after the answer: the trace may still be in the export queue; the tracer sends it first.
+    tracer.feedback(trace_id, 1, "Push an item onto the heap, keeping the heap invariant.", "wrong", "support-app")
+    trace = mlflow.get_trace(trace_id)
+    found = {a.name: a for a in trace.info.assessments}
+    assert found["rating"].feedback.value == 1 and found["rating"].rationale == "wrong"
+    assert found["rating"].source.source_id == "support-app" and found["rating"].source.source_type == "HUMAN"
+    assert found["correction"].expectation.value.startswith("Push an item")
+    with pytest.raises(tracing.Unknown):
+        tracer.feedback("tr-" + "0" * 32, 5, None, None, "support-app")
+    tracer.stop()
+
+
+def test_retention_deletes_the_traces_older_than_its_days(experiment, tmp_path):
+    from flows.loop import prune_traces
+    from stages.common.loader import load_params
+    from tests.conftest import tiny_params_dict, write_params
+
+    p = tiny_params_dict(tmp_path)
+    p["project"]["name"] = experiment
+    p["scope"]["residency"]["retention_days"] = 30
+    params = load_params(write_params(tmp_path, p))
+    tracer = tracing.Tracer("redacted", experiment, MODEL)
+    old = traced(tracer, "an old question", "old", start_ns=int((time.time() - 40 * 86_400) * 1e9))
+    new = traced(tracer, "a new question", "new")
+    mlflow.flush_trace_async_logging()
+    assert prune_traces.fn(str(tmp_path), params) == 1
+    assert mlflow.get_trace(old, silent=True) is None and mlflow.get_trace(new) is not None
+    tracer.stop()
