@@ -9,13 +9,17 @@ naive one-request-at-a-time transformers server on the same model, in one run.
    the same renderer, greedy, the same stop sequences and max_new_tokens. 16 concurrent clients again.
 3. The engine alone, in this process (no HTTP): the same requests in batches of 1, then of up to 16, with one
    torch thread as the service runs it: how much of the gap is the model's compute and how much the HTTP layer.
+4. Our server again with `serve.tracing: off`: one sequential client, so the p50 with tracing (the bento's setting,
+   a trace per request into the project's MLflow) over the p50 without is what tracing costs a request.
 Targets (the serving issue): 16 clients >= 4x one sequential client; >= 1.5x the naive server; zero errors.
+Target (the loop issue): p50 with tracing / p50 without <= 1.1x.
 The questions are the eval split's, so both servers do the same work. Read the ratios: the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -207,6 +211,27 @@ def champion_bento(bento: str | None = None) -> tuple[str, Path]:
     return bento, Path(bentoml.models.get(model_tag).path)
 
 
+@contextlib.contextmanager
+def ours(bento: str, env: dict):
+    """`bentoml serve` of the bento on a free port, warmed up; its /v1/completions URL; stopped by PID after."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"{base}/readyz", proc)
+        load(f"{base}/v1/completions", [{"prompt": "What does `json.dumps` do?"}] * 8, 4)  # warm-up
+        yield f"{base}/v1/completions"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=96, help="requests per measurement")
@@ -234,31 +259,18 @@ def main() -> None:
         + (f"; settings {', '.join(args.set)}" if args.set else "")
     )
 
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
     for setting in args.set:
         key, value = setting.split("=", 1)
         env[f"LIFECYCLE_SERVE_{key.upper()}"] = value
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
     rows = {}
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/readyz", proc)
-        url = f"{base}/v1/completions"
-        load(url, bodies[:8], 4)  # warm-up
+    with ours(bento, env) as url:
         same, asked = parity(url, model_dir, args.parity)
         print(f"served greedy answers equal to evaluate's: {same}/{asked}")
         rows["ours, 1 sequential client"] = load(url, bodies, 1)
         rows[f"ours, {args.clients} concurrent clients"] = load(url, bodies, args.clients)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with ours(bento, {**env, "LIFECYCLE_SERVE_TRACING": "off"}) as url:
+        untraced = load(url, bodies, 1)
 
     port = free_port()
     naive = naive_server(model_dir, port)
@@ -274,13 +286,17 @@ def main() -> None:
     questions_sent = [body["prompt"] for body in bodies]
     alone = {size: engine_alone(model_dir, questions_sent, size) for size in (1, args.clients)}
 
-    print(f"\n{'server, clients':<36} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
-    for name, r in rows.items():
-        print(f"{name:<36} {r['rps']:>8.1f} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['errors']:>7}")
     one, many, base_naive = rows.values()
+    tracing = env.get("LIFECYCLE_SERVE_TRACING", "the bento's")
+    rows["ours, 1 sequential client, tracing off"] = untraced
+    print(f"\n{'server, clients':<42} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
+    for name, r in rows.items():
+        print(f"{name:<42} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>7}")
+    overhead = one["p50_ms"] / untraced["p50_ms"]
     print(f"\n{args.clients} concurrent / 1 sequential (ours): {many['rps'] / one['rps']:.2f}x (target >= 4)")
     print(f"ours / naive at {args.clients} concurrent clients: {many['rps'] / base_naive['rps']:.2f}x (target >= 1.5)")
     print(f"errors: ours {one['errors'] + many['errors']} (target 0), naive {base_naive['errors']}")
+    print(f"p50 with tracing ({tracing}) / without, 1 sequential client: {overhead:.3f}x (target <= 1.1)")
     print(
         f"the engine alone, no HTTP: {alone[1]:.1f} requests/s one at a time, {alone[args.clients]:.1f} in batches "
         f"of up to {args.clients}: {alone[args.clients] / alone[1]:.2f}x"
@@ -308,6 +324,8 @@ def main() -> None:
         "(target 1.5x).\n"
         f"- Errors: ours {one['errors'] + many['errors']} (target 0), naive {base_naive['errors']}.\n"
         f"- Served greedy answers equal to what `evaluate` recorded: {same}/{asked} eval questions.\n"
+        f"- Tracing: p50 with a trace per request ({tracing} setting) / p50 with `serve.tracing: off`, one "
+        f"sequential client: **{overhead:.3f}x** (target <= 1.1x).\n"
         f"- The engine alone, no HTTP, in the same run: {alone[1]:.1f} requests/s one at a time, "
         f"{alone[args.clients]:.1f} in batches of up to {args.clients} ({alone[args.clients] / alone[1]:.2f}x).",
         title="Serve: the champion's bento under concurrent clients",

@@ -209,6 +209,14 @@ def test_a_team_on_servers(postgres_database, tmp_path):
             s.stop()
 
 
+def tracking_up(metrics: str) -> float | None:
+    """The server's `lifecycle_tracking_server_up` gauge (labelled with its worker's pid)."""
+    import re
+
+    found = re.search(r"^lifecycle_tracking_server_up(?:\{[^}]*\})? ([0-9.]+)$", metrics, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
 def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) -> None:
     """Serve the champion (tracing to the server), ask, give feedback, lose the tracking server for a while, and
     run the pipeline on what came back."""
@@ -233,7 +241,7 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
         questions[1]: "A corrected answer about the second question.",
     }
     home = {
-        "BENTOML_HOME": str(Path.home() / "bentoml"),
+        "BENTOML_HOME": str(project / ".bentoml"),
         "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
         "LIFECYCLE_API_KEYS": "support-app=k1",
     }
@@ -263,20 +271,22 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
 
         # The tracking server goes away: answers go on, untraced, and the server says so.
         tracking.stop()
-        wait_for(lambda: "lifecycle_tracking_server_up 0.0" in _get(f"{base}/metrics")[1], "the probe noticing")
+        wait_for(lambda: tracking_up(_get(f"{base}/metrics")[1]) == 0, "the probe noticing")
         raw = ai.chat.completions.with_raw_response.create(
             model=NAME, messages=[{"role": "user", "content": questions[3]}]
         )
-        assert raw.parse().choices[0].message.content and "x-trace-id" not in raw.headers
+        assert raw.status_code == 200 and raw.parse().choices[0].finish_reason and "x-trace-id" not in raw.headers
         assert 'lifecycle_traces_total{outcome="dropped"} 1.0' in _get(f"{base}/metrics")[1]
         status, body = _post(f"{base}/v1/feedback", {"trace_id": served[questions[0]][0], "rating": "up"}, auth)
         assert status == 503 and body["error"]["code"] == "tracking_unavailable"
         restart()
-        wait_for(lambda: "lifecycle_tracking_server_up 1.0" in _get(f"{base}/metrics")[1], "tracing resuming")
+        wait_for(lambda: tracking_up(_get(f"{base}/metrics")[1]) == 1, "tracing resuming")
 
-    run = finish(start(project, env, "run"))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    # What the schedule runs: three rated traces are new rows (>= loop.min_new_rows 2), so the pipeline runs.
+    loop = finish(start(project, env, "loop"))
+    assert loop.returncode == 0, loop.stdout[-3000:] + loop.stderr[-5000:]
     record = json.loads((project / "reports" / "last_run.json").read_text())
+    assert record["trigger"] == "3 new rows from live sources (loop.min_new_rows 2)", record["trigger"]
     assert record["snapshots"]["feedback"]["rows"] == 3 and "data" in record["ran"] and "package" in record["ran"]
     sft = [json.loads(line) for line in open(project / "data/processed/sft.jsonl")]
     pairs = [json.loads(line) for line in open(project / "data/processed/preference.jsonl")]
@@ -296,7 +306,12 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
     assert new["version"] == package["version"] + 1 and new["alias"] in ("champion", "challenger")
     assert version.tags["lifecycle.verdict"].startswith(new["alias"]), version.tags
 
-    # Nothing new: the next run refreshes the snapshot, finds the same rows, and re-runs nothing.
+    # Nothing new: the loop does not run the pipeline; a run by hand refreshes the snapshot and re-runs nothing.
+    idle = finish(start(project, env, "loop"))
+    assert idle.returncode == 0, idle.stdout[-3000:] + idle.stderr[-3000:]
+    looked = json.loads((project / "reports" / "last_loop.json").read_text())
+    assert looked["ran"] is False and looked["snapshots"]["feedback"]["untrained_rows"] == 0
+    assert looked["monitor"]["requests"] == 4 and not looked["monitor"]["judged"], "4 traced requests: too few to judge"
     again = finish(start(project, env, "run"))
     assert again.returncode == 0 and json.loads((project / "reports" / "last_run.json").read_text())["ran"] == []
 

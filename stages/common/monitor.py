@@ -58,15 +58,14 @@ def traces(experiment: str, start_ms: int, end_ms: int) -> Window:
     return window
 
 
-def nearest_distances(embedder, train: list[str], prompts: list[str]):
-    """Each prompt's cosine distance to its nearest training prompt."""
+def nearest_distances(embedder, train, prompts: list[str]):
+    """Each prompt's cosine distance to its nearest training prompt (`train`: their normalized embeddings)."""
     import numpy as np
 
     if not prompts:
         return np.array([])
-    a = embedder.encode(train, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
     b = embedder.encode(prompts, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
-    return 1.0 - (b @ a.T).max(axis=1)
+    return 1.0 - (b @ train.T).max(axis=1)
 
 
 def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -120,7 +119,8 @@ def measure(params, processed: str | Path, now_ms: int | None = None) -> dict:
         if high < m.min_approval:
             report["crossed"].append(f"approval {approved}/{rated}, interval up to {high:.3f} < {m.min_approval}")
     embedder = embedding_model(params.evaluate.embedding_model)
-    train = [r["prompt"] for r in read_jsonl(Path(processed) / "sft.jsonl")]
+    prompts = [r["prompt"] for r in read_jsonl(Path(processed) / "sft.jsonl")]
+    train = embedder.encode(prompts, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
     held = [r["prompt"] for r in read_jsonl(Path(processed) / "eval.jsonl")]
     reference = nearest_distances(embedder, train, held)
     line = float(np.quantile(reference, OOD_QUANTILE))

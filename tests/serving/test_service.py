@@ -121,6 +121,54 @@ def test_generate_answers_and_bounds_inputs(server, packaged):
     assert status == 400
 
 
+def test_every_answer_carries_its_trace_and_takes_feedback_on_it(server, packaged):
+    """The bento traces into the tests' MLflow store (MLFLOW_TRACKING_URI): the id in a header and the body, the
+    feedback strictly validated, an unknown trace a 404, a known one's rating and correction on the trace."""
+    import mlflow
+
+    status, body, head = _post(f"{server}/generate", {"prompt": "What does `json.dumps` do?"}, full=True)
+    assert status == 200 and body["trace_id"] == head["X-Trace-Id"] and body["trace_id"].startswith("tr-")
+    status, chat, head = _post(
+        f"{server}/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "What does `os.sep` hold?"}]},
+        full=True,
+    )
+    assert status == 200 and chat["trace_id"] == head["X-Trace-Id"] != body["trace_id"]
+    stream = urllib.request.Request(
+        f"{server}/v1/completions",
+        data=json.dumps({"prompt": "What does `heapq.heappop` do?", "stream": True}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(stream, timeout=60) as resp:
+        assert resp.headers["X-Trace-Id"].startswith("tr-") and b"[DONE]" in resp.read()
+
+    feedback = f"{server}/v1/feedback"
+    for bad, field in [
+        ({"trace_id": body["trace_id"], "rating": 7}, "rating"),
+        ({"trace_id": "not-a-trace", "rating": "up"}, "trace_id"),
+        ({"trace_id": body["trace_id"], "rating": "up", "extra": 1}, "extra"),
+    ]:
+        status, refused = _post(feedback, bad)
+        assert status == 400 and refused["error"]["param"] == field, refused
+    status, refused = _post(feedback, {"trace_id": "tr-" + "0" * 32, "rating": "up"})
+    assert status == 404 and refused["error"]["code"] == "trace_not_found"
+    status, done = _post(feedback, {"trace_id": chat["trace_id"], "rating": "down", "correction": "The separator."})
+    assert status == 200 and done["recorded"] == ["rating", "correction"] and done["rating"] == 1
+    trace = mlflow.get_trace(chat["trace_id"])
+    assert {a.name for a in trace.info.assessments} == {"rating", "correction"}
+    assert trace.info.tags["lifecycle.caller"] == "anonymous" and trace.info.tags["lifecycle.precision"] == "int8"
+    assert trace.data.spans[0].inputs == {"prompt": "What does `os.sep` hold?"}
+    assert trace.data.spans[0].outputs == {"answer": chat["choices"][0]["message"]["content"]}
+
+
+def test_with_tracing_off_nothing_is_traced_and_feedback_is_refused(packaged):
+    with serving(packaged["package"]["bento"], env={"LIFECYCLE_SERVE_TRACING": "off"}) as (base, _):
+        status, body, head = _post(f"{base}/generate", {"prompt": "What does `json.dumps` do?"}, full=True)
+        assert status == 200 and body["trace_id"] is None and "X-Trace-Id" not in head
+        status, refused = _post(f"{base}/v1/feedback", {"trace_id": "tr-" + "0" * 32, "rating": "up"})
+        assert status == 400 and refused["error"]["code"] == "tracing_off"
+
+
 def test_generate_refuses_an_unknown_field_in_the_same_shape_as_v1(server):
     """One error path: /generate refuses what /v1 refuses (an unknown field, an out-of-range or malformed body)
     with 400 and OpenAI's error body naming the field, where BentoML alone answered 200 and ignored the field."""
