@@ -290,11 +290,21 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
     assert record["snapshots"]["feedback"]["rows"] == 3 and "data" in record["ran"] and "package" in record["ran"]
     sft = [json.loads(line) for line in open(project / "data/processed/sft.jsonl")]
     pairs = [json.loads(line) for line in open(project / "data/processed/preference.jsonl")]
+    # A pair needs what was served: a tiny model's empty answer makes an sft row only.
+    expected_pairs = [
+        {"prompt": q, "chosen": correction, "rejected": served[q][1].strip()}
+        for q, correction in corrections.items()
+        if served[q][1].strip()
+    ]
     for q, correction in corrections.items():
         assert {"prompt": q, "completion": correction} in sft
-        assert {"prompt": q, "chosen": correction, "rejected": served[q][1]} in pairs
+    assert [p for p in pairs if p["chosen"] in corrections.values()] == expected_pairs
     metrics = json.loads((project / "metrics" / "data.json").read_text())
-    assert metrics["from_production"] == {"sft": 2, "preference": 2}, "exactly the corrections, the up-vote unused"
+    expected = {"sft": 2, "preference": len(expected_pairs)}
+    assert metrics["from_production"] == expected, "exactly the corrections, the up-vote unused"
+    assert (
+        f"**2** sft rows, **{len(expected_pairs)}** preference rows" in (project / "data/processed/card.md").read_text()
+    )
     children = client.search_runs(
         [client.get_run(record["parent_run_id"]).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{record['parent_run_id']}'",
