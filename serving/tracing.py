@@ -49,6 +49,7 @@ TAG_PREFIX = "lifecycle."
 RATING = "rating"  # the user's vote, as a feedback assessment: 1-5 (up = 5, down = 1)
 CORRECTION = "correction"  # the user's corrected answer, as an expectation assessment
 VOTES = {"up": 5, "down": 1}
+TOKEN_USAGE = "mlflow.chat.tokenUsage"  # mlflow.tracing.constant.SpanAttributeKey.CHAT_USAGE
 
 
 class Unknown(Exception):
@@ -153,14 +154,18 @@ class Tracer:
     def finish(self, span, rendered: str, answer: str, sources: list, usage: dict, latency_ms: float, status="OK"):
         if span is None:
             return
-        span.set_attributes(
-            {
-                "rendered_prompt": self.clean(rendered),
-                "sources": [f"{s.get('source', '')}#{s.get('section', '')}" for s in sources],
-                "latency_ms": round(latency_ms, 2),
-                **usage,
+        attributes = {
+            "rendered_prompt": self.clean(rendered),
+            "sources": [f"{s.get('source', '')}#{s.get('section', '')}" for s in sources],
+            "latency_ms": round(latency_ms, 2),
+        }
+        if usage:  # MLflow's own key and names: the Traces page shows them in its Tokens column
+            attributes[TOKEN_USAGE] = {
+                "input_tokens": usage["prompt_tokens"],
+                "output_tokens": usage["completion_tokens"],
+                "total_tokens": usage["total_tokens"],
             }
-        )
+        span.set_attributes(attributes)
         span.set_outputs({"answer": self.clean(answer)})
         span.end(status=status)
         TRACES.labels(outcome="logged").inc()

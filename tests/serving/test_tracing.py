@@ -44,7 +44,8 @@ def test_a_redacted_trace_holds_the_request_and_no_personal_data(experiment):
     tags, root = trace.info.tags, trace.data.spans[0]
     assert tags["lifecycle.version"] == "3" and tags["lifecycle.alias"] == "champion"
     assert tags["lifecycle.caller"] == "support-app" and tags["lifecycle.variant"] == "sft"
-    assert root.attributes["total_tokens"] == 10 and root.attributes["latency_ms"] == 12.5
+    assert root.attributes["mlflow.chat.tokenUsage"] == {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+    assert root.attributes["latency_ms"] == 12.5 and trace.info.token_usage["total_tokens"] == 10
     assert root.attributes["sources"] == ["json.md#dumps"]
     everything = str(trace.to_dict())
     assert EMAIL not in everything and "555-0123" not in everything, "nothing personal reached MLflow"
