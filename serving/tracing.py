@@ -16,11 +16,13 @@ not answer, requests are answered untraced (no trace id), counted as dropped in 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import bentoml
 
@@ -32,18 +34,29 @@ else:  # in a bento: copied beside the service
 log = logging.getLogger("lifecycle.tracing")
 
 PROBE_SECONDS = 5.0
-TRACES = bentoml.metrics.Counter(
-    name="lifecycle_traces",
-    documentation="requests traced to MLflow (logged) or answered untraced because the tracking server was down "
-    "(dropped)",
-    labelnames=["outcome"],
-)
-TRACKING_UP = bentoml.metrics.Gauge(
-    name="lifecycle_tracking_server_up", documentation="1 while the MLflow tracking server answers its /health"
-)
-FEEDBACK = bentoml.metrics.Counter(
-    name="lifecycle_feedback", documentation="feedback recorded on traces, by rating", labelnames=["rating"]
-)
+
+
+@functools.cache
+def counters() -> SimpleNamespace:
+    """The tracer's Prometheus metrics, made by the first Tracer, not at import: building a bento imports this
+    module a second time (as `tracing`), and a metric registered twice in one process is an error."""
+    return SimpleNamespace(
+        traces=bentoml.metrics.Counter(
+            name="lifecycle_traces",
+            documentation="requests traced to MLflow (logged) or answered untraced because the tracking server was "
+            "down (dropped)",
+            labelnames=["outcome"],
+        ),
+        tracking_up=bentoml.metrics.Gauge(
+            name="lifecycle_tracking_server_up",
+            documentation="1 while the MLflow tracking server answers its /health",
+        ),
+        feedback=bentoml.metrics.Counter(
+            name="lifecycle_feedback", documentation="feedback recorded on traces, by rating", labelnames=["rating"]
+        ),
+    )
+
+
 # The served model's trace tags (what `lifecycle monitor` and the feedback role filter on).
 TAG_PREFIX = "lifecycle."
 RATING = "rating"  # the user's vote, as a feedback assessment: 1-5 (up = 5, down = 1)
@@ -59,6 +72,7 @@ class Unknown(Exception):
 class Tracer:
     def __init__(self, mode: str, experiment: str, model: dict, phone_region: str = "US") -> None:
         self.mode, self.model, self.region = mode, {k: str(v) for k, v in model.items()}, phone_region
+        self.counters = counters()
         self.up = mode != "off"
         self.experiment_id: str | None = None
         self.recent: dict[str, float] = {}  # trace ids this process made: feedback may come before they are sent
@@ -71,7 +85,7 @@ class Tracer:
         self.experiment = experiment
         self.uri = self._uri()
         self.up = self._reachable()
-        TRACKING_UP.set(int(self.up))
+        self.counters.tracking_up.set(int(self.up))
         if self.up:
             self._experiment()
         else:
@@ -118,7 +132,7 @@ class Tracer:
                 if up and self.experiment_id is None:
                     self._experiment()
             self.up = up
-            TRACKING_UP.set(int(up))
+            self.counters.tracking_up.set(int(up))
 
     def stop(self) -> None:
         if self.mode != "off":
@@ -134,7 +148,7 @@ class Tracer:
         if self.mode == "off":
             return None
         if not (self.up and self.experiment_id):
-            TRACES.labels(outcome="dropped").inc()
+            self.counters.traces.labels(outcome="dropped").inc()
             return None
         import mlflow
 
@@ -168,7 +182,7 @@ class Tracer:
         span.set_attributes(attributes)
         span.set_outputs({"answer": self.clean(answer)})
         span.end(status=status)
-        TRACES.labels(outcome="logged").inc()
+        self.counters.traces.labels(outcome="logged").inc()
 
     # --- feedback -------------------------------------------------------------------------------------------------
 
@@ -192,4 +206,4 @@ class Tracer:
         )
         if correction:
             mlflow.log_expectation(trace_id=trace_id, name=CORRECTION, value=self.clean(correction), source=source)
-        FEEDBACK.labels(rating=str(rating)).inc()
+        self.counters.feedback.labels(rating=str(rating)).inc()
