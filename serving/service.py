@@ -300,7 +300,12 @@ class Lifecycle:
             span = self.tracer.start("/generate", req.prompt, auth.caller(ctx.request.scope))
             result = await self.traced(span, waiter, ids, used, start)
         except protocol.REFUSED as exc:
-            return protocol.refusal(exc).response()  # BentoML sends a Response as it is
+            refused = protocol.refusal(exc)
+            # BentoML sends a Response as it is, but takes an API's status and headers from its context (ctx)
+            ctx.response.status_code = refused.status
+            for name, value in (refused.headers or {}).items():
+                ctx.response.headers[name] = value
+            return refused.response()
         if span:
             ctx.response.headers[TRACE_HEADER] = span.trace_id
         return protocol.Answer(

@@ -83,14 +83,25 @@ class Tracer:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
         self.experiment = experiment
-        self.uri = self._uri()
+        self.stopped = threading.Event()
+        try:
+            self.uri = self._uri()
+        except Exception as exc:  # noqa: BLE001 - tracing never stops the server from serving
+            # A bento carries MLflow's tracing SDK, which writes to a tracking server, not to a local store.
+            log.warning(
+                "tracing is off: no usable MLflow tracking URI (%s: %s); set MLFLOW_TRACKING_URI to a tracking "
+                "server to trace requests",
+                type(exc).__name__,
+                exc,
+            )
+            self.mode, self.up = "off", False
+            return
         self.up = self._reachable()
         self.counters.tracking_up.set(int(self.up))
         if self.up:
             self._experiment()
         else:
             log.warning("MLflow tracking server %s does not answer: requests are answered untraced", self.uri)
-        self.stopped = threading.Event()
         threading.Thread(target=self._probe, name="tracking-probe", daemon=True).start()
 
     # --- the tracking server ------------------------------------------------------------------------------------
@@ -135,7 +146,7 @@ class Tracer:
             self.counters.tracking_up.set(int(up))
 
     def stop(self) -> None:
-        if self.mode != "off":
+        if hasattr(self, "stopped"):
             self.stopped.set()
 
     # --- traces ---------------------------------------------------------------------------------------------------

@@ -161,14 +161,6 @@ def test_every_answer_carries_its_trace_and_takes_feedback_on_it(server, package
     assert trace.data.spans[0].outputs == {"answer": chat["choices"][0]["message"]["content"]}
 
 
-def test_with_tracing_off_nothing_is_traced_and_feedback_is_refused(packaged):
-    with serving(packaged["package"]["bento"], env={"LIFECYCLE_SERVE_TRACING": "off"}) as (base, _):
-        status, body, head = _post(f"{base}/generate", {"prompt": "What does `json.dumps` do?"}, full=True)
-        assert status == 200 and body["trace_id"] is None and "X-Trace-Id" not in head
-        status, refused = _post(f"{base}/v1/feedback", {"trace_id": "tr-" + "0" * 32, "rating": "up"})
-        assert status == 400 and refused["error"]["code"] == "tracing_off"
-
-
 def test_generate_refuses_an_unknown_field_in_the_same_shape_as_v1(server):
     """One error path: /generate refuses what /v1 refuses (an unknown field, an out-of-range or malformed body)
     with 400 and OpenAI's error body naming the field, where BentoML alone answered 200 and ignored the field."""
@@ -334,6 +326,15 @@ def test_metrics_count_requests_tokens_batches_and_refusals(server):
         and 'status="200"' in line
     ]
     assert served and float(served[0].split()[-1]) >= 1
+
+
+def test_with_tracing_off_nothing_is_traced_and_feedback_is_refused(packaged):
+    # After the module server's tests: a server starting wipes the metrics the running one wrote (one multiproc dir)
+    with serving(packaged["package"]["bento"], env={"LIFECYCLE_SERVE_TRACING": "off"}) as (base, _):
+        status, body, head = _post(f"{base}/generate", {"prompt": "What does `json.dumps` do?"}, full=True)
+        assert status == 200 and body["trace_id"] is None and "X-Trace-Id" not in head
+        status, refused = _post(f"{base}/v1/feedback", {"trace_id": "tr-" + "0" * 32, "rating": "up"})
+        assert status == 400 and refused["error"]["code"] == "tracing_off"
 
 
 def test_api_keys_and_load_past_the_queue(packaged):

@@ -95,3 +95,16 @@ def test_retention_deletes_the_traces_older_than_its_days(experiment, tmp_path):
     assert prune_traces.fn(str(tmp_path), params) == 1
     assert mlflow.get_trace(old, silent=True) is None and mlflow.get_trace(new) is not None
     tracer.stop()
+
+
+def test_without_a_usable_tracking_uri_the_server_serves_untraced(monkeypatch, caplog):
+    """In a container the bento has MLflow's tracing SDK only: without MLFLOW_TRACKING_URI there is no store."""
+
+    def no_store():
+        raise ModuleNotFoundError("No module named 'sqlparse'")
+
+    monkeypatch.setattr(tracing.Tracer, "_uri", staticmethod(no_store))
+    tracer = tracing.Tracer("redacted", "anything", MODEL)
+    assert tracer.mode == "off" and tracer.start("/generate", "hi", "anonymous") is None
+    assert "set MLFLOW_TRACKING_URI to a tracking server" in caplog.text
+    tracer.stop()

@@ -45,7 +45,8 @@ def test_passing_model_is_registered_champion_and_bento(packaged, prepared):
     assert record["bentoml_model"] in [str(m.tag) for m in bento.info.models]
     # The serving settings travel in the bento; the resources reach its service configuration (cloud targets).
     packed = read_json(Path(bento.path) / "src" / "packaged_model.json")
-    assert packed == {"tag": record["bentoml_model"], "serve": prepared.serve.model_dump()}
+    registered = {k: record[k] for k in ("registered_model", "version", "alias")}
+    assert packed == {"tag": record["bentoml_model"], "serve": prepared.serve.model_dump(), "registered": registered}
     assert bento.info.services[0].config["resources"] == {"cpu": "1", "memory": "2Gi"}
     assert (Path(bento.path) / "src" / "engine.py").is_file()
     model_dir = Path(prepared.paths.package) / "model"
