@@ -139,10 +139,14 @@ def read_traces(project: str, traces) -> list[dict]:
 
 def refresh(params, root: str | Path = ".") -> dict[str, dict]:
     """Each live role's rows into its snapshot file; per role: rows, rows new to the file, whether it changed."""
-    done = {}
+    done, live = {}, live_roles(params)
     folder = Path(root) / params.paths.snapshots
-    folder.mkdir(parents=True, exist_ok=True)  # a DVC dependency of the data stage: it must exist
-    for role, source in live_roles(params).items():
+    try:
+        folder.mkdir(parents=True, exist_ok=True)  # a DVC dependency of the data stage: it must exist
+    except OSError:
+        if live:  # without live sources a project whose dvc.yaml does not read the folder needs none
+            raise
+    for role, source in live.items():
         rows = (
             read_traces(params.project.name, source.mlflow_traces)
             if source.mlflow_traces
