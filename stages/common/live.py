@@ -25,7 +25,7 @@ from stages.common.params import FEEDBACK, ROLES
 
 log = logging.getLogger(__name__)
 
-# The served model's trace (serving/tracing.py): its assessments' names, and what a vote counts on the 1-5 scale.
+# The names serving/tracing.py gives the assessments on a trace (the bento cannot import this module).
 RATING, CORRECTION = "rating", "correction"
 
 
