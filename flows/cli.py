@@ -296,11 +296,19 @@ def scheduled_deployment(cron: str, name: str, root: str):
     return loop.to_deployment(name=name, schedules=[cron_schedule(cron)], parameters={"root": root})
 
 
+def _tracking_answers() -> None:
+    """The after-deploy commands read and write traces: a tracking server that is down is exit 4, said once."""
+    from stages.common.tracking import check_tracking
+
+    check_tracking()
+
+
 def cmd_snapshot(args) -> int:
     from flows.loop import snapshot
     from stages.common.loader import load_params
 
     params = load_params(Path.cwd() / "params.yaml")
+    _tracking_answers()
     refreshed = snapshot.fn(str(Path.cwd()), params)
     if not refreshed:
         print("no live sources (`sql:` or `mlflow_traces:` under data.sources): nothing to refresh")
@@ -317,6 +325,7 @@ def cmd_prune_traces(args) -> int:
     from stages.common.loader import load_params
 
     params = load_params(Path.cwd() / "params.yaml")
+    _tracking_answers()
     days = params.scope.residency.retention_days
     if days is None:
         print("scope.residency.retention_days is not set: traces are kept")
@@ -330,6 +339,7 @@ def cmd_monitor(args) -> int:
     from stages.common.monitor import run
 
     params = load_params(Path.cwd() / "params.yaml")
+    _tracking_answers()
     report = run(params, Path.cwd())
     print(Path("reports/monitor.md").read_text(encoding="utf-8"))
     return ExitStatus.THRESHOLD_CROSSED if report["crossed"] else ExitStatus.OK
@@ -338,6 +348,7 @@ def cmd_monitor(args) -> int:
 def cmd_loop(args) -> int:
     from flows.loop import loop
 
+    _tracking_answers()
     outcome = loop(str(Path.cwd()))
     if outcome["ran"]:
         return outcome["exit_status"]
