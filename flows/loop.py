@@ -50,7 +50,7 @@ def snapshot(root: str, params) -> dict[str, dict]:
     from stages.common.live import refresh
     from stages.common.tracking import configure
 
-    if any(s.mlflow_traces for s in _live(params).values()):
+    if reads_traces(params):
         configure(params.project.name)
     refreshed = refresh(params, Path(root))
     read = Path(root) / params.paths.processed / "snapshots"
@@ -62,10 +62,9 @@ def snapshot(root: str, params) -> dict[str, dict]:
     return refreshed
 
 
-def _live(params) -> dict:
-    from stages.common.live import live_roles
-
-    return live_roles(params)
+def reads_traces(params) -> bool:
+    """The project learns from the served model's traces (a `feedback` source)."""
+    return params.data.sources.feedback is not None
 
 
 @task(name="monitor")
@@ -98,8 +97,11 @@ def loop(root: str = ".") -> dict:
     params = load_params(Path(root) / "params.yaml")
     pruned = prune_traces(root, params)
     refreshed = snapshot(root, params)
-    traced = any(s.mlflow_traces for s in _live(params).values())
-    report = monitor(root, params) if traced and (Path(root) / params.paths.processed / "sft.jsonl").is_file() else None
+    report = (
+        monitor(root, params)
+        if reads_traces(params) and (Path(root) / params.paths.processed / "sft.jsonl").is_file()
+        else None
+    )
     why = decide(params, refreshed, report)
     outcome = {"pruned_traces": pruned, "snapshots": refreshed, "monitor": report, "trigger": why, "ran": False}
     if why is None:

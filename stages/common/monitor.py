@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.io import read_jsonl, write_text
+from stages.common.live import RATING
+from stages.common.params import MlflowTraces
 
 OOD_QUANTILE = 0.95  # the eval split's nearest-training distance at this quantile is the out-of-domain line
 
@@ -53,7 +55,7 @@ def traces(experiment: str, start_ms: int, end_ms: int) -> Window:
         window.answers.append(str((root.outputs or {}).get("answer", "")))
         window.latency_ms.append(float(root.attributes.get("latency_ms") or trace.info.execution_duration or 0))
         for a in trace.info.assessments or []:
-            if a.name == "rating" and a.feedback is not None and getattr(a, "valid", True) is not False:
+            if a.name == RATING and a.feedback is not None and getattr(a, "valid", True) is not False:
                 window.ratings.append(float(a.feedback.value))
     return window
 
@@ -111,7 +113,8 @@ def measure(params, processed: str | Path, now_ms: int | None = None) -> dict:
             f"guardrail breaches {report['guardrail_breaches_per_100']} per 100 > {m.max_guardrail_breaches_per_100}"
         )
     rated = len(current.ratings)
-    min_rating = params.data.sources.feedback.mlflow_traces.min_rating if params.data.sources.feedback else 4
+    feedback = params.data.sources.feedback
+    min_rating = (feedback.mlflow_traces if feedback else MlflowTraces()).min_rating
     if rated:
         approved = sum(r >= min_rating for r in current.ratings)
         low, high = wilson(approved, rated)
