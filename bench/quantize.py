@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from report import command_line, markdown_table, write_section
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flows import gguf
+    from stages.common import gguf_file as gguf
     from stages.common import precision as precisions
     from stages.common.measure import decoding_speed
 

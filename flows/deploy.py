@@ -282,7 +282,7 @@ def gguf(bento: str, version, out: Path, gguf_type: str) -> dict:
     """The champion as <name>-v<version>-<type>.gguf and an Ollama Modelfile in `out`. A model served quantized by
     torchao or quanto is written from its trained weights (the bento keeps them; the server quantizes at start-up)
     at `gguf_type`, llama.cpp's own quantization."""
-    from flows import gguf as writer
+    from stages.common import gguf_file as writer
 
     model_dir = bento_model_dir(bento)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,11 @@ import bentoml
 
 if __package__:  # run from the repository (serving.service)
     from serving import auth, engine, protocol, settings, telemetry, tracing
+    from stages.common import generation
 else:  # in a bento: the service's modules lie side by side
     import auth
     import engine
+    import generation
     import protocol
     import settings
     import telemetry
@@ -46,7 +48,7 @@ with bentoml.importing():
     import torch
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     if __package__:
         from stages.common import precision, prompting, retrieval
@@ -81,24 +83,27 @@ class Lifecycle:
     def __init__(self) -> None:
         path = Path(self.model_ref.path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        cuda = torch.cuda.is_available()
-        cpus = SERVE["resources"].get("cpu")
-        if not cuda and cpus:
-            # As many compute threads as the CPUs the service asked for (the HTTP layer needs the rest). torch's
-            # default, every core, decoded batches of 16 at 77 requests/s on this 2-core machine, one thread at 138.
-            torch.set_num_threads(max(1, int(float(cpus))))
-        # On a GPU in the precision it was packaged in; on a CPU in float32 (bf16 is emulated there, ~10x slower).
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if cuda else torch.float32)
-        self.model = self.model.to("cuda" if cuda else "cpu").eval()
         info = (
             json.loads((path / "lifecycle.json").read_text(encoding="utf-8"))
             if (path / "lifecycle.json").is_file()
             else {}
         )
-        # At the precision evaluate chose and measured (metrics/eval.json `serving`), by the function it used.
+        # The engine and the precision evaluate answered with (metrics/eval.json `engines`, `serving`).
         self.precision = info.get("precision", precision.FULL)
-        self.model = precision.quantize(self.model, self.precision)
-        self.renderer = prompting.Renderer.load(path, self.tokenizer)
+        self.engine_name = info.get("engine", generation.TRANSFORMERS)
+        config = GenerationConfig.from_pretrained(path) if (path / "generation_config.json").is_file() else None
+        if self.engine_name == generation.OPENVINO:
+            # The GGUF file at the chosen precision, as it is: nothing is converted or quantized at start-up.
+            backend = generation.OpenVINOEngine(
+                path / info["file"],
+                SERVE["max_batch_size"],
+                SERVE.get("fast_math", False),
+                generation.repetition_penalty(config),
+            )
+            context = AutoConfig.from_pretrained(path)
+        else:
+            backend, context = self.torch_engine(path)
+        self.renderer = prompting.Renderer.load(path, self.tokenizer, prompting.context_length(context))
         self.model_id = info.get("project") or self.model_ref.tag.name
         # The shipped index (a _rag variant): searched on a working copy, the model store's stays as packaged.
         self.retriever = (
@@ -111,6 +116,7 @@ class Lifecycle:
             "alias": settings.REGISTERED.get("alias", ""),
             "variant": info.get("variant", ""),
             "precision": self.precision,
+            "engine": self.engine_name,
         }
         self.tracer = tracing.Tracer(
             SERVE.get("tracing", "off"), info.get("project") or self.model_id, model, info.get("phone_region", "US")
@@ -118,10 +124,9 @@ class Lifecycle:
         self.feedback_thread = ThreadPoolExecutor(1, thread_name_prefix="feedback")
         stops = [] if self.renderer.chat else self.renderer.fmt.stop
         self.engine = engine.Engine(
-            self.model,
-            self.tokenizer,
-            self.renderer.cut,
-            stops,
+            generation.Generator(
+                backend, self.tokenizer, self.renderer.cut, stops, generation.eos_ids(config, self.tokenizer)
+            ),
             max_batch_size=SERVE["max_batch_size"],
             batch_wait_ms=SERVE["batch_wait_ms"],
             max_queue=SERVE["max_queue"],
@@ -129,6 +134,20 @@ class Lifecycle:
                 batch=telemetry.BATCH.observe, tokens=telemetry.TOKENS.inc, waiting=telemetry.WAITING.set
             ),
         )
+
+    def torch_engine(self, path: Path):
+        """The transformers engine (the fallback for architectures OpenVINO's GGUF route does not take): the model
+        in torch, at the precision evaluate chose, by the function it used (precision.py)."""
+        cuda = torch.cuda.is_available()
+        cpus = SERVE["resources"].get("cpu")
+        if not cuda and cpus:
+            # As many compute threads as the CPUs the service asked for (the HTTP layer needs the rest). torch's
+            # default, every core, decoded batches of 16 at 77 requests/s on this 2-core machine, one thread at 138.
+            torch.set_num_threads(max(1, int(float(cpus))))
+        # On a GPU in the precision it was packaged in; on a CPU in float32 (bf16 is emulated there, ~10x slower).
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if cuda else torch.float32)
+        model = precision.quantize(model.to("cuda" if cuda else "cpu").eval(), self.precision)
+        return generation.TransformersEngine(model, self.tokenizer), model
 
     @bentoml.on_shutdown
     def remove_index_copy(self) -> None:

@@ -26,6 +26,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from stages.common.answer_cache import AnswerCache, weights_digest
 from stages.common.cli import stage_main
 from stages.common.confidence import cell
 from stages.common.errors import ProjectError
@@ -96,6 +97,17 @@ def not_reached(paths: Paths, methods: list[str]) -> dict[str, str]:
     return {stage: info["not_reached"] for stage, info in infos.items() if info.get("not_reached")}
 
 
+def variant_model(spec: dict, device: str):
+    """A variant's model as its engine runs it: a LoRA adapter merged into its base (the weights that would ship);
+    a soft prompt, which cannot be merged, on its base as PEFT runs it."""
+    from stages.common.models import candidate_model, load_model, load_tokenizer
+
+    try:
+        return candidate_model(spec, device)
+    except ProjectError:  # a soft prompt (adapt.technique: prompt_tuning): transformers runs it as it is
+        return load_model(spec["ref"], device, adapter=spec["adapter"]), load_tokenizer(spec["adapter"])
+
+
 def evaluate_variant(
     name: str,
     spec: dict,
@@ -104,12 +116,15 @@ def evaluate_variant(
     params: Params,
     device: str,
     index: dict | None = None,
-) -> tuple[dict, list[str]]:
+    cache: AnswerCache | None = None,
+) -> tuple[dict, list[str], dict]:
+    """A variant's metrics, answers and the engine that gave them (served answers come from the same engine). An
+    entry of `cache` with the same weights, engine, prompts and decoding is taken instead of answering again."""
+    from stages.common.engines import engine_choice, open_engine
     from stages.common.measure import measure_prompts
-    from stages.common.models import load_model, load_tokenizer, perplexity, render_all, renderer_for
+    from stages.common.models import perplexity, render_all, renderer_for
 
-    model = load_model(spec["ref"], device, adapter=spec["adapter"])
-    tok = load_tokenizer(spec["adapter"] or spec["ref"])
+    model, tok = variant_model(spec, device)
     n_new = params.evaluate.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     if spec.get("rag"):  # checked on the prompts without their passages: the budget adds those
@@ -122,20 +137,64 @@ def evaluate_variant(
             name,
         )
     prompts = render_all(renderer, eval_rows, "eval", spec["examples"])
-    metrics, answers = measure_prompts(
-        model,
-        renderer,
-        eval_rows,
-        prompts,
-        params,
-        n_new,
-        f"evaluate {name}",
-        evaluated_text_metrics(params),
-        decoding(params),
+    soft_prompt = hasattr(model, "peft_config")
+    engine, why = (
+        ("transformers", "a soft prompt runs on its base in PEFT")
+        if soft_prompt
+        else engine_choice(params, model.config.model_type, device)
     )
+    key = AnswerCache.key(
+        weights=weights_digest(spec["ref"], spec["adapter"]),
+        engine=engine,
+        fast_math=params.serve.fast_math,
+        engine_version=engine_version(engine),
+        prompts=prompts,
+        references=[r["references"] for r in eval_rows],
+        decoding=decoding(params),
+        metrics=evaluated_text_metrics(params),
+        general=general,
+    )
+    if cache is not None and (hit := cache.get(key)):
+        log.info("evaluate %s: answers and figures from the cache (%s, same weights, prompts and engine)", name, key)
+        return hit["metrics"], hit["answers"], hit["engine"]
+    opened = None
+    if soft_prompt:
+        from stages.common import generation
+        from stages.common.engines import Opened
+
+        opened = Opened(generation.TransformersEngine(model, tok), engine, why, "full", {})
+    else:
+        opened = open_engine(params, model, tok, device)
+    try:
+        metrics, answers = measure_prompts(
+            model,
+            renderer,
+            eval_rows,
+            prompts,
+            params,
+            n_new,
+            f"evaluate {name} ({opened.name})",
+            evaluated_text_metrics(params),
+            decoding(params),
+            opened,
+        )
+        record = opened.record()
+    finally:
+        opened.close()
     if general:
         metrics["perplexity_general"] = round(perplexity(model, tok, general), 2)
-    return metrics, answers
+    if cache is not None:
+        cache.put(key, {"variant": name, "metrics": metrics, "answers": answers, "engine": record})
+    return metrics, answers, record
+
+
+def engine_version(engine: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openvino-genai" if engine == "openvino" else "transformers")
+    except PackageNotFoundError:
+        return "?"
 
 
 def quality_metric(params: Params) -> str:
@@ -149,13 +208,15 @@ def quality_metric(params: Params) -> str:
 def try_precisions(
     params: Params, candidate: str, spec: dict, rows: list[dict], full: dict, full_answers: list[str], device: str
 ) -> tuple[dict, dict[str, list[str]]]:
-    """The candidate at each `package.quantize` precision beside its trained weights (`full`), on the same eval rows:
-    the task metrics with their intervals (`full`: the candidate's own row of the report), the paired difference
-    with the trained weights on the quality metric, the bytes of the weights, the estimated serving memory, and the
-    decoding speed alone and at the server's batch size. A precision that cannot run here is skipped with the
-    reason. Returns ({precision: trial}, {precision: answers})."""
+    """The candidate at each `package.quantize` precision beside its trained weights (`full`), on the same eval rows
+    and through the engine that serves it (OpenVINO: the GGUF file at F16, Q8_0, Q4_0): the task metrics with their
+    intervals (`full`: the candidate's own row of the report), the paired difference with the trained weights on the
+    quality metric, the bytes of the weights, the estimated serving memory, and the decoding speed alone and at the
+    server's batch size. A precision that cannot run here is skipped with the reason. Returns ({precision: trial},
+    {precision: answers})."""
     from stages.common import precision as precisions
     from stages.common.confidence import Resampling, interval, paired
+    from stages.common.engines import engine_choice, open_engine
     from stages.common.measure import decoding_speed, measure_prompts
     from stages.common.memory import GIB, estimate, shape_of
     from stages.common.models import candidate_model, render_all, renderer_for
@@ -166,21 +227,22 @@ def try_precisions(
     refs, kw = [r["references"] for r in rows], {**context(params), "questions": [r["prompt"] for r in rows]}
     trials, answers = {}, {}
     for name in [precisions.FULL] + [q.value for q in params.package.quantize]:
-        why = precisions.unavailable(name, device)
-        if why is None:
-            try:  # a LoRA candidate is merged first: its merged weights are what is quantized and served
-                model, tok = candidate_model(spec, device)
-            except ProjectError as exc:  # a soft prompt cannot be merged, so it is not quantized either
-                why = exc.problems[0]
+        try:  # a LoRA candidate is merged first: its merged weights are what is quantized and served
+            model, tok = candidate_model(spec, device)
+            engine, _ = engine_choice(params, model.config.model_type, device)
+            # The openvino engine runs its own file types; the torch libraries serve the transformers engine.
+            why = precisions.unavailable(name, device) if engine != "openvino" else openvino_lacks(name)
+        except ProjectError as exc:  # a soft prompt cannot be merged, so it is not quantized either
+            why = exc.problems[0]
         if why:
             trials[name] = {"skipped": why}
             log.warning("evaluate: %s skipped: %s", name, why)
             continue
         shape = shape_of(model.config, sum(p.numel() for p in model.parameters()))
-        model = precisions.quantize(model, name)
         renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
         prompts = render_all(renderer, rows, "eval", spec["examples"])
-        if name == precisions.FULL:  # measured with the other variants: the same weights, the same answers
+        opened = open_engine(params, model, tok, device, name)
+        if name == precisions.FULL:  # measured with the other variants: the same engine, the same answers
             metrics, answers[name] = full, full_answers
         else:
             values, answers[name] = measure_prompts(
@@ -190,9 +252,10 @@ def try_precisions(
                 prompts,
                 params,
                 n_new,
-                f"evaluate {candidate}@{name}",
+                f"evaluate {candidate}@{name} ({opened.name})",
                 evaluated_text_metrics(params),
                 decoding(params),
+                opened,
             )
             metrics = {m: {"value": v} for m, v in values.items()}
             for m in evaluated_text_metrics(params):
@@ -208,11 +271,13 @@ def try_precisions(
         )
         trials[name] = {
             "metrics": metrics,
-            "size_bytes": precisions.weight_bytes(model),
+            "size_bytes": opened.size_bytes,
             "memory_gib": round(served.total / GIB, 4),
-            "alone": decoding_speed(model, renderer, prompts, n_new, 1, rounds=8),
-            "batched": decoding_speed(model, renderer, prompts, n_new, batch, rounds=2),
+            "alone": decoding_speed(opened, renderer, prompts, n_new, 1, rounds=8),
+            "batched": decoding_speed(opened, renderer, prompts, n_new, batch, rounds=2),
+            "engine": opened.record(),
         }
+        opened.close()
         trials[name]["p95_ms"] = trials[name]["alone"]["p95_ms"]
         if name != precisions.FULL:
             c = paired(
@@ -229,6 +294,17 @@ def try_precisions(
         log.info("evaluate @%s: %s", name, {k: v for k, v in trials[name].items() if k != "metrics"})
         del model
     return trials, answers
+
+
+def openvino_lacks(precision: str) -> str | None:
+    """Why the openvino engine does not run `precision` (a bitsandbytes one); None when it does."""
+    from stages.common.generation import GGUF_TYPE
+
+    if precision in GGUF_TYPE:
+        return None
+    return f"{precision} is a bitsandbytes precision of the transformers engine on a GPU; OpenVINO runs " + ", ".join(
+        f"{p} as GGUF {t}" for p, t in GGUF_TYPE.items()
+    )
 
 
 def decoding(params: Params) -> dict:
@@ -377,14 +453,15 @@ def run(params: Params, paths: Paths) -> dict:
         import mlflow
 
         log_splits(paths.processed, ["eval", "general"])
-        results, answers = {}, {}
+        results, answers, engines = {}, {}, {}
+        cache = AnswerCache(paths.answers)
         rag_rows, index = with_context(paths, eval_rows) if any(s.get("rag") for s in specs.values()) else (None, None)
         for name, spec in specs.items():
             rows = rag_rows if spec.get("rag") else eval_rows
             twin = name.removesuffix(RAG) if name != "baseline_rag" else "baseline_zero_shot"
             # A twin's general-text perplexity is its model's, already measured (the passages change no weight).
-            results[name], answers[name] = evaluate_variant(
-                name, spec, rows, [] if spec.get("rag") else general, params, device, index
+            results[name], answers[name], engines[name] = evaluate_variant(
+                name, spec, rows, [] if spec.get("rag") else general, params, device, index, cache
             )
             if spec.get("rag") and general:
                 results[name]["perplexity_general"] = results[twin]["perplexity_general"]
@@ -455,6 +532,9 @@ def run(params: Params, paths: Paths) -> dict:
             "rung": rung(candidate),
             # The precision the candidate ships at, chosen among `package.quantize` (null: none was tried).
             "serving": serving,
+            # What generated each variant's answers (stages/common/generation.py): the server runs the same.
+            "engines": engines,
+            "answer_cache": {"reused": cache.hits, "answered": cache.misses},
         }
         mlflow.log_metrics(
             {
@@ -527,8 +607,17 @@ def run(params: Params, paths: Paths) -> dict:
         mlflow.log_metric("gates.passed", float(decision.passed))
         for f in (paths.eval_metrics, paths.eval_report, Path(paths.eval_report).with_suffix(".png")):
             mlflow.log_artifact(str(f))
+    pruned = cache.prune()
+    log.info(
+        "answer cache: %d variants reused, %d answered, %d stale entries removed", cache.hits, cache.misses, pruned
+    )
     verdict = "PASSED" if decision.passed else "FAILED"
-    return {"report": report, "summary": f"candidate {candidate}: gates {verdict}; " + "; ".join(decision.reasons)}
+    engine = engines[candidate]
+    return {
+        "report": report,
+        "summary": f"candidate {candidate} on {engine['engine']} ({engine['why']}): gates {verdict}; "
+        + "; ".join(decision.reasons),
+    }
 
 
 def plot(results: dict[str, dict[str, dict]], path: Path) -> None:

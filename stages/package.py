@@ -21,9 +21,16 @@ from pathlib import Path
 from stages.common.cli import stage_main
 from stages.common.confidence import cell
 from stages.common.errors import GateRefused
+from stages.common.generation import GGUF_FILE, OPENVINO
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.common.precision import FULL, LIBRARY
-from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, TRACING_PACKAGES, pinned
+from stages.common.registry import (
+    ENGINE_PACKAGES,
+    RETRIEVAL_PACKAGES,
+    SERVING_PACKAGES,
+    TRACING_PACKAGES,
+    pinned,
+)
 from stages.common.tracking import git_commit, sha256
 from stages.common.variants import variants
 
@@ -33,9 +40,10 @@ PACKAGED_TAG = "lifecycle.packaged"  # set last: the version has its bento and i
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
 # The bento carries the service's modules (serving/*.py: the service, its settings, protocol, telemetry, keys and
-# the batching engine) and, beside them, the renderer, the serving precisions and the retriever.
+# the request queue) and, beside them, the generation engine, the renderer, the serving precisions and the retriever.
 SHARED = [
-    Path(__file__).resolve().parent / "common" / f for f in ("pii.py", "precision.py", "prompting.py", "retrieval.py")
+    Path(__file__).resolve().parent / "common" / f
+    for f in ("generation.py", "pii.py", "precision.py", "prompting.py", "retrieval.py")
 ] + sorted(SERVING_DIR.glob("*.py"))
 
 
@@ -63,6 +71,30 @@ def shipped(eval_report: dict) -> str:
     """The shipped model's name in reports/eval_answers.jsonl (`sft`, or `sft@int8` when it ships quantized)."""
     precision = shipped_precision(eval_report)
     return eval_report["candidate"] + ("" if precision == FULL else f"@{precision}")
+
+
+def shipped_engine(eval_report: dict) -> dict:
+    """What generated the shipped answers in evaluate: the engine, its file type and the file's digest."""
+    precision = shipped_precision(eval_report)
+    if precision != FULL:
+        return eval_report["serving"]["trials"][precision]["engine"]
+    return eval_report["engines"][eval_report["candidate"]]
+
+
+def engine_file(params, model, tokenizer, model_dir: Path, eval_report: dict) -> str:
+    """The GGUF file the openvino engine serves, written as evaluate wrote it (same weights, same type, same
+    writer): its digest must be the one evaluate's answers came from, or nothing ships."""
+    from stages.common.engines import sha256_of, write_engine_file
+
+    expected = shipped_engine(eval_report)
+    out = model_dir / GGUF_FILE
+    write_engine_file(model, tokenizer, out, shipped_precision(eval_report), params.project.name)
+    if expected.get("sha256") and sha256_of(out) != expected["sha256"]:
+        raise RuntimeError(
+            f"{out}: the {expected['gguf_type']} file differs from the one evaluate answered with "
+            f"(sha256 {sha256_of(out)[:12]} vs {expected['sha256'][:12]}); run evaluate again (`dvc repro evaluate`)"
+        )
+    return GGUF_FILE
 
 
 def shipped_metrics(eval_report: dict) -> dict:
@@ -173,6 +205,8 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
     tags = {
         "lifecycle.variant": candidate,
         "lifecycle.precision": precision,
+        "lifecycle.engine": shipped_engine(eval_report)["engine"],
+        "lifecycle.engine_why": shipped_engine(eval_report)["why"],
         **({"lifecycle.precision_why": eval_report["serving"]["why"]} if eval_report.get("serving") else {}),
         "lifecycle.primary_metric": eval_report["primary_metric"],
         "lifecycle.verdict": f"{verdict.alias}: {verdict.why}",
@@ -289,8 +323,11 @@ def build_bento(params, model_dir: Path, eval_report: dict, registered: dict) ->
 
     name = params.project.name
     labels = {"project": name, "variant": eval_report["candidate"]}
+    engine = shipped_engine(eval_report)["engine"]
     with bentoml.models.create(name, labels=labels, metadata={"eval": shipped_metrics(eval_report)}) as bm:
-        shutil.copytree(model_dir, bm.path, dirs_exist_ok=True)
+        # The openvino engine serves the GGUF file alone: the float32 weights stay in the MLflow registry.
+        ignore = shutil.ignore_patterns("*.safetensors") if engine == OPENVINO else None
+        shutil.copytree(model_dir, bm.path, dirs_exist_ok=True, ignore=ignore)
         # The serving settings beside the weights too: a model served from the repository (no packaged_model.json)
         # runs as it was packaged. A file, not metadata: BentoML's metadata refuses nulls (`gpu_type: null`).
         write_json(Path(bm.path) / "serve.json", params.serve.model_dump())
@@ -301,9 +338,10 @@ def build_bento(params, model_dir: Path, eval_report: dict, registered: dict) ->
     recipe["models"] = [model_tag]
     retrieves = (model_dir / "index").is_dir()
     precision = shipped_precision(eval_report)
-    quantizes = (LIBRARY[precision],) if precision != FULL else ()
+    quantizes = (LIBRARY[precision],) if precision != FULL and engine != OPENVINO else ()
+    runs = ENGINE_PACKAGES if engine == OPENVINO else ()
     recipe.setdefault("python", {})["packages"] = pinned(
-        SERVING_PACKAGES + TRACING_PACKAGES + quantizes + (RETRIEVAL_PACKAGES if retrieves else ())
+        SERVING_PACKAGES + TRACING_PACKAGES + runs + quantizes + (RETRIEVAL_PACKAGES if retrieves else ())
     )
     recipe["labels"] = labels
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.
@@ -341,13 +379,19 @@ def run(params, paths) -> dict:
         tokenizer.save_pretrained(model_dir)
         # The renderer's settings, as evaluate used them; few-shot examples only when a prompted baseline ships.
         renderer_for(params, tokenizer, model, examples=spec["examples"]).save(model_dir)
+        engine = shipped_engine(report)
+        file = engine_file(params, model, tokenizer, model_dir, report) if engine["engine"] == OPENVINO else None
         write_json(
             model_dir / "lifecycle.json",
             {
                 "project": params.project.name,
                 "variant": variant,
                 "eval": shipped_metrics(report),
-                "precision": shipped_precision(report),  # the server quantizes to it at start-up (precision.py)
+                # The engine and precision evaluate answered with: OpenVINO runs `file` as it is; transformers
+                # quantizes the weights at start-up (precision.py).
+                "precision": shipped_precision(report),
+                "engine": engine["engine"],
+                "file": file,
                 "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
                 # What the server's traces redact in (serve.tracing: redacted): the data stage's phone region.
                 "phone_region": params.scope.privacy.phone_region,
@@ -358,6 +402,7 @@ def run(params, paths) -> dict:
             record = {
                 "variant": variant,
                 "precision": shipped_precision(report),
+                "engine": engine["engine"],
                 "eval_answers": shipped(report),  # its column in reports/eval_answers.jsonl: what it answered there
                 **register(params, paths, model_dir, model, tokenizer, report),
             }
@@ -376,7 +421,7 @@ def run(params, paths) -> dict:
             mlflow.log_artifacts(str(model_dir / "index"), artifact_path="index")
     return {
         "package": record,
-        "summary": f"{variant}@{shipped_precision(report)}: MLflow {record['registered_model']} v{record['version']} "
+        "summary": f"{variant}@{shipped_precision(report)} on {record['engine']}: MLflow {record['registered_model']} v{record['version']} "
         f"@{record['alias']} ({record['why']}), bento {record['bento']}",
     }
 

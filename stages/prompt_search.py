@@ -31,6 +31,7 @@ def prompt_metric(params: Params) -> str:
 
 
 def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts: list[int], params: Params) -> dict:
+    from stages.common.engines import open_engine
     from stages.common.measure import measure_prompts
     from stages.common.metrics import best_of
     from stages.common.models import render_all, renderer_for
@@ -39,10 +40,17 @@ def search_prompt(model, tok, dev: list[dict], examples: list[dict], shot_counts
     n_new = params.select.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     results = {}
-    for k in sorted(shot_counts):  # sorted: on a tie the shorter (cheaper) prompt, found first, wins
-        prompts = render_all(renderer, dev, "dev", examples[:k])
-        measured, _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"prompt search {k}-shot")
-        results[k] = measured[metric]
+    # The engine that evaluates and serves (serve.engine) answers here too: the shots are chosen on its answers.
+    opened = open_engine(params, model, tok, str(model.device))
+    try:
+        for k in sorted(shot_counts):  # sorted: on a tie the shorter (cheaper) prompt, found first, wins
+            prompts = render_all(renderer, dev, "dev", examples[:k])
+            measured, _ = measure_prompts(
+                model, renderer, dev, prompts, params, n_new, f"prompt search {k}-shot ({opened.name})", opened=opened
+            )
+            results[k] = measured[metric]
+    finally:
+        opened.close()
     best = best_of(results, metric)
     return {
         "shots": best,

@@ -119,15 +119,23 @@ def memory(s: Shape, params: Params) -> dict:
 
 
 def measure(c: Candidate, ref: str, dev: list[dict], shots: list[dict], params: Params, device: str) -> dict:
+    from stages.common.engines import open_engine
     from stages.common.models import load_model, load_tokenizer, render_all, renderer_for
 
     model, tok = load_model(ref, device), load_tokenizer(ref)
     n_new = params.select.max_new_tokens
     renderer = renderer_for(params, tok, model, max_new_tokens=n_new)
     out = {"chat_template": renderer.chat}
-    for label, examples in (("zero_shot", []), ("few_shot", shots)):
-        prompts = render_all(renderer, dev, "dev", examples)
-        out[label], _ = measure_prompts(model, renderer, dev, prompts, params, n_new, f"select {c.name} {label}")
+    opened = open_engine(params, model, tok, device)  # the engine that would serve it (serve.engine)
+    try:
+        for label, examples in (("zero_shot", []), ("few_shot", shots)):
+            prompts = render_all(renderer, dev, "dev", examples)
+            out[label], _ = measure_prompts(
+                model, renderer, dev, prompts, params, n_new, f"select {c.name} {label} ({opened.name})", opened=opened
+            )
+    finally:
+        opened.close()
+    out["engine"] = opened.record()
     local = Path(ref).is_dir()
     size_mb = sum(f.stat().st_size for f in Path(ref).rglob("*") if f.is_file()) / 1e6 if local else None
     out["size_mb"] = round(size_mb, 2) if size_mb is not None else None

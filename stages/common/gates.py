@@ -99,6 +99,9 @@ def should_promote(
     return Decision(passed=not failed, reasons=reasons, failed=failed)
 
 
+SPEED_TIE = 0.05  # speeds this close are a tie (the machine is shared and noisy)
+
+
 def choose_precision(
     trials: dict[str, dict],
     metric: str,
@@ -107,12 +110,14 @@ def choose_precision(
     memory_gib: float | None = None,
     p95_latency_ms: float | None = None,
 ) -> dict:
-    """The serving precision that ships: the smallest (bytes of weights) among those that ran whose loss on
-    `metric` against the trained weights stays within `max_quality_loss` at the far end of the paired interval
-    (not the point estimate), whose estimated serving memory fits `memory_gib` (a GPU's; None: not limited) and
-    whose p95 latency alone meets `p95_latency_ms`. `trials` maps a precision to {"size_bytes", "memory_gib",
-    "p95_ms", "difference": {"ci_low", "ci_high"}} (no difference for "full"), or {"skipped": why}.
-    Returns {"precision", "why", "reasons": {precision: one line each}}."""
+    """The serving precision that ships: among those that ran whose loss on `metric` against the trained weights
+    stays within `max_quality_loss` at the far end of the paired interval (not the point estimate), whose estimated
+    serving memory fits `memory_gib` (a GPU's; None: not limited) and whose p95 latency alone meets
+    `p95_latency_ms`, the fastest at the server's concurrency (tokens/s batched), the smaller among those within
+    `SPEED_TIE` of it (a smaller file that is not faster is not worth a quality risk, and a smaller one decoding
+    2.8x slower was what shipped before). `trials` maps a precision to {"size_bytes", "memory_gib", "p95_ms",
+    "batched": {"tokens_per_s"}, "difference": {"ci_low", "ci_high"}} (no difference for "full"), or
+    {"skipped": why}. Returns {"precision", "why", "reasons": {precision: one line each}}."""
     reasons, fitting = {}, []
     for name, t in trials.items():
         if "skipped" in t:
@@ -141,11 +146,19 @@ def choose_precision(
             "why": "no smaller precision fits, and the trained weights ship as evaluated",
             "reasons": reasons,
         }
-    chosen = min(fitting, key=lambda n: trials[n]["size_bytes"])
+    speed = {n: trials[n]["batched"]["tokens_per_s"] for n in fitting}
+    fastest = max(speed.values())
+    tied = [n for n in fitting if speed[n] >= fastest * (1 - SPEED_TIE)]
+    chosen = min(tied, key=lambda n: trials[n]["size_bytes"])
     others = [n for n in trials if n != chosen and "skipped" not in trials[n]]
+    pace = f"{speed[chosen]:,.0f} tokens/s batched"
     why = (
-        f"{chosen} is the smallest that fits ({reasons[chosen]})"
-        if chosen != "full"
-        else "the trained weights: " + "; ".join(f"{n} {reasons[n]}" for n in others)
+        f"{chosen} is the fastest that fits ({pace}"
+        + (f", the smallest within {SPEED_TIE:.0%} of the fastest" if len(tied) > 1 else "")
+        + f"; {reasons[chosen]})"
     )
+    if others:
+        why += "; " + "; ".join(
+            f"{n} {reasons[n]}" + (f", {speed[n]:,.0f} tokens/s" if n in speed else "") for n in others
+        )
     return {"precision": chosen, "why": why, "reasons": reasons}

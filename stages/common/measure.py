@@ -17,15 +17,15 @@ def measure_prompts(
     progress: str,
     names: list[str] | None = None,
     decoding: dict | None = None,
+    opened=None,
 ) -> tuple[dict, list[str]]:
     """The project's text metrics, latency and answer perplexity of one model and one way of prompting it, and
-    its answers. Select, the prompt search and evaluate all measure with this."""
+    its answers (through `opened`, an engine from stages/common/engines.py; else transformers on `model`).
+    Select, the prompt search and evaluate all measure with this."""
     from stages.common.metrics import context, score, text_metrics
     from stages.common.models import answer_perplexity, generate
 
-    gen = generate(
-        model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress=progress, decoding=decoding
-    )
+    gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress, decoding, opened)
     refs = [r["references"] for r in records]
     metrics = {
         **score(
@@ -41,35 +41,28 @@ def measure_prompts(
     return metrics, gen.answers
 
 
-def decoding_speed(model, renderer, prompts: list[str], max_new_tokens: int, concurrency: int, rounds: int = 2) -> dict:
-    """How fast a model answers `concurrency` requests decoded together, as the server batches them: `rounds`
-    batches of that many prompts (cycling through `prompts`), each forced to `max_new_tokens` new tokens so that
-    every precision does the same work. {"tokens_per_s", "p50_ms", "p95_ms"} (a request's latency is its batch's)."""
+def decoding_speed(
+    opened, renderer, prompts: list[str], max_new_tokens: int, concurrency: int, rounds: int = 2
+) -> dict:
+    """How fast an engine answers `concurrency` requests at once, as the server runs them: `rounds` waves of that
+    many prompts (cycling through `prompts`), each forced to `max_new_tokens` new tokens so that every precision
+    does the same work. {"tokens_per_s", "p50_ms", "p95_ms"} (a request's latency is its wave's)."""
     import time
 
     import numpy as np
-    import torch
 
-    tokenizer = renderer.tokenizer
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
+    from stages.common import generation
+
     latencies, tokens, elapsed = [], 0, 0.0
-    for r in range(rounds + 1):  # the first batch warms up (allocations, kernels) and is not counted
-        batch = [prompts[(r * concurrency + i) % len(prompts)] for i in range(concurrency)]
-        ids = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not renderer.chat).to(device)
+    for r in range(rounds + 1):  # the first wave warms up (allocations, kernels) and is not counted
+        batch = [renderer.encode(prompts[(r * concurrency + i) % len(prompts)]) for i in range(concurrency)]
         start = time.perf_counter()
-        with torch.no_grad():
-            model.generate(
-                **ids,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+        raw = generation.Generator(opened.engine, renderer.tokenizer, str)  # no stops: every row runs to the end
+        out = generation.answer_all(raw, batch, generation.Decoding(max_new_tokens, ignore_eos=True), concurrency)
         seconds = time.perf_counter() - start
         if r:
             latencies += [seconds * 1000] * concurrency
-            tokens += max_new_tokens * concurrency
+            tokens += out.tokens
             elapsed += seconds
     return {
         "tokens_per_s": round(tokens / elapsed, 1),

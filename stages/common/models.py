@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 from stages.common.errors import ProjectError
 from stages.common.prompting import PromptFormat, PromptTooLong, Renderer, context_length
 
@@ -109,12 +106,6 @@ def render_all(
     return prompts
 
 
-@dataclass
-class Generations:
-    answers: list[str]
-    seconds_per_answer: float
-
-
 def generate(
     model,
     renderer: Renderer,
@@ -123,43 +114,23 @@ def generate(
     batch_size: int = 32,
     progress: str | None = None,
     decoding: dict | None = None,
-) -> Generations:
-    """Answers, cut by the renderer (stop sequences). Left padding for batching. Greedy unless `decoding` asks
-    for sampling ({"sampling": True, "temperature", "top_p", "top_k", "seed"}: seeded, so a run repeats)."""
-    import torch
-    from tqdm.auto import tqdm
+    opened=None,
+):
+    """Answers, cut by the renderer, through the one engine (stages/common/generation.py): `opened` (an engine from
+    stages/common/engines.py), else transformers on `model`, `batch_size` rows at a time. Greedy unless `decoding`
+    asks for sampling ({"sampling": True, "temperature", "top_p", "top_k", "seed"}: seeded, so a run repeats)."""
+    from stages.common import generation
+    from stages.common.engines import Opened, generator
 
-    tokenizer = renderer.tokenizer
-    tokenizer.padding_side = "left"
-    answers = []
-    device = next(model.parameters()).device
-    sampling = {"do_sample": False}
+    if opened is None:
+        opened = Opened(generation.TransformersEngine(model, renderer.tokenizer), "transformers", "", "full", {})
+    how = generation.Decoding(max_new_tokens)
     if decoding and decoding.get("sampling"):
-        torch.manual_seed(decoding["seed"])
-        sampling = {
-            "do_sample": True,
-            "temperature": decoding["temperature"],
-            "top_p": decoding["top_p"],
-            "top_k": decoding["top_k"],
-        }
-    start = time.perf_counter()
-    batches = range(0, len(prompts), batch_size)
-    for i in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
-        batch = tokenizer(
-            prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not renderer.chat
-        ).to(device)
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                **sampling,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        for row in out[:, batch["input_ids"].shape[1] :]:
-            answers.append(renderer.cut(tokenizer.decode(row, skip_special_tokens=True)))
-    elapsed = time.perf_counter() - start
-    return Generations(answers, elapsed / max(len(prompts), 1))
+        how = generation.Decoding(
+            max_new_tokens, decoding["temperature"], decoding["top_p"], decoding["top_k"], decoding["seed"]
+        )
+    ids = [renderer.encode(p) for p in prompts]
+    return generation.answer_all(generator(opened, model, renderer), ids, how, batch_size, progress)
 
 
 def answer_perplexity(model, renderer: Renderer, records: list[dict], prompts: list[str]) -> float:

