@@ -46,9 +46,10 @@ def main() -> int:
     import torch
 
     from stages.common.confidence import Resampling, interval, paired
+    from stages.common.engines import generate
     from stages.common.loader import load_params
     from stages.common.metrics import REGISTRY, score
-    from stages.common.models import generate, load_model, load_tokenizer, render_all, renderer_for
+    from stages.common.models import load_model, load_tokenizer, render_all, renderer_for
 
     params = load_params(REPO / "params.yaml")
     model, tokenizer = load_model(args.model, "cpu"), load_tokenizer(args.model)

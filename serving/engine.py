@@ -25,10 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-if __package__:  # run from the repository (serving.engine)
-    from stages.common import generation
-else:  # in a bento: beside this file
-    import generation
+
+def _generation():
+    """The generation module (stages/common/generation.py; in a bento, beside this file). Imported when a job runs,
+    so that importing this module needs nothing else (a server without its model says so first)."""
+    if __package__:
+        from stages.common import generation
+    else:
+        import generation
+    return generation
 
 
 class QueueFull(Exception):
@@ -63,12 +68,12 @@ class Job:
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
     sent: str = ""  # what was streamed so far
-    row: generation.Row | None = field(default=None, repr=False)
+    row: object = field(default=None, repr=False)  # its generation.Row while it decodes
     company: int = 1  # the most rows it decoded beside (itself included)
 
-    def decoding(self) -> generation.Decoding:
+    def decoding(self):
         s = self.sampling
-        return generation.Decoding(self.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed)
+        return _generation().Decoding(self.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed)
 
 
 @dataclass
@@ -92,7 +97,7 @@ class Counters:
 class Engine:
     def __init__(
         self,
-        generator: generation.Generator,
+        generator,  # a generation.Generator
         max_batch_size: int = 16,
         batch_wait_ms: float = 5,
         max_queue: int = 64,
@@ -156,7 +161,7 @@ class Engine:
                 break
             if job.future.done():  # timed out (or its client left) while waiting
                 continue
-            job.row = generation.Row(job.ids, job.decoding(), job.stop, abandoned=job.future.done)
+            job.row = _generation().Row(job.ids, job.decoding(), job.stop, abandoned=job.future.done)
             self.generator.add(job.row)
             self.jobs[id(job.row)] = job
         self.counters.waiting(self.waiting)

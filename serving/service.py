@@ -34,11 +34,9 @@ import bentoml
 
 if __package__:  # run from the repository (serving.service)
     from serving import auth, engine, protocol, settings, telemetry, tracing
-    from stages.common import generation
 else:  # in a bento: the service's modules lie side by side
     import auth
     import engine
-    import generation
     import protocol
     import settings
     import telemetry
@@ -51,8 +49,9 @@ with bentoml.importing():
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     if __package__:
-        from stages.common import precision, prompting, retrieval
-    else:  # the renderer, the precisions and the retriever, copied beside this file
+        from stages.common import generation, precision, prompting, retrieval
+    else:  # the generation engine, the renderer, the precisions and the retriever, copied beside this file
+        import generation
         import precision
         import prompting
         import retrieval

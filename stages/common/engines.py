@@ -107,6 +107,30 @@ def generator(opened: Opened, model, renderer) -> generation.Generator:
     return generation.Generator(opened.engine, renderer.tokenizer, renderer.cut, stops, eos)
 
 
+def generate(
+    model,
+    renderer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    progress: str | None = None,
+    decoding: dict | None = None,
+    opened=None,
+):
+    """Answers, cut by the renderer, through the one engine (stages/common/generation.py): `opened` (an engine from
+    stages/common/engines.py), else transformers on `model`, `batch_size` rows at a time. Greedy unless `decoding`
+    asks for sampling ({"sampling": True, "temperature", "top_p", "top_k", "seed"}: seeded, so a run repeats)."""
+    if opened is None:
+        opened = Opened(generation.TransformersEngine(model, renderer.tokenizer), "transformers", "", "full", {})
+    how = generation.Decoding(max_new_tokens)
+    if decoding and decoding.get("sampling"):
+        how = generation.Decoding(
+            max_new_tokens, decoding["temperature"], decoding["top_p"], decoding["top_k"], decoding["seed"]
+        )
+    ids = [renderer.encode(p) for p in prompts]
+    return generation.answer_all(generator(opened, model, renderer), ids, how, batch_size, progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -22,8 +22,9 @@ def measure_prompts(
     """The project's text metrics, latency and answer perplexity of one model and one way of prompting it, and
     its answers (through `opened`, an engine from stages/common/engines.py; else transformers on `model`).
     Select, the prompt search and evaluate all measure with this."""
+    from stages.common.engines import generate
     from stages.common.metrics import context, score, text_metrics
-    from stages.common.models import answer_perplexity, generate
+    from stages.common.models import answer_perplexity
 
     gen = generate(model, renderer, prompts, max_new_tokens, params.evaluate.batch_size, progress, decoding, opened)
     refs = [r["references"] for r in records]

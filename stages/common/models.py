@@ -1,4 +1,5 @@
-"""Loading models exactly as a hub id would be loaded, rendering prompts for them, batched greedy generation."""
+"""Loading models exactly as a hub id would be loaded, rendering prompts for them, measuring likelihoods (generation
+is stages/common/engines.py's)."""
 
 from __future__ import annotations
 
@@ -104,33 +105,6 @@ def render_all(
         except PromptTooLong as exc:
             raise ProjectError([str(exc)]) from None
     return prompts
-
-
-def generate(
-    model,
-    renderer: Renderer,
-    prompts: list[str],
-    max_new_tokens: int,
-    batch_size: int = 32,
-    progress: str | None = None,
-    decoding: dict | None = None,
-    opened=None,
-):
-    """Answers, cut by the renderer, through the one engine (stages/common/generation.py): `opened` (an engine from
-    stages/common/engines.py), else transformers on `model`, `batch_size` rows at a time. Greedy unless `decoding`
-    asks for sampling ({"sampling": True, "temperature", "top_p", "top_k", "seed"}: seeded, so a run repeats)."""
-    from stages.common import generation
-    from stages.common.engines import Opened, generator
-
-    if opened is None:
-        opened = Opened(generation.TransformersEngine(model, renderer.tokenizer), "transformers", "", "full", {})
-    how = generation.Decoding(max_new_tokens)
-    if decoding and decoding.get("sampling"):
-        how = generation.Decoding(
-            max_new_tokens, decoding["temperature"], decoding["top_p"], decoding["top_k"], decoding["seed"]
-        )
-    ids = [renderer.encode(p) for p in prompts]
-    return generation.answer_all(generator(opened, model, renderer), ids, how, batch_size, progress)
 
 
 def answer_perplexity(model, renderer: Renderer, records: list[dict], prompts: list[str]) -> float:

@@ -159,7 +159,7 @@ def test_seeded_sampling_repeats_and_runs_alone(loaded):
 def test_engine_answers_equal_what_evaluate_generates(loaded):
     """The server's queue against `generate` as evaluate calls it (batches of 16 through the same engine, cut by
     the renderer), without and with a repetition penalty in the model's generation config."""
-    from stages.common.models import generate
+    from stages.common.engines import generate
 
     model, _, renderer, ids = loaded
     prompts = [renderer.tokenizer.decode(i) for i in ids]
@@ -191,8 +191,7 @@ def openvino(loaded, tmp_path_factory):
 def test_openvino_greedy_answers_batched_equal_the_same_requests_alone(loaded, openvino):
     """16 greedy requests sent together equal each sent alone (the deterministic settings), and the server's queue
     answers what evaluate's generate answers through the same engine."""
-    from stages.common.engines import Opened
-    from stages.common.models import generate
+    from stages.common.engines import Opened, generate
 
     model, _, renderer, ids = loaded
     ids = ids[:16]

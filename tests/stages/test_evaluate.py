@@ -151,7 +151,8 @@ def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_r
 
 
 def test_sampling_is_seeded_and_differs_from_greedy(tiny, untrained_lm):
-    from stages.common.models import generate, load_model, load_tokenizer, renderer_for
+    from stages.common.engines import generate
+    from stages.common.models import load_model, load_tokenizer, renderer_for
 
     model, tok = load_model(untrained_lm, "cpu"), load_tokenizer(untrained_lm)  # decoding, not what it learned
     renderer = renderer_for(tiny, tok, model, max_new_tokens=8)

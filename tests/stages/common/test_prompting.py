@@ -162,7 +162,8 @@ def test_gpt2_with_a_short_context_never_indexes_out_of_range(processed, tokeniz
     before its position embedding raised IndexError."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from stages.common.models import generate, render_all, renderer_for
+    from stages.common.engines import generate
+    from stages.common.models import render_all, renderer_for
 
     model = GPT2LMHeadModel(
         GPT2Config(
