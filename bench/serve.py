@@ -3,10 +3,10 @@ naive one-request-at-a-time transformers server on the same model, in one run.
 
     make bench-serve              # after `make run`; or: .venv/bin/python bench/serve.py [--requests 96]
 
-1. Our server (`bentoml serve` of the champion's bento, the batching engine): one client sending requests one
+1. Our server (`bentoml serve` of the champion's bento, on the engine it ships: OpenVINO's continuous batching): one client sending requests one
    after another, then 16 concurrent clients. Throughput (requests/s), p50/p95 latency, errors.
-2. The naive server (below, bench only): stdlib HTTPServer, one request at a time, `model.generate` per request,
-   the same renderer, greedy, the same stop sequences and max_new_tokens. 16 concurrent clients again.
+2. The naive server (below, bench only): stdlib HTTPServer, one request at a time, `model.generate` per request on
+   the float32 weights, the same renderer and retrieval, greedy, the same stop sequences and max_new_tokens.
 3. The engine alone, in this process (no HTTP): the same requests in batches of 1, then of up to 16, with one
    torch thread as the service runs it: how much of the gap is the model's compute and how much the HTTP layer.
 4. Our server again with `serve.tracing: off`: one sequential client, so the p50 with tracing (the bento's setting,
@@ -89,24 +89,30 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, seconds: int = 12
     raise SystemExit(f"{url} did not answer in {seconds} s")
 
 
-def naive_server(model_dir: Path, port: int) -> HTTPServer:
-    """One request at a time, one `generate` each: what a hand-written transformers endpoint usually is."""
+def naive_server(weights_dir: Path, model_dir: Path, port: int) -> HTTPServer:
+    """One request at a time, one `generate` each: what a hand-written transformers endpoint usually is. It loads the
+    float32 weights (`weights_dir`: the package stage's folder; the bento may carry only the engine's file) and does
+    the same retrieval as the bento when the shipped variant retrieves."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stages.common.prompting import Renderer
+    from stages.common.retrieval import CARD, Retriever
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(weights_dir)
+    model = AutoModelForCausalLM.from_pretrained(weights_dir).eval()
     renderer = Renderer.load(model_dir, tokenizer)
     stops = [] if renderer.chat else [s for s in renderer.fmt.stop if s]
+    retriever = Retriever.open(model_dir / "index") if (model_dir / "index" / CARD).is_file() else None
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             n = body.get("max_tokens") or renderer.fmt.max_new_tokens
+            found = retriever.search([body["prompt"]])[0] if retriever else []
+            record = {"prompt": body["prompt"], "context": [c["text"] for c in found]}
             ids = tokenizer(
-                renderer.prompt({"prompt": body["prompt"]}, max_new_tokens=n),
+                renderer.prompt(record, max_new_tokens=n),
                 return_tensors="pt",
                 add_special_tokens=not renderer.chat,
             )
@@ -141,25 +147,36 @@ def naive_server(model_dir: Path, port: int) -> HTTPServer:
 
 
 def engine_alone(model_dir: Path, questions: list[str], batch: int) -> float:
-    """Requests/s of the service's engine without HTTP, `batch` at a time at most."""
+    """Requests/s of the service's engine (the one the bento ships) without HTTP, `batch` at a time at most."""
     import asyncio
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
 
     from serving import engine
+    from stages.common import generation
     from stages.common.prompting import Renderer
 
-    torch.set_num_threads(1)  # as the service does with serve.resources.cpu "1"
+    shipped = json.loads((model_dir / "lifecycle.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    config = GenerationConfig.from_pretrained(model_dir)
+    if shipped.get("engine") == generation.OPENVINO:
+        backend = generation.OpenVINOEngine(
+            model_dir / shipped["file"], batch, False, generation.repetition_penalty(config)
+        )
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from stages.common import precision
+
+        torch.set_num_threads(1)  # as the service does with serve.resources.cpu "1"
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        backend = generation.TransformersEngine(precision.quantize(model, shipped.get("precision", "full")), tokenizer)
     renderer = Renderer.load(model_dir, tokenizer)
     ids = [renderer.encode(renderer.prompt({"prompt": q})) for q in questions]
+    stops = [] if renderer.chat else renderer.fmt.stop
     eng = engine.Engine(
-        model,
-        tokenizer,
-        renderer.cut,
-        [] if renderer.chat else renderer.fmt.stop,
+        generation.Generator(backend, tokenizer, renderer.cut, stops, generation.eos_ids(config, tokenizer)),
         max_batch_size=batch,
         max_queue=len(ids),
     )
@@ -195,7 +212,9 @@ def parity(url: str, model_dir: Path, n: int) -> tuple[int, int]:
     return sum(a == b for a, b in zip(served, recorded)), len(rows)
 
 
-def champion_bento(bento: str | None = None) -> tuple[str, Path]:
+def champion_bento(bento: str | None = None) -> tuple[str, Path, Path]:
+    """The champion's bento (or `bento`), its model folder in BentoML's store and the package stage's folder (the
+    float32 weights the naive server loads)."""
     import bentoml
     from mlflow import MlflowClient
 
@@ -208,7 +227,7 @@ def champion_bento(bento: str | None = None) -> tuple[str, Path]:
     configure(params.project.name)
     bento = bento or MlflowClient().get_model_version_by_alias(params.project.name, "champion").tags["lifecycle.bento"]
     model_tag = json.loads((Path(bentoml.bentos.get(bento).path) / "src" / "packaged_model.json").read_text())["tag"]
-    return bento, Path(bentoml.models.get(model_tag).path)
+    return bento, Path(bentoml.models.get(model_tag).path), REPO / params.paths.package / "model"
 
 
 @contextlib.contextmanager
@@ -251,11 +270,13 @@ def main() -> None:
     os.chdir(REPO)
     from stages.common.io import read_jsonl
 
-    bento, model_dir = champion_bento(args.bento)
+    bento, model_dir, weights_dir = champion_bento(args.bento)
+    shipped = json.loads((model_dir / "lifecycle.json").read_text())
     questions = [r["prompt"] for r in read_jsonl(REPO / "data/processed/eval.jsonl")]
     bodies = [{"prompt": questions[i % len(questions)]} for i in range(args.requests)]
     print(
-        f"bento {bento}; {args.requests} requests per run (eval questions, greedy, the packaged max_new_tokens)"
+        f"bento {bento} ({shipped.get('engine', 'transformers')} engine, {shipped.get('precision', 'full')}); "
+        f"{args.requests} requests per run (eval questions, greedy, the packaged max_new_tokens)"
         + (f"; settings {', '.join(args.set)}" if args.set else "")
     )
 
@@ -273,7 +294,7 @@ def main() -> None:
         untraced = load(url, bodies, 1)
 
     port = free_port()
-    naive = naive_server(model_dir, port)
+    naive = naive_server(weights_dir, model_dir, port)
     thread = threading.Thread(target=naive.serve_forever, daemon=True)
     thread.start()
     try:
@@ -314,9 +335,12 @@ def main() -> None:
     write_section(
         "serve",
         command_line("bench-serve"),
-        f"Bento `{bento}`; {args.requests} eval questions per run, greedy, the packaged max_new_tokens"
+        f"Bento `{bento}` ({shipped.get('engine', 'transformers')} engine, precision "
+        f"{shipped.get('precision', 'full')}); {args.requests} eval questions per run, greedy, the packaged "
+        "max_new_tokens"
         + (f"; settings {', '.join(args.set)}" if args.set else "")
-        + ". `naive`: a `bench/`-only server, one request at a time, `model.generate` per request.\n\n"
+        + ". `naive`: a `bench/`-only server, one request at a time, `model.generate` per request on the float32 "
+        "weights, with the same retrieval.\n\n"
         + table
         + f"\n\n- {args.clients} concurrent clients / 1 sequential client (ours): **{many['rps'] / one['rps']:.2f}x** "
         "(target 4x).\n"

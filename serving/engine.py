@@ -67,9 +67,14 @@ class Job:
     stream: asyncio.Queue | None = None  # text deltas are put here as they are generated
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    deadline: float = float("inf")  # time.monotonic() past which it is not answered (Timeout)
     sent: str = ""  # what was streamed so far
     row: object = field(default=None, repr=False)  # its generation.Row while it decodes
     company: int = 1  # the most rows it decoded beside (itself included)
+
+    def abandoned(self) -> bool:
+        """Its client is gone (the future cancelled) or its time is up: the engine stops decoding it."""
+        return self.future.done() or time.monotonic() > self.deadline
 
     def decoding(self):
         s = self.sampling
@@ -83,6 +88,7 @@ class Result:
     completion_tokens: int
     finish_reason: str  # stop | length
     batch_size: int
+    done_at: float = 0.0  # time.monotonic() when it was answered
 
 
 @dataclass
@@ -131,6 +137,8 @@ class Engine:
                 self.thread.start()
         job.loop = asyncio.get_running_loop()
         job.future = job.loop.create_future()
+        # From now, not from when the caller awaits: the model thread may be answering already.
+        job.deadline = time.monotonic() + timeout
         self.inbox.put(job)
         self.counters.waiting(self.waiting)
         return self._wait(job, timeout)
@@ -138,9 +146,12 @@ class Engine:
     async def _wait(self, job: Job, timeout: float) -> Result:
         try:
             # wait_for cancels the future on timeout: a queued job is then skipped, a running one stopped.
-            return await asyncio.wait_for(job.future, timeout)
+            result = await asyncio.wait_for(job.future, max(0.0, job.deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise Timeout(timeout) from None
+        if result.done_at > job.deadline:  # stopped at its deadline by the model thread, or answered too late
+            raise Timeout(timeout)
+        return result
 
     # --- the model thread ---------------------------------------------------------------------------------------
 
@@ -161,7 +172,7 @@ class Engine:
                 break
             if job.future.done():  # timed out (or its client left) while waiting
                 continue
-            job.row = _generation().Row(job.ids, job.decoding(), job.stop, abandoned=job.future.done)
+            job.row = _generation().Row(job.ids, job.decoding(), job.stop, abandoned=job.abandoned)
             self.generator.add(job.row)
             self.jobs[id(job.row)] = job
         self.counters.waiting(self.waiting)
@@ -186,7 +197,9 @@ class Engine:
                 self.counters.tokens(len(job.row.tokens))
                 r = job.row
                 job.loop.call_soon_threadsafe(
-                    _resolve, job.future, Result(r.text, len(r.ids), len(r.tokens), r.reason, job.company)
+                    _resolve,
+                    job.future,
+                    Result(r.text, len(r.ids), len(r.tokens), r.reason, job.company, time.monotonic()),
                 )
 
     def _fail_all(self, exc: Exception) -> None:

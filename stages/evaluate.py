@@ -217,6 +217,7 @@ def try_precisions(
     from stages.common import precision as precisions
     from stages.common.confidence import Resampling, interval, paired
     from stages.common.engines import engine_choice, open_engine
+    from stages.common.generation import GGUF_TYPE
     from stages.common.measure import decoding_speed, measure_prompts
     from stages.common.memory import GIB, estimate, shape_of
     from stages.common.models import candidate_model, render_all, renderer_for
@@ -230,8 +231,9 @@ def try_precisions(
         try:  # a LoRA candidate is merged first: its merged weights are what is quantized and served
             model, tok = candidate_model(spec, device)
             engine, _ = engine_choice(params, model.config.model_type, device)
-            # The openvino engine runs its own file types; the torch libraries serve the transformers engine.
-            why = precisions.unavailable(name, device) if engine != "openvino" else openvino_lacks(name)
+            # The openvino engine runs its own file types (GGUF_TYPE); the torch libraries serve the transformers
+            # engine, and bitsandbytes' on a GPU whatever the engine.
+            why = None if engine == "openvino" and name in GGUF_TYPE else precisions.unavailable(name, device)
         except ProjectError as exc:  # a soft prompt cannot be merged, so it is not quantized either
             why = exc.problems[0]
         if why:
@@ -294,17 +296,6 @@ def try_precisions(
         log.info("evaluate @%s: %s", name, {k: v for k, v in trials[name].items() if k != "metrics"})
         del model
     return trials, answers
-
-
-def openvino_lacks(precision: str) -> str | None:
-    """Why the openvino engine does not run `precision` (a bitsandbytes one); None when it does."""
-    from stages.common.generation import GGUF_TYPE
-
-    if precision in GGUF_TYPE:
-        return None
-    return f"{precision} is a bitsandbytes precision of the transformers engine on a GPU; OpenVINO runs " + ", ".join(
-        f"{p} as GGUF {t}" for p, t in GGUF_TYPE.items()
-    )
 
 
 def decoding(params: Params) -> dict:

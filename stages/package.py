@@ -84,15 +84,15 @@ def shipped_engine(eval_report: dict) -> dict:
 def engine_file(params, model, tokenizer, model_dir: Path, eval_report: dict) -> str:
     """The GGUF file the openvino engine serves, written as evaluate wrote it (same weights, same type, same
     writer): its digest must be the one evaluate's answers came from, or nothing ships."""
-    from stages.common.engines import sha256_of, write_engine_file
+    from stages.common.engines import write_engine_file
 
     expected = shipped_engine(eval_report)
     out = model_dir / GGUF_FILE
     write_engine_file(model, tokenizer, out, shipped_precision(eval_report), params.project.name)
-    if expected.get("sha256") and sha256_of(out) != expected["sha256"]:
+    if expected.get("sha256") and sha256(out) != expected["sha256"]:
         raise RuntimeError(
             f"{out}: the {expected['gguf_type']} file differs from the one evaluate answered with "
-            f"(sha256 {sha256_of(out)[:12]} vs {expected['sha256'][:12]}); run evaluate again (`dvc repro evaluate`)"
+            f"(sha256 {sha256(out)[:12]} vs {expected['sha256'][:12]}); run evaluate again (`dvc repro evaluate`)"
         )
     return GGUF_FILE
 
@@ -392,6 +392,7 @@ def run(params, paths) -> dict:
                 "precision": shipped_precision(report),
                 "engine": engine["engine"],
                 "file": file,
+                "gguf_type": engine.get("gguf_type"),
                 "retrieval": ship_index(paths, model_dir) if spec.get("rag") else None,
                 # What the server's traces redact in (serve.tracing: redacted): the data stage's phone region.
                 "phone_region": params.scope.privacy.phone_region,

@@ -8,16 +8,13 @@ that will serve them.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common import generation
 from stages.common.errors import ProjectError
-
-log = logging.getLogger(__name__)
+from stages.common.tracking import sha256
 
 
 @dataclass
@@ -89,15 +86,7 @@ def open_engine(params, model, tokenizer, device: str, precision: str = "full", 
     penalty = generation.repetition_penalty(model.generation_config)
     engine = generation.OpenVINOEngine(file, concurrency, params.serve.fast_math, penalty)
     settings = {"gguf_type": written["type"], "openvino": engine.properties or "fast_math (bf16, dynamic quantization)"}
-    return Opened(engine, name, why, precision, settings, file, written["bytes"], sha256_of(file), workdir)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return Opened(engine, name, why, precision, settings, file, written["bytes"], sha256(file), workdir)
 
 
 def generator(opened: Opened, model, renderer) -> generation.Generator:

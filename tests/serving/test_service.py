@@ -156,7 +156,9 @@ def test_every_answer_carries_its_trace_and_takes_feedback_on_it(server, package
     assert status == 200 and done["recorded"] == ["rating", "correction"] and done["rating"] == 1
     trace = mlflow.get_trace(chat["trace_id"])
     assert {a.name for a in trace.info.assessments} == {"rating", "correction"}
-    assert trace.info.tags["lifecycle.caller"] == "anonymous" and trace.info.tags["lifecycle.precision"] == "int8"
+    assert trace.info.tags["lifecycle.caller"] == "anonymous"
+    assert trace.info.tags["lifecycle.precision"] == packaged["package"]["precision"]
+    assert trace.info.tags["lifecycle.engine"] == "openvino"
     assert trace.data.spans[0].inputs == {"prompt": "What does `os.sep` hold?"}
     assert trace.data.spans[0].outputs == {"answer": chat["choices"][0]["message"]["content"]}
 

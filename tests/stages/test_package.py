@@ -6,6 +6,7 @@ import pytest
 
 from stages.common.errors import GateRefused
 from stages.common.io import read_json, write_json
+from stages.common.tracking import sha256
 
 
 def test_failed_gate_promotes_nothing(prepared, aligned, tmp_path):
@@ -52,18 +53,28 @@ def test_passing_model_is_registered_champion_and_bento(packaged, prepared):
     model_dir = Path(prepared.paths.package) / "model"
     assert (model_dir / "lifecycle.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("adapter_*")), "merged: one plain model folder"
-    # Served at the precision evaluate chose (the tiny project ships int8), with why, and its library in the bento.
+    # Served on the engine and at the precision evaluate chose, with why.
     report = read_json(prepared.paths.eval_metrics)
-    assert record["precision"] == "int8" == read_json(model_dir / "lifecycle.json")["precision"]
-    assert record["eval_answers"] == f"{record['variant']}@int8"
-    assert read_json(model_dir / "lifecycle.json")["eval"] == report["serving"]["trials"]["int8"]["metrics"]
+    shipped = read_json(model_dir / "lifecycle.json")
+    precision = report["serving"]["precision"]
+    assert record["precision"] == precision == shipped["precision"] and record["engine"] == "openvino"
+    trial = report["serving"]["trials"][precision]
+    assert record["eval_answers"] == record["variant"] + ("" if precision == "full" else f"@{precision}")
+    assert shipped["eval"] == (trial["metrics"] if precision != "full" else report["variants"][record["variant"]])
     assert (
-        champion.tags["lifecycle.precision"] == "int8"
+        champion.tags["lifecycle.precision"] == precision
         and champion.tags["lifecycle.precision_why"] == (report["serving"]["why"])
+        and champion.tags["lifecycle.engine"] == "openvino"
     )
+    # The bento carries the GGUF file evaluate answered with (same bytes), not the float32 weights.
+    bento_model = Path(bentoml.models.get(record["bentoml_model"]).path)
+    assert shipped["file"] == "model.gguf" and shipped["gguf_type"] == trial["engine"]["gguf_type"]
+    assert sha256(bento_model / "model.gguf") == trial["engine"]["sha256"]
+    assert not list(bento_model.glob("*.safetensors"))
+    assert (bento_model / "model.gguf").stat().st_size < (model_dir / "model.safetensors").stat().st_size
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
-    assert "torchao==0.18.0" in requirements, "the quantizing library travels with the bento"
-    assert (Path(bento.path) / "src" / "precision.py").is_file()
+    assert "openvino-genai==2026.4.1.0" in requirements, "the engine travels with the bento"
+    assert (Path(bento.path) / "src" / "generation.py").is_file()
 
 
 def test_a_second_version_that_is_no_better_is_challenger_then_promote_and_rollback(
