@@ -110,6 +110,9 @@ def summary(root: Path, paths) -> str:
         )
         if package.get("why"):
             lines.append(f"           {package['alias']}: {package['why']}")
+        engine = (report.get("engines") or {}).get(report["candidate"])
+        if engine:  # what generated its answers in evaluate, and serves them
+            lines.append(f"           engine {engine['engine']}: {engine['why']}")
         if report.get("serving"):  # evaluate chose a serving precision among `package.quantize`
             lines.append(f"           served at {report['serving']['precision']}: {report['serving']['why']}")
     from stages.common.tracking import tracking_uri

@@ -68,6 +68,46 @@ def _resources(serve: dict) -> dict:
     return {k: v for k, v in serve.get("resources", {}).items() if v not in (None, 0, "")}
 
 
+class Gathered:
+    """`search(list)` for concurrent requests, gathered: while one batch runs in its thread, the requests that arrive
+    wait and go together, up to `max_batch` (one query at a time, embedding and searching in turn, capped a bento
+    that retrieves at a few requests/s however fast the engine; evaluate searches its rows in one batch too)."""
+
+    def __init__(self, search, max_batch: int):
+        self.search, self.max_batch = search, max_batch
+        self.pending: list[tuple[str, asyncio.Future]] = []
+        self.draining = False
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
+
+    async def __call__(self, query: str):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((query, future))
+        if not self.draining:
+            self.draining = True
+            loop.create_task(self.drain())
+        return await future
+
+    async def drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+                try:
+                    found = await loop.run_in_executor(self.thread, self.search, [q for q, _ in batch])
+                except Exception as exc:  # every request of the batch gets the error
+                    found = [exc] * len(batch)
+                for (_, future), result in zip(batch, found):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self.draining = False
+
+
 @bentoml.service(
     name="lifecycle",
     workers=1,
@@ -108,7 +148,7 @@ class Lifecycle:
         self.retriever = (
             retrieval.Retriever.open(path / "index") if (path / "index" / retrieval.CARD).is_file() else None
         )
-        self.retrieval_thread = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
+        self.retrieve = Gathered(self.retriever.search, SERVE["max_batch_size"]) if self.retriever else None
         model = {
             "model": settings.REGISTERED.get("registered_model", self.model_id),
             "version": settings.REGISTERED.get("version", ""),
@@ -159,9 +199,8 @@ class Lifecycle:
     async def prepare(self, record: dict, max_new_tokens: int, truncate: bool, param: str) -> tuple[list[int], list]:
         """The prompt's tokens (retrieval, then the packaged renderer) and the passages it holds."""
         found = []
-        if self.retriever:
-            loop = asyncio.get_running_loop()
-            found = (await loop.run_in_executor(self.retrieval_thread, self.retriever.search, [record["prompt"]]))[0]
+        if self.retrieve:
+            found = await self.retrieve(record["prompt"])
         record = {**record, "context": [c["text"] for c in found]}
         try:
             text = self.renderer.prompt(record, max_new_tokens=max_new_tokens)

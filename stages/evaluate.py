@@ -480,7 +480,9 @@ def run(params: Params, paths: Paths) -> dict:
             results[candidate], baselines, params.scope.kpis, intervals[candidate], comparisons, forgetting
         )
         serving = None
-        if params.package.quantize:
+        # A serving precision is chosen only for a candidate that may ship: on a ladder, a rung that fails its
+        # gates would otherwise measure every precision of a model nobody serves.
+        if params.package.quantize and decision.passed:
             spec, rows = specs[candidate], rag_rows if specs[candidate].get("rag") else eval_rows
             own = {m: {"value": v, **intervals[candidate].get(m, {})} for m, v in results[candidate].items()}
             trials, at = try_precisions(params, candidate, spec, rows, own, answers[candidate], device)
@@ -592,7 +594,8 @@ def run(params: Params, paths: Paths) -> dict:
             mlflow.set_tag("serving.precision", serving["precision"])
             mlflow.log_artifact(str(precision_plot))
         else:  # DVC wants every declared plot: say why there is none
-            plot_precisions(None, primary.metric, precision_plot)
+            why = "the gates failed: nothing ships" if params.package.quantize else "params: package.quantize is empty"
+            plot_precisions(None, primary.metric, precision_plot, why)
         write_text(paths.eval_report, markdown(report, eval_rows, answers, prompt))
         mlflow.set_tags({"candidate": candidate, "gates.passed": str(decision.passed)})
         mlflow.log_metric("gates.passed", float(decision.passed))
@@ -770,8 +773,9 @@ def serving_section(report: dict) -> list[str]:
     return lines
 
 
-def plot_precisions(serving: dict | None, metric: str, path: Path) -> None:
-    """Quality against size: the primary metric with its interval at each precision that ran (None: none did)."""
+def plot_precisions(serving: dict | None, metric: str, path: Path, why_none: str = "") -> None:
+    """Quality against size: the primary metric with its interval at each precision that ran (None: none did,
+    `why_none`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -779,7 +783,7 @@ def plot_precisions(serving: dict | None, metric: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if serving is None:
-        ax.text(0.5, 0.5, "no serving precision tried\n(params: package.quantize is empty)", ha="center", va="center")
+        ax.text(0.5, 0.5, f"no serving precision tried\n({why_none})", ha="center", va="center")
         ax.set_axis_off()
     ran = {n: t for n, t in serving["trials"].items() if "skipped" not in t} if serving else {}
     for name, t in ran.items():

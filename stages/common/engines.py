@@ -41,6 +41,8 @@ class Opened:
         }
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         self.engine = None
         if self.workdir is not None:
             self.workdir.cleanup()

@@ -272,6 +272,15 @@ class OpenVINOEngine:
         if handle is not None and handle.get_status() != self.genai.GenerationStatus.FINISHED:
             handle.cancel()  # its KV cache blocks go back to the pool at the next step
 
+    def close(self) -> None:
+        """One more step for requests cancelled last (their blocks are freed by a step; else OpenVINO reports them
+        leaked when the pipeline goes)."""
+        for handle in self.handles.values():
+            handle.cancel()
+        self.handles.clear()
+        if self.pipe.has_non_finished_requests():
+            self.pipe.step()
+
 
 class TransformersEngine:
     """A torch causal LM decoded step by step: a left-padded prefill of the rows waiting, then a token per step for
@@ -398,6 +407,10 @@ class TransformersEngine:
 
     def finished(self, key: int) -> bool:
         return False  # a row here ends only when the Generator says so
+
+    def close(self) -> None:
+        self.waiting.clear()
+        self.batch = None
 
 
 def eos_ids(generation_config, tokenizer) -> list[int]:

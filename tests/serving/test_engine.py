@@ -101,9 +101,9 @@ def test_a_full_queue_refuses_at_once_and_the_engine_goes_on(loaded):
     assert len(asyncio.run(go())) == 2
 
 
-def test_a_request_past_its_timeout_is_dropped_and_the_next_is_answered(loaded):
+def test_a_request_past_its_timeout_is_dropped_and_the_next_is_answered(loaded, backend):
     _, _, _, ids = loaded
-    eng, _ = make(loaded)
+    eng, _ = make(loaded, backend=backend)
 
     async def go():
         with pytest.raises(engine.Timeout):
@@ -111,6 +111,26 @@ def test_a_request_past_its_timeout_is_dropped_and_the_next_is_answered(loaded):
         return await eng.enqueue(engine.Job(ids[0], 4), 60)
 
     assert asyncio.run(go()).completion_tokens >= 1
+
+
+@pytest.fixture(scope="module")
+def openvino(loaded, tmp_path_factory):
+    """The same random-weight model as the GGUF file the openvino engine runs (F16, as evaluate writes it)."""
+    from stages.common.engines import write_engine_file
+
+    model, tokenizer, _, _ = loaded
+    file = tmp_path_factory.mktemp("openvino") / generation.GGUF_FILE
+    write_engine_file(model, tokenizer, file, "full", "test")
+    return file
+
+
+@pytest.fixture(params=["transformers", "openvino"])
+def backend(request, loaded, openvino):
+    """Each engine in turn, for the tests that hold both to the same behaviour."""
+    model, tokenizer, _, _ = loaded
+    if request.param == "openvino":
+        return generation.OpenVINOEngine(openvino, 16)
+    return generation.TransformersEngine(model, tokenizer)
 
 
 def talkative(eng: engine.Engine, ids: list[list[int]]) -> tuple[list[int], engine.Result]:
@@ -121,18 +141,18 @@ def talkative(eng: engine.Engine, ids: list[list[int]]) -> tuple[list[int], engi
     pytest.fail("every eval question was answered with less than 4 characters")
 
 
-def test_a_stop_sequence_ends_the_answer_where_it_appears(loaded):
+def test_a_stop_sequence_ends_the_answer_where_it_appears(loaded, backend):
     _, _, _, ids = loaded
-    eng, _ = make(loaded, raw=True)
+    eng, _ = make(loaded, raw=True, backend=backend)
     prompt, whole = talkative(eng, ids)
     stop = whole.text[2:4]
     cut = answer_all(eng, [engine.Job(prompt, 20, stop=(stop,))])[0]
     assert cut.text == whole.text[: whole.text.index(stop)].strip() and cut.finish_reason == "stop"
 
 
-def test_streamed_deltas_add_up_to_the_whole_answer(loaded):
+def test_streamed_deltas_add_up_to_the_whole_answer(loaded, backend):
     _, _, _, ids = loaded
-    eng, sizes = make(loaded, raw=True)
+    eng, sizes = make(loaded, raw=True, backend=backend)
     prompt, whole = talkative(eng, ids)
 
     async def go():
@@ -177,17 +197,6 @@ def test_engine_answers_equal_what_evaluate_generates(loaded):
     assert len(set(answers[None])) > 1 and answers[None] != answers[1.5], "the penalty changed answers"
 
 
-@pytest.fixture(scope="module")
-def openvino(loaded, tmp_path_factory):
-    """The same random-weight model as the GGUF file the openvino engine runs (F16, as evaluate writes it)."""
-    from stages.common.engines import write_engine_file
-
-    model, tokenizer, _, _ = loaded
-    file = tmp_path_factory.mktemp("openvino") / generation.GGUF_FILE
-    write_engine_file(model, tokenizer, file, "full", "test")
-    return file
-
-
 def test_openvino_greedy_answers_batched_equal_the_same_requests_alone(loaded, openvino):
     """16 greedy requests sent together equal each sent alone (the deterministic settings), and the server's queue
     answers what evaluate's generate answers through the same engine."""
@@ -209,25 +218,3 @@ def test_openvino_greedy_answers_batched_equal_the_same_requests_alone(loaded, o
     expected = generate(model, renderer, prompts, 12, batch_size=8, opened=ov).answers
     served, _ = make(loaded, backend=generation.OpenVINOEngine(openvino, 8), max_batch_size=8, batch_wait_ms=50)
     assert [r.text for r in answer_all(served, [engine.Job(i, 12) for i in ids])] == expected
-
-
-def test_openvino_streams_stops_and_drops_like_transformers(loaded, openvino):
-    _, _, _, ids = loaded
-    eng, _ = make(loaded, raw=True, backend=generation.OpenVINOEngine(openvino, 4), max_batch_size=4)
-    prompt, whole = talkative(eng, ids)
-    stop = whole.text[2:4]
-    cut = answer_all(eng, [engine.Job(prompt, 20, stop=(stop,))])[0]
-    assert cut.text == whole.text[: whole.text.index(stop)].strip() and cut.finish_reason == "stop"
-
-    async def go():
-        with pytest.raises(engine.Timeout):
-            await eng.enqueue(engine.Job(ids[0], 200), 0.0001)
-        job = engine.Job(prompt, 20, stream=asyncio.Queue())
-        result = await eng.enqueue(job, 60)
-        deltas = []
-        while not job.stream.empty():
-            deltas.append(job.stream.get_nowait())
-        return result, deltas
-
-    result, deltas = asyncio.run(go())
-    assert result.text == whole.text and whole.text.startswith("".join(deltas)) and deltas

