@@ -167,9 +167,13 @@ def test_data_size_decides_the_techniques(sft, pref, adapt, align):
     ],
 )
 def test_shipped_params_write_every_key_dvc_tracks(path):
-    """DVC fails mid-run on a tracked key left to its default; every shipped params file writes them all."""
+    """DVC fails mid-run on a tracked key left to its default; every shipped params file writes them all. And DVC
+    reads it with ruamel, which refuses a key written twice that PyYAML would take silently."""
+    from ruamel.yaml import YAML
+
     from stages.common.loader import unwritten_tracked_keys
 
+    YAML(typ="safe").load((REPO / path).read_text())
     assert unwritten_tracked_keys(yaml.safe_load((REPO / path).read_text()), REPO / "dvc.yaml") == []
 
 
