@@ -155,10 +155,10 @@ class Engine:
 
     # --- the model thread ---------------------------------------------------------------------------------------
 
-    def _admit(self, block: bool) -> None:
+    def _admit(self, block: bool) -> int:
         """Jobs from the inbox into the engine, up to max_batch_size decoding; `block`: wait for the first one, then
-        batch_wait for company."""
-        deadline = None
+        batch_wait for company. Returns how many joined."""
+        deadline, joined = None, 0
         while len(self.generator.live) < self.max_batch_size:
             try:
                 if block and deadline is None:
@@ -175,13 +175,16 @@ class Engine:
             job.row = _generation().Row(job.ids, job.decoding(), job.stop, abandoned=job.abandoned)
             self.generator.add(job.row)
             self.jobs[id(job.row)] = job
+            joined += 1
         self.counters.waiting(self.waiting)
+        return joined
 
     def _work(self) -> None:
         while True:
-            self._admit(block=not self.generator.live)
+            joined = self._admit(block=not self.generator.live)
             live = len(self.generator.live)
-            self.counters.batch(live)
+            if joined:  # the rows decoding together once these joined
+                self.counters.batch(live)
             try:
                 touched = self.generator.step()
             except Exception as exc:  # the engine failed: every job it held gets the error, the engine starts over

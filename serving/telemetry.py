@@ -26,7 +26,9 @@ LATENCY = bentoml.metrics.Histogram(
 )
 TOKENS = bentoml.metrics.Counter(name="lifecycle_generated_tokens", documentation="tokens generated")
 BATCH = bentoml.metrics.Histogram(
-    name="lifecycle_batch_size", documentation="requests generated together", buckets=(1, 2, 4, 8, 16, 32, 64)
+    name="lifecycle_batch_size",
+    documentation="requests decoding together when a request joins",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 REJECTED = bentoml.metrics.Counter(
     name="lifecycle_rejected_requests",

@@ -157,7 +157,6 @@ def evaluate_variant(
     if cache is not None and (hit := cache.get(key)):
         log.info("evaluate %s: answers and figures from the cache (%s, same weights, prompts and engine)", name, key)
         return hit["metrics"], hit["answers"], hit["engine"]
-    opened = None
     if soft_prompt:
         from stages.common import generation
         from stages.common.engines import Opened

@@ -14,30 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 from stages.common.io import write_json
-
-log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf", "config.json", "generation_config.json", "adapter_config.json")
 
 
 def weights_digest(*refs: str | None) -> str:
-    """A digest of the weights behind `refs` (local folders: their weight and config files' bytes; a hub id: the
-    id itself, pinned by the hub's own revision)."""
+    """A digest of the weights behind `refs`: a local folder's weight and config files, byte for byte; a hub id by
+    its name only (a new upstream revision under the same id is not seen: pin `revision` for that)."""
     digest = hashlib.sha256()
     for ref in filter(None, refs):
         folder = Path(ref)
-        digest.update(ref.encode() if not folder.is_dir() else b"")
-        if folder.is_dir():
-            for pattern in WEIGHT_FILES:
-                for f in sorted(folder.glob(pattern)):
-                    digest.update(f.name.encode())
-                    with open(f, "rb") as fh:
-                        for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                            digest.update(block)
+        if not folder.is_dir():
+            digest.update(ref.encode())
+            continue
+        for pattern in WEIGHT_FILES:
+            for f in sorted(folder.glob(pattern)):
+                digest.update(f.name.encode())
+                with open(f, "rb") as fh:
+                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        digest.update(block)
     return digest.hexdigest()
 
 
