@@ -4,7 +4,7 @@ Every request becomes a Job on a bounded queue. A model thread runs the engine's
 evaluate answered through): between two steps it admits what is waiting, up to `max_batch_size` rows decoding at
 once, so a request joins the running batch at the next token and leaves it when it is done (end-of-sequence, its
 `max_new_tokens`, a stop sequence, its client gone); with OpenVINO nobody waits for the slowest row of a batch.
-When the engine is idle, a lone request waits `batch_wait_ms` for company. A full queue refuses at once (QueueFull,
+When the engine is idle, a lone request waits `batch_wait_ms` for company, which waits in the queue meanwhile. A full queue refuses at once (QueueFull,
 the service's 429); a job not answered within its timeout is dropped, or stopped if it is generating (Timeout, the
 service's 504). A streamed job's text goes out as it is decoded.
 
@@ -116,6 +116,7 @@ class Engine:
         self.jobs: dict[int, Job] = {}  # id(row) -> its job, while it decodes
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self.arrived = threading.Condition()  # a job was put in the inbox
 
     # --- the asyncio side ---------------------------------------------------------------------------------------
 
@@ -139,7 +140,9 @@ class Engine:
         job.future = job.loop.create_future()
         # From now, not from when the caller awaits: the model thread may be answering already.
         job.deadline = time.monotonic() + timeout
-        self.inbox.put(job)
+        with self.arrived:
+            self.inbox.put(job)
+            self.arrived.notify()
         self.counters.waiting(self.waiting)
         return self._wait(job, timeout)
 
@@ -156,18 +159,20 @@ class Engine:
     # --- the model thread ---------------------------------------------------------------------------------------
 
     def _admit(self, block: bool) -> int:
-        """Jobs from the inbox into the engine, up to max_batch_size decoding; `block`: wait for the first one, then
-        batch_wait for company. Returns how many joined."""
-        deadline, joined = None, 0
+        """Jobs from the inbox into the engine, up to max_batch_size decoding. `block` (the engine is idle): wait
+        for a job, then up to batch_wait for company, the company waiting in the inbox (so it counts against
+        max_queue). Returns how many joined."""
+        if block:
+            with self.arrived:
+                while self.inbox.empty():
+                    self.arrived.wait()
+                deadline = time.monotonic() + self.batch_wait
+                while self.inbox.qsize() < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                    self.arrived.wait(left)
+        joined = 0
         while len(self.generator.live) < self.max_batch_size:
             try:
-                if block and deadline is None:
-                    job = self.inbox.get()
-                    deadline = time.monotonic() + self.batch_wait
-                elif deadline is not None:
-                    job = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-                else:
-                    job = self.inbox.get_nowait()
+                job = self.inbox.get_nowait()
             except queue.Empty:
                 break
             if job.future.done():  # timed out (or its client left) while waiting

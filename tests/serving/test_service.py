@@ -341,11 +341,11 @@ def test_with_tracing_off_nothing_is_traced_and_feedback_is_refused(packaged):
 
 def test_api_keys_and_load_past_the_queue(packaged):
     """With keys: 401 without the right one. Past a queue of 2: 429 with Retry-After, never a 5xx, and the server
-    is healthy and answering afterwards."""
+    is healthy and answering afterwards. An idle engine waits 300 ms for company, the company waiting in the queue,
+    so the third of the clients sent at once is past the bound however fast the engine answers."""
     env = {
         "LIFECYCLE_API_KEYS": "k-one, k-two",
         "LIFECYCLE_SERVE_MAX_QUEUE": "2",
-        "LIFECYCLE_SERVE_MAX_BATCH_SIZE": "2",
         "LIFECYCLE_SERVE_BATCH_WAIT_MS": "300",
     }
     with serving(packaged["package"]["bento"], env=env) as (base, _):
