@@ -8,6 +8,7 @@ that will serve them.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from stages.common import generation
 from stages.common.errors import ProjectError
 from stages.common.tracking import sha256
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,11 +85,25 @@ def open_engine(params, model, tokenizer, device: str, precision: str = "full", 
             {"torch_dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
             size_bytes=precisions.weight_bytes(model),
         )
+    from stages.common.gguf_file import GgufRefused
+
     workdir = tempfile.TemporaryDirectory(prefix="engine-")
     file = Path(workdir.name) / generation.GGUF_FILE
-    written = write_engine_file(model, tokenizer, file, precision, params.project.name)
-    penalty = generation.repetition_penalty(model.generation_config)
-    engine = generation.OpenVINOEngine(file, concurrency, params.serve.fast_math, penalty)
+    try:
+        written = write_engine_file(model, tokenizer, file, precision, params.project.name)
+        penalty = generation.repetition_penalty(model.generation_config)
+        engine = generation.OpenVINOEngine(file, concurrency, params.serve.fast_math, penalty)
+    except (GgufRefused, RuntimeError) as exc:  # a Llama the writer or OpenVINO's GGUF reader does not take
+        workdir.cleanup()
+        if params.serve.engine != "auto":
+            raise ProjectError(
+                [f"serve.engine openvino cannot run this model: {exc}; set serve.engine: auto"]
+            ) from None
+        log.warning("engine: OpenVINO cannot run this model (%s); transformers answers instead", exc)
+        fallback = params.model_copy(update={"serve": params.serve.model_copy(update={"engine": "transformers"})})
+        opened = open_engine(fallback, model, tokenizer, device, precision, concurrency)
+        opened.why = f"the fallback: OpenVINO could not open its file ({exc})"
+        return opened
     settings = {"gguf_type": written["type"], "openvino": engine.properties or "fast_math (bf16, dynamic quantization)"}
     return Opened(engine, name, why, precision, settings, file, written["bytes"], sha256(file), workdir)
 
