@@ -304,7 +304,7 @@ def _tracking_answers() -> None:
 
 
 def cmd_snapshot(args) -> int:
-    from flows.loop import snapshot
+    from flows.snapshot import snapshot
     from stages.common.loader import load_params
 
     params = load_params(Path.cwd() / "params.yaml")

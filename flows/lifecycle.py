@@ -356,7 +356,7 @@ def lifecycle(root: str = ".", trigger: str = "by hand") -> RunResult:
 
 def pipeline(root: str, params, trigger: str = "by hand") -> RunResult:
     """The body of the flow: the live sources refreshed, then the stages in order under one MLflow parent run."""
-    from flows.loop import snapshot
+    from flows.snapshot import snapshot
     from stages.common.tracking import tracking_unreachable
 
     result = RunResult(trigger=trigger)

@@ -1,6 +1,6 @@
 """Reading a team's data: one source per role, in TRL's record formats, renamed by `fields:`, checked row by row.
 
-    python -m stages.common.sources          # what `lifecycle validate` reports per role: rows found, dropped, why
+    python -m stages.common.source_report    # what `lifecycle validate` reports per role: rows found, dropped, why
 
 Formats: JSONL, JSON (a list of objects), CSV (UTF-8), Parquet; for `knowledge` also Markdown, plain text and HTML
 (a file, or a folder of them); or a dataset id loaded by `datasets.load_dataset` (split and revision from params).
@@ -627,23 +627,3 @@ def load_all(params) -> dict[str, RoleData]:
     if problems:
         raise ProjectError(problems)
     return loaded
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from stages.common.loader import load_params
-
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        loaded = load_all(load_params(args[0] if args else "params.yaml"))
-    except ProjectError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    for role, data in loaded.items():
-        print(role, json.dumps(data.summary()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
