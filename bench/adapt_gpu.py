@@ -16,28 +16,14 @@ import argparse
 import tempfile
 import time
 
+from shapes import qwen25_05b
+
 # Dense bf16 peak FLOP/s of the cards this has run on (the publishers' datasheets, without sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
 def peak_flops(name: str) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
-
-
-def config():
-    from transformers import Qwen2Config
-
-    return Qwen2Config(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        rope_theta=1_000_000.0,
-    )
 
 
 def lora(model):
@@ -96,7 +82,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    cfg = config()
+    cfg = qwen25_05b()
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     n_params = sum(p.numel() for p in base.parameters())

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from tests.test_e2e import COPY_IGNORE  # noqa: E402  (the same fresh copy the end-to-end test makes)
+from tests.workspaces import COPY_IGNORE  # noqa: E402  (the same fresh copy the end-to-end tests make)
 
 
 def fresh_copy(parent: Path, name: str) -> Path:

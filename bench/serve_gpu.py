@@ -25,20 +25,10 @@ from serving import engine  # noqa: E402
 
 def build(tokenizer, dtype):
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from shapes import qwen25_05b
+    from transformers import AutoModelForCausalLM
 
-    # Qwen2.5-0.5B's published shape; the vocabulary is the tokenizer's (the one embedding the demo has).
-    config = Qwen2Config(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=True,
-        rope_theta=1_000_000.0,
-    )
+    config = qwen25_05b(vocab_size=len(tokenizer))  # the vocabulary is the tokenizer's (the demo's embedding)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to("cuda").eval()
     model.generation_config.eos_token_id = None  # random weights: decode to max_new_tokens every time

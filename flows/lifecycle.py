@@ -376,7 +376,7 @@ def pipeline(root: str, params, trigger: str = "by hand") -> RunResult:
 
 
 def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
-    from stages.common.tracking import configure
+    from stages.common.tracking import configure, log_flat_params
 
     orchestration = params.orchestration
     # DVC runs `python -m stages.<name>`: make that the interpreter running this flow.
@@ -391,6 +391,8 @@ def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
     tags |= {f"lifecycle.snapshot.{role}.rows": str(r["rows"]) for role, r in result.snapshots.items()}
     with mlflow.start_run(run_name="lifecycle", tags=tags) as parent:
         result.parent_run_id = parent.info.run_id
+        # The whole project definition, flattened: runs of two params.yaml versions compare column by column.
+        log_flat_params(params.model_dump(mode="json"))
         os.environ[PARENT_RUN_ENV] = parent.info.run_id  # the stage subprocesses nest their runs under it
         try:
             from flows import ladder

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from stages.common.errors import ProjectError, ServerUnreachable
-from stages.common.tracking import answers, tracking_uri
+from stages.common.errors import ProjectError
+from stages.common.tracking import require_health, tracking_uri
 
 ENTRYPOINT = "flows/lifecycle.py:lifecycle"  # the flow, relative to the project root
 
@@ -56,12 +56,13 @@ def check_prefect(timeout: float = 5.0) -> None:
     api = prefect_api()
     if not api:
         return
-    why = answers(api.rstrip("/") + "/health", timeout)
-    if why:
-        raise ServerUnreachable(
-            f"the Prefect server {api} (PREFECT_API_URL) is not reachable: {why}. Start it (`prefect server "
-            "start`), or unset PREFECT_API_URL to run on an ephemeral server."
-        )
+    require_health(
+        "Prefect",
+        api,
+        "PREFECT_API_URL",
+        "Start it (`prefect server start`), or unset PREFECT_API_URL to run on an ephemeral server.",
+        timeout,
+    )
 
 
 def deploy_flow(source: str, pool: str, name: str = "lifecycle", schedule=None):

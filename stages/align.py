@@ -71,7 +71,6 @@ def training_args(params: Params, trainer, ckpt: Path, device: str, drop: tuple 
 
 def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) -> tuple[dict, list[dict]]:
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from stages.common.models import renderer_for
@@ -81,16 +80,7 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) 
     renderer = renderer_for(params, tok, model, max_new_tokens=0)
     train = Dataset.from_list(preference_rows(renderer, read_jsonl(Path(paths.processed) / "preference.jsonl")))
     config = DPOConfig(**training_args(params, p.trainer, ckpt, device), beta=p.beta)
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,
-        args=config,
-        train_dataset=train,
-        processing_class=tok,
-        peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()),
-    )
-    result, resumed = train_resumable(trainer, ckpt)
-    save_merged(trainer, tok, out)
+    trainer, result, resumed = fit_lora(DPOTrainer, params, model, tok, config, train, ckpt, out, ref_model=None)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     curve = [
         {"step": h["step"], "loss": round(h["loss"], 5), "reward": round(h["rewards/margins"], 5)}
@@ -108,6 +98,24 @@ def train_dpo(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) 
         "global_step": trainer.state.global_step,
         "resumed_from_step": resumed,
     }, curve
+
+
+def fit_lora(Trainer, params: Params, model, tok, config, train, ckpt: Path, out: Path, **kwargs):
+    """A LoRA on the SFT model trained by a TRL trainer class (DPO, RLOO, GRPO), resumed from its checkpoint when
+    one is there, and saved merged into `out`. Returns (trainer, train result, step resumed from)."""
+    from peft import LoraConfig
+
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()),
+        **kwargs,
+    )
+    result, resumed = train_resumable(trainer, ckpt)
+    save_merged(trainer, tok, out)
+    return trainer, result, resumed
 
 
 def save_merged(trainer, tok, out: Path) -> None:
@@ -179,7 +187,6 @@ def reward_functions(params: Params, paths: Paths, renderer, device: str) -> tup
 def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path) -> tuple[dict, list[dict]]:
     import mlflow
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from stages.common.models import render_all, renderer_for
@@ -207,16 +214,7 @@ def train_rlhf(params: Params, paths: Paths, device: str, out: Path, ckpt: Path)
         reward_weights=weights,
         log_completions=False,
     )
-    trainer = Trainer(
-        model=model,
-        reward_funcs=functions,
-        args=config,
-        train_dataset=train,
-        processing_class=tok,
-        peft_config=LoraConfig(task_type="CAUSAL_LM", **params.adapt.lora.model_dump()),
-    )
-    result, resumed = train_resumable(trainer, ckpt)
-    save_merged(trainer, tok, out)
+    trainer, result, resumed = fit_lora(Trainer, params, model, tok, config, train, ckpt, out, reward_funcs=functions)
     logs = [h for h in trainer.state.log_history if "rewards/reward_model/mean" in h]
     curve = [
         {

@@ -61,6 +61,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 TINY_EXAMPLE = REPO / "examples" / "stdlib-helpdesk-tiny" / "params.yaml"
+# The lifecycle's stages in dvc.yaml's order, typed once: what the tests hold the DAG to.
+STAGES = [
+    "scope",
+    "data",
+    "pretrain",
+    "select",
+    "prompt_search",
+    "integrate",
+    "adapt",
+    "reward",
+    "align",
+    "evaluate",
+    "package",
+]
+
+
+def stages_run(methods: list[str]) -> list[str]:
+    """The stages a full run goes through: one `align@<method>` per `align.methods` entry (a DVC foreach)."""
+    at = STAGES.index("align")
+    return [*STAGES[:at], *(f"align@{m}" for m in methods), *STAGES[at + 1 :]]
 
 
 def default_params() -> dict:

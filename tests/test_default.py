@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_e2e import COPY_IGNORE, last_run, lifecycle, mlflow_client
+from tests.workspaces import COPY_IGNORE, last_run, lifecycle, mlflow_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default]
 

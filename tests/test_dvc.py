@@ -145,9 +145,25 @@ def test_a_stage_declares_no_project_file_its_code_does_not_run(name):
     assert not stale, f"dvc.yaml stage `{name}` lists {stale} in `deps:`, which its code never imports: remove them"
 
 
+def reached(path: Path) -> set[Path]:
+    """Every project module `path` imports, transitively, plumbing included."""
+    seen, todo = set(), [path]
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += imported_files(p) - seen
+    return seen
+
+
 def test_plumbing_is_only_what_every_stage_runs_through():
+    """Leaving a file out of the derived deps is right only for what every stage runs through on its way in: each
+    PLUMBING file is reached from every stage's entry (one that only some stages import is a dep of those)."""
+    modules = {re.search(r"-m (stages\.\w+)", s["cmd"]).group(1) for s in dvc_stages().values()}
     for path in PLUMBING:
         assert (REPO / path).is_file(), f"PLUMBING names {path}, which no longer exists"
+        skipped = sorted(m for m in modules if REPO / path not in reached(module_file(m)))
+        assert not skipped, f"{path} is not plumbing: {skipped} never import it; let the derivation list it"
 
 
 def test_the_derivation_follows_function_level_imports_and_files_opened_by_name():

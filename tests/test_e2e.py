@@ -21,109 +21,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import stages_run
+from tests.workspaces import edit_params, last_run, lifecycle, mlflow_client, tiny_project
 
 pytestmark = pytest.mark.e2e
-
-_IGNORE_NAMES = shutil.ignore_patterns(
-    ".venv",
-    ".git",
-    "mlflow.db",
-    "mlartifacts",
-    "mlruns",
-    ".prefect",
-    ".bentoml",
-    "dvc.lock",
-    "processed",
-    "pretrain",
-    "sft",
-    "reward",
-    "aligned",
-    "package",
-    "metrics",
-    "reports",
-    ".checkpoints",
-    ".cache",
-    "index",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-)
-
-
-def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
-    """What a fresh clone does not have: run outputs, tool state, and DVC's cache (whose run-cache would
-    restore stage outputs without running the stages)."""
-    ignored = set(_IGNORE_NAMES(folder, names))
-    if Path(folder).name == ".dvc":
-        ignored |= {"cache", "tmp"} & set(names)
-    return ignored
-
-
-def tiny_project(root: Path) -> Path:
-    """A copy of the repository (as a fresh clone has it) with the tiny settings of tests/conftest.py, paths
-    relative to the project: every stage runs, in seconds each."""
-    from tests.conftest import tiny_params_dict
-
-    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
-    (root / "models").mkdir(exist_ok=True)
-    p = tiny_params_dict(Path("."))
-
-    def relative(path: str) -> str:
-        return str(Path(path).relative_to(REPO)) if Path(path).is_absolute() else path
-
-    p["paths"]["sources"] = relative(p["paths"]["sources"])
-    p["data"]["sources"] = {role: {**s, "path": relative(s["path"])} for role, s in p["data"]["sources"].items()}
-    p["orchestration"]["retry_delay_seconds"] = [1]
-    # A per-row primary KPI first (always met): a new version is compared with the champion row by row.
-    p["scope"]["kpis"].insert(0, {"metric": "rougeL", "threshold": 0.0, "direction": "higher", "versus": "absolute"})
-    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # DVC works inside a git repository
-    return root
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """One workspace for the whole module: one full run, then each test changes something and runs again."""
     return tiny_project(tmp_path_factory.mktemp("e2e") / "project")
-
-
-def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # Its own process group, so that a hang is stopped with everything it started (Prefect's temporary server).
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "lifecycle"), *args],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=2400)  # a hang guard: ~6 min normally, slower on a loaded machine
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def last_run(project: Path) -> dict:
-    return json.loads((project / "reports" / "last_run.json").read_text())
-
-
-def mlflow_client(project: Path):
-    from mlflow import MlflowClient
-
-    return MlflowClient(
-        tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}"
-    )
 
 
 def child_stages(client, parent_run_id: str) -> set[str]:
@@ -140,13 +47,6 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def edit_params(project: Path, change) -> None:
-    path = project / "params.yaml"
-    p = yaml.safe_load(path.read_text())
-    change(p)
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def first_run(project):
     out = lifecycle(project, "run")
@@ -155,20 +55,7 @@ def first_run(project):
 
 
 def test_full_run_builds_tracks_and_packages(project, first_run):
-    stages = [
-        "scope",
-        "data",
-        "pretrain",
-        "select",
-        "prompt_search",
-        "integrate",
-        "adapt",
-        "reward",
-        "align@dpo",
-        "align@rlhf",
-        "evaluate",
-        "package",
-    ]
+    stages = stages_run(["dpo", "rlhf"])  # the tiny example aligns both ways
     record = last_run(project)
     assert record["ran"] == stages
     for f in (
@@ -186,6 +73,9 @@ def test_full_run_builds_tracks_and_packages(project, first_run):
     assert retrieval["chunks"] > 0 and retrieval["embedded"] == retrieval["chunks"]
     client = mlflow_client(project)
     assert child_stages(client, record["parent_run_id"]) == set(stages)
+    logged = client.get_run(record["parent_run_id"]).data.params  # the project, flattened: runs compare by column
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    assert logged["adapt.technique"] == p["adapt"]["technique"] and logged["project.seed"] == str(p["project"]["seed"])
     package = json.loads((project / "models/package/package.json").read_text())
     champion = client.get_model_version_by_alias("stdlib-helpdesk", "champion")
     assert int(champion.version) == package["version"]

@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.serving.test_service import _post, serving
-from tests.test_e2e import COPY_IGNORE, last_run, lifecycle
+from tests.workspaces import COPY_IGNORE, last_run, lifecycle
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ import pytest
 from flows.workspace import holder
 from stages.common.errors import ExitStatus
 from tests.conftest import Server, free_port, mlflow_server, venv_bin
-from tests.test_e2e import edit_params, tiny_project
+from tests.workspaces import edit_params, tiny_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.servers]
 

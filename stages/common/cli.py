@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from stages.common.console import progress_as_lines
 from stages.common.errors import STAGE_ERROR_ENV, ExitStatus, GateRefused, ProjectError, ServerUnreachable
 from stages.common.launch import accelerate_command, is_main_process, launched
 
@@ -47,6 +48,7 @@ def stage_main(name: str, run, argv: list[str] | None = None, method: list[str] 
     args = parser.parse_args(argv)
     extra = {"method": args.method} if method else {}
     name = f"{name}@{args.method}" if method else name
+    progress_as_lines()  # before logging takes its stream: a log file gets lines, not carriage returns
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s")
     project_environment()
     try:

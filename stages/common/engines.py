@@ -163,3 +163,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def engine_version(engine: str) -> str:
+    """The installed version of what runs `engine` (part of the answer cache's key: a new engine answers again)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openvino-genai" if engine == "openvino" else "transformers")
+    except PackageNotFoundError:
+        return "?"

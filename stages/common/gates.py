@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from stages.common.params import Kpi
@@ -97,6 +98,51 @@ def should_promote(
         if not ok:
             failed.append(what)
     return Decision(passed=not failed, reasons=reasons, failed=failed)
+
+
+def prefer_simpler(
+    values: dict[str, float],
+    metric: str,
+    higher: bool,
+    compare: Callable[[str, str], dict | None],
+) -> dict:
+    """The candidate among `values` ({variant: its value on the primary `metric`}, cheapest first: a model before
+    its `_rag` twin, SFT before alignment, DPO before RLHF): the best, unless a simpler variant is not worse with
+    confidence, in which case the simplest such one ships (a costlier model costs training, serving or an index
+    for a difference the eval rows cannot tell from noise). `compare(costly, simpler)` is the paired test on the
+    same rows ({"difference", "ci_low", "ci_high", "better", ...}; stages/common/significance.py), None when the
+    metric is one number measured on the model."""
+    pool = list(values)
+    best = (max if higher else min)(values, key=values.get)
+    checked = []
+    for simpler in pool[: pool.index(best)]:
+        c = compare(best, simpler)
+        if c is None:
+            return {
+                "best": best,
+                "candidate": best,
+                "comparisons": [],
+                "why": f"{best} is best on {metric} ({values[best]:.4g}); {metric} is measured on the model, with "
+                "no rows to compare on, so the point estimate decides",
+            }
+        checked.append(c)
+        if not c["better"]:
+            return {
+                "best": best,
+                "candidate": simpler,
+                "comparisons": checked,
+                "why": f"{best} ({values[best]:.4g}) is not better than the simpler {simpler} ({values[simpler]:.4g}) "
+                f"on {metric} with confidence (difference {c['difference']:+} [{c['ci_low']:+}, "
+                f"{c['ci_high']:+}]): {simpler} ships",
+            }
+    why = f"{best} is best on {metric} ({values[best]:.4g})"
+    if checked:
+        why += (
+            " and better with confidence than every simpler variant ("
+            + ", ".join(f"{c['simpler']} {c['difference']:+} [{c['ci_low']:+}, {c['ci_high']:+}]" for c in checked)
+            + ")"
+        )
+    return {"best": best, "candidate": best, "comparisons": checked, "why": why}
 
 
 SPEED_TIE = 0.05  # speeds this close are a tie (the machine is shared and noisy)

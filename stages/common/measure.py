@@ -7,6 +7,15 @@ from __future__ import annotations
 from stages.common.params import Params
 
 
+def decoding(params: Params) -> dict:
+    """The generation settings evaluate measures with, as recorded with its metrics and answers."""
+    return {
+        **params.evaluate.decoding.model_dump(),
+        "max_new_tokens": params.evaluate.max_new_tokens,
+        "seed": params.project.seed,
+    }
+
+
 def measure_prompts(
     model,
     renderer,

@@ -40,15 +40,23 @@ def check_tracking(timeout: float = 5.0) -> None:
     """An MLflow tracking *server* (http[s]) must answer its /health before any stage runs; a database URI needs
     no server of ours."""
     uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    why = answers(uri.rstrip("/") + "/health", timeout)
-    if why:
-        raise ServerUnreachable(
-            f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {why}. Start it "
-            "(`mlflow server --backend-store-uri postgresql://... --host ...`), or unset MLFLOW_TRACKING_URI to "
-            "track into sqlite:///mlflow.db in the project."
+    if uri.startswith(("http://", "https://")):
+        require_health(
+            "MLflow tracking",
+            uri,
+            "MLFLOW_TRACKING_URI",
+            "Start it (`mlflow server --backend-store-uri postgresql://... --host ...`), or unset MLFLOW_TRACKING_URI "
+            "to track into sqlite:///mlflow.db in the project.",
+            timeout,
         )
+
+
+def require_health(what: str, url: str, variable: str, advice: str, timeout: float) -> None:
+    """A ServerUnreachable naming the server, the variable that points at it and what to do, unless `url`'s
+    /health answers."""
+    why = answers(url.rstrip("/") + "/health", timeout)
+    if why:
+        raise ServerUnreachable(f"the {what} server {url} ({variable}) is not reachable: {why}. {advice}")
 
 
 def tracking_unreachable(exc: BaseException) -> ServerUnreachable | None:
@@ -156,6 +164,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def log_flat_params(section: dict, prefix: str = "") -> None:
+    """A (nested) params section as the active run's params, dotted keys: two runs compare in the runs table."""
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:500] for k, v in flatten(section, prefix).items()})  # MLflow's limit per value
+
+
 @contextmanager
 def stage_run(stage: str, params, section: dict | None = None):
     """Start the stage's MLflow run (nested under the pipeline's run when there is one) and log its params. Under
@@ -173,5 +188,5 @@ def stage_run(stage: str, params, section: dict | None = None):
         name = f"{stage}@{os.environ[RUNG_ENV]}"
     with mlflow.start_run(run_name=name, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
         if section:
-            mlflow.log_params({k: str(v)[:500] for k, v in flatten(section).items()})  # MLflow's limit per value
+            log_flat_params(section)
         yield run

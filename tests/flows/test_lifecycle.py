@@ -11,29 +11,14 @@ from prefect.states import Completed, Failed
 from flows.cli import main, scheduled_deployment
 from flows.lifecycle import StageFailed, _exit_status_of, _retry_unless_user_error, stage_order
 from stages.common.errors import ExitStatus
-from tests.conftest import REPO, default_params, write_params
+from tests.conftest import REPO, STAGES, default_params, stages_run, write_params
 
 
 def test_stage_order_is_dvc_yaml(monkeypatch):
     declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-    assert declared == [
-        "scope",
-        "data",
-        "pretrain",
-        "select",
-        "prompt_search",
-        "integrate",
-        "adapt",
-        "reward",
-        "align",
-        "evaluate",
-        "package",
-    ]
+    assert declared == STAGES
     methods = yaml.safe_load((REPO / "params.yaml").read_text())["align"]["methods"]  # what stage_order reads
-    assert stage_order(REPO) == [s for s in declared if s != "align"][:8] + [f"align@{m}" for m in methods] + [
-        "evaluate",
-        "package",
-    ], "one align stage per align.methods entry (a DVC foreach), before evaluate"
+    assert stage_order(REPO) == stages_run(methods), "one align stage per align.methods entry, before evaluate"
 
 
 def test_exit_status_is_read_from_dvc_error():

@@ -85,11 +85,32 @@ def test_raft_rows_put_the_oracle_among_distractors(prepared, indexed):
     assert len(positions) == k, "the oracle's position varies, so that position says nothing"
 
 
-def test_raft_trained_sft_answers_with_retrieval(prepared, adapted):
-    """The tiny project trains with RAFT: its training rows were rendered with two chunks each."""
-    assert prepared.adapt.raft.enabled
+def test_raft_trains_every_row_with_retrieved_chunks_in_its_prompt(prepared, adapted):
+    """The tiny project trains with RAFT (tests/conftest.py): every SFT row is counted once, the oracle share is
+    about `oracle_fraction`, and the prompts the trainer sees carry the chunks in the project's context template."""
+    from transformers import AutoConfig
+
+    from stages import adapt
+    from stages.common.io import read_jsonl
+    from stages.common.models import load_tokenizer, renderer_for
+    from stages.common.retrieval import Retriever
+
+    raft = prepared.adapt.raft
     metrics = read_json(Path(prepared.paths.metrics) / "adapt.json")
-    assert metrics["raft_rows_with_oracle"] > 0 and metrics["trained"]
+    rows = read_jsonl(Path(prepared.paths.processed) / "sft.jsonl")
+    with_oracle, without = metrics["raft_rows_with_oracle"], metrics["raft_rows_without_oracle"]
+    assert with_oracle + without + metrics["raft_rows_without_source"] == len(rows), "each row counted once"
+    assert with_oracle + without > 10 and abs(with_oracle / (with_oracle + without) - raft.oracle_fraction) < 0.25
+    retrieved = adapt.raft_rows(rows, Retriever.open(prepared.paths.index), raft.oracle_fraction, prepared.project.seed)
+    tok = load_tokenizer(prepared.paths.sft)
+    config = AutoConfig.from_pretrained(read_json(prepared.paths.selection)["selected"]["ref"])
+    trained = adapt.sft_rows(renderer_for(prepared, tok, config, max_new_tokens=0), retrieved)
+    template = prepared.prompt.context_template
+    top_k = Retriever.open(prepared.paths.index).top_k
+    for row, example in zip(retrieved, trained, strict=True):
+        assert len(row["context"]) == top_k
+        for chunk in row["context"]:
+            assert template.format(text=" ".join(chunk.split())) in example["prompt"], "every chunk in the prompt"
 
 
 def _adapt_with(prepared, tmp_path, **update):

@@ -162,41 +162,6 @@ def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned
     assert "- `adapt`: the ladder stopped at prompting" in (tmp_path / "eval.md").read_text()
 
 
-def test_uncertainty_compares_the_candidate_with_the_best_baseline_on_the_same_rows(tiny):
-    from stages.common.params import Kpi
-    from stages.evaluate import uncertainty
-
-    rows = [{"prompt": f"q{i}", "references": [f"answer number {i}"]} for i in range(40)]
-    answers = {
-        "baseline_zero_shot": ["nothing"] * 40,
-        "baseline_prompted": [f"answer {i}" if i % 2 else "no" for i in range(40)],
-        "sft": [f"answer number {i}" for i in range(40)],
-    }
-    results = {"baseline_zero_shot": {"rougeL": 0.0}, "baseline_prompted": {"rougeL": 0.4}, "sft": {"rougeL": 1.0}}
-    params = tiny.model_copy(
-        update={
-            "scope": tiny.scope.model_copy(
-                update={
-                    "kpis": [
-                        Kpi(metric="rougeL", threshold=0.1, direction="higher", versus="baseline", confidence="ci")
-                    ]
-                }
-            )
-        }
-    )
-    intervals, comparisons = uncertainty(
-        params, rows, answers, "sft", {n: results[n] for n in ("baseline_zero_shot", "baseline_prompted")}
-    )
-    assert intervals["sft"]["rougeL"] == {"ci_low": 1.0, "ci_high": 1.0}, "a constant metric: zero width"
-    assert (
-        intervals["baseline_prompted"]["rougeL"]["ci_low"] < 0.4 < intervals["baseline_prompted"]["rougeL"]["ci_high"]
-    )
-    assert set(intervals["sft"]) == {"exact_match", "token_f1", "rougeL", "guardrail_violations"}  # max_words
-    c = comparisons["rougeL"]
-    assert c["baseline"] == "baseline_prompted", "the best baseline for the metric"
-    assert c["ci_low"] <= c["difference"] <= c["ci_high"] and c["difference"] > 0.3 and c["p_value"] < 0.01
-
-
 def test_sampling_is_seeded_and_differs_from_greedy(tiny, untrained_lm):
     from stages.common.engines import generate
     from stages.common.models import load_model, load_tokenizer, renderer_for
@@ -208,64 +173,3 @@ def test_sampling_is_seeded_and_differs_from_greedy(tiny, untrained_lm):
     first = generate(model, renderer, prompts, 8, 4, decoding=sampled).answers
     assert generate(model, renderer, prompts, 8, 4, decoding=sampled).answers == first, "same seed, same answers"
     assert generate(model, renderer, prompts, 8, 4).answers != first, "greedy is another decoding"
-
-
-def test_the_judge_joins_the_intervals_when_configured(tiny, untrained_lm):
-    from stages.common.params import Judge
-    from stages.evaluate import uncertainty
-
-    judge = Judge(model=untrained_lm)
-    params = tiny.model_copy(update={"evaluate": tiny.evaluate.model_copy(update={"judge": judge})})
-    rows = [{"prompt": f"What does `f{i}` do?", "references": [f"Return {i}."]} for i in range(12)]
-    answers = {
-        n: [f"Return {i}." if n == "sft" else "No." for i in range(12)]
-        for n in ("baseline_zero_shot", "baseline_prompted", "sft")
-    }
-    intervals, _ = uncertainty(params, rows, answers, "sft", {"baseline_zero_shot": {}, "baseline_prompted": {}})
-    judged = intervals["sft"]["judge_score"]
-    assert 1 <= judged["ci_low"] <= judged["ci_high"] <= 5
-
-
-def test_a_costlier_variant_ships_only_when_it_is_better_with_confidence(tiny):
-    from stages.common.params import Kpi
-    from stages.evaluate import prefer_simpler
-
-    params = tiny.model_copy(
-        update={
-            "scope": tiny.scope.model_copy(
-                update={"kpis": [Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")]}
-            )
-        }
-    )
-    rows = [
-        {"prompt": f"What does `m.f{i}` do?", "references": [f"Return the value number {i} of the list."]}
-        for i in range(40)
-    ]
-    right = [r["references"][0] for r in rows]
-    wrong = ["Open a socket." for _ in rows]
-    almost = right[:39] + wrong[39:]  # one row worse: better on the point estimate, not with confidence
-
-    def choose(answers):
-        from stages.common.metrics import score
-
-        results = {n: score(["rougeL"], a, [r["references"] for r in rows]) for n, a in answers.items()}
-        return prefer_simpler(params, rows, answers, results, list(answers))
-
-    pays = choose({"sft": wrong, "sft_rag": right})
-    assert pays["candidate"] == "sft_rag" and pays["comparisons"][0]["ci_low"] > 0, "retrieval pays: it ships"
-    tie = choose({"sft": almost, "sft_rag": right, "aligned_dpo": right})
-    assert tie["best"] == "sft_rag" and tie["candidate"] == "sft", "a difference within noise keeps the simpler one"
-    assert "not better than the simpler sft" in tie["why"] and not tie["comparisons"][0]["better"]
-    climbs = choose({"sft": wrong, "sft_rag": wrong, "aligned_dpo": right})
-    assert climbs["candidate"] == "aligned_dpo" and len(climbs["comparisons"]) == 2, "better than every simpler one"
-    assert choose({"sft": right, "sft_rag": wrong})["comparisons"] == [], "the simplest is best: nothing to compare"
-    measured = prefer_simpler(
-        tiny,
-        rows,
-        {"sft": wrong, "sft_rag": right},
-        {"sft": {"latency_ms": 9.0}, "sft_rag": {"latency_ms": 5.0}},
-        ["sft", "sft_rag"],
-    )
-    assert measured["candidate"] == "sft_rag" and "point estimate" in measured["why"], (
-        "latency, the tiny project's primary metric, has no rows to pair"
-    )

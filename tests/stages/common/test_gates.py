@@ -135,3 +135,55 @@ def test_the_scope_limits_and_skipped_precisions_are_reasons_too():
     assert chosen["reasons"]["nf4"] == "not tried: nf4 needs a CUDA GPU"
     none_fit = choose_precision({"full": _trial(100), "int8": _trial(40, -0.5, 0.0)}, "rougeL", True, 0.02)
     assert none_fit["precision"] == "full" and "int8 40.0 MiB: rougeL may drop" in none_fit["why"]
+
+
+def test_a_costlier_variant_ships_only_when_it_is_better_with_confidence(tiny):
+    from stages.common.gates import prefer_simpler
+    from stages.common.params import Kpi
+    from stages.common.significance import better_with_confidence
+
+    params = tiny.model_copy(
+        update={
+            "scope": tiny.scope.model_copy(
+                update={"kpis": [Kpi(metric="rougeL", threshold=0.0, direction="higher", versus="absolute")]}
+            )
+        }
+    )
+    rows = [
+        {"prompt": f"What does `m.f{i}` do?", "references": [f"Return the value number {i} of the list."]}
+        for i in range(40)
+    ]
+    right = [r["references"][0] for r in rows]
+    wrong = ["Open a socket." for _ in rows]
+    almost = right[:39] + wrong[39:]  # one row worse: better on the point estimate, not with confidence
+
+    def choose(answers):
+        from stages.common.metrics import score
+
+        results = {n: score(["rougeL"], a, [r["references"] for r in rows]) for n, a in answers.items()}
+        values = {n: results[n]["rougeL"] for n in answers}
+        return prefer_simpler(
+            values,
+            "rougeL",
+            True,
+            lambda costly, simpler: better_with_confidence(params, rows, answers, costly, simpler),
+        )
+
+    pays = choose({"sft": wrong, "sft_rag": right})
+    assert pays["candidate"] == "sft_rag" and pays["comparisons"][0]["ci_low"] > 0, "retrieval pays: it ships"
+    tie = choose({"sft": almost, "sft_rag": right, "aligned_dpo": right})
+    assert tie["best"] == "sft_rag" and tie["candidate"] == "sft", "a difference within noise keeps the simpler one"
+    assert "not better than the simpler sft" in tie["why"] and not tie["comparisons"][0]["better"]
+    climbs = choose({"sft": wrong, "sft_rag": wrong, "aligned_dpo": right})
+    assert climbs["candidate"] == "aligned_dpo" and len(climbs["comparisons"]) == 2, "better than every simpler one"
+    assert choose({"sft": right, "sft_rag": wrong})["comparisons"] == [], "the simplest is best: nothing to compare"
+    measured = prefer_simpler(
+        tiny,
+        rows,
+        {"sft": wrong, "sft_rag": right},
+        {"sft": {"latency_ms": 9.0}, "sft_rag": {"latency_ms": 5.0}},
+        ["sft", "sft_rag"],
+    )
+    assert measured["candidate"] == "sft_rag" and "point estimate" in measured["why"], (
+        "latency, the tiny project's primary metric, has no rows to pair"
+    )
