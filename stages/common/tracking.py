@@ -7,6 +7,7 @@ root with artifacts in `mlartifacts/`, so nothing has to be started by hand.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import urllib.error
@@ -19,6 +20,8 @@ from stages.common.errors import ServerUnreachable
 PARENT_RUN_ENV = "LIFECYCLE_PARENT_RUN_ID"  # set by the flow, inherited by the DVC stage subprocesses
 RUNG_ENV = "LIFECYCLE_LADDER_RUNG"  # set by the flow while `evaluate` judges one rung of the escalation ladder
 DEFAULT_DB = "mlflow.db"
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri() -> str:
@@ -80,19 +83,44 @@ def configure(experiment: str):
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location, uri = None, mlflow.get_tracking_uri()
-        if uri.startswith("sqlite:///"):  # artifacts next to the database, not wherever the cwd happens to be
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    location, uri = None, mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):  # artifacts next to the database, not wherever the cwd happens to be
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is None:
         try:
             mlflow.create_experiment(experiment, artifact_location=location)
         except Exception:  # created concurrently by another process: fine, use it
             pass
+    elif location and existing.artifact_location != location:
+        follow_the_workspace(uri, existing, location)
     exp = mlflow.set_experiment(experiment)
     if "mlflow.experimentKind" not in exp.tags:
         # The MLflow 3 UI opens an experiment of unknown kind on its (empty) traces page; ours is model training.
         mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     return mlflow
+
+
+def follow_the_workspace(uri: str, experiment, location: str) -> None:
+    """The embedded store of a workspace that was copied or moved: MLflow keeps the experiment's artifact location
+    as the absolute path it was created with, so new runs would write into the old folder. It becomes the
+    `mlartifacts/` beside this database (MLflow has no API for it: the store's own table); runs already logged
+    keep theirs."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    with engine.begin() as db:
+        db.execute(
+            sqlalchemy.text("UPDATE experiments SET artifact_location = :new WHERE experiment_id = :id"),
+            {"new": location, "id": int(experiment.experiment_id)},
+        )
+    engine.dispose()
+    log.info(
+        "the workspace moved: experiment %s now stores artifacts in %s (was %s)",
+        experiment.name,
+        location,
+        experiment.artifact_location,
+    )
 
 
 # Which split a stage trained, tuned or evaluated on, as MLflow's dataset contexts.
