@@ -89,3 +89,49 @@ def after_rung(climbed: list[str], rung: str, passed: bool, failed: list[str]) -
     if not higher:
         return Step(True, [], f"no rung passed the gates ({rung}, the top one, failed: {'; '.join(failed)})")
     return Step(False, [], f"{rung} failed the gates ({'; '.join(failed)}): climbing to {higher[0]}")
+
+
+@dataclass
+class Judged:
+    """A rung to judge once a stage has run: `check` (a rung below the top one: the flow evaluates it first, the
+    stages `higher` marked not reached) or the top rung, which the pipeline's own `evaluate` judged."""
+
+    rung: str
+    higher: list[str]
+    check: bool
+
+
+class Climb:
+    """The ladder as one flow run climbs it: which stages it skips, which rung a finished stage ends, and the
+    record of the rungs judged (`record`: None when the project climbs no ladder), for the run's summary."""
+
+    def __init__(self, params: Params):
+        self.params = params
+        self.checks = checked_after(params)
+        self.climbed = [rung for rung, _ in rungs(params)]
+        self.stopped = False
+        self.record = (
+            {"rungs": [], "winner": None, "not_run": [], "stages_not_run": [], "why": ""} if self.checks else None
+        )
+
+    def skips(self, stage: str) -> bool:
+        return bool(self.record) and stage_name(stage) in self.record["stages_not_run"]
+
+    def ended_by(self, stage: str) -> Judged | None:
+        """The rung `stage` ends, if it is judged now."""
+        if stage in self.checks:
+            rung = self.checks[stage]
+            return Judged(rung, stages_of([s for _, s in above(self.params, rung)]), check=True)
+        if stage == "evaluate" and self.record and not self.stopped:
+            return Judged(self.climbed[-1], [], check=False)
+        return None
+
+    def judged(self, judged: Judged, verdict: dict) -> None:
+        """Record a rung's verdict ({"passed", "failed", ...}) and decide: climb on or stop."""
+        step = after_rung(self.climbed, judged.rung, verdict["passed"], verdict["failed"])
+        self.record["rungs"].append({"rung": judged.rung, **verdict})
+        self.record["why"] = step.why
+        if step.stop:
+            self.stopped = True
+            winner = judged.rung if verdict["passed"] else None
+            self.record.update(winner=winner, not_run=step.not_run, stages_not_run=judged.higher)

@@ -395,44 +395,29 @@ def tracked_pipeline(root: str, params, result: RunResult) -> RunResult:
         log_flat_params(params.model_dump(mode="json"))
         os.environ[PARENT_RUN_ENV] = parent.info.run_id  # the stage subprocesses nest their runs under it
         try:
-            from flows import ladder
+            from flows.ladder import Climb, stage_name
 
-            checks = ladder.checked_after(params)
-            climbed = [rung for rung, _ in ladder.rungs(params)]
-            if checks:
-                result.ladder = {"rungs": [], "winner": None, "not_run": [], "stages_not_run": [], "why": ""}
-            stopped = False
+            climb = Climb(params)
+            result.ladder = climb.record
             for stage in stage_order(root):
-                if result.ladder and ladder.stage_name(stage) in result.ladder["stages_not_run"]:
+                if climb.skips(stage):
                     continue
                 spent = cost(result.seconds, budget.training_hours, gpus)
-                if budget.enforce and ladder.stage_name(stage) in TRAINING_STAGES and spent["over_budget"]:
+                if budget.enforce and stage_name(stage) in TRAINING_STAGES and spent["over_budget"]:
                     result.exit_status, result.failed_stage = ExitStatus.INVALID_PROJECT, stage
                     result.error = over_budget_message(spent, stage)
                     break
                 try:
                     run_tracked(stage, stage, root, orchestration, result)
-                    if stage in checks:  # a rung below the top one: evaluate it with the rungs above not reached
-                        rung = checks[stage]
-                        higher = ladder.stages_of([s for _, s in ladder.above(params, rung)])
-                        mark_not_reached(root, params, rung, higher)
-                        run_tracked("evaluate", f"evaluate@{rung}", root, orchestration, result, rung=rung)
-                    elif stage == "evaluate" and result.ladder and not stopped:  # the top rung: the pipeline's evaluate
-                        rung, higher = climbed[-1], []
-                    else:
-                        continue
+                    judged = climb.ended_by(stage)
+                    if judged and judged.check:  # a rung below the top: evaluated with the rungs above not reached
+                        mark_not_reached(root, params, judged.rung, judged.higher)
+                        run_tracked("evaluate", f"evaluate@{judged.rung}", root, orchestration, result, judged.rung)
                 except StageFailed as exc:
                     result.exit_status, result.failed_stage, result.error = exc.exit_status, exc.stage, str(exc)
                     break
-                verdict_ = rung_verdict(root, params)
-                step = ladder.after_rung(climbed, rung, verdict_["passed"], verdict_["failed"])
-                result.ladder["rungs"].append({"rung": rung, **verdict_})
-                result.ladder["why"] = step.why
-                if step.stop:
-                    stopped = True
-                    result.ladder.update(
-                        winner=rung if verdict_["passed"] else None, not_run=step.not_run, stages_not_run=higher
-                    )
+                if judged:
+                    climb.judged(judged, rung_verdict(root, params))
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
             result.total_seconds = round(time.perf_counter() - flow_start, 2)

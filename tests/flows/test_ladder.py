@@ -82,3 +82,27 @@ def test_the_flow_reaches_each_rung_after_the_one_below():
     ending = [stage for _, stage in RUNGS]
     order = [stage_name(s) for s in stage_order(Path(__file__).parents[2]) if stage_name(s) in ending]
     assert list(dict.fromkeys(order)) == ending
+
+
+def test_a_climb_judges_each_rung_once_and_skips_what_is_above_a_pass(tiny):
+    """The flow's walk through dvc.yaml's stages with a verdict per rung: retrieval fails, fine-tuning passes."""
+    from flows.ladder import Climb
+    from flows.lifecycle import stage_order
+
+    climb = Climb(_with(tiny))
+    verdicts = {"prompting": False, "retrieval": False, "fine-tuning": True}
+    ran, judged = [], []
+    for stage in stage_order():
+        if climb.skips(stage):
+            continue
+        ran.append(stage)
+        rung = climb.ended_by(stage)
+        if rung:
+            judged.append((rung.rung, rung.check, rung.higher))
+            climb.judged(rung, {"passed": verdicts.get(rung.rung, True), "failed": ["rougeL"]})
+    assert [r for r, _, _ in judged] == ["prompting", "retrieval", "fine-tuning"], "each rung once, in order"
+    assert judged[-1] == ("fine-tuning", True, ["reward", "align"]), "judged before alignment, which is not reached"
+    assert "reward" not in ran and not any(s.startswith("align") for s in ran), "the rung above a pass never runs"
+    assert ran[-2:] == ["evaluate", "package"], "the pipeline's evaluate and package still run"
+    assert climb.record["winner"] == "fine-tuning" and climb.record["not_run"] == ["alignment"]
+    assert [r["rung"] for r in climb.record["rungs"]] == ["prompting", "retrieval", "fine-tuning"]
