@@ -191,6 +191,8 @@ def test_schedule_fires_a_real_flow_run(project, first_run):
         port = s.getsockname()[1]
     before = last_run(project)["parent_run_id"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME")}
+    # The scheduler and the runner look every 60 s and 10 s by default: the wait is theirs, not the flow's.
+    env |= {"PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "lifecycle"), "schedule", "--cron", "* * * * *", "--port", str(port)],
         cwd=project,
