@@ -25,9 +25,19 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from flows.report import LAST_RUN, plan_lines, read_json_if_any, summary
+from flows.report import (
+    LAST_RUN,
+    models_table,
+    read_json_if_any,
+    run_lines,
+    snapshot_lines,
+    status_lines,
+    summary,
+    validation,
+)
 from flows.workspace import WorkspaceBusy
 from stages.common.cli import project_environment
 from stages.common.errors import ExitStatus, ProjectError, ServerUnreachable
@@ -39,17 +49,7 @@ def cmd_validate(args) -> int:
     from stages.scope import check
 
     params = load_params(args.params)
-    report = check(params)
-    print(f"{args.params}: project '{params.project.name}' is defined\n")
-    print(f"{'role':<11}{'rows found':>11}{'kept':>8}  dropped (why)                      source")
-    for role, r in report["data"].items():
-        why = ", ".join(f"{n} {reason}" for reason, n in r["rows_dropped"].items()) or "-"
-        print(f"{role:<11}{r['rows_found']:>11}{r['rows_kept']:>8}  {why:<34} {r['source']}")
-        for example in r["first_dropped"][:3]:
-            print(f"{'':<32}{example}")
-    for warning in report["warnings"]:
-        print(f"\nwarning: {warning}")
-    print("\n" + "\n".join(plan_lines(report)))
+    print(validation(args.params, params.project.name, check(params)))
     return ExitStatus.OK
 
 
@@ -73,24 +73,7 @@ def cmd_run(args) -> int:
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):  # WorkspaceBusy, ServerUnreachable, ProjectError: main() says them
         raise result
-    print()
-    if result.snapshots:
-        print(
-            "snapshots: "
-            + ", ".join(f"{role} {r['rows']} rows ({r['untrained_rows']} new)" for role, r in result.snapshots.items())
-        )
-    print(
-        f"lifecycle run ({result.trigger}): {time.perf_counter() - start:.1f} s; ran "
-        + (str(result.ran) if result.ran else "nothing" if result.failed_stage else "nothing (all up to date)")
-        + f"; up to date {result.skipped or 'none'}"
-        + (
-            f"; not run (escalation ladder) {result.ladder['stages_not_run']}"
-            if result.ladder and result.ladder["stages_not_run"]
-            else ""
-        )
-    )
-    if result.seconds:
-        print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
+    print("\n".join(run_lines(result, time.perf_counter() - start)))
     print(summary(root, params.paths))
     return result.exit_status
 
@@ -142,19 +125,8 @@ def cmd_status(args) -> int:
     params = load_params(root / "params.yaml", files=False)
     with Repo(str(root)) as repo:
         changed = repo.status()
-    for stage in stage_order(root):
-        print(f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}")
-    print()
-    for tool, where in servers.in_use(root):
-        print(f"{tool:<10} {where}")
-    last = read_json_if_any(root / LAST_RUN)
-    if last:
-        print(
-            f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
-            f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})"
-        )
-        if last.get("error"):
-            print(last["error"])
+    stages = stage_order(root)
+    print("\n".join(status_lines(stages, changed, servers.in_use(root), read_json_if_any(root / LAST_RUN))))
     print()
     print(summary(root, params.paths))
     return ExitStatus.OK
@@ -170,62 +142,24 @@ def _registry(params):
 
 
 def cmd_deploy(args) -> int:
-    """The champion's bento to a target (flows/deploy.py); `lifecycle serve` is `deploy --target local`."""
+    """The champion's bento to a target (flows/deploy/); `lifecycle serve` is `deploy --target local`."""
     from flows import deploy
     from stages.common.loader import load_params
 
     params = load_params("params.yaml", files=False)
-    client = _registry(params)
-    name = params.project.name
+    # `serve` has only --host and --port: the options of other targets are None there
+    options = deploy.Options(**{f.name: getattr(args, f.name, None) for f in fields(deploy.Options)})
     try:
-        deploy.check_scope(params, args.target)
-        version, bento = deploy.champion(client, name)
-        if args.target == "local":
-            command = deploy.local_command(bento, args.host, args.port)
-            deploy.record(client, name, version, "local", {"bento": bento, "address": f"{args.host}:{args.port}"})
-            print(f"serving {name} v{version.version} (@champion) on http://{args.host}:{args.port}", flush=True)
-            print(" ".join(command), flush=True)
-            # exec, not a child: SIGTERM from a process manager (or Ctrl-C) reaches the server itself, which
-            # stops its workers and frees the port; a parent that died first would leave them serving.
-            os.execv(command[0], command)
-        elif args.target == "docker":
-            detail = deploy.docker(params, bento, version)
-        elif args.target == "bentocloud":
-            detail = deploy.bentocloud(params, bento, version)
-        elif args.target in ("gguf", "llamacpp"):
-            if args.target == "llamacpp":
-                deploy.require_llama_cpp()
-            detail = deploy.gguf(bento, version, Path(args.out or "deploy/gguf"), args.gguf_type)
-            if args.target == "llamacpp":
-                command = deploy.llamacpp_command(detail["file"], args.host, args.port, detail["chat"])
-                deploy.record(client, name, version, "llamacpp", {"bento": bento, **detail})
-                print(f"serving {name} v{version.version} (@champion) with llama.cpp on http://{args.host}:{args.port}")
-                print(" ".join(command), flush=True)
-                os.execv(command[0], command)  # as `local`: the process manager's signals reach the server
-        else:
-            detail = deploy.k8s(
-                params, bento, version, Path(args.out or "deploy/k8s"), kustomize=args.format == "kustomize"
-            )
+        done = deploy.deploy(args.target, params, _registry(params), options)
     except deploy.DeployRefused as exc:
         print(f"deploy --target {args.target} refused: {exc}", file=sys.stderr)
         return ExitStatus.ERROR
-    deploy.record(client, name, version, args.target, {"bento": bento, **detail})
-    print(
-        f"{name} v{version.version} (@champion) deployed to {args.target}: "
-        + ", ".join(f"{k} {v}" for k, v in detail.items())
-    )
-    if args.target == "k8s":
-        secret = params.deploy.k8s.api_key_secret
-        if secret:  # never written: the keys are the operator's, not the repository's
-            print(
-                f"the pods read their API keys from Secret {secret} (not written here); create it first:\n"
-                f"  kubectl -n {params.deploy.k8s.namespace} create secret generic {secret} --from-literal=api-keys=…"
-            )
-        apply = "kubectl apply -k" if args.format == "kustomize" else "kubectl apply -f"
-        print(
-            f"apply with: {apply} {args.out or 'deploy/k8s'}  (image {detail['image']}: build and push it with "
-            f"`lifecycle deploy --target docker` and `deploy.docker.registry`)"
-        )
+    print("\n".join(done.said), flush=True)
+    if done.server:  # local, llamacpp
+        print(" ".join(done.server), flush=True)
+        # exec, not a child: SIGTERM from a process manager (or Ctrl-C) reaches the server itself, which
+        # stops its workers and frees the port; a parent that died first would leave them serving.
+        os.execv(done.server[0], done.server)
     return ExitStatus.OK
 
 
@@ -248,13 +182,7 @@ def cmd_models(args) -> int:
     if not rows:
         print(f"no registered versions of {params.project.name!r} yet; run `lifecycle run`")
         return ExitStatus.OK
-    print(f"{'version':>7}  {'aliases':<22} {'created':<17} {'variant':<20} headline metric")
-    for r in rows:
-        metric = r["tags"].get("lifecycle.primary_metric", "")
-        print(
-            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['created']:<17} "
-            f"{r['tags'].get('lifecycle.variant', '-'):<20} {metric} {r['tags'].get('eval.' + metric, '')}"
-        )
+    print(models_table(rows))
     return ExitStatus.OK
 
 
@@ -310,13 +238,7 @@ def cmd_snapshot(args) -> int:
     params = load_params(Path.cwd() / "params.yaml")
     _tracking_answers()
     refreshed = snapshot.fn(str(Path.cwd()), params)
-    if not refreshed:
-        print("no live sources (`sql:` or `mlflow_traces:` under data.sources): nothing to refresh")
-    for role, r in refreshed.items():
-        print(
-            f"{role}: {r['rows']} rows in {Path(params.paths.snapshots) / (role + '.jsonl')}, "
-            f"{r['untrained_rows']} not yet trained on" + ("" if r["changed"] else " (unchanged)")
-        )
+    print("\n".join(snapshot_lines(refreshed, Path(params.paths.snapshots))))
     return ExitStatus.OK
 
 
@@ -372,21 +294,15 @@ def cmd_schedule(args) -> int:
     from flows import servers
 
     deployment = scheduled_deployment(args.cron, args.name, str(Path.cwd()))
-    server, url = None, os.environ.get("PREFECT_API_URL")
-    if not url:
-        server, url = servers.start_prefect_server(args.port)
-        print(
-            f"started a local Prefect server on {url} (UI: {url.removesuffix('/api')}); "
-            "set PREFECT_API_URL to use your own"
-        )
-    try:
+    with servers.scheduling_prefect(args.port) as (url, started):
+        if started:
+            print(
+                f"started a local Prefect server on {url} (UI: {url.removesuffix('/api')}); "
+                "set PREFECT_API_URL to use your own"
+            )
         with temporary_settings({PREFECT_API_URL: url}):
             print(f"serving deployment 'lifecycle-loop/{args.name}' on cron '{args.cron}' (Ctrl-C to stop)")
             serve(deployment)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
     return ExitStatus.OK
 
 
