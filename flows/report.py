@@ -1,6 +1,9 @@
-"""What a run says to people: the summary `lifecycle run` and `lifecycle status` print (and the MLflow parent
-run carries as its description), the plan `lifecycle validate` prints. Rendering only: it reads the reports
-the stages wrote and never runs anything.
+"""What the `lifecycle` commands say to people: the summary `lifecycle run` and `lifecycle status` print (and the
+MLflow parent run carries as its description), the data table and plan of `lifecycle validate`, the stage table
+of `lifecycle status`, the versions of `lifecycle models`, the snapshots of `lifecycle snapshot`. Rendering only:
+it reads the reports the stages wrote, or what a command hands it, and never runs anything.
+
+    lifecycle status      # the stage table, the servers in use, the last run and its summary
 """
 
 from __future__ import annotations
@@ -161,3 +164,83 @@ def plan_lines(report: dict) -> list[str]:
         for name, verdict in plan["candidates"].items()
     ]
     return lines
+
+
+def validation(params_file, project: str, report: dict) -> str:
+    """`lifecycle validate`: each role's rows found, kept and dropped (why, the first examples), the warnings, the
+    plan."""
+    lines = [
+        f"{params_file}: project '{project}' is defined\n",
+        f"{'role':<11}{'rows found':>11}{'kept':>8}  dropped (why)                      source",
+    ]
+    for role, r in report["data"].items():
+        why = ", ".join(f"{n} {reason}" for reason, n in r["rows_dropped"].items()) or "-"
+        lines.append(f"{role:<11}{r['rows_found']:>11}{r['rows_kept']:>8}  {why:<34} {r['source']}")
+        lines += [f"{'':<32}{example}" for example in r["first_dropped"][:3]]
+    lines += [f"\nwarning: {warning}" for warning in report["warnings"]]
+    return "\n".join(lines) + "\n\n" + "\n".join(plan_lines(report))
+
+
+def run_lines(result, seconds: float) -> list[str]:
+    """`lifecycle run`, before the summary: the snapshots refreshed, what ran and what was up to date, stage times."""
+    lines = [""]
+    if result.snapshots:
+        lines.append(
+            "snapshots: "
+            + ", ".join(f"{role} {r['rows']} rows ({r['untrained_rows']} new)" for role, r in result.snapshots.items())
+        )
+    lines.append(
+        f"lifecycle run ({result.trigger}): {seconds:.1f} s; ran "
+        + (str(result.ran) if result.ran else "nothing" if result.failed_stage else "nothing (all up to date)")
+        + f"; up to date {result.skipped or 'none'}"
+        + (
+            f"; not run (escalation ladder) {result.ladder['stages_not_run']}"
+            if result.ladder and result.ladder["stages_not_run"]
+            else ""
+        )
+    )
+    if result.seconds:
+        lines.append("stage seconds: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
+    return lines
+
+
+def status_lines(stages: list[str], changed: dict, servers: list[tuple[str, str]], last: dict | None) -> list[str]:
+    """`lifecycle status`, before the summary: each stage up to date or what changed, the servers in use, the last
+    run (and its error)."""
+    lines = [
+        f"{stage:<10} {'changed: ' + json.dumps(changed[stage]) if stage in changed else 'up to date'}"
+        for stage in stages
+    ]
+    lines.append("")
+    lines += [f"{tool:<10} {where}" for tool, where in servers]
+    if last:
+        lines.append(
+            f"\nlast run: exit status {last['exit_status']}, ran {last['ran'] or 'nothing'} "
+            f"in {last['total_seconds']} s (MLflow run {last['parent_run_id']})"
+        )
+        if last.get("error"):
+            lines.append(last["error"])
+    return lines
+
+
+def models_table(rows: list[dict]) -> str:
+    """`lifecycle models`: each registered version, its aliases, when, its variant and headline metric."""
+    lines = [f"{'version':>7}  {'aliases':<22} {'created':<17} {'variant':<20} headline metric"]
+    for r in rows:
+        metric = r["tags"].get("lifecycle.primary_metric", "")
+        lines.append(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['created']:<17} "
+            f"{r['tags'].get('lifecycle.variant', '-'):<20} {metric} {r['tags'].get('eval.' + metric, '')}"
+        )
+    return "\n".join(lines)
+
+
+def snapshot_lines(refreshed: dict, snapshots: Path) -> list[str]:
+    """`lifecycle snapshot`: each live source's rows, where, and how many no run has trained on."""
+    if not refreshed:
+        return ["no live sources (`sql:` or `mlflow_traces:` under data.sources): nothing to refresh"]
+    return [
+        f"{role}: {r['rows']} rows in {snapshots / (role + '.jsonl')}, "
+        f"{r['untrained_rows']} not yet trained on" + ("" if r["changed"] else " (unchanged)")
+        for role, r in refreshed.items()
+    ]

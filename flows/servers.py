@@ -9,14 +9,17 @@ Each tool reads its usual setting, nothing of ours (see `.env.example`):
     lifecycle status                                    # prints the three in use
     lifecycle deploy-flow --pool gpu                    # the lifecycle as a deployment on a work pool
     lifecycle work-pool-template --gpus 1 --image IMG   # a Kubernetes work pool's base job template
+    lifecycle schedule --cron "0 3 * * *"               # PREFECT_API_URL unset: a local server that schedules
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from stages.common.errors import ProjectError
@@ -143,3 +146,19 @@ def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     proc.terminate()
     raise RuntimeError(f"the Prefect server on {url} did not become healthy in 2 minutes")
+
+
+@contextlib.contextmanager
+def scheduling_prefect(port: int) -> Iterator[tuple[str, bool]]:
+    """(API URL, started here) for `lifecycle schedule`: PREFECT_API_URL when the environment sets it, else a local
+    server with its scheduler on `port` (start_prefect_server), stopped when the block ends."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        yield url, False
+        return
+    server, url = start_prefect_server(port)
+    try:
+        yield url, True
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from flows import cli, deploy
+from flows.deploy import docker, k8s
 from tests.conftest import Server, free_port, healthy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
     raw["deploy"]["k8s"].update(api_key_secret="help-desk-keys", max_replicas=6)
     params = type(tiny).model_validate(raw)
     version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
-    m = deploy.k8s_manifests(params, packaged["package"]["bento"], version)
+    m = k8s.k8s_manifests(params, packaged["package"]["bento"], version)
     pod = m["deployment.yaml"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"} and pod["tolerations"]
@@ -91,9 +92,9 @@ def test_k8s_manifests_pass_the_official_schemas_and_the_cross_field_rules(packa
     raw["deploy"]["k8s"]["api_key_secret"] = "help-desk-keys"
     params = type(tiny).model_validate(raw)
     version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
-    manifests = deploy.k8s_manifests(params, packaged["package"]["bento"], version)
-    assert deploy.manifest_problems(manifests, params.deploy.k8s.version) == []
-    assert deploy.manifest_problems(manifests, "1.25") == [], "the oldest schema kubernetes-validate has"
+    manifests = k8s.k8s_manifests(params, packaged["package"]["bento"], version)
+    assert k8s.manifest_problems(manifests, params.deploy.k8s.version) == []
+    assert k8s.manifest_problems(manifests, "1.25") == [], "the oldest schema kubernetes-validate has"
 
 
 def _broken(manifests: dict, file: str, path: str, value) -> dict:
@@ -137,14 +138,14 @@ def test_k8s_manifest_problems_name_the_file_and_the_field(packaged, tiny, file,
     from mlflow import MlflowClient
 
     version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
-    manifests = deploy.k8s_manifests(tiny, packaged["package"]["bento"], version)
+    manifests = k8s.k8s_manifests(tiny, packaged["package"]["bento"], version)
     if "nvidia.com/gpu" in path:  # a key with dots: set it by hand
         limits = manifests["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         limits["nvidia.com/gpu"] = value
         broken = manifests
     else:
         broken = _broken(manifests, file, path, value)
-    problems = deploy.manifest_problems(broken, tiny.deploy.k8s.version)
+    problems = k8s.manifest_problems(broken, tiny.deploy.k8s.version)
     assert any(expected in p for p in problems), problems
 
 
@@ -170,7 +171,7 @@ def test_k8s_kustomize_format_and_a_version_without_schemas(packaged, tiny_root,
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.skipif(deploy.docker_engine("docker") is not None, reason="a Docker daemon answers here")
+@pytest.mark.skipif(docker.docker_engine("docker") is not None, reason="a Docker daemon answers here")
 def test_docker_without_an_engine_says_what_to_install_and_the_command_to_run_elsewhere(
     packaged, tiny_root, tmp_path, monkeypatch, capsys
 ):
@@ -325,10 +326,10 @@ def test_the_image_context_gets_the_base_image_and_torchs_cpu_build(tmp_path):
 
     settings = Docker(base_image="localhost/base:1")
     ctx = context("FROM python:3.11-slim AS base-container\nRUN true\n")
-    deploy.image_context(ctx, settings, gpu=False)
+    docker.image_context(ctx, settings, gpu=False)
     assert (ctx / "env/docker/Dockerfile").read_text().startswith("FROM localhost/base:1 AS base-container\n")
     requirements = (ctx / "env/python/requirements.txt").read_text().splitlines()
-    wheel = deploy.local_torch_wheel(version("torch"))
+    wheel = docker.local_torch_wheel(version("torch"))
     if wheel:  # this machine: pip's find-links has the CPU wheel, which travels in the build context
         assert requirements == [f"./wheels/{wheel.name}", "bentoml==1.4.39"]
         assert (ctx / "env/python/wheels" / wheel.name).stat().st_size == wheel.stat().st_size
@@ -336,9 +337,54 @@ def test_the_image_context_gets_the_base_image_and_torchs_cpu_build(tmp_path):
         assert requirements == [f"--extra-index-url {settings.cpu_torch_index}", "torch==2.13.0", "bentoml==1.4.39"]
 
     gpu = context("FROM python:3.11-slim AS base-container\n")
-    deploy.image_context(gpu, Docker(), gpu=True)
+    docker.image_context(gpu, Docker(), gpu=True)
     assert (gpu / "env/python/requirements.txt").read_text() == "torch==2.13.0\nbentoml==1.4.39\n", "PyPI's CUDA torch"
     assert (gpu / "env/docker/Dockerfile").read_text() == "FROM python:3.11-slim AS base-container\n"
 
     with pytest.raises(deploy.DeployRefused, match="no `FROM … AS base-container` line"):
-        deploy.image_context(context("FROM python:3.11-slim\n"), settings, gpu=False)
+        docker.image_context(context("FROM python:3.11-slim\n"), settings, gpu=False)
+
+
+def test_the_table_is_the_targets_and_the_package_docstring_names_them():
+    assert deploy.TARGETS == tuple(deploy.DEPLOYERS) == ("local", "docker", "bentocloud", "k8s", "gguf", "llamacpp")
+    first_line = deploy.__doc__.splitlines()[0]
+    assert all(f" {target} " in first_line or f" {target}`" in first_line for target in deploy.TARGETS), first_line
+    assert cli.parser().parse_args(["deploy", "--target", "gguf"]).target in deploy.DEPLOYERS
+
+
+class _Registry:
+    """An MLflow client with one champion (or none): what `deploy.deploy` asks of the registry, recorded."""
+
+    def __init__(self, bento: str | None):
+        self.bento, self.tags = bento, {}
+
+    def get_model_version_by_alias(self, name, alias):
+        from types import SimpleNamespace
+
+        from mlflow.exceptions import MlflowException
+
+        if self.bento is None:
+            raise MlflowException(f"no alias {alias}")
+        return SimpleNamespace(version="7", tags={"lifecycle.bento": self.bento})
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.tags[(name, version, key)] = json.loads(value)
+
+
+def test_deploy_dispatches_through_the_table_refuses_first_and_records(tmp_path):
+    from stages.common.loader import load_params
+
+    params = load_params(REPO / "params.yaml", files=False)  # on-prem, as the default project
+    options = deploy.Options(host="0.0.0.0", port=3100, out=None, gguf_type=None, format=None)
+    with pytest.raises(deploy.DeployRefused, match="`scope.deployment_target` is on-prem"):
+        deploy.deploy("bentocloud", params, _Registry("help-desk:abc"), options)
+    with pytest.raises(deploy.DeployRefused, match="has no champion in the MLflow registry"):
+        deploy.deploy("k8s", params, _Registry(None), deploy.Options("h", 1, str(tmp_path / "k8s"), None, None))
+    assert not (tmp_path / "k8s").exists()
+
+    registry = _Registry("help-desk:abc")
+    done = deploy.deploy("local", params, registry, options)
+    assert done.server[1:] == ["serve", "help-desk:abc", "--host", "0.0.0.0", "--port", "3100"]
+    assert done.said == [f"serving {params.project.name} v7 (@champion) on http://0.0.0.0:3100"]
+    recorded = registry.tags[(params.project.name, "7", "lifecycle.deploy.local")]
+    assert recorded["bento"] == "help-desk:abc" and recorded["address"] == "0.0.0.0:3100" and recorded["time"]

@@ -1,5 +1,6 @@
-"""The serving layer's contract: `serving/` imports only what the bento carries (DESIGN.md, layers). The bento
-holds the files the package stage copies (stages/package.py `SHARED`) and installs the packages it pins; a module
+"""The serving layer's contract: `serving/` imports only what the bento carries (the layer rule that the
+import-linter contracts in pyproject.toml do not state: this test checks it). The bento holds the files the
+package stage copies (stages/package.py `SHARED`) and installs the packages it pins; a module
 imported from anywhere else would work in the repository and fail in the container."""
 
 from __future__ import annotations

@@ -1,0 +1,146 @@
+"""The `docker` target: the champion's image, built with BentoML's Dockerfile by docker or podman, pushed.
+
+    lifecycle deploy --target docker     # tagged [deploy.docker.registry/]<deploy.image or bento>:v<version>
+
+The image id, size, build time and registry digest are recorded on the model version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flows.deploy.common import Deployed, DeployRefused, Options, image_name
+
+
+def docker_engine(wanted: str) -> str | None:
+    """The engine that builds: `deploy.docker.engine`, or on auto a docker whose daemon answers, else podman."""
+    for engine in ("docker", "podman") if wanted == "auto" else (wanted,):
+        if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True, timeout=60).returncode == 0:
+            return engine
+    return None
+
+
+def local_torch_wheel(version: str) -> Path | None:
+    """The installed torch's own wheel (`2.13.0+cpu`) where pip finds it on disk (`find-links`), for a Linux image."""
+    import platform
+
+    config = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+    ).stdout
+    folders = re.findall(r"find-links='([^']*)'", config) + [os.environ.get("PIP_FIND_LINKS", "")]
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    for folder in (f for links in folders for f in links.split()):
+        for wheel in sorted(Path(folder).glob(f"torch-{version}-{python}-{python}-*linux*_{platform.machine()}.whl")):
+            return wheel
+    return None
+
+
+def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
+    """Edits BentoML's build context for this deploy: the base image, and torch's CPU build in a CPU image (PyPI's
+    default torch is the CUDA build, gigabytes the image would never use). Returns what was changed, to print."""
+    from importlib.metadata import version
+
+    changes = []
+    dockerfile = context / "env" / "docker" / "Dockerfile"
+    text = dockerfile.read_text(encoding="utf-8")
+    if docker_params.base_image:
+        text, found = re.subn(
+            r"^FROM \S+ AS base-container$",
+            f"FROM {docker_params.base_image} AS base-container",
+            text,
+            count=1,
+            flags=re.M,
+        )
+        if not found:  # a BentoML whose Dockerfile names its base otherwise: say so rather than build on another
+            raise DeployRefused(
+                f"BentoML's Dockerfile has no `FROM … AS base-container` line to set {docker_params.base_image} in"
+            )
+        changes.append(f"base image {docker_params.base_image}")
+    requirements = context / "env" / "python" / "requirements.txt"
+    lines = requirements.read_text(encoding="utf-8").splitlines()
+    torch = version("torch")
+    wheel = None if gpu else local_torch_wheel(torch)
+    if wheel:
+        # The wheel travels in the build context; uv reads a requirement's relative path from the requirements file.
+        (requirements.parent / "wheels").mkdir(exist_ok=True)
+        shutil.copy(wheel, requirements.parent / "wheels" / wheel.name)
+        lines = [f"./wheels/{wheel.name}" if re.match(r"torch==", line) else line for line in lines]
+        changes.append(f"torch from {wheel}")
+    elif not gpu:
+        lines.insert(0, f"--extra-index-url {docker_params.cpu_torch_index}")
+        changes.append(f"torch from {docker_params.cpu_torch_index}")
+    else:  # PyPI's torch bundles the CUDA runtime: the nodes need the NVIDIA driver and container toolkit only
+        changes.append("torch from PyPI (its CUDA build) for a GPU image")
+    requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dockerfile.write_text(text, encoding="utf-8")
+    return changes
+
+
+def deploy(params, bento: str, version, options: Options) -> Deployed:
+    """Builds the champion's image with BentoML's Dockerfile (its build context, edited by `image_context`), tags it
+    <repository>:v<version>, pushes it where `deploy.docker.registry` says; the image id and digest are recorded."""
+    import bentoml
+    from bentoml._internal.container import construct_containerfile
+
+    settings = params.deploy.docker
+    engine = docker_engine(settings.engine)
+    image = image_name(params, bento, version)
+    if engine is None:
+        raise DeployRefused(
+            f"no container engine answers here ({'docker or podman' if settings.engine == 'auto' else settings.engine}"
+            " `info` failed): `make container-engine` installs podman from Debian, or build where one runs, from "
+            f"this bento (`bentoml export {bento} bento.bentomodel` here, `bentoml import bento.bentomodel` there):"
+            f"\n  bentoml containerize {bento} -t {image}"
+        )
+    gpu = params.serve.resources.gpu > 0
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # BuildKit fetches its Dockerfile frontend from Docker Hub
+    started = time.monotonic()
+    # BentoML's own build context (the bento, its models, the Dockerfile `bentoml containerize` would use).
+    with construct_containerfile(bentoml.get(bento), enable_buildkit=False) as (context, dockerfile):
+        for change in image_context(Path(context), settings, gpu):
+            print(f"  {change}")
+        build = [engine, "build", "-f", dockerfile, "-t", image, context]
+        print("  " + " ".join(build), flush=True)
+        if subprocess.run(build, env=env).returncode != 0:
+            raise DeployRefused(f"`{engine} build` failed (its output is above); nothing was tagged {image}")
+    built_s = round(time.monotonic() - started, 1)
+    inspect = [engine, "image", "inspect", "--format", "{{.Id}} {{.Size}}", image]
+    image_id, size = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()
+    detail = {"image": image, "engine": engine, "id": image_id, "size_bytes": int(size), "build_s": built_s}
+    if settings.registry:
+        try:
+            detail["digest"] = push(engine, image, settings.tls_verify)
+        except subprocess.CalledProcessError:
+            raise DeployRefused(
+                f"{image} was built but `{engine} push` to {settings.registry} (`deploy.docker.registry`) failed: its "
+                "output is above (a registry on plain HTTP needs `deploy.docker.tls_verify: false`)"
+            ) from None
+    return Deployed(detail)
+
+
+def push(engine: str, image: str, tls_verify: bool) -> str:
+    """Pushes the image; its digest in the registry (sha256:…), what a deployment pins."""
+    import tempfile
+
+    if engine == "podman":
+        with tempfile.TemporaryDirectory() as tmp:
+            digest_file = Path(tmp) / "digest"
+            command = ["podman", "push", f"--tls-verify={str(tls_verify).lower()}", "--digestfile", str(digest_file)]
+            subprocess.run([*command, image], check=True)
+            return digest_file.read_text().strip()
+    # docker trusts a registry on localhost over plain HTTP; other insecure ones go in the daemon's configuration
+    subprocess.run(["docker", "push", image], check=True)
+    digests = subprocess.run(
+        ["docker", "image", "inspect", "--format", '{{join .RepoDigests " "}}', image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    repository = image.rsplit(":", 1)[0]
+    return next(d.split("@", 1)[1] for d in digests if d.startswith(repository + "@"))

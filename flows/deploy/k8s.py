@@ -1,0 +1,224 @@
+"""The `k8s` target: Deployment, Service and HorizontalPodAutoscaler manifests for the champion's image, checked
+against Kubernetes' own schemas and written whole or not at all.
+
+    lifecycle deploy --target k8s --out deploy/k8s [--format kustomize]
+    kubectl apply -f deploy/k8s          # the image from `lifecycle deploy --target docker` with deploy.docker.registry
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from flows.deploy.common import Deployed, DeployRefused, Options, image_name, k8s_name
+
+OUT = "deploy/k8s"  # where the manifests go without --out
+
+
+def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
+    """Deployment (image, resources with GPU limits, probes on BentoML's /readyz and /livez, the API keys
+    from a Secret by reference), Service and HorizontalPodAutoscaler for an on-prem cluster."""
+    k, resources = params.deploy.k8s, params.serve.resources
+    name = k8s_name(params.project.name)
+    labels = {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/version": f"v{version.version}",
+        "app.kubernetes.io/managed-by": "genai-lifecycle",
+    }
+    meta = {
+        "name": name,
+        "namespace": k.namespace,
+        "labels": labels,
+        "annotations": {"genai-lifecycle/bento": bento, "genai-lifecycle/registry-version": str(version.version)},
+    }
+    requests = {"cpu": resources.cpu, **({"memory": resources.memory} if resources.memory else {})}
+    limits = {
+        **({"memory": resources.memory} if resources.memory else {}),
+        **({"nvidia.com/gpu": resources.gpu} if resources.gpu else {}),
+    }
+    container = {
+        "name": "lifecycle",
+        "image": image_name(params, bento, version),
+        "ports": [{"name": "http", "containerPort": k.port}],
+        "args": ["--port", str(k.port)],
+        "resources": {"requests": requests, "limits": limits},
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", "port": "http"},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+    }
+    if k.api_key_secret:
+        container["env"] = [
+            {"name": "LIFECYCLE_API_KEYS", "valueFrom": {"secretKeyRef": {"name": k.api_key_secret, "key": "api-keys"}}}
+        ]
+    pod = {"containers": [container]}
+    if resources.gpu:
+        pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        if resources.gpu_type:
+            pod["nodeSelector"] = {"nvidia.com/gpu.product": resources.gpu_type}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": k.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": k.replicas,
+            "maxReplicas": max(k.max_replicas, k.replicas),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": k.target_cpu_percent},
+                    },
+                }
+            ],
+        },
+    }
+    return {"deployment.yaml": deployment, "service.yaml": service, "hpa.yaml": hpa}
+
+
+def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
+    """What Kubernetes would refuse or silently misroute: each manifest against the official schema of that version
+    (kubernetes-validate, strict: unknown fields too), then the cross-field rules a schema cannot state."""
+    import kubernetes_validate
+    from kubernetes_validate.utils import VersionNotSupportedError
+
+    problems = []
+    for file, manifest in manifests.items():
+        try:
+            kubernetes_validate.validate(manifest, kubernetes, strict=True)
+        except VersionNotSupportedError:
+            return [f"kubernetes-validate {kubernetes_validate.version} has no schemas for Kubernetes {kubernetes}"]
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            problems.append(f"{file}: {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(
+                f"{file}: no schema for {manifest['apiVersion']} {manifest['kind']} in Kubernetes {kubernetes}"
+            )
+    deployment, service, hpa = (manifests[f] for f in ("deployment.yaml", "service.yaml", "hpa.yaml"))
+    template = deployment["spec"]["template"]
+    labels = template["metadata"].get("labels", {})
+    for what, selector in (
+        ("deployment.yaml: spec.selector.matchLabels", deployment["spec"]["selector"]["matchLabels"]),
+        ("service.yaml: spec.selector", service["spec"]["selector"]),
+    ):
+        if not selector.items() <= labels.items():
+            problems.append(f"{what} {selector} does not match the pod template's labels {labels}")
+    containers = template["spec"]["containers"]
+    served = {p.get("name") for c in containers for p in c.get("ports", [])}  # a port by its name or its number
+    served |= {p["containerPort"] for c in containers for p in c.get("ports", [])}
+    for c in containers:
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            port = c.get(probe, {}).get("httpGet", {}).get("port")
+            if port is not None and port not in served:
+                problems.append(f"deployment.yaml: container {c['name']} {probe} port {port!r} is not one it serves")
+        for kind in ("requests", "limits"):
+            gpus = c.get("resources", {}).get(kind, {}).get("nvidia.com/gpu")
+            if gpus is not None and not re.fullmatch(r"[0-9]+", str(gpus)):
+                problems.append(
+                    f"deployment.yaml: container {c['name']} {kind} nvidia.com/gpu {gpus!r}: whole GPUs only"
+                )
+    target = service["spec"]["ports"][0]["targetPort"]
+    if target not in served:
+        problems.append(f"service.yaml: targetPort {target!r} is not a port the pods serve")
+    ref = hpa["spec"]["scaleTargetRef"]
+    if (ref["kind"], ref["name"]) != ("Deployment", deployment["metadata"]["name"]):
+        problems.append(f"hpa.yaml: scaleTargetRef {ref['kind']}/{ref['name']} is not the Deployment written beside it")
+    return problems
+
+
+def kustomization(params, manifests: dict[str, dict]) -> dict:
+    """How teams patch manifests per environment: `kustomize edit set image` (or an overlay) changes the image."""
+    image = manifests["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    repository, tag = image.rsplit(":", 1)
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": params.deploy.k8s.namespace,
+        "resources": list(manifests),
+        "images": [{"name": repository, "newTag": tag}],
+    }
+
+
+def write(params, bento: str, version, out: Path, kustomize: bool = False) -> dict:
+    """The manifests, checked as Kubernetes checks them, written to `out` whole or not at all; their digest (sha256
+    over the files in order). `kustomize`: a kustomization.yaml beside them."""
+    import tempfile
+
+    import yaml
+
+    objects = k8s_manifests(params, bento, version)
+    problems = manifest_problems(objects, params.deploy.k8s.version)
+    if problems:
+        raise DeployRefused(
+            f"the manifests would not pass Kubernetes {params.deploy.k8s.version} (`deploy.k8s.version`); "
+            "nothing was written:\n  " + "\n  ".join(problems)
+        )
+    if kustomize:
+        objects = {**objects, "kustomization.yaml": kustomization(params, objects)}
+    manifests = {f: yaml.safe_dump(m, sort_keys=False) for f, m in objects.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    for f, text in manifests.items():
+        (tmp / f).write_text(text, encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    digest = hashlib.sha256("".join(manifests[f] for f in sorted(manifests)).encode()).hexdigest()
+    return {
+        "manifests": str(out),
+        "digest": f"sha256:{digest}",
+        "image": image_name(params, bento, version),
+        "kubernetes": params.deploy.k8s.version,
+    }
+
+
+def deploy(params, bento: str, version, options: Options) -> Deployed:
+    """The manifests, and how to apply them: the Secret the pods read their API keys from, `kubectl apply`."""
+    out = options.out or OUT
+    kustomize = options.format == "kustomize"
+    detail = write(params, bento, version, Path(out), kustomize=kustomize)
+    said = []
+    secret = params.deploy.k8s.api_key_secret
+    if secret:  # never written: the keys are the operator's, not the repository's
+        said.append(
+            f"the pods read their API keys from Secret {secret} (not written here); create it first:\n"
+            f"  kubectl -n {params.deploy.k8s.namespace} create secret generic {secret} --from-literal=api-keys=…"
+        )
+    said.append(
+        f"apply with: {'kubectl apply -k' if kustomize else 'kubectl apply -f'} {out}  (image {detail['image']}: build "
+        "and push it with `lifecycle deploy --target docker` and `deploy.docker.registry`)"
+    )
+    return Deployed(detail, said=said)
