@@ -53,6 +53,7 @@ from flows.report import (
 )
 from flows.workspace import WorkspaceBusy
 from stages.common.cli import project_environment
+from stages.common.console import progress_as_lines
 from stages.common.errors import ExitStatus, ProjectError, ServerUnreachable
 
 
@@ -446,6 +447,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    progress_as_lines()  # in a log file (`make run > log`), progress bars as lines, not carriage returns
     project_environment(Path.cwd())
     try:
         return int(args.func(args))
