@@ -161,6 +161,9 @@ class Lifecycle:
             SERVE.get("tracing", "off"), info.get("project") or self.model_id, model, info.get("phone_region", "US")
         )
         self.feedback_thread = ThreadPoolExecutor(1, thread_name_prefix="feedback")
+        feedback = SERVE.get("feedback", {})
+        self.reviewers = set(feedback.get("reviewers", []))
+        self.feedback_limit = tracing.RateLimit(feedback.get("per_minute", 30))
         stops = [] if self.renderer.chat else self.renderer.fmt.stop
         self.engine = engine.Engine(
             generation.Generator(
@@ -323,6 +326,15 @@ class Lifecycle:
                     code="tracking_unavailable",
                     headers={"Retry-After": "30"},
                 )
+            caller = auth.caller(request.scope)
+            if wait := self.feedback_limit.wait(caller):
+                raise protocol.ApiError(
+                    429,
+                    f"too much feedback from {caller}: at most {self.feedback_limit.per_minute} a minute",
+                    "rate_limit_error",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
             rating = tracing.VOTES.get(req.rating, req.rating)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(
@@ -332,7 +344,8 @@ class Lifecycle:
                 rating,
                 req.correction,
                 req.comment,
-                auth.caller(request.scope),
+                caller,
+                caller in self.reviewers,
             )
         except tracing.Unknown:
             return protocol.ApiError(
@@ -340,6 +353,15 @@ class Lifecycle:
                 f"no trace {req.trace_id!r}: send the trace_id of an answer this service gave",
                 param="trace_id",
                 code="trace_not_found",
+            ).response()
+        except tracing.NotYours:
+            return protocol.ApiError(
+                403,
+                f"trace {req.trace_id!r} answered another caller: only its caller or a reviewer "
+                "(serve.feedback.reviewers) may give feedback on it",
+                "permission_error",
+                param="trace_id",
+                code="not_your_trace",
             ).response()
         except protocol.REFUSED as exc:
             return protocol.refusal(exc).response()

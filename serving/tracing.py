@@ -66,7 +66,33 @@ TOKEN_USAGE = "mlflow.chat.tokenUsage"  # mlflow.tracing.constant.SpanAttributeK
 
 
 class Unknown(Exception):
-    """No trace of this id: not one this server made, nor one the tracking server holds."""
+    """No trace of this id that this service's model made: not one this server made, nor one the tracking server
+    holds in this experiment under this model (a trace elsewhere is not named: the answer gives nothing away)."""
+
+
+class NotYours(Exception):
+    """A trace of this model made for another caller: only its caller (or a reviewer) may assess it."""
+
+
+class RateLimit:
+    """Feedback's own limit per key: at most `per_minute` calls per caller in any 60 seconds (a sliding window): `wait(caller)` is 0 when this
+    call may go on (and counts it), else the seconds until one may."""
+
+    def __init__(self, per_minute: int, clock=None):
+        import time
+        from collections import defaultdict, deque
+
+        self.per_minute, self.clock = per_minute, clock or time.monotonic
+        self.calls: dict[str, deque] = defaultdict(deque)
+
+    def wait(self, caller: str) -> float:
+        now, calls = self.clock(), self.calls[caller]
+        while calls and now - calls[0] >= 60:
+            calls.popleft()
+        if len(calls) >= self.per_minute:
+            return 60 - (now - calls[0])
+        calls.append(now)
+        return 0.0
 
 
 class Tracer:
@@ -197,24 +223,54 @@ class Tracer:
 
     # --- feedback -------------------------------------------------------------------------------------------------
 
-    def feedback(self, trace_id: str, rating: int, correction: str | None, comment: str | None, caller: str) -> None:
-        """The user's rating (and correction) as assessments on the trace, the caller's label as their source.
+    def feedback(
+        self,
+        trace_id: str,
+        rating: int,
+        correction: str | None,
+        comment: str | None,
+        caller: str,
+        reviewer: bool = False,
+    ) -> None:
+        """The caller's rating (and correction) as assessments on the trace, the caller's label as their source.
+        Only on a trace of this experiment and model (else Unknown), made for this caller unless they review
+        (else NotYours); one rating and one correction per caller and trace: a later one overrides the earlier.
         Blocking (network): the service calls it in a thread."""
         import mlflow
         from mlflow.entities import AssessmentSource
 
         if trace_id in self.recent:
             mlflow.flush_trace_async_logging()  # ours, maybe not sent yet: the assessment needs the trace there
-        elif mlflow.get_trace(trace_id, silent=True) is None:
+        trace = mlflow.get_trace(trace_id, silent=True)
+        if trace is None or not self.ours(trace.info):
             raise Unknown(trace_id)
+        if trace.info.tags.get(f"{TAG_PREFIX}caller") != caller and not reviewer:
+            raise NotYours(trace_id)
+        earlier = {
+            a.name: a
+            for a in trace.info.assessments or []
+            if a.source and a.source.source_id == caller and a.valid is not False
+        }
         source = AssessmentSource(source_type="HUMAN", source_id=caller)
-        mlflow.log_feedback(
-            trace_id=trace_id,
-            name=RATING,
-            value=rating,
-            source=source,
-            rationale=self.clean(comment) if comment else None,
-        )
+        rationale = self.clean(comment) if comment else None
+        if RATING in earlier:  # the earlier vote stays in the history, marked overridden
+            mlflow.override_feedback(
+                trace_id=trace_id,
+                assessment_id=earlier[RATING].assessment_id,
+                value=rating,
+                rationale=rationale,
+                source=source,
+            )
+        else:
+            mlflow.log_feedback(trace_id=trace_id, name=RATING, value=rating, source=source, rationale=rationale)
         if correction:
+            if CORRECTION in earlier:  # an expectation has no override: the newer one replaces it
+                mlflow.delete_assessment(trace_id=trace_id, assessment_id=earlier[CORRECTION].assessment_id)
             mlflow.log_expectation(trace_id=trace_id, name=CORRECTION, value=self.clean(correction), source=source)
         self.counters.feedback.labels(rating=str(rating)).inc()
+
+    def ours(self, info) -> bool:
+        """A trace of this service's experiment and model (another project's, or another model's, is not)."""
+        return info.experiment_id == self.experiment_id and info.tags.get(f"{TAG_PREFIX}model") == self.model.get(
+            "model"
+        )

@@ -624,6 +624,13 @@ class Resources(Strict):
     gpu_type: str | None = None  # e.g. nvidia-l4 (BentoCloud); a node label value on Kubernetes
 
 
+class ServeFeedback(Strict):
+    """Who may assess which answer at POST /v1/feedback: a caller (an API key's label) its own answers only."""
+
+    reviewers: list[str] = []  # API key labels that may assess any answer of the model (and approve corrections)
+    per_minute: PosInt = 30  # feedback calls per key in any minute; more: 429 with Retry-After
+
+
 class Serve(Strict):
     """The service package builds into the bento (serving/service.py reads them from the bento, not from here)."""
 
@@ -642,6 +649,7 @@ class Serve(Strict):
     # false: OpenVINO computes in f32, so a greedy answer does not depend on its batch; true: bf16 and dynamic
     # quantization where the CPU has them, faster, and batched answers may differ from the same request alone.
     fast_math: bool = False
+    feedback: ServeFeedback = ServeFeedback()
     resources: Resources = Resources()
 
 

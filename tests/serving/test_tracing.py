@@ -79,6 +79,34 @@ def test_feedback_is_recorded_on_the_trace_and_an_unknown_trace_is_refused(exper
     tracer.stop()
 
 
+def test_feedback_is_bound_to_its_caller_and_its_model_and_replaces_the_callers_earlier_one(experiment):
+    """The hostile caller: another key's trace (403), another project's or model's trace (404, as unknown); the
+    caller's own vote and correction given twice: one each, the latest."""
+    tracer = tracing.Tracer("redacted", experiment, MODEL)
+    mine = traced(tracer, "What does `heapq.heappop` do?", "It pushes.")  # made for support-app
+    with pytest.raises(tracing.NotYours):
+        tracer.feedback(mine, 1, "Poison.", None, "other-app")
+    other_project = tracing.Tracer("redacted", f"{experiment}-other", MODEL)
+    theirs = traced(other_project, "What does `os.sep` do?", "A separator.")
+    other_model = tracing.Tracer("redacted", experiment, {**MODEL, "model": "another-model"})
+    other_models = traced(other_model, "What does `os.sep` do?", "A separator.")
+    mlflow.flush_trace_async_logging()
+    for foreign in (theirs, other_models):
+        with pytest.raises(tracing.Unknown):
+            tracer.feedback(foreign, 1, "Poison.", None, "support-app", reviewer=True)
+    tracer.feedback(mine, 1, "Pop the smallest item.", "wrong", "support-app")
+    tracer.feedback(mine, 2, "Pop and return the smallest item off the heap.", "still", "support-app")
+    tracer.feedback(mine, 5, None, "fine", "reviewer-1", reviewer=True)
+    valid = [a for a in mlflow.get_trace(mine).info.assessments if a.valid is not False]
+    by = {(a.source.source_id, a.name): a for a in valid}
+    assert len(valid) == len(by) == 3, "one rating and one correction per caller: later ones replace earlier"
+    assert by[("support-app", "rating")].feedback.value == 2
+    assert by[("support-app", "correction")].expectation.value.startswith("Pop and return")
+    assert by[("reviewer-1", "rating")].feedback.value == 5
+    for t in (tracer, other_project, other_model):
+        t.stop()
+
+
 def test_retention_deletes_the_traces_older_than_its_days(experiment, tmp_path):
     from flows.loop import prune_traces
     from stages.common.loader import load_params
@@ -108,3 +136,14 @@ def test_without_a_usable_tracking_uri_the_server_serves_untraced(monkeypatch, c
     assert tracer.mode == "off" and tracer.start("/generate", "hi", "anonymous") is None
     assert "set MLFLOW_TRACKING_URI to a tracking server" in caplog.text
     tracer.stop()
+
+
+def test_a_key_gets_its_calls_per_minute_and_waits_for_the_oldest_to_age_out():
+    now = [0.0]
+    limit = tracing.RateLimit(3, clock=lambda: now[0])
+    assert [limit.wait("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    now[0] = 20.0
+    assert limit.wait("a") == 40.0, "the first call leaves the window at 60 s"
+    assert limit.wait("b") == 0.0, "another key has its own budget"
+    now[0] = 60.0
+    assert limit.wait("a") == 0.0 and limit.wait("a") == 0.0, "only the calls of the last minute count"
