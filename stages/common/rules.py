@@ -386,7 +386,7 @@ def metric_problems(p: Params) -> list[str]:
 
 def source_problems(p: Params) -> list[str]:
     """Which roles the plan needs; each source's `fields:` mapping (two columns into one field lose one)."""
-    from stages.common.sources import field_mapping_problems
+    from stages.common.records import field_mapping_problems
 
     problems = []
     src = p.data.sources
