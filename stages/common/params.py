@@ -154,12 +154,18 @@ class Budget(Strict):
 
 
 class Phase(str, Enum):
-    """Where the project is in its lifecycle; each later phase adds rules (stages/common/rules.py)."""
+    """Where the project is in its lifecycle, in order; each later phase adds rules (stages/common/rules.py)."""
 
     rnd = "rnd"
     poc = "poc"
     mvp = "mvp"
     release = "release"
+
+    @property
+    def rank(self) -> int:
+        """Its place in the lifecycle, the order the members are declared in: `phase.rank >= Phase.mvp.rank`
+        reads "from an MVP on" (the members are strings, so `<` would compare them alphabetically)."""
+        return list(Phase).index(self)
 
 
 class Ui(str, Enum):
