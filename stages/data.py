@@ -24,8 +24,9 @@ from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, write_json, write_jsonl, write_text
 from stages.common.live import live_roles, snapshot_path
-from stages.common.params import FEEDBACK, ROLES, Params, Paths
-from stages.common.sources import RoleData, dedupe_key, holdout_size, load_all, load_feedback, normalize
+from stages.common.params import FEEDBACK, FEEDBACK_ROLES, QA_ROLES, ROLES, Params, Paths
+from stages.common.records import normalize
+from stages.common.sources import RoleData, dedupe_key, holdout_size, load_all, load_feedback
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def split(loaded: dict[str, RoleData], params: Params) -> dict[str, list[dict]]:
     sizes = {role: getattr(params.data.holdout, role) for role in ("eval", "dev") if role not in loaded}
     if sizes:
         splits.update(hold_out(splits["sft"], sizes, params.project.seed))
-    for role in ("sft", "eval", "dev"):
+    for role in QA_ROLES:
         for record in splits[role]:
             record.pop("group", None)
     return splits
@@ -257,7 +258,7 @@ def run(params: Params, paths: Paths) -> dict:
         params.data.near_duplicate_ngram,
         params.data.near_duplicate_threshold,
     )
-    for role in ("sft", "eval", "dev"):
+    for role in QA_ROLES:
         if not splits[role] and (role != "sft" or params.adapt.technique.value != "prompt"):
             raise ProjectError(
                 [
@@ -277,7 +278,7 @@ def run(params: Params, paths: Paths) -> dict:
         "held_out_from_sft": sorted(r for r in ("eval", "dev") if r not in loaded),
     }
     if production:  # rows that came from production and made it through every check
-        metrics["from_production"] = {role: sum(id(r) in added for r in splits[role]) for role in ("sft", "preference")}
+        metrics["from_production"] = {role: sum(id(r) in added for r in splits[role]) for role in FEEDBACK_ROLES}
     if pii:
         metrics["pii"] = {role: {**found, "records": pii["records"][role]} for role, found in pii["found"].items()}
     with atomic_dir(paths.processed) as out:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 
 from stages.common import rules
+from stages.common.candidates import candidate_problems
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import write_json
 from stages.common.params import DataInventory, Params, Paths
-from stages.common.rules import allowed_techniques, candidate_problems, technique_problems
+from stages.common.rules import allowed_techniques, technique_problems
 from stages.common.sources import holdout_size, load_all
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from stages.common import weights
+from stages.common.candidates import candidate_filters
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import read_json, read_jsonl, write_json
@@ -32,7 +33,6 @@ from stages.common.measure import measure_prompts
 from stages.common.memory import GIB, QUANTIZED_BYTES, Shape, estimate, shape_of
 from stages.common.metrics import REGISTRY, best_of
 from stages.common.params import Candidate, Params, Paths
-from stages.common.rules import candidate_filters
 
 log = logging.getLogger(__name__)
 

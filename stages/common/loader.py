@@ -1,5 +1,6 @@
-"""Reading params.yaml: the file parsed, validated against the schema (stages/common/params.py) and checked by
-the rules (stages/common/rules.py), every problem reported at once in one ProjectError.
+"""Reading params.yaml: the file parsed, validated against the schema (stages/common/params.py), checked by the
+rules (stages/common/rules.py) and the files it names checked (stages/common/file_checks.py), every problem
+reported at once in one ProjectError.
 
     python -m stages.common.loader params.yaml      # prints the validated project or the problems, exit 2
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from stages.common import rules
+from stages.common import file_checks, rules
 from stages.common.errors import ExitStatus, ProjectError
 from stages.common.params import Params
 
@@ -62,9 +63,8 @@ def load_params(path: str | Path = "params.yaml", files: bool = True) -> Params:
             else:
                 problems.append(f"{path}: `{where}`: {err['msg']} (got {err.get('input')!r})")
         raise ProjectError(problems) from None
-    problems = [
-        f"{path}: {p}" for p in rules.problems(params, files) + unwritten_tracked_keys(raw, path.parent / "dvc.yaml")
-    ]
+    found = rules.problems(params) + file_checks.problems(params, files)
+    problems = [f"{path}: {p}" for p in found + unwritten_tracked_keys(raw, path.parent / "dvc.yaml")]
     if problems:
         raise ProjectError(problems)
     return params

@@ -383,7 +383,7 @@ def guardrails(params) -> dict:
         try:
             schema = json.loads(Path(out.json_schema).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pass  # params validation names the file (stages/common/rules.py): nothing runs with it unread
+            pass  # params validation names the file (stages/common/file_checks.py): nothing runs with it unread
     return {
         "forbidden_terms": list(g.forbidden_terms),
         "min_words": g.min_words,

@@ -154,12 +154,18 @@ class Budget(Strict):
 
 
 class Phase(str, Enum):
-    """Where the project is in its lifecycle; each later phase adds rules (stages/common/rules.py)."""
+    """Where the project is in its lifecycle, in order; each later phase adds rules (stages/common/rules.py)."""
 
     rnd = "rnd"
     poc = "poc"
     mvp = "mvp"
     release = "release"
+
+    @property
+    def rank(self) -> int:
+        """Its place in the lifecycle, the order the members are declared in: `phase.rank >= Phase.mvp.rank`
+        reads "from an MVP on" (the members are strings, so `<` would compare them alphabetically)."""
+        return list(Phase).index(self)
 
 
 class Ui(str, Enum):
@@ -216,10 +222,23 @@ class Scope(Strict):
     budget: Budget
 
 
-# The data roles and what each is for. `eval` and `dev` are held out of `sft` when not given.
-ROLES = ("sft", "preference", "eval", "dev", "knowledge", "general", "corpus")
+# The data roles, each with the shape of its records (stages/common/records.py): a prompt and its answer, a
+# preference pair, or text alone. `eval` and `dev` are held out of `sft` when not given.
+RECORD_SHAPES = {
+    "sft": "qa",
+    "preference": "preference",
+    "eval": "qa",
+    "dev": "qa",
+    "knowledge": "text",
+    "general": "text",
+    "corpus": "text",
+}
+ROLES = tuple(RECORD_SHAPES)
+QA_ROLES = tuple(role for role, shape in RECORD_SHAPES.items() if shape == "qa")
+TEXT_ROLES = tuple(role for role, shape in RECORD_SHAPES.items() if shape == "text")
 # Production feedback: read from the served model's MLflow traces, it adds training rows to sft and preference.
 FEEDBACK = "feedback"
+FEEDBACK_ROLES = ("sft", "preference")
 
 
 class Sql(Strict):
@@ -313,7 +332,7 @@ class Holdout(Strict):
 class Data(Strict):
     sources: Sources
     holdout: Holdout = Holdout()
-    max_length: PosInt = 512  # prompt + answer, in tokens (see stages/common/sources.py count_tokens)
+    max_length: PosInt = 512  # prompt + answer, in tokens (see stages/common/records.py count_tokens)
     near_duplicate_ngram: PosInt = 3  # word n-grams compared between training and eval prompts
     near_duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8  # Jaccard overlap reported as near-duplicate
 

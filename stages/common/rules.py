@@ -1,56 +1,36 @@
 """Every rule across fields of params.yaml: the project checklist's cross-question rules, the pipeline's
-contradictions, the lifecycle phase's minimums, what the data supports, and each candidate against the scope.
+contradictions, the lifecycle phase's minimums and what the data supports.
 
-`problems(p)` and `warnings(p)` need params.yaml alone (load_params reports them with the schema's problems);
-`file_problems(p)` checks the files it names, only for the commands that read data; `phase_rules(p, counts)` and
-`allowed_techniques(scope, counts)` also use the rows the data holds, which the scope stage counts. Each message
-starts with the key to change and says what to do. Pure: they return the problems, all at once.
+`problems(p)` and `warnings(p)` need params.yaml alone (load_params reports them with the schema's problems, and
+with those of the files it names: stages/common/file_checks.py); `phase_rules(p, counts)` and
+`allowed_techniques(scope, counts)` also use the rows the data holds, which the scope stage counts. Each candidate
+against the scope is stages/common/candidates.py. Each message starts with the key to change and says what to do.
+Pure: they read no file and return the problems, all at once.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from stages.common.candidates import COMMERCIAL_FROM, forbids_commercial_use, in_region
 from stages.common.params import (
     ROLES,
     AlignMethod,
-    Candidate,
     DeploymentTarget,
     Params,
+    Phase,
     Precision,
     Scope,
     Task,
     Technique,
 )
+from stages.common.records import field_mapping_problems
 
-# Each phase adds to the rules of the one before: advancing the phase tightens the gates.
-PHASES = ("rnd", "poc", "mvp", "release")
 MVP_MIN_EVAL_ROWS = 50  # below this a KPI's estimate is noise (a 95 % CI of a rate spans ~±0.14 at 50)
 RELEASE_MIN_EVAL_ROWS = 300  # a Release without `confidence: ci` KPIs needs an eval split at least this big
 
-# Cloud region names by residency area: a deployment region must name one of the area's prefixes.
-REGION_PREFIXES = {
-    "eu": ("eu", "europe"),
-    "us": ("us",),
-    "apac": ("ap", "asia", "australia"),
-    "ca": ("ca", "northamerica-northeast"),
-    "uk": ("uk", "eu-west-2", "europe-west2"),
-}
 
-
-def in_region(where: str, region: str) -> bool:
-    """Does a cloud region (eu-west-1, europe-west4, us-east-1) or a coarse code (eu) lie in `region`?"""
-    if region == "any":
-        return True
-    where = where.lower()
-    return where == region or where.startswith(tuple(p for p in REGION_PREFIXES.get(region, (region,))))
-
-
-def problems(p: Params, files: bool = True) -> list[str]:
-    """Every problem params.yaml alone shows, and with `files` those of the files it names (`lifecycle models`,
-    `deploy`, `serve` need neither the data nor the candidates' folders: a serving host has the registry)."""
-    return checklist_problems(p) + contradictions(p) + (file_problems(p) if files else [])
+def problems(p: Params) -> list[str]:
+    """Every problem params.yaml alone shows (the files it names are stages/common/file_checks.py's)."""
+    return checklist_problems(p) + contradictions(p)
 
 
 def checklist_problems(p: Params) -> list[str]:
@@ -81,9 +61,12 @@ def checklist_problems(p: Params) -> list[str]:
                 "that does (`lifecycle catalog` lists languages), or drop the language"
             )
     fmt = s.output_format
-    if fmt.type == "json":
-        out += _json_schema_problems(fmt.json_schema)
-    elif fmt.json_schema is not None:
+    if fmt.type == "json" and fmt.json_schema is None:
+        out.append(
+            "`scope.output_format` is json but `json_schema` is not set: give the JSON Schema file every "
+            "answer must follow"
+        )
+    elif fmt.type != "json" and fmt.json_schema is not None:
         out.append(
             f"`scope.output_format.json_schema` is set but the output format is {fmt.type}: "
             "set `type: json`, or remove the schema"
@@ -105,24 +88,6 @@ def checklist_problems(p: Params) -> list[str]:
             "an API candidate (`endpoint:`) does not return: rank by a text metric, e.g. rougeL"
         )
     return out + phase_problems(p)
-
-
-def _json_schema_problems(path: str | None) -> list[str]:
-    import jsonschema
-
-    if path is None:
-        return [
-            "`scope.output_format` is json but `json_schema` is not set: give the JSON Schema file every "
-            "answer must follow"
-        ]
-    if not Path(path).is_file():
-        return [f"`scope.output_format.json_schema`: {path} does not exist"]
-    try:
-        schema = json.loads(Path(path).read_text(encoding="utf-8"))
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except (ValueError, jsonschema.SchemaError) as exc:
-        return [f"`scope.output_format.json_schema`: {path} is not a JSON Schema ({str(exc).splitlines()[0]})"]
-    return []
 
 
 def warnings(p) -> list[str]:
@@ -156,10 +121,9 @@ def warnings(p) -> list[str]:
             f"never tuned, so adapt ({p.adapt.technique.value}) starts from the best local candidate"
         )
     for c in p.select.candidates:
-        entry = c.entry
-        if entry and not entry.commercial_use and s.phase.value in ("rnd", "poc"):
+        if forbids_commercial_use(c) and s.phase.rank < COMMERCIAL_FROM.rank:
             out.append(
-                f"`select.candidates.{c.name}`: {entry.licence} forbids commercial use; fine for "
+                f"`select.candidates.{c.name}`: {c.entry.licence} forbids commercial use; fine for "
                 f"{s.phase.value}, refused from mvp on"
             )
     return out
@@ -169,13 +133,12 @@ def phase_rules(p, counts: dict | None = None) -> list[tuple[str, str | None, bo
     """The rules of the project's phase: (rule, problem or None, whether it needs the data's counts). With no
     counts the count rules are listed as not yet checked (problem None)."""
     s = p.scope
-    phase = PHASES.index(s.phase.value)
     rules = []
 
     def rule(text: str, broken: bool, message: str, needs_counts: bool = False):
         rules.append((text, message if broken else None, needs_counts))
 
-    if phase >= PHASES.index("mvp"):
+    if s.phase.rank >= Phase.mvp.rank:
         rule(
             "a deployment target",
             s.deployment_target is None,
@@ -189,15 +152,16 @@ def phase_rules(p, counts: dict | None = None) -> list[tuple[str, str | None, bo
             f"{s.phase.value} needs at least {MVP_MIN_EVAL_ROWS} for its KPIs to mean anything",
             needs_counts=True,
         )
+    if s.phase.rank >= COMMERCIAL_FROM.rank:
         for c in p.select.candidates:
             entry = c.entry
             rule(
                 f"candidate {c.name} may be used commercially",
-                bool(entry) and not entry.commercial_use,
+                forbids_commercial_use(c),
                 f"`select.candidates.{c.name}`: its licence {entry.licence if entry else ''} forbids commercial "
                 f"use, which phase {s.phase.value} is: remove it",
             )
-    if phase >= PHASES.index("release"):
+    if s.phase.rank >= Phase.release.rank:
         with_ci = any(k.confidence == "ci" for k in s.kpis)
         eval_rows = counts.get("eval_rows") if counts else None
         rule(
@@ -386,8 +350,6 @@ def metric_problems(p: Params) -> list[str]:
 
 def source_problems(p: Params) -> list[str]:
     """Which roles the plan needs; each source's `fields:` mapping (two columns into one field lose one)."""
-    from stages.common.sources import field_mapping_problems
-
     problems = []
     src = p.data.sources
     for role in ROLES:
@@ -411,43 +373,6 @@ def source_problems(p: Params) -> list[str]:
             "`pretrain.models` builds from-scratch candidates but `data.sources.corpus` (their "
             "pretraining text) is not set"
         )
-    return problems
-
-
-def file_problems(p: Params) -> list[str]:
-    """The files params.yaml names, for the commands that read them (run, validate, the stages): local sources
-    exist and live under `paths.sources` (DVC tracks it); local candidates exist or pretrain builds them."""
-    problems = []
-    src = p.data.sources
-    root = Path(p.paths.sources).resolve()
-    for role in ROLES:
-        source = getattr(src, role)
-        if source is None or source.path is None:
-            continue
-        where = Path(source.path)
-        if not where.exists():
-            problems.append(f"`data.sources.{role}.path`: {source.path} does not exist")
-        elif root != where.resolve() and root not in where.resolve().parents:
-            problems.append(
-                f"`data.sources.{role}.path`: {source.path} is outside `paths.sources` "
-                f"({p.paths.sources}); move it there so DVC tracks it, or change `paths.sources`"
-            )
-    built = {str(Path(p.paths.pretrain) / m.name) for m in p.pretrain.models}
-    for c in p.select.candidates:
-        # A local candidate must exist now, unless the pretrain stage is about to build it.
-        if c.path and str(Path(c.path)) not in built and not Path(c.path).is_dir():
-            problems.append(
-                f"`select.candidates.{c.name}.path`: {c.path} does not exist (and no "
-                "`pretrain.models` entry builds it); fix the path or use `hub_id`"
-            )
-        if c.converted:
-            from stages.common import weights
-            from stages.common.errors import ProjectError
-
-            try:
-                weights.gguf_file(c, f"`select.candidates.{c.name}`")
-            except ProjectError as exc:
-                problems += exc.problems
     return problems
 
 
@@ -524,46 +449,3 @@ def allowed_techniques(scope: Scope, counts: dict | None = None) -> dict:
         )
     )
     return {"adapt": adapt, "align": align, "why": why}
-
-
-def candidate_filters(c: Candidate, params: Params) -> dict[str, str | None]:
-    """Each scope filter's verdict on a candidate before anything is measured: None (passes) or why it fails.
-    Pure; select records these in its table, the plan lists the failures."""
-    s = params.scope
-    entry = c.entry
-    missing = sorted(set(s.languages) - set(c.languages))
-    regions = entry.api.regions if entry and entry.api else None
-    return {
-        "licence": None if c.licence in s.licences else f"licence {c.licence} not in scope.licences {s.licences}",
-        "languages": f"does not cover languages {missing}" if missing else None,
-        "hosting": (
-            "SaaS-hosted and the scope declares personal data (it may not leave your infrastructure)"
-            if c.hosting == "saas" and s.privacy.personal_data
-            else None
-        ),
-        "residency": (
-            f"processes data in {regions}, the residency region is {s.residency.region}"
-            if regions and c.hosting == "saas" and not any(in_region(r, s.residency.region) for r in regions)
-            else None
-        ),
-        "commercial_use": (
-            f"licence {entry.licence} forbids commercial use (phase {s.phase.value})"
-            if entry and not entry.commercial_use and s.phase.value in ("mvp", "release")
-            else None
-        ),
-        "context": (
-            f"context {entry.context_length} tokens < data.max_length {params.data.max_length}"
-            if entry and entry.context_length < params.data.max_length
-            else None
-        ),
-        # The stages tune and serve causal LMs: an encoder-only or encoder-decoder model is listed, not used.
-        "architecture": (
-            f"{entry.architecture}: this pipeline tunes and serves decoder-only (causal) models"
-            if entry and entry.kind == "open" and entry.architecture != "decoder-only"
-            else None
-        ),
-    }
-
-
-def candidate_problems(c: Candidate, params: Params) -> list[str]:
-    return [reason for reason in candidate_filters(c, params).values() if reason]

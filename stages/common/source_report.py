@@ -1,6 +1,6 @@
 """What every data source of the project holds: per role, the rows found and dropped and why, as `lifecycle
-validate` reports them. A CLI of its own: it reads params.yaml (the loader), which stages/common/sources.py must not
-import (the loader's rules use the sources' field mapping).
+validate` reports them. A CLI of its own, so that loading the data (stages/common/sources.py) takes params already
+read and never reads params.yaml itself (the loader).
 
     python -m stages.common.source_report [params.yaml]
 """

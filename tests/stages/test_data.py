@@ -12,7 +12,7 @@ import pytest
 from stages.common.errors import ProjectError
 from stages.common.io import read_json, read_jsonl
 from stages.common.loader import load_params
-from stages.common.sources import normalize
+from stages.common.records import normalize
 from tests.conftest import tiny_params_dict, write_params
 
 

@@ -1,9 +1,9 @@
 import pytest
 
+from stages.common.candidates import candidate_filters
 from stages.common.errors import ProjectError
 from stages.common.io import read_json
 from stages.common.params import Candidate, Phase
-from stages.common.rules import candidate_filters
 from stages.select import explain
 
 

@@ -101,12 +101,6 @@ def test_technique_the_data_does_not_support(tmp_path):
     assert any("`align.methods` lists rlhf" in m for m in problems)
 
 
-def test_missing_candidate_path_is_named(tmp_path):
-    p = default_params()
-    p["select"]["candidates"][0]["path"] = "models/nowhere"
-    assert any("models/nowhere does not exist" in m for m in problems_for(tmp_path, p))
-
-
 def test_the_registry_commands_load_params_without_the_files_it_names(tmp_path):
     """`lifecycle models`, `deploy`, `serve` load params with files=False: a serving host has no data and no
     candidate folders; the commands that read data (run, validate, the stages) still name what is missing."""

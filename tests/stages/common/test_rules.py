@@ -44,14 +44,6 @@ def setting(path: str, value):
     return edit
 
 
-def schema_file(text: str):
-    def edit(p, tmp_path):
-        (tmp_path / "answer.schema.json").write_text(text)
-        p["scope"]["output_format"] = {"type": "json", "json_schema": str(tmp_path / "answer.schema.json")}
-
-    return edit
-
-
 # (why, the edits that break it, what the message must say: the key first)
 BROKEN = [
     (
@@ -192,23 +184,6 @@ def test_each_rule_names_its_key(tmp_path, why, edits, message):
     assert any(message in m for m in problems), problems
 
 
-@pytest.mark.parametrize(
-    "text,message",
-    [
-        ('{"type": "object", "required": ["answer"]}', None),
-        ('{"type": "objekt"}', "is not a JSON Schema"),
-        ("{not json", "is not a JSON Schema"),
-    ],
-)
-def test_the_json_schema_file_is_checked(tmp_path, text, message):
-    p = default_params()
-    schema_file(text)(p, tmp_path)
-    if message is None:
-        load_params(write_params(tmp_path, p))
-    else:
-        assert any(message in m and "`scope.output_format.json_schema`" in m for m in problems_for(tmp_path, p))
-
-
 def test_every_problem_is_reported_at_once(tmp_path):
     p = default_params()
     for edit in (
@@ -278,11 +253,6 @@ def test_the_scope_report_carries_the_plan_and_the_phase(processed):
         "tinier": "admissible",
     }
     assert report["phase_rules"]["phase"] == "poc" and report["phase_rules"]["rules"] == []
-
-
-def test_in_region():
-    assert rules.in_region("eu-west-1", "eu") and rules.in_region("europe-west4", "eu")
-    assert not rules.in_region("us-east-1", "eu") and rules.in_region("anywhere", "any")
 
 
 def test_a_holdout_that_swallows_the_sft_data_names_data_holdout(tmp_path):

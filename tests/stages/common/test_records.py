@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from stages.common.sources import field_mapping_problems
+from stages.common.records import field_mapping_problems
 
 
 def test_two_columns_into_an_eval_answer_name_both_and_suggest_references():
