@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 from flows.workspace import holder
 from stages.common.errors import ExitStatus
 from tests.conftest import Server, free_port, mlflow_server, venv_bin
-from tests.workspaces import edit_params, tiny_project
+from tests.workspaces import edit_params, finish, start, tiny_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.servers]
 
@@ -45,28 +44,6 @@ def environment(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return {**env, **AWS, **extra}
-
-
-def start(root: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [venv_bin("lifecycle"), *args],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: int = 1800) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=timeout)  # a hang guard, not a timing
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_for(condition, what: str, proc: subprocess.Popen | None = None, tries: int = 3000):

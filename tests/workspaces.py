@@ -72,15 +72,10 @@ def tiny_project(root: Path) -> Path:
     return root
 
 
-def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # Its own process group, so that a hang is stopped with everything it started (Prefect's temporary server).
-    proc = subprocess.Popen(
+def start(project: Path, env: dict, *args: str) -> subprocess.Popen:
+    """`lifecycle <args>` in `project`, in its own process group, so that a hang is stopped with everything it
+    started (Prefect's temporary server)."""
+    return subprocess.Popen(
         [str(Path(sys.executable).parent / "lifecycle"), *args],
         cwd=project,
         env=env,
@@ -89,13 +84,24 @@ def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         start_new_session=True,
     )
+
+
+def finish(proc: subprocess.Popen, timeout: int = 2400) -> subprocess.CompletedProcess:
     try:
-        out, err = proc.communicate(timeout=2400)  # a hang guard: ~6 min normally, slower on a loaded machine
+        out, err = proc.communicate(timeout=timeout)  # a hang guard, not a timing (~6 min a run normally)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def lifecycle(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`lifecycle <args>` on the project's own embedded stores (whatever this shell points MLflow at aside)."""
+    unset = ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "PREFECT_HOME", "LIFECYCLE_MODEL_TAG")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return finish(start(project, env, *args))
 
 
 def last_run(project: Path) -> dict:
