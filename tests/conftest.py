@@ -444,3 +444,12 @@ def prefect_server(database: str, home: Path, port: int, log: Path | None = None
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
         },
     )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Prefect stops the temporary servers the in-process flow tests started at interpreter exit, when pytest has
+    closed the streams its log line goes to (a "Logging error" traceback): stop them while the streams are open."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()

@@ -177,12 +177,12 @@ def test_a_costlier_variant_ships_only_when_it_is_better_with_confidence(tiny):
     climbs = choose({"sft": wrong, "sft_rag": wrong, "aligned_dpo": right})
     assert climbs["candidate"] == "aligned_dpo" and len(climbs["comparisons"]) == 2, "better than every simpler one"
     assert choose({"sft": right, "sft_rag": wrong})["comparisons"] == [], "the simplest is best: nothing to compare"
+    answers = {"sft": wrong, "sft_rag": right}
     measured = prefer_simpler(
-        tiny,
-        rows,
-        {"sft": wrong, "sft_rag": right},
-        {"sft": {"latency_ms": 9.0}, "sft_rag": {"latency_ms": 5.0}},
-        ["sft", "sft_rag"],
+        {"sft": 9.0, "sft_rag": 5.0},
+        "latency_ms",
+        False,
+        lambda costly, simpler: better_with_confidence(tiny, rows, answers, costly, simpler),
     )
     assert measured["candidate"] == "sft_rag" and "point estimate" in measured["why"], (
         "latency, the tiny project's primary metric, has no rows to pair"
