@@ -198,6 +198,7 @@ elif stage == "package":
 """
 
 
+@pytest.mark.slow  # a real DVC repo and Prefect flow run over stand-in stage commands: ~30 s
 def test_the_ladder_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch):
     """A real DVC repo and a real Prefect flow run (stand-in stage commands): prompting fails the gates, so does
     retrieval, the flow climbs to fine-tuning, which passes; alignment never runs, and DVC still sees it as to be

@@ -65,6 +65,7 @@ def test_a_sql_source_is_snapshotted_and_read_like_a_file(tmp_path, monkeypatch)
         assert "postgres@127.0.0.1" not in str(params.model_dump()), "the URL is never in params"
 
 
+@pytest.mark.slow  # traces and assessments in a real MLflow store: ~11 s
 def test_feedback_traces_become_sft_rows_and_preference_pairs(tmp_path):
     params = project(tmp_path, lambda p: p["data"]["sources"].update(feedback={"mlflow_traces": {}}))
     with pytest.raises(ProjectError, match="lifecycle snapshot"):

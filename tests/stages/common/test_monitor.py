@@ -7,6 +7,7 @@ import time
 import uuid
 
 import mlflow
+import pytest
 
 from serving import tracing
 from stages.common import monitor
@@ -45,6 +46,7 @@ def window(params, prompts: list[str], rate: int | None = None):
     return mine
 
 
+@pytest.mark.slow  # MiniLM embeds the window and the training prompts: ~30 s
 def test_questions_from_the_eval_split_stay_in_domain_and_do_not_drift(processed, tmp_path):
     eval_prompts = [r["prompt"] for r in read_jsonl(processed.paths.processed + "/eval.jsonl")]
     params = window(processed, eval_prompts, rate=5)
@@ -56,6 +58,7 @@ def test_questions_from_the_eval_split_stay_in_domain_and_do_not_drift(processed
     assert report["latency_ms"]["p95"] == 20.0 and not report["crossed"], report["crossed"]
 
 
+@pytest.mark.slow  # MiniLM embeds the window and the training prompts: ~30 s
 def test_a_window_from_another_domain_trips_the_monitor(processed, tmp_path):
     params = window(processed, ELSEWHERE, rate=1)
     report = monitor.run(params, tmp_path, int(time.time() * 1000) + 1000)
