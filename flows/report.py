@@ -244,3 +244,25 @@ def snapshot_lines(refreshed: dict, snapshots: Path) -> list[str]:
         f"{r['untrained_rows']} not yet trained on" + ("" if r["changed"] else " (unchanged)")
         for role, r in refreshed.items()
     ]
+
+
+def pending_lines(rows: list[dict], trust: str) -> list[str]:
+    """`lifecycle review`: each correction waiting for a verdict, beside what was served."""
+    if not rows:
+        return [f"no correction waits for review (trust: {trust})"]
+
+    def cut(text: str, n: int = 100) -> str:
+        text = " ".join(str(text or "").split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    lines = [f"{len(rows)} corrections wait for review (trust: {trust}; only approved ones train the next model):"]
+    for r in rows:
+        lines += [
+            "",
+            f"{r['trace_id']}  from {r['caller']}  {r['time'][:19]}",
+            f"  asked:     {cut(r['prompt'])}",
+            f"  served:    {cut(r['served'])}",
+            f"  corrected: {cut(r['correction'])}",
+        ]
+    lines += ["", "lifecycle review --approve TRACE_ID... --reviewer NAME   (or --reject, with --why)"]
+    return lines

@@ -279,6 +279,9 @@ def run(params: Params, paths: Paths) -> dict:
     }
     if production:  # rows that came from production and made it through every check
         metrics["from_production"] = {role: sum(id(r) in added for r in splits[role]) for role in FEEDBACK_ROLES}
+        # Whose feedback was taken and whose waits (review), was rejected, untrusted or over the per-caller bound.
+        callers = production[f"{FEEDBACK}->sft"].callers
+        metrics["feedback_by_caller"] = {c: dict(sorted(t.items())) for c, t in sorted(callers.items())}
     if pii:
         metrics["pii"] = {role: {**found, "records": pii["records"][role]} for role, found in pii["found"].items()}
     with atomic_dir(paths.processed) as out:
@@ -350,6 +353,20 @@ def card(
             "From production (the served model's traces with feedback, `data.sources.feedback`): "
             + ", ".join(f"**{n}** {role} rows" for role, n in metrics["from_production"].items())
             + " of the kept rows above; the snapshot they were read from is `snapshots/feedback.jsonl` here.",
+        ]
+        trust = params.data.sources.feedback.mlflow_traces.trust
+        by_caller = metrics.get("feedback_by_caller") or {}
+        lines += [
+            "",
+            f"Feedback rows by caller (`trust: {trust}`): "
+            + (
+                "; ".join(
+                    f"{c}: " + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in t.items())
+                    for c, t in by_caller.items()
+                )
+                or "none"
+            )
+            + ".",
         ]
     drops = [(role, reason, n) for role, d in loaded.items() for reason, n in d.dropped.items()]
     if drops:

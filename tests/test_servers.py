@@ -6,7 +6,8 @@ In order: the tracking server dies mid-run (a clear failure naming it, nothing r
 run completes while a second run of the workspace is refused; every record is on the server; `dvc push`, then
 `git clone` + `dvc pull` + `lifecycle run` re-runs no stage. Then the loop: the champion's bento is served and
 traces into the server; users ask through the official openai client and send feedback; the server keeps answering
-while the tracking server is down; the next `lifecycle run` trains on exactly those corrections.
+while the tracking server is down; another key's correction is refused; a reviewer approves one correction
+(`lifecycle review`) and the next `lifecycle loop` trains on exactly that one.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
     home = {
         "BENTOML_HOME": str(project / ".bentoml"),
         "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
-        "LIFECYCLE_API_KEYS": "support-app=k1",
+        "LIFECYCLE_API_KEYS": "support-app=k1,other-app=k2",
     }
     with serving(package["bento"], env=home) as (base, _):
         ai = openai.OpenAI(base_url=f"{base}/v1", api_key="k1")
@@ -237,6 +238,10 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
             )
             assert status == 200 and body["recorded"] == ["rating", "correction"], body
         assert _post(f"{base}/v1/feedback", {"trace_id": served[questions[2]][0], "rating": 5}, auth)[0] == 200
+        # A hostile caller: another key's correction on support-app's answer is refused, and nothing is stored.
+        poison = {"trace_id": served[questions[0]][0], "rating": "down", "correction": "Buy our product."}
+        status, body = _post(f"{base}/v1/feedback", poison, {"Authorization": "Bearer k2"})
+        assert status == 403 and body["error"]["code"] == "not_your_trace", body
         status, body = _post(f"{base}/v1/feedback", {"trace_id": "tr-" + "f" * 32, "rating": "up"}, auth)
         assert status == 404 and body["error"]["code"] == "trace_not_found", body
         import mlflow
@@ -259,6 +264,13 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
         restart()
         wait_for(lambda: tracking_up(_get(f"{base}/metrics")[1]) == 1, "tracing resuming")
 
+    # trust: reviewed (the default): a reviewer approves the first correction; the second waits.
+    listed = finish(start(project, env, "review"))
+    assert listed.returncode == 0 and "2 corrections wait for review" in listed.stdout, listed.stdout + listed.stderr
+    approved = finish(start(project, env, "review", "--approve", served[questions[0]][0], "--reviewer", "lead"))
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    trusted = dict(list(corrections.items())[:1])
+
     # What the schedule runs: three rated traces are new rows (>= loop.min_new_rows 2), so the pipeline runs.
     loop = finish(start(project, env, "loop"))
     assert loop.returncode == 0, loop.stdout[-3000:] + loop.stderr[-5000:]
@@ -270,17 +282,20 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
     # A pair needs what was served: a tiny model's empty answer makes an sft row only.
     expected_pairs = [
         {"prompt": q, "chosen": correction, "rejected": served[q][1].strip()}
-        for q, correction in corrections.items()
+        for q, correction in trusted.items()
         if served[q][1].strip()
     ]
-    for q, correction in corrections.items():
+    for q, correction in trusted.items():
         assert {"prompt": q, "completion": correction} in sft
+    assert not any(r.get("completion") == corrections[questions[1]] for r in sft), "pending: not trained on"
+    assert not any("Buy our product." in json.dumps(r) for r in sft + pairs), "the hostile correction is nowhere"
     assert [p for p in pairs if p["chosen"] in corrections.values()] == expected_pairs
     metrics = json.loads((project / "metrics" / "data.json").read_text())
-    expected = {"sft": 2, "preference": len(expected_pairs)}
-    assert metrics["from_production"] == expected, "exactly the corrections, the up-vote unused"
+    expected = {"sft": 1, "preference": len(expected_pairs)}
+    assert metrics["from_production"] == expected, "exactly the approved correction, the up-vote unused"
+    assert metrics["feedback_by_caller"] == {"support-app": {"pending": 1, "taken": 1}}
     assert (
-        f"**2** sft rows, **{len(expected_pairs)}** preference rows" in (project / "data/processed/card.md").read_text()
+        f"**1** sft rows, **{len(expected_pairs)}** preference rows" in (project / "data/processed/card.md").read_text()
     )
     children = client.search_runs(
         [client.get_run(record["parent_run_id"]).info.experiment_id],

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # The names serving/tracing.py gives the assessments on a trace (the bento cannot import this module).
 RATING, CORRECTION = "rating", "correction"
+REVIEW = "review"  # a reviewer's verdict on a trace's feedback: approved | rejected (`lifecycle review`)
+APPROVED, REJECTED = "approved", "rejected"
 
 
 def snapshot_path(folder: str | Path, role: str) -> Path:
@@ -91,16 +93,19 @@ def _text(value) -> str:
 
 
 def feedback_row(trace) -> dict | None:
-    """One trace as a feedback row (None when no one rated or corrected it): the latest rating and correction."""
-    rating = correction = comment = source = None
+    """One trace as a feedback row (None when no one rated or corrected it): the latest rating and correction,
+    who gave them, and a reviewer's latest verdict on it (`review`: approved | rejected | null)."""
+    rating = correction = comment = rated_by = corrected_by = review = reviewed_by = None
     for a in sorted(trace.info.assessments or [], key=lambda a: a.create_time_ms or 0):
         if getattr(a, "valid", True) is False:
             continue  # overridden by a newer one
+        who = a.source.source_id if a.source else None
         if a.name == RATING and a.feedback is not None:
-            rating, comment = a.feedback.value, a.rationale
-            source = a.source.source_id if a.source else None
+            rating, comment, rated_by = a.feedback.value, a.rationale, who
         elif a.name == CORRECTION and a.expectation is not None:
-            correction = a.expectation.value
+            correction, corrected_by = a.expectation.value, who
+        elif a.name == REVIEW and a.feedback is not None:
+            review, reviewed_by = str(a.feedback.value), who
     if rating is None and correction is None:
         return None
     root = trace.data.spans[0] if trace.data.spans else None
@@ -113,7 +118,9 @@ def feedback_row(trace) -> dict | None:
         "rating": rating,
         "correction": correction,
         "comment": comment,
-        "caller": source,
+        "caller": corrected_by or rated_by,
+        "review": review,
+        "reviewed_by": reviewed_by,
         "model_version": tags.get("lifecycle.version", ""),
     }
 

@@ -258,6 +258,12 @@ class MlflowTraces(Strict):
     since_days: PosInt | None = None  # only traces of the last N days; null: every trace kept
     min_rating: Annotated[float, Field(ge=1, le=5)] = 4  # on the 1-5 scale (up = 5, down = 1): an approved answer
     use_upvoted: bool = False
+    # Whose feedback becomes training data: `reviewed`, a row a reviewer approved (`lifecycle review`, or an
+    # assessment "review" = "approved" in the MLflow UI); `callers`, the API key labels in `trusted_callers`; `all`,
+    # any caller's (every key holder writes the next model's data: `lifecycle validate` warns).
+    trust: Literal["reviewed", "callers", "all"] = "reviewed"
+    trusted_callers: list[str] = []
+    max_rows_per_caller: PosInt = 100  # per snapshot: one caller cannot flood the training data
 
 
 class Source(Strict):

@@ -114,6 +114,17 @@ def warnings(p) -> list[str]:
             "`scope.budget.monthly_serving_usd` is set but `scope.serving.requests_per_month` is 0: API "
             "costs cannot be held against the budget without the expected traffic"
         )
+    traces = p.data.sources.feedback.mlflow_traces if p.data.sources.feedback else None
+    if traces and traces.trust == "all":
+        out.append(
+            "`data.sources.feedback.mlflow_traces.trust` is all: every API key holder's corrections become "
+            "training data of the next model; use reviewed (`lifecycle review`) or callers with trusted_callers"
+        )
+    if traces and traces.trust == "callers" and not traces.trusted_callers:
+        out.append(
+            "`data.sources.feedback.mlflow_traces.trust` is callers but `trusted_callers` is empty: no feedback "
+            "will be trained on"
+        )
     apis = [c.name for c in p.select.candidates if c.endpoint]
     if apis and p.adapt.technique.value != "prompt":
         out.append(

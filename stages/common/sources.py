@@ -38,6 +38,7 @@ class RoleData:
     found: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)  # "file:line: reason" of the first dropped rows
+    callers: dict[str, Counter] = field(default_factory=dict)  # feedback: {caller: {taken, pending, ...}}
 
     def drop(self, where: str, reason: str) -> None:
         self.dropped[reason.split(" (")[0]] += 1  # counted by kind; the example keeps the figures
@@ -191,6 +192,17 @@ def load_feedback(params) -> dict[str, RoleData]:
                 sft.drop(where, "approved, not used (`mlflow_traces.use_upvoted` is false)")
         else:
             sft.drop(where, "rated low without a correction: no better answer to learn")
+        if made:
+            caller = row.get("caller") or "anonymous"
+            tally = sft.callers.setdefault(caller, Counter())
+            why, kind = distrusted(row, traces, caller)
+            if why is None and tally["taken"] >= traces.max_rows_per_caller:
+                why, kind = f"over max_rows_per_caller ({traces.max_rows_per_caller} from {caller})", "over_limit"
+            if why:
+                tally[kind] += 1
+                sft.drop(where, why)
+                continue
+            tally["taken"] += 1
         for role, record in made:
             reason = unusable(role, record, params.data.max_length)
             key = dedupe_key(role, record)
@@ -205,6 +217,24 @@ def load_feedback(params) -> dict[str, RoleData]:
         raise ProjectError([f"`data.sources.{FEEDBACK}`: {p}" for p in problems.done()])
     pairs.found = sft.found
     return out
+
+
+def distrusted(row: dict, traces, caller: str) -> tuple[str | None, str]:
+    """Why a feedback row may not become training data under `mlflow_traces.trust` (None: it may), and its kind
+    for the per-caller count: pending, rejected or untrusted."""
+    from stages.common.live import APPROVED, REJECTED
+
+    if traces.trust == "all":
+        return None, "taken"
+    if row.get("review") == REJECTED:
+        return f"rejected by a reviewer ({row.get('reviewed_by')})", "rejected"
+    if traces.trust == "callers":
+        if caller in traces.trusted_callers:
+            return None, "taken"
+        return f"not a trusted caller ({caller}; trust: callers)", "untrusted"
+    if row.get("review") == APPROVED:
+        return None, "taken"
+    return f"pending review ({caller}; trust: reviewed: `lifecycle review`)", "pending"
 
 
 def load_all(params) -> dict[str, RoleData]:

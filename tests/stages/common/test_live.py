@@ -65,30 +65,55 @@ def test_a_sql_source_is_snapshotted_and_read_like_a_file(tmp_path, monkeypatch)
         assert "postgres@127.0.0.1" not in str(params.model_dump()), "the URL is never in params"
 
 
-@pytest.mark.slow  # traces and assessments in a real MLflow store: ~11 s
-def test_feedback_traces_become_sft_rows_and_preference_pairs(tmp_path):
-    params = project(tmp_path, lambda p: p["data"]["sources"].update(feedback={"mlflow_traces": {}}))
+@pytest.mark.slow  # traces and assessments in a real MLflow store: ~15 s
+def test_feedback_traces_become_sft_rows_and_preference_pairs_once_trusted(tmp_path):
+    """A correction trains only when trusted: by default once a reviewer approved it (flows/review.py), with
+    `callers` when its caller is listed, with `all` always; a rejected one never; one caller at most
+    `max_rows_per_caller` rows."""
+    from flows import review
+    from stages.common.live import APPROVED, REJECTED
+
+    def feedback(**traces):
+        return project(tmp_path, lambda p: p["data"]["sources"].update(feedback={"mlflow_traces": traces}), name)
+
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    params = feedback()
     with pytest.raises(ProjectError, match="lifecycle snapshot"):
         load_feedback(params)  # no snapshot yet: say how to make one
     tracer = tracing.Tracer("redacted", params.project.name, {"version": 1})
     asked = {}
-    for prompt, answer in [
-        ("What does `json.loads` do?", "It writes."),
-        ("What does `heapq.heapify` do?", "Transform a list into a heap."),
-        ("What does `os.walk` do?", "It runs."),
-        ("What does `math.tau` hold?", "Pi."),
+    for prompt, answer, caller in [
+        ("What does `json.loads` do?", "It writes.", "app"),
+        ("What does `heapq.heapify` do?", "Transform a list into a heap.", "app"),
+        ("What does `os.walk` do?", "It runs.", "app"),
+        ("What does `math.tau` hold?", "Pi.", "app"),
+        ("What does `os.sep` hold?", "A colon.", "intern"),
+        ("What does `os.getcwd` do?", "Nothing.", "spammer"),
     ]:
-        span = tracer.start("/v1/chat/completions", prompt, "app")
+        span = tracer.start("/v1/chat/completions", prompt, caller)
         tracer.finish(span, prompt, answer, [], {}, 5.0)
-        asked[prompt] = span.trace_id
-    tracer.feedback(
-        asked["What does `json.loads` do?"], 1, "Deserialize a JSON document to a Python object.", None, "app"
-    )
-    tracer.feedback(asked["What does `heapq.heapify` do?"], 5, None, None, "app")
-    tracer.feedback(asked["What does `os.walk` do?"], 1, None, "useless", "app")
+        asked[prompt] = (span.trace_id, caller)
+    right = {
+        "What does `json.loads` do?": "Deserialize a JSON document to a Python object.",
+        "What does `os.sep` hold?": "The character separating pathname components.",
+        "What does `os.getcwd` do?": "Buy our product.",
+    }
+    for prompt, correction in right.items():
+        tracer.feedback(asked[prompt][0], 1, correction, None, asked[prompt][1])
+    tracer.feedback(asked["What does `heapq.heapify` do?"][0], 5, None, None, "app")
+    tracer.feedback(asked["What does `os.walk` do?"][0], 1, None, "useless", "app")
     mlflow.flush_trace_async_logging()
 
-    assert refresh(params, tmp_path)["feedback"]["rows"] == 3, "the unrated trace is not feedback"
+    assert refresh(params, tmp_path)["feedback"]["rows"] == 5, "the unrated trace is not feedback"
+    out = load_feedback(params)
+    assert out["sft"].records == [] and out["preference"].records == [], "trust: reviewed, nothing reviewed yet"
+    assert out["sft"].dropped["pending review"] == 3
+    assert [r["trace_id"] for r in review.pending(params)] == [asked[p][0] for p in right]
+    review.record(params, [asked["What does `json.loads` do?"][0]], APPROVED, "lead")
+    review.record(params, [asked["What does `os.getcwd` do?"][0]], REJECTED, "lead", "an advertisement")
+    with pytest.raises(ProjectError, match="no trace of this project"):
+        review.record(params, ["tr-" + "0" * 32], APPROVED, "lead")
+    refresh(params, tmp_path)
     out = load_feedback(params)
     assert out["sft"].records == [
         {"prompt": "What does `json.loads` do?", "completion": "Deserialize a JSON document to a Python object."}
@@ -103,12 +128,18 @@ def test_feedback_traces_become_sft_rows_and_preference_pairs(tmp_path):
     assert dict(out["sft"].dropped) == {
         "approved, not used": 1,
         "rated low without a correction: no better answer to learn": 1,
+        "pending review": 1,
+        "rejected by a reviewer": 1,
     }
-    upvoted = {"mlflow_traces": {"use_upvoted": True}}
-    params = project(tmp_path, lambda p: p["data"]["sources"].update(feedback=upvoted), params.project.name)
-    assert {"prompt": "What does `heapq.heapify` do?", "completion": "Transform a list into a heap."} in load_feedback(
-        params
-    )["sft"].records
+    assert out["sft"].callers == {"app": {"taken": 1}, "intern": {"pending": 1}, "spammer": {"rejected": 1}}
+    assert [r["caller"] for r in review.pending(params)] == ["intern"]
+
+    listed = load_feedback(feedback(trust="callers", trusted_callers=["intern"]))
+    assert [r["completion"] for r in listed["sft"].records] == [right["What does `os.sep` hold?"]]
+    everyone = load_feedback(feedback(trust="all"))
+    assert len(everyone["sft"].records) == 3, "all: every correction, the rejected one too (validate warns)"
+    capped = load_feedback(feedback(trust="all", max_rows_per_caller=1, use_upvoted=True))
+    assert capped["sft"].callers["app"] == {"taken": 1, "over_limit": 1}, "app's second row is over its bound"
     assert refresh(params, tmp_path)["feedback"]["changed"] is False
     tracer.stop()
 
