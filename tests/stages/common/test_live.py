@@ -32,7 +32,8 @@ def test_a_sql_source_is_snapshotted_and_read_like_a_file(tmp_path, monkeypatch)
             conn.cursor().execute(
                 "CREATE TABLE tickets (question text, answer text, opened date);"
                 "INSERT INTO tickets VALUES ('What does `os.getcwd` do?', 'Return the current directory.', '2026-01-02'),"
-                "('What does `os.sep` hold?', 'The path separator.', '2026-01-03')"
+                "('What does `os.sep` hold?', 'The path separator.', '2026-01-03');"
+                "CREATE SEQUENCE ticket_ids"
             )
         query = {"query": "select question, answer, opened from tickets order by opened", "url_env": "TICKETS_DB"}
         params = project(
@@ -58,6 +59,16 @@ def test_a_sql_source_is_snapshotted_and_read_like_a_file(tmp_path, monkeypatch)
         before = snapshot.stat().st_mtime_ns
         assert refresh(params, tmp_path)["general"]["changed"] is False
         assert snapshot.stat().st_mtime_ns == before, "an unchanged source leaves the file alone (DVC sees nothing)"
+        # A statement that writes runs in a read-only transaction: refused, naming the role; the table as it was.
+        query["query"] = "select nextval('ticket_ids') as id"  # a query that writes (the sequence)
+        writes = project(tmp_path, lambda p: p["data"]["sources"].update(general={"sql": query}))
+        with pytest.raises(ProjectError, match=r"data.sources.general.sql.*read-only transaction"):
+            refresh(writes, tmp_path)
+        with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db) as conn:
+            cur = conn.cursor()
+            cur.execute("select last_value, is_called from ticket_ids")
+            assert cur.fetchone() == (1, False), "the sequence never moved"
+        assert snapshot.stat().st_mtime_ns == before, "a failed refresh leaves the last snapshot as it was"
         query["query"] = "select * from no_such_table"
         bad = project(tmp_path, lambda p: p["data"]["sources"].update(general={"sql": query}))
         with pytest.raises(ProjectError, match=r"data.sources.general.sql.*no_such_table"):
@@ -154,3 +165,33 @@ def test_a_live_source_is_refused_where_it_does_not_belong(tmp_path):
                 general={"path": "x.jsonl", "sql": {"query": "select 1", "url_env": "X"}}
             ),
         )
+
+
+@pytest.mark.slow  # a 1M-row SQLite table made and snapshotted in a fresh process: ~40 s
+def test_a_million_row_table_snapshots_in_bounded_memory_and_a_write_is_refused(tmp_path, monkeypatch):
+    """Streamed, not held: the child's peak resident memory stays far below what 1M rows held as dicts take
+    (~1 GiB before); measured by VmHWM (bench/snapshot.py runs the same on 10M rows)."""
+    import sqlite3
+
+    from bench.snapshot import QUERY, make_table, snapshot_peak
+
+    db, out = tmp_path / "tickets.db", tmp_path / "general.jsonl"
+    make_table(db, 1_000_000)
+    first = snapshot_peak(db, out)
+    assert first["rows"] == 1_000_000 == sum(1 for _ in out.open("rb")) and first["changed"]
+    assert first["peak_bytes"] < 300 * 2**20, f"peak {first['peak_bytes'] / 2**20:.0f} MiB for 1M rows"
+    again = snapshot_peak(db, out)
+    assert again == {**again, "changed": False, "new_rows": 0}, "an unchanged table leaves the file alone"
+
+    monkeypatch.setenv("TICKETS_DB", f"sqlite:///{db}")
+    writes = project(
+        tmp_path,
+        lambda p: p["data"]["sources"].update(
+            general={"sql": {"query": "delete from tickets returning id", "url_env": "TICKETS_DB"}}
+        ),
+    )
+    with pytest.raises(ProjectError, match=r"data.sources.general.sql.*readonly"):
+        refresh(writes, tmp_path)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from tickets").fetchone()[0] == 1_000_000, "opened read-only"
+    assert QUERY.startswith("select")
