@@ -18,9 +18,36 @@ from flows.deploy.common import Deployed, DeployRefused, Options, image_name, k8
 OUT = "deploy/k8s"  # where the manifests go without --out
 
 
+# BentoML's image runs as this user (its Dockerfile's `bentoml`, uid and gid 1034, home /home/bentoml/).
+BENTO_UID = 1034
+# What the service writes at run time, on a read-only root filesystem: temporary files (the retriever's working
+# copy), BentoML's Prometheus files (under BENTOML_HOME) and library caches. Each is an emptyDir.
+WRITABLE = {"tmp": "/tmp", "metrics": "/home/bentoml/prometheus_multiproc_dir", "cache": "/home/bentoml/.cache"}
+
+
+def security_contexts() -> tuple[dict, dict]:
+    """The pod's and the container's securityContext for the Pod Security Standards' `restricted` profile (what
+    on-prem clusters enforce in tenant namespaces), plus a read-only root filesystem."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": BENTO_UID,
+        "runAsGroup": BENTO_UID,
+        "fsGroup": BENTO_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+    }
+    return pod, container
+
+
 def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
     """Deployment (image, resources with GPU limits, probes on BentoML's /readyz and /livez, the API keys
-    from a Secret by reference), Service and HorizontalPodAutoscaler for an on-prem cluster."""
+    from a Secret by reference, the `restricted` security profile on a read-only root filesystem), Service and
+    HorizontalPodAutoscaler for an on-prem cluster."""
     k, resources = params.deploy.k8s, params.serve.resources
     name = k8s_name(params.project.name)
     labels = {
@@ -58,11 +85,18 @@ def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
             "failureThreshold": 3,
         },
     }
+    container["env"] = [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]  # nothing to write beside the code
     if k.api_key_secret:
-        container["env"] = [
+        container["env"].append(
             {"name": "LIFECYCLE_API_KEYS", "valueFrom": {"secretKeyRef": {"name": k.api_key_secret, "key": "api-keys"}}}
-        ]
-    pod = {"containers": [container]}
+        )
+    pod_security, container["securityContext"] = security_contexts()
+    container["volumeMounts"] = [{"name": volume, "mountPath": path} for volume, path in WRITABLE.items()]
+    pod = {
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": [{"name": volume, "emptyDir": {}} for volume in WRITABLE],
+    }
     if resources.gpu:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         if resources.gpu_type:
@@ -150,6 +184,7 @@ def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
                 problems.append(
                     f"deployment.yaml: container {c['name']} {kind} nvidia.com/gpu {gpus!r}: whole GPUs only"
                 )
+    problems += [f"deployment.yaml: {p}" for p in restricted_problems(template["spec"])]
     target = service["spec"]["ports"][0]["targetPort"]
     if target not in served:
         problems.append(f"service.yaml: targetPort {target!r} is not a port the pods serve")
@@ -157,6 +192,51 @@ def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
     if (ref["kind"], ref["name"]) != ("Deployment", deployment["metadata"]["name"]):
         problems.append(f"hpa.yaml: scaleTargetRef {ref['kind']}/{ref['name']} is not the Deployment written beside it")
     return problems
+
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_problems(pod: dict) -> list[str]:
+    """What the Pod Security Standards' `restricted` profile (Kubernetes' documented rules, as its admission
+    controller checks them) refuses in a pod spec, plus the read-only root filesystem this project asks for."""
+    out, ctx = [], pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            out.append(f"{key}: true is not allowed")
+    for v in pod.get("volumes", []):
+        if not set(v) - {"name"} <= RESTRICTED_VOLUMES:
+            out.append(f"volume {v['name']}: only {sorted(RESTRICTED_VOLUMES)} volumes are allowed")
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        cc, name = c.get("securityContext", {}), f"container {c['name']}"
+        if not cc.get("runAsNonRoot", ctx.get("runAsNonRoot")):
+            out.append(f"{name}: securityContext.runAsNonRoot must be true")
+        if cc.get("runAsUser", ctx.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0 (root) is not allowed")
+        if cc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: securityContext.allowPrivilegeEscalation must be false")
+        if cc.get("privileged"):
+            out.append(f"{name}: securityContext.privileged is not allowed")
+        caps = cc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{name}: securityContext.capabilities.drop must hold ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities.add beyond NET_BIND_SERVICE: {sorted(set(caps['add']))}")
+        seccomp = cc.get("seccompProfile", ctx.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile.type must be RuntimeDefault or Localhost, not {seccomp}")
+        if not cc.get("readOnlyRootFilesystem"):
+            out.append(f"{name}: securityContext.readOnlyRootFilesystem must be true (emptyDir for what it writes)")
+    return out
 
 
 def kustomization(params, manifests: dict[str, dict]) -> dict:

@@ -78,8 +78,11 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
     pod = m["deployment.yaml"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"} and pod["tolerations"]
-    secret = pod["containers"][0]["env"][0]
-    assert secret["name"] == "LIFECYCLE_API_KEYS" and secret["valueFrom"]["secretKeyRef"]["name"] == "help-desk-keys"
+    secret = next(e for e in pod["containers"][0]["env"] if e["name"] == "LIFECYCLE_API_KEYS")
+    assert secret["valueFrom"]["secretKeyRef"]["name"] == "help-desk-keys"
+    assert k8s.restricted_problems(pod) == [], "the restricted Pod Security profile, on a read-only root"
+    mounted = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounted == set(k8s.WRITABLE.values()) and pod["securityContext"]["runAsUser"] == k8s.BENTO_UID
     assert m["hpa.yaml"]["spec"]["maxReplicas"] == 6
 
 
@@ -131,6 +134,18 @@ def _broken(manifests: dict, file: str, path: str, value) -> dict:
             "readinessProbe port 'metrics' is not one it serves",
         ),
         ("service.yaml", "spec.ports.0.targetPort", 8080, "service.yaml: targetPort 8080 is not a port the pods serve"),
+        (
+            "deployment.yaml",
+            "spec.template.spec.containers.0.securityContext.allowPrivilegeEscalation",
+            True,
+            "container lifecycle: securityContext.allowPrivilegeEscalation must be false",
+        ),
+        (
+            "deployment.yaml",
+            "spec.template.spec.securityContext.runAsUser",
+            0,
+            "container lifecycle: runAsUser 0 (root) is not allowed",
+        ),
         ("hpa.yaml", "spec.scaleTargetRef.name", "other", "hpa.yaml: scaleTargetRef Deployment/other is not"),
     ],
 )
@@ -283,8 +298,15 @@ def test_docker_builds_pushes_and_the_container_answers_as_evaluate_did(
         assert torch.returncode == 0, torch.stderr
         assert torch.stdout.strip().endswith("+cpu"), f"a CPU image has torch's CPU build, not {torch.stdout}"
 
+    # As the k8s manifests run it: not root, no capabilities, no privilege escalation, a read-only root filesystem
+    # with a tmpfs for each path the service writes.
+    locked = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", str(k8s.BENTO_UID)]
+    locked += [arg for path in k8s.WRITABLE.values() for arg in ("--tmpfs", path)]
+    user = _run("podman", "run", "--rm", *locked, "--entrypoint", "id", image, "-u")
+    print(f"id -u in the container: {user.stdout.strip()}")
+    assert user.returncode == 0 and user.stdout.strip() != "0", user.stdout + user.stderr
     port, name = free_port(), f"lifecycle-test-{os.getpid()}"
-    started = _run("podman", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
+    started = _run("podman", "run", "-d", *locked, "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
     assert started.returncode == 0, started.stderr
     try:
         for _ in range(360):  # bounded: up to 3 minutes for the container to load its model
