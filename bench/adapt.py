@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--technique", help="only train this technique through the stage, print its metrics as JSON")
     args = parser.parse_args()
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "-q", "select"], cwd=ROOT, check=True)
-    torch.set_num_threads(2)  # training: 2 threads beat 1 on this machine (FIELD-NOTES)
+    torch.set_num_threads(2)  # training: 2 threads beat 1 on this 2-core machine (measured)
     params = load_params(ROOT / "params.yaml")
     params = with_adapt(
         params,
