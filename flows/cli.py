@@ -176,7 +176,7 @@ def cmd_deploy(args) -> int:
         print(" ".join(done.server), flush=True)
         # exec, not a child: SIGTERM from a process manager (or Ctrl-C) reaches the server itself, which
         # stops its workers and frees the port; a parent that died first would leave them serving.
-        os.execv(done.server[0], done.server)
+        os.execv(done.server[0], done.server)  # noqa: S606 - exec of our own server command
     return ExitStatus.OK
 
 

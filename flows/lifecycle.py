@@ -151,7 +151,7 @@ def restored_on_failure(repo, stage: str):
     except BaseException:
         try:
             repo.checkout(targets=[stage], force=True)
-        except Exception:  # never ran successfully: nothing in the cache to restore
+        except Exception:  # noqa: S110 - never ran successfully: nothing in the cache to restore
             pass
         for i, path in enumerate(uncached):
             if path.is_dir():

@@ -130,7 +130,7 @@ def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
     import urllib.request
 
     url = f"http://127.0.0.1:{port}/api"
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603 - an argv list, no shell: our own command
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -140,7 +140,7 @@ def start_prefect_server(port: int) -> tuple[subprocess.Popen, str]:
         if proc.poll() is not None:
             raise RuntimeError(f"`prefect server start` exited with {proc.returncode}; is port {port} free?")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
+            with urllib.request.urlopen(f"{url}/health", timeout=2):  # noqa: S310 - http(s) of a server we run or the user configured
                 return proc, url
         except OSError:
             time.sleep(0.5)

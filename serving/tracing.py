@@ -62,7 +62,7 @@ TAG_PREFIX = "lifecycle."
 RATING = "rating"  # the user's vote, as a feedback assessment: 1-5 (up = 5, down = 1)
 CORRECTION = "correction"  # the user's corrected answer, as an expectation assessment
 VOTES = {"up": 5, "down": 1}
-TOKEN_USAGE = "mlflow.chat.tokenUsage"  # mlflow.tracing.constant.SpanAttributeKey.CHAT_USAGE
+TOKEN_USAGE = "mlflow.chat.tokenUsage"  # mlflow.tracing.constant.SpanAttributeKey.CHAT_USAGE  # noqa: S105 - an MLflow span attribute name, not a secret
 
 
 class Unknown(Exception):
@@ -142,7 +142,7 @@ class Tracer:
         if not self.uri.startswith(("http://", "https://")):
             return True  # a database the process writes itself: no server to lose
         try:
-            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=2) as answer:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=2) as answer:  # noqa: S310 - http(s) of a server we run or the user configured
                 return 200 <= answer.status < 300
         except OSError:
             return False

@@ -45,7 +45,7 @@ def raft_rows(rows: list[dict], retriever, oracle_fraction: float, seed: int) ->
     as a served question does. `oracle` says which it was (None: no known source)."""
     import random
 
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded sampling, not security
     k = retriever.top_k
     by_source: dict[str, list[dict]] = {}
     for c in retriever.chunks.values():

@@ -39,7 +39,7 @@ def hold_out(records: list[dict], sizes: dict[str, float], seed: int) -> dict[st
     for i, record in enumerate(records):
         groups.setdefault(record.pop("group", str(i)), []).append(record)
     keys = list(groups)
-    random.Random(seed).shuffle(keys)
+    random.Random(seed).shuffle(keys)  # noqa: S311 - seeded sampling, not security
     wanted = {role: holdout_size(size, len(records)) for role, size in sizes.items()}
     if sum(wanted.values()) >= len(records):
         raise ProjectError(

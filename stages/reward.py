@@ -30,7 +30,7 @@ CHANCE = 0.5  # a reward model that ranks a pair at random is right half the tim
 def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, held out): a seeded shuffle, at least one pair held out."""
     order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
+    random.Random(seed).shuffle(order)  # noqa: S311 - seeded sampling, not security
     n = max(1, round(len(rows) * fraction))
     return [rows[i] for i in order[n:]], [rows[i] for i in order[:n]]
 

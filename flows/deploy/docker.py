@@ -21,7 +21,7 @@ from flows.deploy.common import Deployed, DeployRefused, Options, image_name
 def docker_engine(wanted: str) -> str | None:
     """The engine that builds: `deploy.docker.engine`, or on auto a docker whose daemon answers, else podman."""
     for engine in ("docker", "podman") if wanted == "auto" else (wanted,):
-        if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True, timeout=60).returncode == 0:
+        if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True, timeout=60).returncode == 0:  # noqa: S603 - an argv list, no shell: our own command
             return engine
     return None
 
@@ -107,11 +107,11 @@ def deploy(params, bento: str, version, options: Options) -> Deployed:
             print(f"  {change}")
         build = [engine, "build", "-f", dockerfile, "-t", image, context]
         print("  " + " ".join(build), flush=True)
-        if subprocess.run(build, env=env).returncode != 0:
+        if subprocess.run(build, env=env).returncode != 0:  # noqa: S603 - an argv list, no shell: our own command
             raise DeployRefused(f"`{engine} build` failed (its output is above); nothing was tagged {image}")
     built_s = round(time.monotonic() - started, 1)
     inspect = [engine, "image", "inspect", "--format", "{{.Id}} {{.Size}}", image]
-    image_id, size = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()
+    image_id, size = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()  # noqa: S603 - an argv list, no shell: our own command
     detail = {"image": image, "engine": engine, "id": image_id, "size_bytes": int(size), "build_s": built_s}
     if settings.registry:
         try:
@@ -132,12 +132,12 @@ def push(engine: str, image: str, tls_verify: bool) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             digest_file = Path(tmp) / "digest"
             command = ["podman", "push", f"--tls-verify={str(tls_verify).lower()}", "--digestfile", str(digest_file)]
-            subprocess.run([*command, image], check=True)
+            subprocess.run([*command, image], check=True)  # noqa: S603 - an argv list, no shell: our own command
             return digest_file.read_text().strip()
     # docker trusts a registry on localhost over plain HTTP; other insecure ones go in the daemon's configuration
-    subprocess.run(["docker", "push", image], check=True)
-    digests = subprocess.run(
-        ["docker", "image", "inspect", "--format", '{{join .RepoDigests " "}}', image],
+    subprocess.run(["docker", "push", image], check=True)  # noqa: S603, S607 - docker from PATH, an argv list, no shell
+    digests = subprocess.run(  # noqa: S603 - an argv list, no shell: our own command
+        ["docker", "image", "inspect", "--format", '{{join .RepoDigests " "}}', image],  # noqa: S607 - the user's tool from PATH
         capture_output=True,
         text=True,
         check=True,

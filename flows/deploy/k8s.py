@@ -22,7 +22,7 @@ OUT = "deploy/k8s"  # where the manifests go without --out
 BENTO_UID = 1034
 # What the service writes at run time, on a read-only root filesystem: temporary files (the retriever's working
 # copy), BentoML's Prometheus files (under BENTOML_HOME) and library caches. Each is an emptyDir.
-WRITABLE = {"tmp": "/tmp", "metrics": "/home/bentoml/prometheus_multiproc_dir", "cache": "/home/bentoml/.cache"}
+WRITABLE = {"tmp": "/tmp", "metrics": "/home/bentoml/prometheus_multiproc_dir", "cache": "/home/bentoml/.cache"}  # noqa: S108 - a mount path in the container (emptyDir)
 
 
 def security_contexts() -> tuple[dict, dict]:

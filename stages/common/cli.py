@@ -91,4 +91,4 @@ def relaunch(name: str, params, precision: str, argv: list[str]) -> int:
         params.orchestration.launch, resolve_device(params.project.device), precision, module, argv
     )
     print(f"[{name}] {' '.join(command)}", flush=True)
-    return subprocess.run(command).returncode
+    return subprocess.run(command).returncode  # noqa: S603 - an argv list, no shell: our own command
