@@ -36,6 +36,7 @@ def few_rows(p: dict) -> dict:
     p["select"].update(few_shot=1, max_new_tokens=16)
     p["prompt_search"]["shots"] = [0]
     p["evaluate"].update(max_new_tokens=16, resamples=100, max_forgetting=None)
+    p["package"]["quantize"] = ["int8"]  # one quantized file beside F16 is the shipping path; the second costs ~30 s
     p["scope"]["kpis"] = [{"metric": "rougeL", "threshold": 0.0, "direction": "higher", "versus": "absolute"}]
     return p
 

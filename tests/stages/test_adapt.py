@@ -100,7 +100,7 @@ def test_raft_trains_every_row_with_retrieved_chunks_in_its_prompt(prepared, ada
     rows = read_jsonl(Path(prepared.paths.processed) / "sft.jsonl")
     with_oracle, without = metrics["raft_rows_with_oracle"], metrics["raft_rows_without_oracle"]
     assert with_oracle + without + metrics["raft_rows_without_source"] == len(rows), "each row counted once"
-    assert with_oracle + without > 10 and abs(with_oracle / (with_oracle + without) - raft.oracle_fraction) < 0.25
+    assert with_oracle + without >= 5 and abs(with_oracle / (with_oracle + without) - raft.oracle_fraction) < 0.25
     retrieved = adapt.raft_rows(rows, Retriever.open(prepared.paths.index), raft.oracle_fraction, prepared.project.seed)
     tok = load_tokenizer(prepared.paths.sft)
     config = AutoConfig.from_pretrained(read_json(prepared.paths.selection)["selected"]["ref"])
