@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.deploy import gguf
 from flows.deploy.common import Deployed, DeployRefused, Options
+from flows.deploy.gguf import OUT as GGUF_OUT
+from flows.deploy.gguf import write as write_gguf
 
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"  # compiles llama.cpp at install (minutes): not in `make install`
 
@@ -38,7 +39,7 @@ def deploy(params, bento: str, version, options: Options) -> Deployed:
     """The GGUF file written (refused first when the server is not installed), and the server this process becomes
     (the CLI execs it); the file is what is recorded."""
     require_llama_cpp()
-    detail = gguf.write(bento, version, Path(options.out or gguf.OUT), options.gguf_type)
+    detail = write_gguf(bento, version, Path(options.out or GGUF_OUT), options.gguf_type)
     return Deployed(
         detail,
         server=llamacpp_command(detail["file"], options.host, options.port, detail["chat"]),
