@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -q -m "not default"
+	$(BIN)/pytest -q -m "not default" --durations=30
 
 # Pure and small tests: no pipeline fixtures, no end-to-end run, no server processes (about a minute).
 test-fast: install

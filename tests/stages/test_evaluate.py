@@ -106,21 +106,24 @@ def test_a_second_evaluate_answers_nothing_already_answered(prepared, prompted, 
     params = prepared.model_copy(update={"package": prepared.package.model_copy(update={"quantize": []})})
     evaluate.run(params, paths)
     first = read_json(tmp_path / "eval.json")
-    rows = first["eval_rows"]
-    assert len(generated) == rows * len(first["variants"]) and first["answer_cache"]["reused"] == 0
+    rows, variants = first["eval_rows"], len(first["variants"])
+    # Two variants with the same weights (a tiny alignment that changed nothing) share one entry within a run.
+    distinct = first["answer_cache"]["answered"]
+    assert len(generated) == rows * distinct and first["answer_cache"]["reused"] == variants - distinct
+    assert distinct >= variants - 2, "most variants differ"
     kpis = [k.model_copy(update={"threshold": k.threshold + 1}) for k in params.scope.kpis]
     stricter = params.model_copy(update={"scope": params.scope.model_copy(update={"kpis": kpis})})
     generated.clear()
     evaluate.run(stricter, paths)
     second = read_json(tmp_path / "eval.json")
-    assert generated == [] and second["answer_cache"] == {"reused": len(first["variants"]), "answered": 0}
+    assert generated == [] and second["answer_cache"] == {"reused": variants, "answered": 0}
     assert second["variants"] == first["variants"] and second["engines"] == first["engines"]
-    assert len(list((tmp_path / "answers").glob("*.json"))) == len(first["variants"])
+    assert len(list((tmp_path / "answers").glob("*.json"))) == distinct
     # Another prompt is another entry: every variant answers again, and the stale entries are removed.
     system = params.prompt.model_copy(update={"system": "Answer in one line."})
     evaluate.run(params.model_copy(update={"prompt": system}), paths)
-    assert len(generated) == rows * len(first["variants"])
-    assert len(list((tmp_path / "answers").glob("*.json"))) == len(first["variants"])
+    assert len(generated) == rows * distinct
+    assert len(list((tmp_path / "answers").glob("*.json"))) == distinct
 
 
 def test_rungs_the_ladder_did_not_reach_are_left_out(prepared, prompted, aligned, tmp_path):

@@ -119,7 +119,8 @@ def test_feedback_traces_become_sft_rows_and_preference_pairs_once_trusted(tmp_p
     out = load_feedback(params)
     assert out["sft"].records == [] and out["preference"].records == [], "trust: reviewed, nothing reviewed yet"
     assert out["sft"].dropped["pending review"] == 3
-    assert [r["trace_id"] for r in review.pending(params)] == [asked[p][0] for p in right]
+    # Oldest first; traces of the same millisecond in any order.
+    assert sorted(r["trace_id"] for r in review.pending(params)) == sorted(asked[p][0] for p in right)
     review.record(params, [asked["What does `json.loads` do?"][0]], APPROVED, "lead")
     review.record(params, [asked["What does `os.getcwd` do?"][0]], REJECTED, "lead", "an advertisement")
     with pytest.raises(ProjectError, match="no trace of this project"):
