@@ -27,6 +27,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from stages.common import guardrails
 from stages.common.answer_cache import AnswerCache, weights_digest
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
@@ -34,13 +35,7 @@ from stages.common.eval_report import precision_plot, write_report
 from stages.common.gates import choose_precision, prefer_simpler, should_promote
 from stages.common.io import read_json, read_jsonl, write_json
 from stages.common.measure import decoding
-from stages.common.metrics import (
-    REGISTRY,
-    evaluated_text_metrics,
-    guardrail_breaches,
-    guardrails,
-    project_metrics,
-)
+from stages.common.metrics import REGISTRY, evaluated_text_metrics, project_metrics
 from stages.common.params import Params, Paths
 from stages.common.precision_trials import quality_metric, try_precisions
 from stages.common.significance import better_with_confidence, uncertainty
@@ -193,9 +188,9 @@ def breaches(params: Params, answers: dict[str, list[str]]) -> dict | None:
     """The guardrails and, per variant, how many answers broke each one (None: the project declares none)."""
     if "guardrail_violations" not in evaluated_text_metrics(params):
         return None
-    rules = guardrails(params)
+    rules = guardrails.resolve(params)
     counts = {
-        n: Counter(k for a in answers[n] for k in guardrail_breaches(a, rules, params.scope.labels)) for n in answers
+        n: Counter(k for a in answers[n] for k in guardrails.breaches(a, rules, params.scope.labels)) for n in answers
     }
     return {"rules": rules, "breaches": {n: dict(sorted(c.items())) for n, c in counts.items()}}
 

@@ -187,6 +187,8 @@ READ_ON_OTHER_BRANCHES = {
     "data": {
         "adapt.technique": "an empty sft split is refused unless the technique is prompt",
         "scope.labels": "a classification project's answers are checked against its labels",
+        "scope.output_format": "a production correction is held to the guardrails (a project with feedback)",
+        "evaluate.guardrails": "a production correction is held to the guardrails (a project with feedback)",
     },
     "scope": {"evaluate.max_forgetting": "a release's phase rules ask for a forgetting check (the tiny one is a poc)"},
     "select": {

@@ -1,5 +1,5 @@
-"""The `k8s` target: Deployment, Service and HorizontalPodAutoscaler manifests for the champion's image, checked
-against Kubernetes' own schemas and written whole or not at all.
+"""The `k8s` target: Deployment, Service, HorizontalPodAutoscaler (and a NetworkPolicy if asked) manifests for the
+champion's image, checked against Kubernetes' own schemas and written whole or not at all.
 
     lifecycle deploy --target k8s --out deploy/k8s [--format kustomize]
     kubectl apply -f deploy/k8s          # the image from `lifecycle deploy --target docker` with deploy.docker.registry
@@ -43,8 +43,8 @@ def security_contexts() -> tuple[dict, dict]:
 
 def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
     """Deployment (image, resources with GPU limits, probes on BentoML's /readyz and /livez, the API keys
-    from a Secret by reference, the `restricted` security profile), Service and
-    HorizontalPodAutoscaler for an on-prem cluster."""
+    from a Secret by reference, the `restricted` security profile), Service, HorizontalPodAutoscaler and, with
+    `deploy.k8s.network_policy`, a NetworkPolicy for an on-prem cluster."""
     k, resources = params.deploy.k8s, params.serve.resources
     name = k8s_name(params.project.name)
     labels = {
@@ -131,7 +131,30 @@ def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
             ],
         },
     }
-    return {"deployment.yaml": deployment, "service.yaml": service, "hpa.yaml": hpa}
+    manifests = {"deployment.yaml": deployment, "service.yaml": service, "hpa.yaml": hpa}
+    if k.network_policy is not None:
+        manifests["networkpolicy.yaml"] = network_policy(k.network_policy, meta)
+    return manifests
+
+
+def network_policy(policy, meta: dict) -> dict:
+    """Ingress to the pods' http port from the namespaces and pods `policy` lists (the same namespace's pods when
+    it lists neither); a cluster whose network plugin enforces NetworkPolicy drops the rest."""
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}} for ns in policy.from_namespaces
+    ]
+    if policy.from_pods:
+        peers.append({"podSelector": {"matchLabels": dict(policy.from_pods)}})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": meta["name"]}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers or [{"podSelector": {}}], "ports": [{"port": "http", "protocol": "TCP"}]}],
+        },
+    }
 
 
 def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
@@ -177,6 +200,16 @@ def manifest_problems(manifests: dict[str, dict], kubernetes: str) -> list[str]:
                     f"deployment.yaml: container {c['name']} {kind} nvidia.com/gpu {gpus!r}: whole GPUs only"
                 )
     problems += [f"deployment.yaml: {p}" for p in restricted_problems(template["spec"])]
+    if policy := manifests.get("networkpolicy.yaml"):
+        selected = policy["spec"]["podSelector"]["matchLabels"]
+        if not selected.items() <= labels.items():
+            problems.append(f"networkpolicy.yaml: spec.podSelector {selected} does not match the pod template's labels")
+        for rule in policy["spec"].get("ingress", []):
+            problems += [
+                f"networkpolicy.yaml: ingress port {p['port']!r} is not a port the pods serve"
+                for p in rule.get("ports", [])
+                if p["port"] not in served
+            ]
     target = service["spec"]["ports"][0]["targetPort"]
     if target not in served:
         problems.append(f"service.yaml: targetPort {target!r} is not a port the pods serve")

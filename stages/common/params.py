@@ -685,6 +685,13 @@ class BentoCloud(Strict):
     scaling_max: PosInt = 1
 
 
+class NetworkPolicy(Strict):
+    """Who may reach the pods' http port; nothing else may. Neither listed: pods of the same namespace only."""
+
+    from_namespaces: list[str] = []  # namespaces by name (their `kubernetes.io/metadata.name` label)
+    from_pods: dict[str, str] = {}  # pods of the same namespace with these labels (e.g. an API gateway's)
+
+
 class Kubernetes(Strict):
     namespace: str = "default"
     replicas: PosInt = 1
@@ -692,6 +699,7 @@ class Kubernetes(Strict):
     target_cpu_percent: Annotated[int, Field(ge=1, le=100)] = 70
     api_key_secret: str | None = None  # a Secret (key `api-keys`) whose value becomes LIFECYCLE_API_KEYS
     port: PosInt = 3000
+    network_policy: NetworkPolicy | None = None  # null: no NetworkPolicy (the namespace's own rules apply)
     # The cluster's version: the manifests are validated against its official schemas (kubernetes-validate has
     # 1.25 to 1.37)
     version: Annotated[str, Field(pattern=r"^1\.[0-9]+$")] = "1.33"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.errors import ProjectError
+from stages.common.guardrails import breaches, resolve
 from stages.common.params import FEEDBACK, FEEDBACK_ROLES, QA_ROLES, ROLES, TEXT_ROLES
 from stages.common.readers import DOCUMENTS, TABULAR, UNREADABLE, Problems, read_dataset, read_files, read_rows
 from stages.common.records import field_mapping_problems, map_fields, normalize, to_record, unusable
@@ -168,6 +169,7 @@ def load_feedback(params) -> dict[str, RoleData]:
     sft, pairs = out["sft"], out["preference"]
     problems = Problems()
     seen: set[tuple] = set()
+    rules = resolve(params)  # what evaluate holds the model's answers to, a correction is held to as well
     for where, row in read_rows(path, problems):
         sft.found += 1
         missing = [k for k in ("prompt", "served", "rating", "correction") if k not in row]
@@ -205,6 +207,9 @@ def load_feedback(params) -> dict[str, RoleData]:
             tally["taken"] += 1
         for role, record in made:
             reason = unusable(role, record, params.data.max_length)
+            answer = record.get("completion", record.get("chosen", ""))
+            if reason is None and (broken := breaches(answer, rules, params.scope.labels)):
+                reason = f"breaks a guardrail of `evaluate.guardrails` ({'; '.join(broken)})"
             key = dedupe_key(role, record)
             if reason is None and key in seen:
                 reason = "duplicate"

@@ -71,7 +71,11 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
 
     raw = tiny.model_dump(mode="json")
     raw["serve"]["resources"].update(gpu=2, gpu_type="NVIDIA-L4")
-    raw["deploy"]["k8s"].update(api_key_secret="help-desk-keys", max_replicas=6)
+    raw["deploy"]["k8s"].update(
+        api_key_secret="help-desk-keys",
+        max_replicas=6,
+        network_policy={"from_namespaces": ["gateway"], "from_pods": {"app": "front"}},
+    )
     params = type(tiny).model_validate(raw)
     version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
     m = k8s.k8s_manifests(params, packaged["package"]["bento"], version)
@@ -83,6 +87,17 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
     assert k8s.restricted_problems(pod) == [], "the restricted Pod Security profile"
     assert pod["securityContext"]["runAsUser"] == k8s.BENTO_UID
     assert m["hpa.yaml"]["spec"]["maxReplicas"] == 6
+    ingress = m["networkpolicy.yaml"]["spec"]["ingress"]
+    assert ingress == [
+        {
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+                {"podSelector": {"matchLabels": {"app": "front"}}},
+            ],
+            "ports": [{"port": "http", "protocol": "TCP"}],
+        }
+    ]
+    assert "networkpolicy.yaml" not in k8s.k8s_manifests(tiny, packaged["package"]["bento"], version), "off by default"
 
 
 @pytest.mark.parametrize("gpu", [0, 2], ids=["cpu", "gpu"])
@@ -91,12 +106,17 @@ def test_k8s_manifests_pass_the_official_schemas_and_the_cross_field_rules(packa
 
     raw = tiny.model_dump(mode="json")
     raw["serve"]["resources"].update(gpu=gpu, gpu_type="NVIDIA-L4" if gpu else None)
-    raw["deploy"]["k8s"]["api_key_secret"] = "help-desk-keys"
+    raw["deploy"]["k8s"].update(api_key_secret="help-desk-keys", network_policy={} if gpu else None)
     params = type(tiny).model_validate(raw)
     version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
     manifests = k8s.k8s_manifests(params, packaged["package"]["bento"], version)
+    assert ("networkpolicy.yaml" in manifests) == bool(gpu)
     assert k8s.manifest_problems(manifests, params.deploy.k8s.version) == []
     assert k8s.manifest_problems(manifests, "1.25") == [], "the oldest schema kubernetes-validate has"
+    if gpu:
+        elsewhere = _broken(manifests, "networkpolicy.yaml", "spec.podSelector.matchLabels", {"app": "other"})
+        problems = k8s.manifest_problems(elsewhere, params.deploy.k8s.version)
+        assert any(p.startswith("networkpolicy.yaml: spec.podSelector {'app': 'other'} does not") for p in problems)
 
 
 def _broken(manifests: dict, file: str, path: str, value) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 
 import mlflow
 import pytest
@@ -84,8 +85,12 @@ def test_feedback_traces_become_sft_rows_and_preference_pairs_once_trusted(tmp_p
     from flows import review
     from stages.common.live import APPROVED, REJECTED
 
-    def feedback(**traces):
-        return project(tmp_path, lambda p: p["data"]["sources"].update(feedback={"mlflow_traces": traces}), name)
+    def feedback(forbidden=(), **traces):
+        def edit(p):
+            p["data"]["sources"].update(feedback={"mlflow_traces": traces})
+            p["evaluate"]["guardrails"]["forbidden_terms"] = list(forbidden)
+
+        return project(tmp_path, edit, name)
 
     name = f"live-{uuid.uuid4().hex[:8]}"
     params = feedback()
@@ -150,6 +155,14 @@ def test_feedback_traces_become_sft_rows_and_preference_pairs_once_trusted(tmp_p
     assert [r["completion"] for r in listed["sft"].records] == [right["What does `os.sep` hold?"]]
     everyone = load_feedback(feedback(trust="all"))
     assert len(everyone["sft"].records) == 3, "all: every correction, the rejected one too (validate warns)"
+    guarded = load_feedback(feedback(forbidden=["our product"], trust="all"))
+    assert len(guarded["sft"].records) == 2 and guarded["sft"].dropped == everyone["sft"].dropped + Counter(
+        {"breaks a guardrail of `evaluate.guardrails`": 1}
+    ), "a correction is held to the guardrails the model's answers are"
+    assert any(
+        e.endswith("breaks a guardrail of `evaluate.guardrails` (forbidden term: our product)")
+        for e in guarded["sft"].examples
+    )
     capped = load_feedback(feedback(trust="all", max_rows_per_caller=1, use_upvoted=True))
     assert capped["sft"].callers["app"] == {"taken": 1, "over_limit": 1}, "app's second row is over its bound"
     assert refresh(params, tmp_path)["feedback"]["changed"] is False

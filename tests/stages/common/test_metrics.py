@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.common import metrics
+from stages.common import guardrails, metrics
 from stages.common.errors import ProjectError
 from stages.common.loader import load_params
 from tests.conftest import default_params, write_params
@@ -103,26 +103,6 @@ def test_validate_exits_2_on_a_kpi_out_of_range(tmp_path, capsys):
     assert "rougeL" in capsys.readouterr().err
 
 
-def test_guardrails_count_answers_breaking_a_rule_per_100():
-    rules = {"forbidden_terms": ["password", "internal use"], "min_words": 2, "max_words": 6, "format": None}
-    answers = [
-        "Reset it from the login page.",  # fine
-        "Your PASSWORD is hunter2.",  # forbidden term, any case
-        "Marked internal use only, sorry.",  # forbidden phrase
-        "passwords are hashed",  # not the word itself: fine
-        "No.",  # too short
-        "This answer goes on for far too many words.",
-    ]  # too long
-    assert metrics.guardrail_breaches(answers[1], rules) == ["forbidden term: password"]
-    assert metrics.guardrail_breaches(answers[4], rules) == ["length"]
-    assert metrics.score(["guardrail_violations"], answers, [["x"]] * 6, guardrails=rules) == {
-        "guardrail_violations": round(100 * 4 / 6, 4)
-    }
-    assert metrics.guardrail_breaches("billing", {"format": "label"}, labels=["billing", "bug"]) == []
-    assert metrics.guardrail_breaches("a refund", {"format": "label"}, labels=["billing", "bug"]) == ["format: label"]
-    assert metrics.guardrail_breaches('{"a": 1}', {"format": "json"}) == []
-
-
 def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
     from stages.common.loader import load_params
     from tests.conftest import default_params, write_params
@@ -136,7 +116,7 @@ def test_guardrails_join_the_evaluated_metrics_only_when_declared(tmp_path):
     guarded = load_params(write_params(tmp_path, p))
     assert "guardrail_violations" in metrics.project_metrics(guarded)
     assert "guardrail_violations" not in metrics.selection_metrics(guarded), "never re-runs select or adapt"
-    assert metrics.guardrails(guarded)["format"] is None, "question answering has no required format"
+    assert guardrails.resolve(guarded)["format"] is None, "question answering has no required format"
 
 
 def test_an_llm_judge_rates_each_answer_from_1_to_5(untrained_lm):
@@ -165,31 +145,3 @@ def test_a_saas_judge_is_refused_for_personal_data(tmp_path):
     p["evaluate"]["judge"]["hosting"] = "self"
     params = load_params(write_params(tmp_path, p))
     assert "judge_score" in metrics.project_metrics(params) and "judge_score" not in metrics.selection_metrics(params)
-
-
-def test_json_output_with_a_schema_is_a_guardrail(tmp_path):
-    """`scope.output_format: json` with a schema: an answer that is JSON but breaks the schema is a violation."""
-    import json
-
-    from stages.common.loader import load_params
-    from tests.conftest import default_params, write_params
-
-    schema = {
-        "type": "object",
-        "required": ["module", "summary"],
-        "properties": {"module": {"type": "string"}, "summary": {"type": "string", "maxLength": 40}},
-    }
-    (tmp_path / "answer.schema.json").write_text(json.dumps(schema))
-    p = default_params()
-    p["scope"]["output_format"] = {"type": "json", "json_schema": str(tmp_path / "answer.schema.json")}
-    rules = metrics.guardrails(load_params(write_params(tmp_path, p)))
-    assert rules["format"] == "json" and rules["json_schema"] == schema
-    good = '{"module": "json", "summary": "Serialize an object to JSON."}'
-    assert metrics.guardrail_breaches(good, rules) == []
-    assert metrics.guardrail_breaches('{"module": "json"}', rules) == ["format: json schema"]
-    assert metrics.guardrail_breaches("Serialize an object.", rules) == ["format: json"]
-    assert metrics.score(
-        ["guardrail_violations"], [good, '{"module": 1, "summary": "x"}'], [["x"]] * 2, guardrails=rules
-    ) == {"guardrail_violations": 50.0}
-    p["scope"]["output_format"] = {"type": "plain", "json_schema": None}
-    assert metrics.guardrails(load_params(write_params(tmp_path, p)))["format"] is None, "plain text: no format rule"
