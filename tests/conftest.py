@@ -32,6 +32,10 @@ os.environ.update(
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (the stages and servers they start inherit it),
+    # else each worker's torch and OpenMP spin on both cores and the two slow each other down many times over.
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
 
 
 # The session fixtures that train the tiny project's models or run a pipeline stage on them (tens of seconds to
@@ -58,6 +62,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if PIPELINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):  # the closure: fixtures of fixtures too
             item.add_marker(pytest.mark.slow)
+            # Under pytest-xdist (`make test`, --dist loadgroup): the tests of the session's pipeline share one
+            # worker, so its models are trained once; any other test goes with its module (its module fixtures).
+            item.add_marker(pytest.mark.xdist_group("pipeline"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 TINY_EXAMPLE = REPO / "examples" / "stdlib-helpdesk-tiny" / "params.yaml"
