@@ -52,8 +52,8 @@ def scanner_skips(params, image: str) -> dict[str, str]:
     """checkov's checks these manifests do not meet, each with its reason, as the annotations checkov reads
     (`checkov.io/skipN: CHECK=reason`); tests/flows/test_deploy.py runs checkov and allows only these."""
     skips = {
-        "CKV_K8S_40": f"BentoML's image runs as its own user, uid {BENTO_UID}, who owns the bento: a uid of 10000 or more "
-        "could not read it",
+        "CKV_K8S_40": f"BentoML's image runs as its own user, uid {BENTO_UID}, who owns the bento: a uid of 10000 "
+        "or more could not read it",
     }
     if "@sha256:" not in image:
         skips["CKV_K8S_43"] = (
@@ -79,7 +79,7 @@ def pinned_image(params, bento: str, version) -> str:
 
 def k8s_manifests(params, bento: str, version) -> dict[str, dict]:
     """Deployment (image, resources with GPU limits, probes on BentoML's /readyz and /livez, the API keys
-    from a Secret by reference, the `restricted` security profile), Service, HorizontalPodAutoscaler and, with
+    from a Secret as a file, the `restricted` security profile with a read-only root), Service, HorizontalPodAutoscaler and, with
     `deploy.k8s.network_policy`, a NetworkPolicy for an on-prem cluster."""
     k, resources = params.deploy.k8s, params.serve.resources
     name = k8s_name(params.project.name)

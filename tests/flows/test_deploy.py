@@ -158,6 +158,26 @@ def test_checkov_finds_nothing_in_the_manifests_and_the_dockerfile(packaged, tin
     assert checked == {"Deployment", "Pod", "Service"}, checked  # the kinds checkov has checks for
 
 
+def test_k8s_pins_the_image_by_the_digest_a_docker_deploy_recorded(tiny):
+    from types import SimpleNamespace
+
+    from flows.deploy.common import image_name
+
+    bento, digest = "stdlib-helpdesk:abc", "sha256:" + "a" * 64
+    image = image_name(tiny, bento, SimpleNamespace(version=3))
+
+    def deployed(tags: dict) -> dict:
+        pod = k8s.k8s_manifests(tiny, bento, SimpleNamespace(version=3, tags=tags))["deployment.yaml"]
+        return pod["spec"]["template"]["spec"]["containers"][0]["image"], pod["metadata"]["annotations"]
+
+    pushed, annotations = deployed({"lifecycle.deploy.docker": json.dumps({"image": image, "digest": digest})})
+    assert pushed == f"{image}@{digest}" and not any("CKV_K8S_43" in v for v in annotations.values())
+    other = json.dumps({"image": "elsewhere/other:v3", "digest": digest})
+    assert deployed({"lifecycle.deploy.docker": other})[0] == image, "another image's digest is not this one's"
+    tagged, annotations = deployed({})
+    assert tagged == image and any(v.startswith("CKV_K8S_43=") for v in annotations.values())
+
+
 def _broken(manifests: dict, file: str, path: str, value) -> dict:
     import copy
 
@@ -232,7 +252,9 @@ def test_k8s_kustomize_format_and_a_version_without_schemas(packaged, tiny_root,
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     image = yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]["image"]
     assert kustomization["resources"] == ["deployment.yaml", "service.yaml", "hpa.yaml"]
-    assert kustomization["images"] == [dict(zip(("name", "newTag"), image.rsplit(":", 1)))]
+    reference, _, digest = image.partition("@")  # by digest once a docker deploy recorded one
+    pinned = {"digest": digest} if digest else {}
+    assert kustomization["images"] == [dict(zip(("name", "newTag"), reference.rsplit(":", 1))) | pinned]
 
     future = _project(tmp_path / "future", tiny_root, **{"deploy.k8s.version": "1.99"})
     assert _deploy(monkeypatch, future, "--target", "k8s", "--out", str(tmp_path / "none")) == 1
