@@ -40,7 +40,7 @@ lint: install
 # Two workers (pytest-xdist), one thread each: the pipeline's tests on one, the end-to-end runs and servers beside.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -q -m "not default" -n $(TEST_WORKERS) --dist loadgroup --durations=30
+	$(BIN)/pytest -q -m "not default" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30
 
 # Pure and small tests: no pipeline fixtures, no end-to-end run, no server processes (about a minute).
 test-fast: install

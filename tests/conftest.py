@@ -7,6 +7,7 @@ Nothing reaches a hub (HF_HUB_OFFLINE=1).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -60,13 +61,56 @@ PIPELINE_FIXTURES = frozenset(
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if PIPELINE_FIXTURES.intersection(getattr(item, "fixturenames", ())):  # the closure: fixtures of fixtures too
+        if pipeline(item):  # the closure: fixtures of fixtures too
             item.add_marker(pytest.mark.slow)
-            # Under pytest-xdist (`make test`, --dist loadgroup): the tests of the session's pipeline share one
-            # worker, so its models are trained once; any other test goes with its module (its module fixtures).
-            item.add_marker(pytest.mark.xdist_group("pipeline"))
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    # The longest first (`make test` passes --no-loadscope-reorder, so the workers take groups in this order): the
+    # pipeline's group on one worker while the other starts the end-to-end runs, then whatever is left.
+    items.sort(key=lambda item: -1 if pipeline(item) else FIRST.get(module_of(item.nodeid), len(FIRST)))
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(GROUPS):
+        groups = {item.nodeid: "pipeline" if pipeline(item) else module_of(item.nodeid) for item in items}
+        part = Path(f"{os.environ[GROUPS]}.{os.environ['PYTEST_XDIST_WORKER']}")
+        part.write_text(json.dumps(groups))
+        part.replace(os.environ[GROUPS])  # whole or not at all: both workers write the same
+
+
+# The modules of minutes each (`make test --durations` prints them), begun first beside the pipeline's group.
+FIRST = {
+    m: i
+    for i, m in enumerate(
+        ["tests/test_e2e.py", "tests/test_real_model.py", "tests/test_examples.py", "tests/test_servers.py"]
+    )
+}
+# Under pytest-xdist (`make test`, --dist loadgroup) the workers write each test's group here and the scheduler
+# below reads it: the tests of the session's pipeline share one worker, so its models are trained once; any other
+# test goes with its module (its module fixtures). xdist's own `xdist_group` marks do not group under pytest 9
+# (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads), hence this.
+GROUPS = "LIFECYCLE_TEST_GROUPS"
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ[GROUPS] = str(STATE / "groups.json")  # the workers, started later, inherit it
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # the workers wrote it while collecting, before the first call
+                self.groups = json.loads(Path(os.environ[GROUPS]).read_text())
+            return self.groups.get(nodeid, module_of(nodeid))
+
+    return ByGroup(config, log)
+
+
+def pipeline(item) -> bool:
+    return bool(PIPELINE_FIXTURES.intersection(getattr(item, "fixturenames", ())))
 
 
 TINY_EXAMPLE = REPO / "examples" / "stdlib-helpdesk-tiny" / "params.yaml"

@@ -23,9 +23,15 @@ BENTO_UID = 1034
 
 
 # A read-only root: what the server writes goes to an emptyDir at /tmp (BentoML's metrics folder under its home,
-# the engine's GGUF file, caches); the container test runs the image this way (podman --read-only).
+# the engine's GGUF file and its copy, which OpenVINO opens for writing too, caches); the container test runs the
+# image this way (podman --read-only).
 WRITABLE = "/tmp"  # noqa: S108 - an emptyDir of the pod's own, not a shared /tmp
-WRITABLE_ENV = {"BENTOML_HOME": "/tmp/bentoml", "HF_HOME": "/tmp/huggingface", "XDG_CACHE_HOME": "/tmp/cache"}  # noqa: S108
+WRITABLE_ENV = {
+    "HOME": WRITABLE,  # OpenVINO's telemetry file
+    "BENTOML_HOME": f"{WRITABLE}/bentoml",  # its metrics folder
+    "HF_HOME": f"{WRITABLE}/huggingface",
+    "XDG_CACHE_HOME": f"{WRITABLE}/cache",
+}
 KEYS_DIR = "/var/run/secrets/lifecycle"  # the API keys' Secret as a file (LIFECYCLE_API_KEYS_FILE), not an env var
 
 

@@ -22,9 +22,11 @@ Hugging Face tokenizer encodes and decodes for both engines), so the engines nev
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 OPENVINO, TRANSFORMERS = "openvino", "transformers"
 ENGINES = (OPENVINO, TRANSFORMERS)
@@ -208,6 +210,20 @@ def answer_all(
 # --- the engines -------------------------------------------------------------------------------------------------
 
 
+def writable_copy(gguf_file) -> tempfile.TemporaryDirectory | None:
+    """A temporary folder holding a copy of `gguf_file` when the file cannot be written (a read-only root, as the
+    k8s manifests run the image): OpenVINO GenAI's GGUF reader opens it for writing too (O_RDWR, measured with
+    strace on 2026.4) and refuses it otherwise. None when the file is writable."""
+    import os
+    import shutil
+
+    if os.access(gguf_file, os.W_OK):
+        return None
+    folder = tempfile.TemporaryDirectory(prefix="gguf-")
+    shutil.copy(gguf_file, Path(folder.name) / Path(gguf_file).name)
+    return folder
+
+
 class OpenVINOEngine:
     """OpenVINO GenAI's continuous batching over a GGUF file (F16, Q8_0, Q4_0)."""
 
@@ -221,7 +237,9 @@ class OpenVINOEngine:
         scheduler.cache_size = KV_CACHE_GB
         scheduler.max_num_seqs = max_num_seqs
         self.properties = {} if fast_math else dict(DETERMINISTIC)
-        self.pipe = openvino_genai.ContinuousBatchingPipeline(str(gguf_file), scheduler, "CPU", self.properties)
+        self.copy = writable_copy(gguf_file)
+        opened = self.copy.name + "/" + Path(gguf_file).name if self.copy else str(gguf_file)
+        self.pipe = openvino_genai.ContinuousBatchingPipeline(opened, scheduler, "CPU", self.properties)
         self.repetition_penalty = repetition_penalty
         self.handles: dict[int, object] = {}
 
