@@ -66,7 +66,12 @@ def slim_dockerfile(text: str) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", changes
 
 
-def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
+# Where `podman build -v` mounts the folder of the offline torch wheel for the install step: the wheel is read from
+# there and lands in no layer (copied into the context, it would be in two: the requirements' and the bento's).
+WHEELS_IN_BUILD = "/wheels"
+
+
+def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool = False) -> list[str]:
     """Edits BentoML's build context for this deploy: a slimmer Dockerfile (`slim_dockerfile`), the base image, and
     torch's CPU build in a CPU image (PyPI's default torch is the CUDA build, gigabytes the image would never use).
     Returns what was changed, to print."""
@@ -91,7 +96,10 @@ def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
     lines = requirements.read_text(encoding="utf-8").splitlines()
     torch = version("torch")
     wheel = None if gpu else local_torch_wheel(torch)
-    if wheel:
+    if wheel and mounted_wheels:
+        lines = [f"{WHEELS_IN_BUILD}/{wheel.name}" if re.match(r"torch==", line) else line for line in lines]
+        changes.append(f"torch from {wheel} (mounted into the build, in no layer of the image)")
+    elif wheel:
         # The wheel travels in the build context; uv reads a requirement's relative path from the requirements file.
         (requirements.parent / "wheels").mkdir(exist_ok=True)
         shutil.copy(wheel, requirements.parent / "wheels" / wheel.name)
@@ -110,6 +118,8 @@ def image_context(context: Path, docker_params, gpu: bool) -> list[str]:
 def deploy(params, bento: str, version, options: Options) -> Deployed:
     """Builds the champion's image with BentoML's Dockerfile (its build context, edited by `image_context`), tags it
     <repository>:v<version>, pushes it where `deploy.docker.registry` says; the image id and digest are recorded."""
+    from importlib import metadata
+
     import bentoml
     from bentoml._internal.container import construct_containerfile
 
@@ -125,12 +135,15 @@ def deploy(params, bento: str, version, options: Options) -> Deployed:
         )
     gpu = params.serve.resources.gpu > 0
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # BuildKit fetches its Dockerfile frontend from Docker Hub
+    # podman (buildah) mounts a host folder into the build's RUN steps; docker's legacy builder cannot.
+    wheel = None if gpu or engine != "podman" else local_torch_wheel(metadata.version("torch"))
+    volume = ["-v", f"{wheel.parent}:{WHEELS_IN_BUILD}:ro"] if wheel else []
     started = time.monotonic()
     # BentoML's own build context (the bento, its models, the Dockerfile `bentoml containerize` would use).
     with construct_containerfile(bentoml.get(bento), enable_buildkit=False) as (context, dockerfile):
-        for change in image_context(Path(context), settings, gpu):
+        for change in image_context(Path(context), settings, gpu, mounted_wheels=bool(volume)):
             print(f"  {change}")
-        build = [engine, "build", "-f", dockerfile, "-t", image, context]
+        build = [engine, "build", *volume, "-f", dockerfile, "-t", image, context]
         print("  " + " ".join(build), flush=True)
         if subprocess.run(build, env=env).returncode != 0:  # noqa: S603 - an argv list, no shell: our own command
             raise DeployRefused(f"`{engine} build` failed (its output is above); nothing was tagged {image}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -438,6 +439,14 @@ def test_the_image_context_gets_the_base_image_and_torchs_cpu_build(tmp_path):
         assert (ctx / "env/python/wheels" / wheel.name).stat().st_size == wheel.stat().st_size
     else:
         assert requirements == [f"--extra-index-url {settings.cpu_torch_index}", "torch==2.13.0", "bentoml==1.4.39"]
+    if wheel:  # podman mounts the wheel's folder into the build instead: the wheel is in no layer
+        shutil.rmtree(ctx / "env/python/wheels")
+        mounted = context("FROM python:3.11-slim AS base-container\n")
+        docker.image_context(mounted, settings, gpu=False, mounted_wheels=True)
+        requirements = (mounted / "env/python/requirements.txt").read_text().splitlines()
+        assert (
+            requirements[0] == f"{docker.WHEELS_IN_BUILD}/{wheel.name}" and not (mounted / "env/python/wheels").exists()
+        )
 
     gpu = context("FROM python:3.11-slim AS base-container\n")
     docker.image_context(gpu, Docker(), gpu=True)
