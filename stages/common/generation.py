@@ -238,7 +238,7 @@ class OpenVINOEngine:
         scheduler.max_num_seqs = max_num_seqs
         self.properties = {} if fast_math else dict(DETERMINISTIC)
         self.copy = writable_copy(gguf_file)
-        opened = self.copy.name + "/" + Path(gguf_file).name if self.copy else str(gguf_file)
+        opened = str(Path(self.copy.name) / Path(gguf_file).name if self.copy else gguf_file)
         self.pipe = openvino_genai.ContinuousBatchingPipeline(opened, scheduler, "CPU", self.properties)
         self.repetition_penalty = repetition_penalty
         self.handles: dict[int, object] = {}
