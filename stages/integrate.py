@@ -5,8 +5,10 @@
 Documents (data/processed/knowledge.jsonl: Markdown, text and HTML already made clean text by `data`) are split
 by headings, then paragraphs and sentences, into chunks of at most `integrate.chunk_tokens` tokens of the
 embedding model with `overlap_tokens` carried over; each chunk starts with its section's heading, so that a
-chunk says what it is about. Chunks are embedded (batched, progress bar) and stored in Chroma: embedded in
-models/index/ by default, or in a Chroma server (`integrate.store.url`). Embeddings are cached by the chunk's
+chunk says what it is about. The embedding model is exported to OpenVINO into the index (`embedder/`: what
+evaluate, RAFT and the server embed queries with, the server without torch); chunks are embedded with it (batched,
+progress bar) and stored in Chroma: embedded in models/index/ by default, or in a Chroma server
+(`integrate.store.url`). Embeddings are cached by the chunk's
 content hash, so an added or edited document costs only its own chunks.
 
 Retrieval is measured on the eval rows that name their `source` (the section or document that answers them):
@@ -19,13 +21,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from stages.common.cli import stage_main
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_jsonl, write_json
 from stages.common.params import Params, Paths
-from stages.common.retrieval import CANDIDATES, Retriever, connect, reranker_model
+from stages.common.retrieval import CANDIDATES, EMBEDDER, Embedder, Retriever, connect, export_embedder, reranker_model
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +144,12 @@ class EmbeddingCache:
 
 def embed(chunks: list[dict], model, cache: EmbeddingCache, batch_size: int) -> tuple[list, int]:
     """Vectors for every chunk; only the chunks the cache lacks are embedded. Returns (vectors, embedded now)."""
+    from tqdm.auto import tqdm
+
     todo = [c for c in chunks if c["id"] not in cache.vectors]
-    if todo:
-        vectors = model.encode(
-            [c["text"] for c in todo],
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            show_progress_bar=True,
-            convert_to_numpy=True,
-        )
-        cache.vectors.update(zip((c["id"] for c in todo), vectors))
+    for start in tqdm(range(0, len(todo), batch_size), desc="embedding chunks", unit="batch", disable=not todo):
+        batch = todo[start : start + batch_size]
+        cache.vectors.update(zip((c["id"] for c in batch), model.encode([c["text"] for c in batch], batch_size)))
     return [cache.vectors[c["id"]] for c in chunks], len(todo)
 
 
@@ -209,7 +209,6 @@ def not_reached(params: Params, paths: Paths, why: str) -> None:
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from stages.common.retrieval import embedding_model
     from stages.common.tracking import flatten, log_splits, stage_run
 
     p = params.integrate
@@ -224,20 +223,29 @@ def run(params: Params, paths: Paths) -> dict:
 
         log_splits(paths.processed, ["knowledge", "eval"])
         server = open_store(params, None) if p.store.url else None  # unreachable: fail before any work
-        model = embedding_model(p.embedding_model)
-        count = token_counter(model)
-        chunks = [c for d in docs for c in split(d, count, p.chunk_tokens, p.overlap_tokens)]
-        chunks = list({c["id"]: c for c in chunks}.values())  # the same text twice in one document: once
-        cache = EmbeddingCache(Path(paths.index).parent / ".cache" / f"integrate-{_slug(p.embedding_model)}.npz")
-        vectors, embedded = embed(chunks, model, cache, p.batch_size)
-        cache.save([c["id"] for c in chunks])
-        eval_path = Path(paths.processed) / "eval.jsonl"
-        with atomic_dir(paths.index) as out:
-            client = server or open_store(params, out)
-            write_collection(client, p.store.collection, chunks, vectors)
-            _write_index_card(out, params, chunks)
-            measured = measure(client, p, chunks, model, eval_path)
-            del client  # Chroma keeps its files open until the client goes
+        exported = Path(tempfile.mkdtemp(prefix="lifecycle-embedder-"))
+        try:
+            # The embedding model compiled for OpenVINO embeds the chunks here and every query after (evaluate,
+            # RAFT, the server): the same vectors everywhere, and no torch in the serving image.
+            model = Embedder(export_embedder(p.embedding_model, exported / EMBEDDER))
+            count = token_counter(model)
+            chunks = [c for d in docs for c in split(d, count, p.chunk_tokens, p.overlap_tokens)]
+            chunks = list({c["id"]: c for c in chunks}.values())  # the same text twice in one document: once
+            cache = EmbeddingCache(
+                Path(paths.index).parent / ".cache" / f"integrate-openvino-{_slug(p.embedding_model)}.npz"
+            )
+            vectors, embedded = embed(chunks, model, cache, p.batch_size)
+            cache.save([c["id"] for c in chunks])
+            eval_path = Path(paths.processed) / "eval.jsonl"
+            with atomic_dir(paths.index) as out:
+                shutil.copytree(exported / EMBEDDER, out / EMBEDDER)
+                client = server or open_store(params, out)
+                write_collection(client, p.store.collection, chunks, vectors)
+                _write_index_card(out, params, chunks)
+                measured = measure(client, p, chunks, model, eval_path)
+                del client  # Chroma keeps its files open until the client goes
+        finally:
+            shutil.rmtree(exported, ignore_errors=True)
         metrics = {
             "documents": len(docs),
             "chunks": len(chunks),

@@ -24,13 +24,8 @@ from stages.common.errors import GateRefused
 from stages.common.generation import GGUF_FILE, OPENVINO
 from stages.common.io import atomic_dir, read_json, read_jsonl, write_json
 from stages.common.precision import FULL, LIBRARY
-from stages.common.registry import (
-    ENGINE_PACKAGES,
-    RETRIEVAL_PACKAGES,
-    SERVING_PACKAGES,
-    TRACING_PACKAGES,
-    pinned,
-)
+from stages.common.registry import SERVING_PACKAGES, TORCH_PACKAGES, bento_packages, pinned
+from stages.common.retrieval import CARD, EMBEDDER
 from stages.common.tracking import git_commit, sha256
 from stages.common.variants import variants
 
@@ -196,7 +191,7 @@ def register(params, paths, model_dir: Path, model, tokenizer, eval_report: dict
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
         task="text-generation",
-        pip_requirements=pinned(SERVING_PACKAGES),  # inferring them trips over torchvision on this stack
+        pip_requirements=pinned(SERVING_PACKAGES + TORCH_PACKAGES),  # inferring them trips over torchvision here
         metadata={"variant": candidate, "precision": precision, "gates": "passed"},
     )
     # Registered in one call with the workspace tag, so a version this workspace left unfinished is recognisable.
@@ -303,12 +298,10 @@ def withdraw(name: str, run_id: str) -> None:
 
 def ship_index(paths, model_dir: Path) -> dict:
     """A retrieval variant ships its index inside the model folder (`index/`): the embedded Chroma store, or only
-    the card (collection and server URL) when the store is a server."""
-    from stages.common.retrieval import CARD
-
+    the card (collection and server URL) and the embedder when the store is a server."""
     card = read_json(Path(paths.index) / CARD)
     if card.get("url"):
-        (model_dir / "index").mkdir()
+        shutil.copytree(Path(paths.index) / EMBEDDER, model_dir / "index" / EMBEDDER)
     else:
         shutil.copytree(paths.index, model_dir / "index")
     if card.get("rerank_model") and Path(card["rerank_model"]).is_dir():  # a local reranker travels too
@@ -336,12 +329,12 @@ def build_bento(params, model_dir: Path, eval_report: dict, registered: dict) ->
 
     recipe = yaml.safe_load((SERVING_DIR / "bentofile.yaml").read_text(encoding="utf-8"))
     recipe["models"] = [model_tag]
-    retrieves = (model_dir / "index").is_dir()
+    card = model_dir / "index" / CARD
     precision = shipped_precision(eval_report)
-    quantizes = (LIBRARY[precision],) if precision != FULL and engine != OPENVINO else ()
-    runs = ENGINE_PACKAGES if engine == OPENVINO else ()
+    quantizer = LIBRARY[precision] if precision != FULL and engine != OPENVINO else None
+    reranks = card.is_file() and bool(read_json(card).get("rerank_model"))
     recipe.setdefault("python", {})["packages"] = pinned(
-        SERVING_PACKAGES + TRACING_PACKAGES + runs + quantizes + (RETRIEVAL_PACKAGES if retrieves else ())
+        bento_packages(engine == OPENVINO, quantizer, card.is_file(), reranks)
     )
     recipe["labels"] = labels
     # A build context of its own: the service plus the tag of the model it serves, which travels in the bento.

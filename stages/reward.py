@@ -124,7 +124,7 @@ def register(params: Params, out: Path, metrics: dict) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from stages.common.models import load_tokenizer
-    from stages.common.registry import SERVING_PACKAGES, pinned
+    from stages.common.registry import SERVING_PACKAGES, TORCH_PACKAGES, pinned
 
     name = f"{params.project.name}-reward"
     card = ModelCard(
@@ -140,7 +140,7 @@ def register(params: Params, out: Path, metrics: dict) -> dict:
         },
         name="reward_model",
         task="text-classification",
-        pip_requirements=pinned(SERVING_PACKAGES),
+        pip_requirements=pinned(SERVING_PACKAGES + TORCH_PACKAGES),
         registered_model_name=name,
     )
     version = int(info.registered_model_version)

@@ -71,6 +71,10 @@ def slim_dockerfile(text: str) -> tuple[str, list[str]]:
 WHEELS_IN_BUILD = "/wheels"
 
 
+def carries_torch(requirements: list[str]) -> bool:
+    return any(re.match(r"torch==", line) for line in requirements)
+
+
 def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool = False) -> list[str]:
     """Edits BentoML's build context for this deploy: a slimmer Dockerfile (`slim_dockerfile`), the base image, and
     torch's CPU build in a CPU image (PyPI's default torch is the CUDA build, gigabytes the image would never use).
@@ -96,7 +100,9 @@ def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool 
     lines = requirements.read_text(encoding="utf-8").splitlines()
     torch = version("torch")
     wheel = None if gpu else local_torch_wheel(torch)
-    if wheel and mounted_wheels:
+    if not carries_torch(lines):
+        changes.append("no torch: nothing this bento serves runs it (the openvino engine, the compiled embedder)")
+    elif wheel and mounted_wheels:
         lines = [f"{WHEELS_IN_BUILD}/{wheel.name}" if re.match(r"torch==", line) else line for line in lines]
         changes.append(f"torch from {wheel} (mounted into the build, in no layer of the image)")
     elif wheel:
@@ -136,7 +142,9 @@ def deploy(params, bento: str, version, options: Options) -> Deployed:
     gpu = params.serve.resources.gpu > 0
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # BuildKit fetches its Dockerfile frontend from Docker Hub
     # podman (buildah) mounts a host folder into the build's RUN steps; docker's legacy builder cannot.
-    wheel = None if gpu or engine != "podman" else local_torch_wheel(metadata.version("torch"))
+    requirements = Path(bentoml.get(bento).path) / "env" / "python" / "requirements.txt"
+    torch = carries_torch(requirements.read_text(encoding="utf-8").splitlines())
+    wheel = None if gpu or engine != "podman" or not torch else local_torch_wheel(metadata.version("torch"))
     volume = ["-v", f"{wheel.parent}:{WHEELS_IN_BUILD}:ro"] if wheel else []
     started = time.monotonic()
     # BentoML's own build context (the bento, its models, the Dockerfile `bentoml containerize` would use).

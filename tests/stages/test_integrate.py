@@ -100,6 +100,20 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
     client = chromadb.PersistentClient(path=paths.index)
     assert client.get_collection("knowledge").count() == first["chunks"]
     del client
+    # The index searches with no torch in the process (as the serving image has none): the same passages.
+    questions = [f"What does `{n}` do?" for n in names]
+    here = [[c["id"] for c in found] for found in Retriever.open(paths.index).search(questions)]
+    no_torch = (
+        "import json, sys; sys.modules.update(torch=None, sentence_transformers=None)\n"
+        "from stages.common.retrieval import Retriever\n"
+        f"found = Retriever.open({str(paths.index)!r}).search(json.loads(sys.argv[1]))\n"
+        "print(json.dumps([[c['id'] for c in f] for f in found]))"
+    )
+    searched = subprocess.run(
+        [sys.executable, "-c", no_torch, json.dumps(questions)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    assert json.loads(searched.stdout.splitlines()[-1]) == here
 
     # One document added: only its chunks are embedded; the index holds both.
     docs = read_jsonl(Path(paths.processed) / "knowledge.jsonl")
@@ -172,7 +186,7 @@ def test_server_mode_against_a_real_chroma_server(knowledge_project, tmp_path):
         assert remote.count() == metrics["chunks"]
         assert read_json(Path(paths.index) / "lifecycle.json")["url"] == url
         question = "What does `heapq.heappush` do?"
-        retriever = Retriever.open(paths.index)  # the card alone: it connects to the server, copies nothing
+        retriever = Retriever.open(paths.index)  # the card and the embedder: it connects to the server, copies nothing
         assert retriever.working_copy is None
         assert retriever.search([question])[0][0]["section"] == "heapq.heappush"
         from stages.package import ship_index
@@ -180,7 +194,8 @@ def test_server_mode_against_a_real_chroma_server(knowledge_project, tmp_path):
         model_dir = tmp_path / "model"
         model_dir.mkdir()
         assert ship_index(paths, model_dir)["url"] == url
-        assert [f.name for f in (model_dir / "index").iterdir()] == ["lifecycle.json"], "a server index ships its card"
+        shipped = sorted(f.name for f in (model_dir / "index").iterdir())
+        assert shipped == ["embedder", "lifecycle.json"], "a server index ships its card and its embedder"
         assert Retriever.open(model_dir / "index").search([question])[0][0]["section"] == "heapq.heappush"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

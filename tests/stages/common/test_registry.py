@@ -32,3 +32,15 @@ def test_a_champion_evaluated_on_other_rows_is_not_compared():
 
 def test_policy_always_replaces_the_champion():
     assert decide(2, UNSURE, "rougeL", True, policy="always").alias == "champion"
+
+
+def test_a_bento_installs_torch_only_where_something_in_it_runs_torch():
+    from stages.common.registry import bento_packages
+
+    assert "torch" not in bento_packages(True, None, retrieves=True, reranks=False), "openvino + compiled embedder"
+    assert "sentence-transformers" not in bento_packages(True, None, retrieves=True, reranks=False)
+    assert "torch" in bento_packages(False, None, retrieves=False, reranks=False), "the transformers engine"
+    assert {"torch", "sentence-transformers"} <= set(bento_packages(True, None, retrieves=True, reranks=True))
+    assert "torchao" in bento_packages(False, "torchao", retrieves=False, reranks=False)
+    both = bento_packages(True, None, retrieves=True, reranks=False)
+    assert len(both) == len(set(both)) and "openvino" in both, "the engine's and the embedder's openvino once"
