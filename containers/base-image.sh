@@ -25,6 +25,12 @@ chroot "$ROOT" update-ca-certificates >/dev/null
 chroot "$ROOT" env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     python3 -m pip install --quiet --no-cache-dir --break-system-packages uv
 rm -rf "$ROOT/var/cache/apt/archives"/*.deb "$ROOT/var/lib/apt/lists"/*
+# No manuals, translations or docs in a server image (~55 MB), as Debian's slim images: removed now and never
+# installed by a later apt step; the licences (copyright files) stay.
+printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' 'path-exclude=/usr/share/man/*' \
+    'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/locale/*' > "$ROOT/etc/dpkg/dpkg.cfg.d/slim"
+find "$ROOT/usr/share/doc" -type f ! -name copyright -delete
+rm -rf "$ROOT/usr/share/man"/* "$ROOT/usr/share/info"/* "$ROOT/usr/share/locale"/*
 : > "$ROOT/etc/resolv.conf"
 tar -C "$ROOT" -c . | podman import \
     --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \

@@ -41,7 +41,13 @@ def local_torch_wheel(version: str) -> Path | None:
     return None
 
 
-NOT_IN_THE_IMAGE = ("build-essential", "git")  # every requirement installs from a wheel: no compiler, no checkout
+# Every requirement installs from a wheel: no compiler, no checkout; and no apt key is ever added: no gpg.
+NOT_IN_THE_IMAGE = ("build-essential", "git", "gnupg2")
+# Requirements of a package that what the bento runs never imports, left out of the image (uv's `--excludes`):
+# chromadb's embedded client, given the vectors, needs neither its Kubernetes client (126 MB) nor onnxruntime (78 MB,
+# for its default embedding function) — tests/stages/test_integrate.py searches an index with both blocked.
+UNUSED = {"chromadb": ("kubernetes", "onnxruntime")}
+EXCLUDES = "excludes.txt"  # beside requirements.txt in env/python
 HEALTHCHECK = (  # what `docker ps` shows; Kubernetes uses the manifests' probes instead
     'HEALTHCHECK --interval=30s --timeout=5s --start-period=180s CMD python -c "import os, urllib.request; '
     "urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BENTOML_PORT', '3000') + '/livez', timeout=4)\""
@@ -56,10 +62,14 @@ def slim_dockerfile(text: str) -> tuple[str, list[str]]:
     for i, line in enumerate(lines):
         if "apt-get install" in line:
             kept = [w for w in line.split(" ") if w not in NOT_IN_THE_IMAGE]
-            lines[i] = " ".join(kept) + ("" if line.rstrip().endswith("\\") else " && rm -rf /var/lib/apt/lists/*")
+            # apt's downloaded packages too: BentoML keeps them for BuildKit's cache mounts, which this build has not
+            # (83 MB of .deb files in a layer otherwise).
+            clean = " && apt-get clean && rm -rf /var/lib/apt/lists/*"
+            lines[i] = " ".join(kept) + ("" if line.rstrip().endswith("\\") else clean)
             changes += [f"without {w} (apt)" for w in NOT_IN_THE_IMAGE if w in line.split(" ")]
         elif line.startswith("ENV UV_NO_PROGRESS="):
-            lines[i] = f"{line}\nENV UV_NO_CACHE=1"
+            # The requirements' folder is in the image before the install step: uv reads the excludes from there.
+            lines[i] = f"{line}\nENV UV_NO_CACHE=1\nENV UV_EXCLUDE=$BENTO_PATH/env/python/{EXCLUDES}"
             changes.append("no uv cache in the image")
         elif line.startswith("ENTRYPOINT "):
             lines[i] = f"{HEALTHCHECK}\n{line}"
@@ -98,6 +108,7 @@ def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool 
         changes.append(f"base image {docker_params.base_image}")
     requirements = context / "env" / "python" / "requirements.txt"
     lines = requirements.read_text(encoding="utf-8").splitlines()
+    excluded: list[str] = []
     torch = version("torch")
     wheel = None if gpu else local_torch_wheel(torch)
     if not carries_torch(lines):
@@ -116,6 +127,11 @@ def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool 
         changes.append(f"torch from {docker_params.cpu_torch_index}")
     else:  # PyPI's torch bundles the CUDA runtime: the nodes need the NVIDIA driver and container toolkit only
         changes.append("torch from PyPI (its CUDA build) for a GPU image")
+    for name, unused in UNUSED.items():
+        if any(line.startswith(f"{name}==") for line in lines):
+            excluded += unused
+            changes += [f"without {u} (a requirement of {name} that nothing served imports)" for u in unused]
+    (requirements.parent / EXCLUDES).write_text("".join(f"{u}\n" for u in excluded), encoding="utf-8")
     requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
     dockerfile.write_text(text, encoding="utf-8")
     return changes
@@ -151,7 +167,9 @@ def deploy(params, bento: str, version, options: Options) -> Deployed:
     with construct_containerfile(bentoml.get(bento), enable_buildkit=False) as (context, dockerfile):
         for change in image_context(Path(context), settings, gpu, mounted_wheels=bool(volume)):
             print(f"  {change}")
-        build = [engine, "build", *volume, "-f", dockerfile, "-t", image, context]
+        # podman writes OCI images by default, which have no HEALTHCHECK: the docker format keeps it.
+        image_format = ["--format", "docker"] if engine == "podman" else []
+        build = [engine, "build", *image_format, *volume, "-f", dockerfile, "-t", image, context]
         print("  " + " ".join(build), flush=True)
         if subprocess.run(build, env=env).returncode != 0:  # noqa: S603 - an argv list, no shell: our own command
             raise DeployRefused(f"`{engine} build` failed (its output is above); nothing was tagged {image}")

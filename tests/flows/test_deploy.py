@@ -142,6 +142,7 @@ def test_checkov_finds_nothing_in_the_manifests_and_the_dockerfile(packaged, tin
         docker.image_context(Path(context), params.deploy.docker, gpu=False)
         dockerfile = (Path(context) / "env" / "docker" / "Dockerfile").read_text()
     assert "build-essential" not in dockerfile and " git" not in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "gnupg2" not in dockerfile and "apt-get clean" in dockerfile, "no gpg, no downloaded .deb files"
     (scanned / "Dockerfile").write_text(dockerfile)
     scan = [str(checkov), "-d", str(scanned), "--framework", "kubernetes", "dockerfile", "--skip-download"]
     out = subprocess.run([*scan, "-o", "json"], capture_output=True, text=True, timeout=300)
@@ -448,11 +449,14 @@ def test_the_image_context_gets_the_base_image_and_torchs_cpu_build(tmp_path):
             requirements[0] == f"{docker.WHEELS_IN_BUILD}/{wheel.name}" and not (mounted / "env/python/wheels").exists()
         )
 
+    assert (ctx / "env/python" / docker.EXCLUDES).read_text() == "", "no chromadb: nothing to leave out"
+
     without = context("FROM python:3.11-slim AS base-container\n")
-    (without / "env/python/requirements.txt").write_text("openvino==2026.4.0\nbentoml==1.4.39\n")
+    (without / "env/python/requirements.txt").write_text("openvino==2026.4.0\nchromadb==1.5.9\n")
     changes = docker.image_context(without, settings, gpu=False, mounted_wheels=True)
-    assert (without / "env/python/requirements.txt").read_text() == "openvino==2026.4.0\nbentoml==1.4.39\n"
+    assert (without / "env/python/requirements.txt").read_text() == "openvino==2026.4.0\nchromadb==1.5.9\n"
     assert any(c.startswith("no torch") for c in changes) and not (without / "env/python/wheels").exists()
+    assert (without / "env/python" / docker.EXCLUDES).read_text() == "kubernetes\nonnxruntime\n"
 
     gpu = context("FROM python:3.11-slim AS base-container\n")
     docker.image_context(gpu, Docker(), gpu=True)
