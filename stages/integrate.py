@@ -8,8 +8,8 @@ embedding model with `overlap_tokens` carried over; each chunk starts with its s
 chunk says what it is about. The embedding model is exported to OpenVINO into the index (`embedder/`: what
 evaluate, RAFT and the server embed queries with, the server without torch); chunks are embedded with it (batched,
 progress bar) and stored in Chroma: embedded in models/index/ by default, or in a Chroma server
-(`integrate.store.url`). Embeddings are cached by the chunk's
-content hash, so an added or edited document costs only its own chunks.
+(`integrate.store.url`). Embeddings are cached by the chunk's content hash, so an added or edited document costs
+only its own chunks.
 
 Retrieval is measured on the eval rows that name their `source` (the section or document that answers them):
 recall@1/5/10 and MRR for dense search and for hybrid search (BM25 from `bm25s` + dense, reciprocal-rank fusion),

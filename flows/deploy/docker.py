@@ -86,9 +86,9 @@ def carries_torch(requirements: list[str]) -> bool:
 
 
 def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool = False) -> list[str]:
-    """Edits BentoML's build context for this deploy: a slimmer Dockerfile (`slim_dockerfile`), the base image, and
-    torch's CPU build in a CPU image (PyPI's default torch is the CUDA build, gigabytes the image would never use).
-    Returns what was changed, to print."""
+    """Edits BentoML's build context for this deploy: a slimmer Dockerfile (`slim_dockerfile`), the base image,
+    torch's CPU build in a CPU image that runs torch (PyPI's default torch is the CUDA build, gigabytes the image
+    would never use), and the requirements left out (`UNUSED`). Returns what was changed, to print."""
     from importlib.metadata import version
 
     dockerfile = context / "env" / "docker" / "Dockerfile"
@@ -112,7 +112,7 @@ def image_context(context: Path, docker_params, gpu: bool, mounted_wheels: bool 
     torch = version("torch")
     wheel = None if gpu else local_torch_wheel(torch)
     if not carries_torch(lines):
-        changes.append("no torch: nothing this bento serves runs it (the openvino engine, the compiled embedder)")
+        changes.append("no torch: nothing this bento serves runs it (the openvino engine, the exported embedder)")
     elif wheel and mounted_wheels:
         lines = [f"{WHEELS_IN_BUILD}/{wheel.name}" if re.match(r"torch==", line) else line for line in lines]
         changes.append(f"torch from {wheel} (mounted into the build, in no layer of the image)")

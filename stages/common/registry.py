@@ -136,13 +136,13 @@ TORCH_PACKAGES = ("torch", "safetensors")
 # The served model's traces (MLflow's tracing SDK, not the whole of MLflow) and their redaction (pii.py's).
 TRACING_PACKAGES = ("mlflow-tracing", "phonenumbers", "python-stdnum")
 ENGINE_PACKAGES = ("openvino", "openvino-genai", "openvino-tokenizers")  # the openvino engine (generation.py)
-RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "openvino")  # a +rag variant ships: the index and its compiled embedder
+RETRIEVAL_PACKAGES = ("chromadb", "bm25s", "openvino")  # a +rag variant ships: the index and its exported embedder
 RERANK_PACKAGES = ("sentence-transformers", *TORCH_PACKAGES)  # an index with a cross-encoder (`rerank_model`)
 
 
 def bento_packages(on_openvino: bool, quantizer: str | None, retrieves: bool, reranks: bool) -> tuple[str, ...]:
     """What a bento installs: torch only where something in it runs torch (the transformers engine, a torch
-    quantizer, a cross-encoder); the openvino engine and the index's compiled embedder do not."""
+    quantizer, a cross-encoder); the openvino engine and the index's exported embedder do not."""
     packages = SERVING_PACKAGES + TRACING_PACKAGES + (ENGINE_PACKAGES if on_openvino else TORCH_PACKAGES)
     packages += ((quantizer,) if quantizer else ()) + (RETRIEVAL_PACKAGES if retrieves else ())
     packages += RERANK_PACKAGES if reranks else ()

@@ -3,7 +3,7 @@
 An index folder (paths.index, or `index/` inside a packaged model) holds `lifecycle.json`, the index card: the
 embedding model, the Chroma collection and where it lives (embedded in the folder, or a server `url`), the search
 (dense, or hybrid: BM25 + dense with reciprocal-rank fusion), an optional cross-encoder reranking the first
-results, and `top_k`; and `embedder/`, the embedding model compiled for OpenVINO, which embedded the chunks and
+results, and `top_k`; and `embedder/`, the embedding model exported to OpenVINO, which embedded the chunks and
 embeds every query. `Retriever.open(folder)` needs nothing else, and nothing of torch, so `package` copies this
 module into the bento beside the service, as it does prompting.py; it imports nothing from the project for that
 reason.
@@ -20,17 +20,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CARD = "lifecycle.json"
-EMBEDDER = "embedder"  # the index folder's compiled embedding model (Embedder)
+EMBEDDER = "embedder"  # the index folder's exported embedding model (Embedder)
 RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009); the usual choice
 CANDIDATES = 50  # how deep each retriever's ranking goes into the fusion
-# f32 with no dynamic quantization, as the generation engine's DETERMINISTIC: a text's vector is the same alone or
-# in a batch (the server gathers concurrent queries into one), and the same at index and at query time.
+# f32 with no dynamic quantization, as the generation engine's DETERMINISTIC: a text's vector does not depend on
+# whether the CPU has bf16, and a text embedded alone always gets the same vector.
 EXACT = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 
 
 class Embedder:
-    """An exported embedding model (stages/common/embeddings.py `export_embedder`) on OpenVINO's CPU runtime: the chunks' and the queries' vectors,
-    with torch nowhere (the serving image carries none)."""
+    """An embedding model exported to OpenVINO (stages/common/embeddings.py `export_embedder`) on its CPU runtime:
+    the chunks' and the queries' vectors, with torch nowhere (the serving image carries none)."""
 
     def __init__(self, folder: str | Path):
         import openvino as ov

@@ -155,7 +155,7 @@ def test_a_retrieval_variant_ships_its_index(packaged_rag, prepared):
     assert (Path(bento.path) / "src" / "retrieval.py").is_file()
     packages = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
     names = {p.split("==")[0] for p in packages}
-    assert {"chromadb", "bm25s", "openvino"} <= names, "the store, BM25 and the compiled embedder's runtime"
+    assert {"chromadb", "bm25s", "openvino"} <= names, "the store, BM25 and the exported embedder's runtime"
     assert not {"torch", "sentence-transformers"} & names, "a tiny champion on OpenVINO: nothing in it runs torch"
     store_copy = Path(bentoml.models.get(record["bentoml_model"]).path) / "index"
     assert (store_copy / "lifecycle.json").is_file() and (store_copy / "embedder" / "model.xml").is_file()

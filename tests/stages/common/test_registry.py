@@ -37,7 +37,7 @@ def test_policy_always_replaces_the_champion():
 def test_a_bento_installs_torch_only_where_something_in_it_runs_torch():
     from stages.common.registry import bento_packages
 
-    assert "torch" not in bento_packages(True, None, retrieves=True, reranks=False), "openvino + compiled embedder"
+    assert "torch" not in bento_packages(True, None, retrieves=True, reranks=False), "openvino + exported embedder"
     assert "sentence-transformers" not in bento_packages(True, None, retrieves=True, reranks=False)
     assert "torch" in bento_packages(False, None, retrieves=False, reranks=False), "the transformers engine"
     assert {"torch", "sentence-transformers"} <= set(bento_packages(True, None, retrieves=True, reranks=True))
