@@ -73,11 +73,12 @@ def pytest_collection_modifyitems(config, items):
         part.replace(os.environ[GROUPS])  # whole or not at all: both workers write the same
 
 
-# The modules of minutes each (`make test --durations` prints them), begun first beside the pipeline's group.
+# The modules of minutes each (`make test --durations` prints them), begun first beside the pipeline's group, the
+# longest first: the servers test (one test of 7-14 minutes) last made a run end on one busy worker and one idle.
 FIRST = {
     m: i
     for i, m in enumerate(
-        ["tests/test_e2e.py", "tests/test_real_model.py", "tests/test_examples.py", "tests/test_servers.py"]
+        ["tests/test_servers.py", "tests/test_e2e.py", "tests/test_real_model.py", "tests/test_examples.py"]
     )
 }
 # Under pytest-xdist (`make test`, --dist loadgroup) the workers write each test's group here and the scheduler
