@@ -57,7 +57,7 @@ def export_embedder(ref: str, folder: Path) -> Path:
             {
                 "source": ref,
                 "max_seq_length": model.max_seq_length,
-                "dimension": model.get_sentence_embedding_dimension(),
+                "dimension": model.get_embedding_dimension(),
                 "inputs": sorted(example),
             }
         ),
