@@ -105,14 +105,14 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
     # client or onnxruntime (left out of the image: flows/deploy/docker.py UNUSED): the same passages.
     questions = [f"What does `{n}` do?" for n in names]
     here = [[c["id"] for c in found] for found in Retriever.open(paths.index).search(questions)]
-    no_torch = (
+    without_them = (
         "import json, sys; sys.modules.update(dict.fromkeys(sys.argv[2:]))\n"
         "from stages.common.retrieval import Retriever\n"
         f"found = Retriever.open({str(paths.index)!r}).search(json.loads(sys.argv[1]))\n"
         "print(json.dumps([[c['id'] for c in f] for f in found]))"
     )
     searched = subprocess.run(
-        [sys.executable, "-c", no_torch, json.dumps(questions), "torch", "sentence_transformers", *UNUSED["chromadb"]],
+        [sys.executable, "-c", without_them, json.dumps(questions), "torch", "sentence_transformers", *UNUSED["chromadb"]],
         cwd=REPO,
         capture_output=True,
         text=True,
