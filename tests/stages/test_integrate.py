@@ -112,7 +112,15 @@ def test_the_index_is_built_measured_and_only_new_chunks_are_embedded(knowledge_
         "print(json.dumps([[c['id'] for c in f] for f in found]))"
     )
     searched = subprocess.run(
-        [sys.executable, "-c", without_them, json.dumps(questions), "torch", "sentence_transformers", *UNUSED["chromadb"]],
+        [
+            sys.executable,
+            "-c",
+            without_them,
+            json.dumps(questions),
+            "torch",
+            "sentence_transformers",
+            *UNUSED["chromadb"],
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
