@@ -484,6 +484,9 @@ def mlflow_server(database: str, artifacts: Path, port: int, log: Path | None = 
         ],
         f"http://127.0.0.1:{port}/health",
         log=log,
+        # No MLflow jobs (GenAI scorers, prompt optimisation) here: without this the server starts a job runner and
+        # seven huey consumers, ~25 s of CPU at every start, and the servers test starts it four times.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
 
 
