@@ -42,7 +42,7 @@ def compiled_share(package: str) -> tuple[int, int]:
 def seconds(env: dict) -> float:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", IMPORTS], cwd=REPO, env=env, capture_output=True, timeout=600)
-    if done.returncode:  # the libraries' import-time warnings are kept out of the figures, not an error
+    if done.returncode:  # output captured: the libraries' import-time warnings stay out of the printout
         raise RuntimeError(done.stderr.decode()[-3000:])
     return time.perf_counter() - start
 
